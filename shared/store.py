@@ -1,0 +1,264 @@
+"""The tile store: a folder both trainers read, that Fiji or napari can open.
+
+    STORE/manifest.json                one record per tile (source, slice, y, x, split, provenance)
+    STORE/chunk-00000-images.tif       uncompressed (Z, 256, 256) stacks, memory-mapped on read
+    STORE/chunk-00000-masks.tif        uint8 {0, 1}, same Z
+
+Appends write a new chunk pair (temp + rename) and then the manifest (temp + rename) under an
+exclusive lock, so a reader only ever sees tiles whose chunk is complete.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from shared import normalization as norm
+from shared.atomic import write_json_atomic
+from shared.errors import UserError
+from shared.tiff_io import write_stack
+
+MANIFEST = "manifest.json"
+FORMAT = "emsynth-tile-store"
+VERSION = 1
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Chunk:
+    images: str
+    masks: str
+    count: int
+    dtype: str
+
+
+@dataclass
+class Manifest:
+    tile_size: int
+    chunks: list[Chunk] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    kind: str = "real"  # "real" or "synthetic"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, "kind": self.kind, "tile_size": self.tile_size,
+                "normalization": norm.metadata(), "chunks": [vars(c) for c in self.chunks],
+                "records": self.records}
+
+
+class TileStore:
+    """Read (and append to) a tile store folder."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.manifest = _load_manifest(self.path)
+        self._maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._chunk_of = np.array([r["chunk"] for r in self.records], np.int64)
+        self._index_in_chunk = np.array([r["index"] for r in self.records], np.int64)
+
+    # -- creation -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | os.PathLike, tile_size: int = 256, kind: str = "real") -> TileStore:
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{path}: exists and is not a directory")
+        if (path / MANIFEST).exists():
+            raise UserError(f"{path}: a tile store already exists here")
+        if not path.parent.exists():
+            raise UserError(f"{path.parent}: output folder does not exist")
+        path.mkdir(exist_ok=True)
+        write_json_atomic(path / MANIFEST, Manifest(tile_size=tile_size, kind=kind).to_json())
+        return cls(path)
+
+    @classmethod
+    def open_or_create(cls, path: str | os.PathLike, tile_size: int = 256, kind: str = "real") -> TileStore:
+        if (Path(path) / MANIFEST).exists():
+            store = cls(path)
+            if store.tile_size != tile_size:
+                raise UserError(f"{path}: store holds {store.tile_size}px tiles, not {tile_size}px")
+            return store
+        return cls.create(path, tile_size, kind)
+
+    # -- reading --------------------------------------------------------------------------
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.manifest.records
+
+    @property
+    def tile_size(self) -> int:
+        return self.manifest.tile_size
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def indices(self, split: str | None = None) -> np.ndarray:
+        """Record indices of one split (all records when split is None)."""
+        if split is None:
+            return np.arange(len(self.records))
+        return np.array([i for i, r in enumerate(self.records) if r.get("split") == split], np.int64)
+
+    def raw_images(self, idx: Sequence[int] | np.ndarray) -> np.ndarray:
+        return self._gather(idx, 0)
+
+    def images(self, idx: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Normalized float32 tiles in [-1, 1], shape (N, T, T)."""
+        return self._gather(idx, 0, normalized=True)
+
+    def masks(self, idx: Sequence[int] | np.ndarray) -> np.ndarray:
+        """uint8 {0, 1} masks, shape (N, T, T)."""
+        return self._gather(idx, 1)
+
+    def _gather(self, idx: Sequence[int] | np.ndarray, which: int, normalized: bool = False) -> np.ndarray:
+        idx = np.asarray(idx, np.int64)
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"tile index out of range for a store of {len(self)} tiles")
+        chunks = self._chunk_of[idx]
+        dtype = np.float32 if normalized else self._dtype(which, chunks)
+        out = np.empty((len(idx), self.tile_size, self.tile_size), dtype)
+        for c in np.unique(chunks):
+            sel = np.flatnonzero(chunks == c)
+            part = self._chunk(int(c))[which][self._index_in_chunk[idx[sel]]]
+            out[sel] = norm.normalize(part) if normalized else part
+        return out
+
+    def _dtype(self, which: int, chunks: np.ndarray) -> np.dtype:
+        if which == 1:
+            return np.dtype(np.uint8)
+        kinds = {self.manifest.chunks[int(c)].dtype for c in np.unique(chunks)}
+        return np.dtype(kinds.pop()) if len(kinds) == 1 else np.dtype(np.float32)
+
+    def _chunk(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        if c not in self._maps:
+            chunk = self.manifest.chunks[c]
+            self._maps[c] = (self._open_stack(chunk.images, chunk.count),
+                             self._open_stack(chunk.masks, chunk.count))
+        return self._maps[c]
+
+    def _open_stack(self, name: str, count: int) -> np.ndarray:
+        file = self.path / name
+        if not file.is_file():
+            raise UserError(f"{file}: chunk listed in {self.path / MANIFEST} is missing")
+        try:
+            data = tifffile.memmap(file, mode="r")
+        except Exception:  # compressed or odd layout: fall back to a full read
+            try:
+                data = tifffile.imread(file)
+            except Exception as exc:
+                raise UserError(f"{file}: unreadable chunk ({str(exc)[:120]})") from None
+        data = data.reshape((-1, *data.shape[-2:]))
+        expected = (count, self.tile_size, self.tile_size)
+        if data.shape != expected:
+            raise UserError(f"{file}: chunk has shape {data.shape}, manifest says {expected}")
+        return data
+
+    # -- appending ------------------------------------------------------------------------
+    def append(self, images: np.ndarray, masks: np.ndarray, records: list[dict[str, Any]],
+               lock_timeout: float = 60.0) -> list[int]:
+        """Add tiles (stored pixels, e.g. uint8) + {0,1} masks + one record each; returns their indices."""
+        _check_append(self, images, masks, records)
+        with self._locked(lock_timeout):
+            self.manifest = _load_manifest(self.path)  # another writer may have appended meanwhile
+            n = len(self.manifest.chunks)
+            while (self.path / _chunk_name(n, "images")).exists():  # leftovers of a crashed append
+                n += 1
+            chunk = Chunk(_chunk_name(n, "images"), _chunk_name(n, "masks"), len(images), str(images.dtype))
+            write_stack(self.path / chunk.images, images)
+            write_stack(self.path / chunk.masks, masks.astype(np.uint8))
+            start = len(self.manifest.records)
+            c = len(self.manifest.chunks)
+            new = [{**rec, "chunk": c, "index": k} for k, rec in enumerate(records)]
+            updated = Manifest(self.tile_size, [*self.manifest.chunks, chunk],
+                               [*self.manifest.records, *new], self.manifest.kind)
+            write_json_atomic(self.path / MANIFEST, updated.to_json())
+        self.__init__(self.path)
+        return list(range(start, start + len(records)))
+
+    @contextmanager
+    def _locked(self, timeout: float) -> Iterator[None]:
+        lock_path = self.path / ".lock"
+        with open(lock_path, "a+") as fh:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise UserError(f"{self.path}: store is locked by another writer "
+                                        f"(waited {timeout:.0f} s); try again when it finishes") from None
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    # -- summaries ------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """Counts per split, foreground fraction and intensity statistics (normalized space)."""
+        out: dict[str, Any] = {"path": str(self.path), "kind": self.manifest.kind, "tiles": len(self),
+                               "tile_size": self.tile_size, "splits": {}}
+        for split in sorted({r.get("split", "?") for r in self.records}):
+            idx = self.indices(split)
+            masks = self.masks(idx)
+            imgs = self.images(idx)
+            slices = sorted({(r.get("file"), r.get("slice")) for r in (self.records[i] for i in idx)},
+                            key=str)
+            out["splits"][split] = {
+                "tiles": len(idx), "slices": len(slices),
+                "foreground_fraction": float(masks.mean()),
+                "mean": float(imgs.mean()), "std": float(imgs.std()),
+                "min": float(imgs.min()), "max": float(imgs.max()),
+            }
+        return out
+
+
+def _chunk_name(n: int, what: str) -> str:
+    return f"chunk-{n:05d}-{what}.tif"
+
+
+def _check_append(store: TileStore, images: np.ndarray, masks: np.ndarray, records: list[dict]) -> None:
+    t = store.tile_size
+    if images.ndim != 3 or images.shape[1:] != (t, t):
+        raise UserError(f"{store.path}: tiles must be (N, {t}, {t}), got {images.shape}")
+    if masks.shape != images.shape:
+        raise UserError(f"{store.path}: masks {masks.shape} do not match tiles {images.shape}")
+    if len(records) != len(images):
+        raise UserError(f"{store.path}: {len(records)} records for {len(images)} tiles")
+    if len(images) == 0:
+        raise UserError(f"{store.path}: nothing to append")
+    norm.pixel_scale(images.dtype)  # raises for unsupported dtypes
+
+
+def _load_manifest(path: Path) -> Manifest:
+    file = path / MANIFEST
+    if not path.exists():
+        raise UserError(f"{path}: no such tile store")
+    if not path.is_dir():
+        raise UserError(f"{path}: not a directory (a tile store is a folder)")
+    if not file.is_file():
+        raise UserError(f"{path}: not a tile store (no {MANIFEST})")
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{file}: corrupt manifest ({str(exc)[:120]})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise UserError(f"{file}: not a tile-store manifest")
+    try:
+        chunks = [Chunk(**c) for c in data["chunks"]]
+        records = list(data["records"])
+        manifest = Manifest(int(data["tile_size"]), chunks, records, data.get("kind", "real"))
+        for r in records:
+            if not 0 <= int(r["chunk"]) < len(chunks) or not 0 <= int(r["index"]) < chunks[r["chunk"]].count:
+                raise ValueError(f"record points outside its chunk: {r}")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{file}: malformed manifest ({str(exc)[:120]})") from None
+    return manifest

@@ -1,0 +1,139 @@
+"""Reading and writing TIFF stacks, with validation that names the file and the problem."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from shared.atomic import write_atomic
+from shared.errors import UserError
+
+IMAGE_DTYPES = (np.uint8, np.uint16, np.float32)
+
+
+def read_image_stack(path: str | os.PathLike) -> np.ndarray:
+    """Read a grayscale image stack as (Z, H, W) of uint8, uint16 or float32 in [0, 1].
+
+    Single pages become Z = 1; RGB is converted to gray (with a warning); NaN/Inf is rejected.
+    """
+    path = Path(path)
+    stack = _to_zyx(_read_raw(path), path)
+    if stack.dtype == np.float64:
+        stack = stack.astype(np.float32)
+    if stack.dtype not in IMAGE_DTYPES:
+        raise UserError(f"{path}: pixel type {stack.dtype} is not supported (uint8, uint16 or float32)")
+    if stack.dtype == np.float32:
+        _check_finite(stack, path)
+        if stack.min() < 0.0 or stack.max() > 1.0:
+            raise UserError(f"{path}: float32 images must lie in [0, 1], found "
+                            f"[{stack.min():.4g}, {stack.max():.4g}]")
+    return stack
+
+
+def read_mask_stack(path: str | os.PathLike) -> np.ndarray:
+    """Read a mask stack as (Z, H, W) uint8 in {0, 1}, whatever the encoding (0/255, 0/1, anti-aliased)."""
+    path = Path(path)
+    stack = _to_zyx(_read_raw(path), path)
+    if stack.dtype.kind == "f":
+        _check_finite(stack, path)
+    return binarize(stack)
+
+
+def binarize(mask: np.ndarray) -> np.ndarray:
+    """Foreground = above half the stack's maximum, so 0/1, 0/255 and anti-aliased edges all work."""
+    mask = np.asarray(mask)
+    if mask.dtype == bool:
+        return mask.astype(np.uint8)
+    top = float(mask.max()) if mask.size else 0.0
+    if top <= 0:
+        return np.zeros(mask.shape, np.uint8)
+    return (mask.astype(np.float32) > 0.5 * top).astype(np.uint8)
+
+
+def read_pair(images: str | os.PathLike, masks: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image stack and its mask stack, checking they match page for page."""
+    image_stack = read_image_stack(images)
+    mask_stack = read_mask_stack(masks)
+    if mask_stack.shape[0] != image_stack.shape[0]:
+        raise UserError(f"{masks}: {mask_stack.shape[0]} mask slices but {images} has "
+                        f"{image_stack.shape[0]} image slices")
+    if mask_stack.shape[1:] != image_stack.shape[1:]:
+        raise UserError(f"{masks}: masks are {mask_stack.shape[2]}x{mask_stack.shape[1]} but images in "
+                        f"{images} are {image_stack.shape[2]}x{image_stack.shape[1]} (width x height)")
+    return image_stack, mask_stack
+
+
+def write_stack(path: str | os.PathLike, stack: np.ndarray) -> None:
+    """Write (Z, H, W) as an uncompressed ImageJ stack (memory-mappable, opens in Fiji), atomically."""
+    stack = np.ascontiguousarray(stack)
+    if stack.ndim == 2:
+        stack = stack[None]
+    if stack.ndim != 3:
+        raise ValueError(f"expected (Z, H, W), got shape {stack.shape}")
+
+    def write(tmp: Path) -> None:
+        tifffile.imwrite(tmp, stack, imagej=True, metadata={"axes": "ZYX"}, compression=None)
+
+    write_atomic(path, write)
+
+
+def _read_raw(path: Path) -> np.ndarray:
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a TIFF file")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if len(tif.pages) == 0:
+                raise UserError(f"{path}: TIFF has no pages")
+            rgb = _is_rgb(tif)
+            data = tif.asarray()
+    except UserError:
+        raise
+    except MemoryError:
+        raise UserError(f"{path}: TIFF header claims more data than fits in memory (corrupt file?)") from None
+    except Exception as exc:  # tifffile raises many types for broken files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: not a readable TIFF file ({reason[:160]})") from None
+    if data.size == 0:
+        raise UserError(f"{path}: TIFF has no pixels")
+    if rgb:
+        warnings.warn(f"{path}: RGB image converted to grayscale", stacklevel=3)
+        data = _rgb_to_gray(data)
+    return data
+
+
+def _is_rgb(tif: tifffile.TiffFile) -> bool:
+    page = tif.pages[0]
+    return getattr(page, "samplesperpixel", 1) in (3, 4) and page.photometric == tifffile.PHOTOMETRIC.RGB
+
+
+def _rgb_to_gray(data: np.ndarray) -> np.ndarray:
+    weights = np.array([0.299, 0.587, 0.114], np.float64)
+    gray = data[..., :3].astype(np.float64) @ weights
+    if data.dtype.kind in "ui":
+        return np.clip(np.rint(gray), 0, np.iinfo(data.dtype).max).astype(data.dtype)
+    return gray.astype(np.float32)
+
+
+def _to_zyx(data: np.ndarray, path: Path) -> np.ndarray:
+    data = np.squeeze(data) if data.ndim > 3 else data
+    if data.ndim == 2:
+        data = data[None]
+    if data.ndim != 3:
+        raise UserError(f"{path}: expected a grayscale stack (Z, H, W), got array of shape {data.shape}")
+    if min(data.shape[1:]) < 1:
+        raise UserError(f"{path}: slices have zero size {data.shape[1:]}")
+    return data
+
+
+def _check_finite(stack: np.ndarray, path: Path) -> None:
+    bad = ~np.isfinite(stack).reshape(stack.shape[0], -1).all(axis=1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise UserError(f"{path}: slice {first} contains NaN or Inf pixels "
+                        f"({int(bad.sum())} bad slice(s) in total)")

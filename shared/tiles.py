@@ -1,0 +1,115 @@
+"""Tile-store command line.
+
+    python -m shared.tiles build --images STACK.tif --masks MASKS.tif --out STORE
+    python -m shared.tiles info STORE
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shared.atomic import umask_value
+from shared.errors import ArgumentParser, UserError, fraction, positive_int, run_cli
+from shared.splits import labels_by_slice, z_block_split
+from shared.store import TileStore
+from shared.tiff_io import read_pair
+from shared.tiling import TILE, tile_slice
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    tile: int = TILE
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    seed: int = 0
+
+
+def tile_stack(images: np.ndarray, masks: np.ndarray, source: str, split_of: dict[int, str],
+               tile: int = TILE) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """All slices of a stack -> tiles, masks and one manifest record per tile."""
+    all_images, all_masks, records = [], [], []
+    for z in range(images.shape[0]):
+        tiles, origins = tile_slice(images[z], tile)
+        mask_tiles, _ = tile_slice(masks[z], tile)
+        all_images.append(tiles)
+        all_masks.append(mask_tiles)
+        records += [{"source": "real", "file": source, "slice": z, "y": y, "x": x,
+                     "height": int(images.shape[1]), "width": int(images.shape[2]), "split": split_of[z]}
+                    for y, x in origins]
+    return np.concatenate(all_images), np.concatenate(all_masks), records
+
+
+def build_store(images_path: Path, masks_path: Path, out: Path, config: BuildConfig = BuildConfig()
+                ) -> TileStore:
+    """Validate the stacks, split by z blocks, tile, and write a new store at `out` atomically
+    (built in a temp folder beside it, renamed at the end: bad input leaves nothing behind)."""
+    if out.exists() and any(out.iterdir()) if out.is_dir() else out.exists():
+        raise UserError(f"{out}: output exists and is not empty")
+    if not out.parent.is_dir():
+        raise UserError(f"{out.parent}: output folder does not exist")
+    images, masks = read_pair(images_path, masks_path)
+    split = z_block_split(images.shape[0], config.val_fraction, config.test_fraction, config.seed)
+    tiles, mask_tiles, records = tile_stack(images, masks, str(images_path), labels_by_slice(split),
+                                            config.tile)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o777 & ~umask_value())
+    try:
+        store = TileStore.create(tmp, config.tile)
+        store.append(tiles, mask_tiles, records)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return TileStore(out)
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"{summary['path']}: {summary['tiles']} {summary['kind']} tiles of "
+             f"{summary['tile_size']}x{summary['tile_size']}",
+             f"{'split':<6} {'tiles':>6} {'slices':>6} {'fg frac':>8} {'mean':>7} {'std':>6} {'min':>6} {'max':>6}"]
+    for name, s in summary["splits"].items():
+        lines.append(f"{name:<6} {s['tiles']:>6} {s['slices']:>6} {s['foreground_fraction']:>8.4f} "
+                     f"{s['mean']:>7.3f} {s['std']:>6.3f} {s['min']:>6.2f} {s['max']:>6.2f}")
+    lines.append("(intensities in the normalized [-1, 1] space)")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = ArgumentParser(prog="python -m shared.tiles", description="Build and inspect tile stores.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="ingest an image stack + mask stack into a new store")
+    build.add_argument("--images", type=Path, required=True, help="image TIFF stack")
+    build.add_argument("--masks", type=Path, required=True, help="mask TIFF stack (same shape)")
+    build.add_argument("--out", type=Path, required=True, help="new store folder")
+    build.add_argument("--val-fraction", type=fraction, default=BuildConfig.val_fraction)
+    build.add_argument("--test-fraction", type=fraction, default=BuildConfig.test_fraction)
+    build.add_argument("--seed", type=int, default=BuildConfig.seed, help="seed of the z-block placement")
+    build.add_argument("--tile", type=positive_int, default=TILE)
+    info = sub.add_parser("info", help="counts per split, foreground fraction, intensity statistics")
+    info.add_argument("store", type=Path)
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    for p in (build, info):
+        p.error = parser.error  # type: ignore[method-assign]  # one-line errors for subcommands too
+    args = parser.parse_args(argv)
+    if args.command == "build":
+        config = BuildConfig(args.tile, args.val_fraction, args.test_fraction, args.seed)
+        store = build_store(args.images, args.masks, args.out, config)
+        print(format_summary(store.summary()))
+    else:
+        summary = TileStore(args.store).summary()
+        print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

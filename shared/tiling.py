@@ -1,0 +1,99 @@
+"""Slices <-> 256x256 tiles. Ingest tiling is a plain grid (1024x768 -> 4x3 = 12 tiles), other sizes
+padded by reflection; whole-slice inference uses overlapping windows blended with a smooth weight."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+TILE = 256
+
+
+@dataclass(frozen=True)
+class TileCoord:
+    slice: int
+    y: int
+    x: int
+
+
+def grid_origins(size: int, tile: int, overlap: int = 0) -> list[int]:
+    """Tile origins along one axis: step tile - overlap, last window flush with the padded end."""
+    if tile < 1 or not 0 <= overlap < tile:
+        raise ValueError(f"need tile >= 1 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
+    step = tile - overlap
+    n = max(1, -(-(size - overlap) // step)) if size > tile else 1
+    return [i * step for i in range(n)]
+
+
+def padded_extent(size: int, tile: int, overlap: int = 0) -> int:
+    return grid_origins(size, tile, overlap)[-1] + tile
+
+
+def pad_reflect(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pad the last two axes at the bottom/right to (height, width) by mirror reflection."""
+    pad_y, pad_x = height - image.shape[-2], width - image.shape[-1]
+    if pad_y < 0 or pad_x < 0:
+        raise ValueError(f"cannot pad {image.shape[-2:]} down to {(height, width)}")
+    if pad_y == 0 and pad_x == 0:
+        return image
+    widths = [(0, 0)] * (image.ndim - 2) + [(0, pad_y), (0, pad_x)]
+    # 'symmetric' tolerates pads larger than the image (tiny slices); it repeats the edge pixel once.
+    mode = "reflect" if pad_y < image.shape[-2] and pad_x < image.shape[-1] else "symmetric"
+    return np.pad(image, widths, mode=mode)
+
+
+def tile_slice(image: np.ndarray, tile: int = TILE, overlap: int = 0) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """One (H, W) slice -> (N, tile, tile) tiles and their (y, x) origins, row-major."""
+    if image.ndim != 2:
+        raise ValueError(f"expected one (H, W) slice, got shape {image.shape}")
+    ys = grid_origins(image.shape[0], tile, overlap)
+    xs = grid_origins(image.shape[1], tile, overlap)
+    padded = pad_reflect(image, ys[-1] + tile, xs[-1] + tile)
+    origins = [(y, x) for y in ys for x in xs]
+    tiles = np.stack([padded[y:y + tile, x:x + tile] for y, x in origins])
+    return tiles, origins
+
+
+def stitch_tiles(tiles: np.ndarray, origins: list[tuple[int, int]], shape: tuple[int, int]) -> np.ndarray:
+    """Inverse of a non-overlapping tile_slice: paste tiles back and crop to `shape` (exact)."""
+    tile = tiles.shape[-1]
+    height = max(y for y, _ in origins) + tile
+    width = max(x for _, x in origins) + tile
+    canvas = np.zeros((height, width), dtype=tiles.dtype)
+    for t, (y, x) in zip(tiles, origins, strict=True):
+        canvas[y:y + tile, x:x + tile] = t
+    return canvas[: shape[0], : shape[1]]
+
+
+def blend_window(tile: int, overlap: int) -> np.ndarray:
+    """(tile, tile) float32 weights: 1 inside, raised-cosine ramps over `overlap` pixels at the edges.
+
+    The ramp never reaches 0, so pixels covered by one window only (slice borders) keep their value.
+    """
+    ramp = np.ones(tile, np.float64)
+    if overlap > 0:
+        t = (np.arange(overlap) + 0.5) / overlap
+        edge = 0.5 - 0.5 * np.cos(np.pi * t)
+        ramp[:overlap] = edge
+        ramp[-overlap:] = np.minimum(ramp[-overlap:], edge[::-1])
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
+def predict_tiled(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tile: int = TILE,
+                  overlap: int = 64, batch_size: int = 8) -> np.ndarray:
+    """Run `predict` ((B, tile, tile) -> (B, tile, tile)) over overlapping windows of a whole (H, W)
+    slice and blend the outputs; returns float32 (H, W)."""
+    tiles, origins = tile_slice(image, tile, overlap)
+    weight = blend_window(tile, overlap)
+    height = origins[-1][0] + tile
+    width = max(x for _, x in origins) + tile
+    total = np.zeros((height, width), np.float32)
+    norm = np.zeros((height, width), np.float32)
+    for start in range(0, len(tiles), batch_size):
+        out = np.asarray(predict(tiles[start:start + batch_size]), np.float32)
+        for k, (y, x) in enumerate(origins[start:start + batch_size]):
+            total[y:y + tile, x:x + tile] += out[k] * weight
+            norm[y:y + tile, x:x + tile] += weight
+    return (total / norm)[: image.shape[0], : image.shape[1]]
