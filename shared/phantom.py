@@ -28,7 +28,7 @@ class PhantomConfig:
     height: int = 768
     width: int = 1024
     cell_size: float = 120.0          # mean cell diameter in pixels
-    mitochondria_per_mpx: float = 16.0
+    mitochondria_per_mpx: float = 30.0
     vesicles_per_mpx: float = 140.0
     blur_sigma: float = 1.1
     noise_std: float = 0.045

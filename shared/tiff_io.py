@@ -91,7 +91,9 @@ def _read_raw(path: Path) -> np.ndarray:
             if len(tif.pages) == 0:
                 raise UserError(f"{path}: TIFF has no pages")
             rgb = _is_rgb(tif)
-            data = tif.asarray()
+            planar = tif.pages[0].planarconfig == tifffile.PLANARCONFIG.SEPARATE
+            # Files written page by page (one series per page) are still one stack of slices.
+            data = tif.asarray() if len(tif.series) <= 1 else tif.asarray(key=slice(None))
     except UserError:
         raise
     except MemoryError:
@@ -103,7 +105,7 @@ def _read_raw(path: Path) -> np.ndarray:
         raise UserError(f"{path}: TIFF has no pixels")
     if rgb:
         warnings.warn(f"{path}: RGB image converted to grayscale", stacklevel=3)
-        data = _rgb_to_gray(data)
+        data = _rgb_to_gray(np.moveaxis(data, -3, -1) if planar else data)
     return data
 
 

@@ -51,7 +51,7 @@ def build_store(images_path: Path, masks_path: Path, out: Path, config: BuildCon
                 ) -> TileStore:
     """Validate the stacks, split by z blocks, tile, and write a new store at `out` atomically
     (built in a temp folder beside it, renamed at the end: bad input leaves nothing behind)."""
-    if out.exists() and any(out.iterdir()) if out.is_dir() else out.exists():
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: output exists and is not empty")
     if not out.parent.is_dir():
         raise UserError(f"{out.parent}: output folder does not exist")
@@ -76,7 +76,8 @@ def build_store(images_path: Path, masks_path: Path, out: Path, config: BuildCon
 def format_summary(summary: dict) -> str:
     lines = [f"{summary['path']}: {summary['tiles']} {summary['kind']} tiles of "
              f"{summary['tile_size']}x{summary['tile_size']}",
-             f"{'split':<6} {'tiles':>6} {'slices':>6} {'fg frac':>8} {'mean':>7} {'std':>6} {'min':>6} {'max':>6}"]
+             f"{'split':<6} {'tiles':>6} {'slices':>6} {'fg frac':>8} {'mean':>7} {'std':>6} "
+             f"{'min':>6} {'max':>6}"]
     for name, s in summary["splits"].items():
         lines.append(f"{name:<6} {s['tiles']:>6} {s['slices']:>6} {s['foreground_fraction']:>8.4f} "
                      f"{s['mean']:>7.3f} {s['std']:>6.3f} {s['min']:>6.2f} {s['max']:>6.2f}")

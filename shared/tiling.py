@@ -38,13 +38,14 @@ def pad_reflect(image: np.ndarray, height: int, width: int) -> np.ndarray:
         raise ValueError(f"cannot pad {image.shape[-2:]} down to {(height, width)}")
     if pad_y == 0 and pad_x == 0:
         return image
-    widths = [(0, 0)] * (image.ndim - 2) + [(0, pad_y), (0, pad_x)]
-    # 'symmetric' tolerates pads larger than the image (tiny slices); it repeats the edge pixel once.
-    mode = "reflect" if pad_y < image.shape[-2] and pad_x < image.shape[-1] else "symmetric"
-    return np.pad(image, widths, mode=mode)
+    lead = [(0, 0)] * (image.ndim - 2)
+    # numpy's 'reflect' repeats the reflection for pads longer than the image (1-pixel axes: edge copy)
+    image = np.pad(image, [*lead, (0, pad_y), (0, 0)], mode="reflect")
+    return np.pad(image, [*lead, (0, 0), (0, pad_x)], mode="reflect")
 
 
-def tile_slice(image: np.ndarray, tile: int = TILE, overlap: int = 0) -> tuple[np.ndarray, list[tuple[int, int]]]:
+def tile_slice(image: np.ndarray, tile: int = TILE, overlap: int = 0
+               ) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """One (H, W) slice -> (N, tile, tile) tiles and their (y, x) origins, row-major."""
     if image.ndim != 2:
         raise ValueError(f"expected one (H, W) slice, got shape {image.shape}")

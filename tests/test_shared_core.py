@@ -1,0 +1,72 @@
+"""shared: imports, normalization, splits."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from shared.errors import UserError
+from shared.normalization import denormalize, normalize, pixel_scale, to_unit
+from shared.splits import z_block_split
+
+from .conftest import ROOT
+
+
+def test_importing_shared_imports_no_framework():
+    code = ("import sys, shared, shared.tiles, shared.store, shared.phantom, shared.sources, "
+            "shared.tiling, shared.splits, shared.tiff_io\n"
+            "import importlib.util\n"
+            "if importlib.util.find_spec('shared.diffusion'): import shared.diffusion\n"
+            "bad = [m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules]\n"
+            "assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_normalize_hand_values():
+    u8 = np.array([0, 51, 255], np.uint8)
+    np.testing.assert_allclose(normalize(u8), [-1.0, 51 / 255 * 2 - 1, 1.0], rtol=0, atol=1e-7)
+    u16 = np.array([0, 65535], np.uint16)
+    np.testing.assert_allclose(normalize(u16), [-1.0, 1.0])
+    f32 = np.array([0.25], np.float32)
+    np.testing.assert_allclose(normalize(f32), [-0.5])
+    assert normalize(u8).dtype == np.float32
+    assert pixel_scale(np.uint8) == 255.0
+    with pytest.raises(ValueError, match="unsupported"):
+        to_unit(np.zeros(2, np.int32))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_denormalize_inverts_normalize(dtype):
+    pixels = np.arange(0, np.iinfo(dtype).max + 1, 257 if dtype == np.uint16 else 1).astype(dtype)
+    assert np.array_equal(denormalize(normalize(pixels), dtype), pixels)
+
+
+def test_denormalize_clips_out_of_range():
+    assert denormalize(np.array([-3.0, 3.0]), np.uint8).tolist() == [0, 255]
+
+
+def _is_contiguous(zs):
+    return zs == list(range(zs[0], zs[0] + len(zs))) if zs else True
+
+
+@pytest.mark.parametrize("n,val,test", [(27, 0.2, 0.0), (27, 0.2, 0.2), (10, 0.1, 0.1), (165, 0.15, 0.15)])
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_z_block_split_is_contiguous_disjoint_complete(n, val, test, seed):
+    split = z_block_split(n, val, test, seed)
+    assert sorted(split["train"] + split["val"] + split["test"]) == list(range(n))
+    assert len(split["val"]) == max(1, round(n * val))
+    assert len(split["test"]) == (max(1, round(n * test)) if test else 0)
+    assert _is_contiguous(split["val"]) and _is_contiguous(split["test"])
+    assert split == z_block_split(n, val, test, seed)  # seeded
+
+
+def test_z_block_split_seed_moves_the_block():
+    starts = {z_block_split(27, 0.2, 0.0, seed)["val"][0] for seed in range(20)}
+    assert len(starts) > 3
+
+
+def test_z_block_split_refuses_empty_training():
+    with pytest.raises(UserError, match="training slice"):
+        z_block_split(2, 0.5, 0.5, 0)

@@ -1,0 +1,69 @@
+"""Tiling, stitching and blended whole-slice prediction."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.tiling import blend_window, grid_origins, predict_tiled, stitch_tiles, tile_slice
+
+
+def test_1024x768_gives_12_tiles_in_a_4x3_grid():
+    image = np.arange(768 * 1024, dtype=np.uint32).reshape(768, 1024)
+    tiles, origins = tile_slice(image, 256)
+    assert tiles.shape == (12, 256, 256)
+    assert origins[:5] == [(0, 0), (0, 256), (0, 512), (0, 768), (256, 0)]
+    assert np.array_equal(tiles[5], image[256:512, 256:512])
+
+
+def test_odd_sizes_are_padded_by_reflection():
+    image = np.arange(300 * 20, dtype=np.int32).reshape(300, 20)
+    tiles, origins = tile_slice(image, 256)
+    assert origins == [(0, 0), (256, 0)]
+    # row 300 (first padded row) mirrors row 298; column 20 mirrors column 18
+    assert np.array_equal(tiles[1][300 - 256, :20], image[298])
+    assert np.array_equal(tiles[0][:, 20], image[:256, 18])
+
+
+@settings(max_examples=60, deadline=None)
+@given(h=st.integers(1, 600), w=st.integers(1, 600), tile=st.sampled_from([16, 64, 256]),
+       dtype=st.sampled_from([np.uint8, np.uint16, np.float32]), seed=st.integers(0, 2**16))
+def test_tile_then_stitch_is_exact(h, w, tile, dtype, seed):
+    rng = np.random.default_rng(seed)
+    image = (rng.random((h, w)) * 200).astype(dtype)
+    tiles, origins = tile_slice(image, tile)
+    assert tiles.shape[1:] == (tile, tile)
+    back = stitch_tiles(tiles, origins, image.shape)
+    assert back.dtype == image.dtype and np.array_equal(back, image)
+
+
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(1, 400), w=st.integers(1, 400), overlap=st.sampled_from([0, 8, 31]),
+       seed=st.integers(0, 2**16))
+def test_blended_prediction_of_identity_returns_the_slice(h, w, overlap, seed):
+    image = np.random.default_rng(seed).random((h, w)).astype(np.float32)
+    out = predict_tiled(lambda batch: batch, image, tile=64, overlap=overlap, batch_size=5)
+    assert out.shape == image.shape
+    np.testing.assert_allclose(out, image, rtol=0, atol=1e-6)
+
+
+def test_blending_averages_disagreeing_windows_smoothly():
+    image = np.zeros((64, 120), np.float32)
+    calls = iter(range(100))
+    out = predict_tiled(lambda b: np.stack([np.full(t.shape, float(next(calls))) for t in b]), image,
+                        tile=64, overlap=16, batch_size=1)
+    # two windows (origins 0 and 48 -> padded); values move monotonically from 0 to 1 across the overlap
+    row = out[0]
+    assert row[0] == 0.0 and row[-1] > 0.99
+    assert np.all(np.diff(row) >= -1e-6)
+
+
+def test_blend_window_is_positive_and_flat_inside():
+    w = blend_window(64, 16)
+    assert w.min() > 0 and w[16:48, 16:48].min() == 1.0
+    np.testing.assert_allclose(w, w.T)
+
+
+def test_grid_origins_cover_the_axis():
+    assert grid_origins(768, 256) == [0, 256, 512]
+    assert grid_origins(1000, 256, 64) == [0, 192, 384, 576, 768]
+    assert grid_origins(10, 256) == [0]
