@@ -24,9 +24,17 @@ def to_unit(pixels: np.ndarray) -> np.ndarray:
     return pixels.astype(np.float32) * np.float32(1.0 / pixel_scale(pixels.dtype))
 
 
-def normalize(pixels: np.ndarray) -> np.ndarray:
-    """Stored pixels -> float32 in [-1, 1] (the network input space)."""
-    return (to_unit(pixels) - np.float32(MEAN)) * np.float32(1.0 / STD)
+def normalize(pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Stored pixels -> float32 in [-1, 1] (the network input space), optionally into `out`.
+
+    (pixel / scale - MEAN) / STD computed as one multiply and one subtract, no temporaries.
+    """
+    pixels = np.asarray(pixels)
+    if out is None:
+        out = np.empty(pixels.shape, np.float32)
+    np.multiply(pixels, np.float32(1.0 / (pixel_scale(pixels.dtype) * STD)), out=out, casting="unsafe")
+    out -= np.float32(MEAN / STD)
+    return out
 
 
 def denormalize(x: np.ndarray, dtype: np.dtype = np.uint8) -> np.ndarray:

@@ -127,7 +127,10 @@ class TileStore:
         for c in np.unique(chunks):
             sel = np.flatnonzero(chunks == c)
             part = self._chunk(int(c))[which][self._index_in_chunk[idx[sel]]]
-            out[sel] = norm.normalize(part) if normalized else part
+            if normalized and len(sel) == len(idx):
+                norm.normalize(part, out=out)  # one chunk: normalize straight into the output
+            else:
+                out[sel] = norm.normalize(part) if normalized else part
         return out
 
     def _dtype(self, which: int, chunks: np.ndarray) -> np.dtype:
