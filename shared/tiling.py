@@ -98,3 +98,23 @@ def predict_tiled(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray
             total[y:y + tile, x:x + tile] += out[k] * weight
             norm[y:y + tile, x:x + tile] += weight
     return (total / norm)[: image.shape[0], : image.shape[1]]
+
+
+def dihedral(tiles: np.ndarray, k: int) -> np.ndarray:
+    """Transform k in 0..7 of the last two axes: rotate by (k % 4) quarter turns, mirror if k >= 4."""
+    out = np.rot90(tiles, k % 4, axes=(-2, -1))
+    return out[..., ::-1] if k >= 4 else out
+
+
+def inverse_dihedral(tiles: np.ndarray, k: int) -> np.ndarray:
+    out = tiles[..., ::-1] if k >= 4 else tiles
+    return np.rot90(out, -(k % 4), axes=(-2, -1))
+
+
+def with_tta(predict: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """Average a (B, T, T) -> (B, T, T) tile predictor over the 8 dihedral transforms, in one batch."""
+    def predict_tta(tiles: np.ndarray) -> np.ndarray:
+        views = np.concatenate([dihedral(tiles, k) for k in range(8)])
+        out = np.asarray(predict(np.ascontiguousarray(views))).reshape(8, *tiles.shape)
+        return np.mean([inverse_dihedral(out[k], k) for k in range(8)], axis=0).astype(np.float32)
+    return predict_tta

@@ -67,3 +67,25 @@ def test_grid_origins_cover_the_axis():
     assert grid_origins(768, 256) == [0, 256, 512]
     assert grid_origins(1000, 256, 64) == [0, 192, 384, 576, 768]
     assert grid_origins(10, 256) == [0]
+
+
+def test_dihedral_transforms_are_eight_distinct_invertible_maps():
+    from shared.tiling import dihedral, inverse_dihedral
+
+    x = np.arange(2 * 4 * 4).reshape(2, 4, 4)
+    views = [dihedral(x, k) for k in range(8)]
+    assert len({v.tobytes() for v in views}) == 8
+    for k in range(8):
+        assert np.array_equal(inverse_dihedral(views[k], k), x)
+    assert np.array_equal(dihedral(x, 1)[0], np.rot90(x[0]))
+    assert np.array_equal(dihedral(x, 4)[0], x[0][:, ::-1])
+
+
+def test_tta_of_an_equivariant_predictor_is_exact_and_of_a_biased_one_averages():
+    from shared.tiling import with_tta
+
+    x = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(with_tta(lambda t: t * 2)(x), x * 2, rtol=1e-6)
+    ramp = np.arange(8, dtype=np.float32)[None, None, :].repeat(8, axis=1)
+    out = with_tta(lambda t: t * 0 + ramp)(x)  # a predictor that ignores its input: averages to const
+    np.testing.assert_allclose(out, np.full_like(out, ramp.mean()), rtol=1e-6)
