@@ -1,0 +1,1 @@
+"""Keras residual U-Net segmenter: model, losses, data pipeline, training, prediction, evaluation."""

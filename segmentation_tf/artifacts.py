@@ -1,0 +1,125 @@
+"""The saved segmenter: RUN/segmenter.keras (the float32 model, uncompiled, so loading it needs no
+custom objects) and RUN/segmenter.json (calibrated threshold, tile size, depth, normalization,
+model config, training provenance). Both written atomically.
+
+    from segmentation_tf.artifacts import load_segmenter
+    seg = load_segmenter("runs/x")          # or the .keras path
+    seg.model        # keras.Model: (B, H, W, 1) float32 in [-1, 1] -> (B, H, W, 1) sigmoid probability
+    seg.threshold    # calibrated foreground threshold
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from segmentation_tf.model import UNetConfig, build_unet
+from shared import normalization
+from shared.atomic import atomic_path, write_json_atomic
+from shared.errors import UserError
+
+MODEL_NAME = "segmenter.keras"
+SIDECAR_NAME = "segmenter.json"
+FORMAT = "emsynth-segmenter"
+
+
+@dataclass
+class Segmenter:
+    model: keras.Model
+    meta: dict[str, Any]
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta["threshold"])
+
+    @property
+    def tile_size(self) -> int:
+        return int(self.meta["tile_size"])
+
+    @property
+    def depth(self) -> int:
+        return int(self.meta["depth"])
+
+
+def save_model_atomic(model: keras.Model, target: Path) -> None:
+    """model.save to a temp .keras file beside `target`, then rename."""
+    with atomic_path(target, suffix=".keras") as tmp:
+        model.save(tmp)
+
+
+def float32_copy(model: keras.Model, config: UNetConfig) -> keras.Model:
+    """The same weights in a float32 graph (what export and plain inference want)."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        clean = build_unet(config)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    clean.set_weights(model.get_weights())
+    return clean
+
+
+def save_segmenter(model: keras.Model, config: UNetConfig, run_dir: Path, threshold: float,
+                   tile_size: int, provenance: dict[str, Any]) -> Path:
+    """Write segmenter.keras + segmenter.json into run_dir; returns the model path."""
+    path = run_dir / MODEL_NAME
+    save_model_atomic(float32_copy(model, config), path)
+    meta = {"format": FORMAT, "version": 1, "threshold": float(threshold), "tile_size": int(tile_size),
+            "depth": config.depth, "model": asdict(config), "normalization": normalization.metadata(),
+            "input": "NHWC float32, normalized to [-1, 1]; H, W divisible by 2**depth",
+            "output": "NHWC float32 sigmoid foreground (mitochondria) probability",
+            "provenance": provenance}
+    write_json_atomic(run_dir / SIDECAR_NAME, meta)
+    return path
+
+
+def model_paths(path: str | Path) -> tuple[Path, Path]:
+    """A run folder or a .keras file -> (model file, sidecar file)."""
+    path = Path(path)
+    model = path / MODEL_NAME if path.is_dir() else path
+    return model, model.with_name(SIDECAR_NAME)
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    _, sidecar = model_paths(path)
+    if not sidecar.is_file():
+        raise UserError(f"{sidecar}: missing (a segmenter is saved as {MODEL_NAME} + {SIDECAR_NAME})")
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{sidecar}: unreadable ({str(exc)[:120]})") from None
+    if meta.get("format") != FORMAT or "threshold" not in meta:
+        raise UserError(f"{sidecar}: not a segmenter sidecar")
+    return meta
+
+
+def load_segmenter(path: str | Path, policy: str = "float32") -> Segmenter:
+    """Load segmenter.keras + segmenter.json. policy other than float32 rebuilds the graph under
+    that mixed-precision policy (same weights)."""
+    model_file, _ = model_paths(path)
+    if not model_file.is_file():
+        raise UserError(f"{model_file}: no saved segmenter here")
+    meta = read_sidecar(model_file)
+    try:
+        model = keras.saving.load_model(model_file, compile=False)
+    except Exception as exc:  # corrupt or foreign file
+        raise UserError(f"{model_file}: cannot load the model ({str(exc)[:120]})") from None
+    if policy != "float32":
+        model = rebuild(model, UNetConfig(**meta["model"]), policy)
+    return Segmenter(model, meta)
+
+
+def rebuild(model: keras.Model, config: UNetConfig, policy: str) -> keras.Model:
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        other = build_unet(config)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    other.set_weights(model.get_weights())
+    return other
+

@@ -1,0 +1,99 @@
+"""Training callbacks: the standard Keras ones wired to a run folder, plus three small ones:
+an atomic best-model checkpoint, TensorBoard image panels (input | truth | prediction) and a
+wall-clock limit.
+
+    RUN/best.keras           best validation model (written to a temp file, then renamed)
+    RUN/backup/              BackupAndRestore state: a killed run resumes at the next epoch
+    RUN/log.csv              one row per epoch
+    RUN/tensorboard/         scalars (train/, validation/) and image panels (images/)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from segmentation_tf.artifacts import save_model_atomic
+
+
+class AtomicBestCheckpoint(keras.callbacks.Callback):
+    """ModelCheckpoint(save_best_only=True) that never leaves a half-written file."""
+
+    def __init__(self, path: Path, monitor: str = "val_iou", mode: str = "max"):
+        super().__init__()
+        self.path, self.monitor, self.mode = Path(path), monitor, mode
+        self.best = -np.inf if mode == "max" else np.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        better = value > self.best if self.mode == "max" else value < self.best
+        if better:
+            self.best = float(value)
+            save_model_atomic(self.model, self.path)
+
+
+class ImagePanels(keras.callbacks.Callback):
+    """After each epoch, write TensorBoard images of a few validation tiles: input, truth,
+    prediction (tags panels/input, panels/truth, panels/prediction)."""
+
+    def __init__(self, log_dir: Path, x: np.ndarray, y: np.ndarray, max_images: int = 4):
+        super().__init__()
+        self.x = x[:max_images].astype(np.float32)
+        self.truth = y[:max_images, ..., :1].astype(np.float32)
+        self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "images"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        pred = np.asarray(self.model.predict_on_batch(self.x), np.float32)
+        with self.writer.as_default():
+            tf.summary.image("panels/input", (self.x + 1.0) / 2.0, step=epoch, max_outputs=len(self.x))
+            tf.summary.image("panels/truth", self.truth, step=epoch, max_outputs=len(self.x))
+            tf.summary.image("panels/prediction", pred, step=epoch, max_outputs=len(self.x))
+        self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        self.writer.close()
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stop training after the epoch during which `minutes` of wall-clock time have passed."""
+
+    def __init__(self, minutes: float):
+        super().__init__()
+        self.seconds = minutes * 60.0
+        self.start = time.monotonic()
+
+    def on_train_begin(self, logs=None):
+        self.start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if time.monotonic() - self.start >= self.seconds:
+            print(f"time limit of {self.seconds / 60:.1f} min reached after epoch {epoch + 1}; stopping")
+            self.model.stop_training = True
+
+
+def standard_callbacks(run_dir: Path, patience: int, val_x: np.ndarray, val_y: np.ndarray,
+                       time_limit_minutes: float = 0.0, plateau: bool = False
+                       ) -> list[keras.callbacks.Callback]:
+    """BackupAndRestore first, so an epoch is only logged once its state is safe."""
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        keras.callbacks.TerminateOnNaN(),
+        AtomicBestCheckpoint(run_dir / "best.keras"),
+        keras.callbacks.EarlyStopping(monitor="val_iou", mode="max", patience=patience,
+                                      restore_best_weights=True),
+        keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0),
+        ImagePanels(run_dir / "tensorboard", val_x, val_y),
+        keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
+    ]
+    if plateau:
+        callbacks.insert(2, keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                                              patience=max(2, patience // 3), min_lr=1e-6))
+    if time_limit_minutes > 0:
+        callbacks.append(TimeLimit(time_limit_minutes))
+    return callbacks

@@ -1,0 +1,166 @@
+"""The input pipeline: real windows (random crops of whole slices, or the store's tile grid) mixed
+with synthetic tiles at a fixed count per batch, augmented in tf.data, prefetched.
+
+With --synthetic-ratio r and batch size B each batch holds n_syn = round(r B) synthetic tiles (at
+least 1 when r > 0) and n_real = B - n_syn real ones; an epoch has ceil(real tiles / n_real) steps,
+so the number of real tiles seen per epoch does not shrink as r grows. Validation is real tiles only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import tensorflow as tf
+
+from segmentation_tf.augment import AugmentConfig, random_window
+from segmentation_tf.weights import weight_maps
+from shared.errors import UserError
+from shared.store import TileStore
+from shared.tiling import stitch_tiles
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    batch_size: int = 8
+    synthetic_ratio: float = 0.0     # fraction of each batch drawn from synthetic tiles, in [0, 1)
+    random_crops: bool = True        # real windows anywhere in the whole slices, not the tile grid
+    weight_w0: float = 0.0           # U-Net border weight map amplitude (0: no weight map)
+    weight_sigma: float = 5.0        # its length scale in pixels
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class Pool:
+    """Items to cut windows from: (S, H, W, C) float32 channels [image, mask(, weight)]."""
+    data: np.ndarray
+    extents: np.ndarray   # (S, 2) int32 valid height and width of each item
+    tiles: int            # how many store tiles the pool stands for (the epoch length)
+
+
+def batch_composition(batch_size: int, ratio: float) -> tuple[int, int]:
+    """(real, synthetic) tiles per batch for a synthetic ratio in [0, 1)."""
+    if not 0.0 <= ratio < 1.0:
+        raise UserError(f"--synthetic-ratio must be in [0, 1), got {ratio}")
+    if ratio == 0.0:
+        return batch_size, 0
+    if batch_size < 2:
+        raise UserError("--synthetic-ratio > 0 needs a batch size of at least 2")
+    n_syn = min(max(1, round(ratio * batch_size)), batch_size - 1)
+    return batch_size - n_syn, n_syn
+
+
+def steps_per_epoch(real_tiles: int, n_real: int) -> int:
+    return max(1, math.ceil(real_tiles / n_real))
+
+
+def stack_channels(images: np.ndarray, masks: np.ndarray, config: DataConfig) -> np.ndarray:
+    """(N, H, W) images in [-1, 1] + {0, 1} masks -> (N, H, W, C) float32, weight maps appended."""
+    channels = [images.astype(np.float32), masks.astype(np.float32)]
+    if config.weight_w0 > 0:
+        channels.append(weight_maps(masks, config.weight_w0, config.weight_sigma))
+    return np.stack(channels, axis=-1)
+
+
+def tile_pool(store: TileStore, idx: np.ndarray, config: DataConfig) -> Pool:
+    data = stack_channels(store.images(idx), store.masks(idx), config)
+    extents = np.full((len(idx), 2), store.tile_size, np.int32)
+    return Pool(data, extents, len(idx))
+
+
+def slices_of(store: TileStore, idx: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Reassemble whole (tile-padded) slices from their grid tiles: [(image, mask)] per slice."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i in idx:
+        r = store.records[int(i)]
+        groups[(str(r.get("file")), int(r.get("slice", 0)))].append(int(i))
+    t = store.tile_size
+    out = []
+    for key in sorted(groups):
+        members = np.array(groups[key])
+        origins = [(int(store.records[i]["y"]), int(store.records[i]["x"])) for i in members]
+        shape = (max(y for y, _ in origins) + t, max(x for _, x in origins) + t)
+        out.append((stitch_tiles(store.images(members), origins, shape),
+                    stitch_tiles(store.masks(members), origins, shape)))
+    return out
+
+
+def slice_pool(store: TileStore, idx: np.ndarray, config: DataConfig) -> Pool:
+    """Whole slices, zero-padded to a common size, with their own extents for cropping."""
+    slices = slices_of(store, idx)
+    height = max(img.shape[0] for img, _ in slices)
+    width = max(img.shape[1] for img, _ in slices)
+    channels = 3 if config.weight_w0 > 0 else 2
+    data = np.zeros((len(slices), height, width, channels), np.float32)
+    for k, (img, mask) in enumerate(slices):
+        data[k, : img.shape[0], : img.shape[1]] = stack_channels(img[None], mask[None], config)[0]
+    extents = np.array([img.shape for img, _ in slices], np.int32)
+    return Pool(data, extents, len(idx))
+
+
+def real_train_pool(store: TileStore, config: DataConfig) -> Pool:
+    idx = store.indices("train")
+    if len(idx) == 0:
+        raise UserError(f"{store.path}: no 'train' tiles")
+    has_origin = all("y" in store.records[int(i)] and "x" in store.records[int(i)] for i in idx)
+    if config.random_crops and has_origin:
+        return slice_pool(store, idx, config)
+    return tile_pool(store, idx, config)
+
+
+def synthetic_pool(store: TileStore, tile: int, config: DataConfig) -> Pool:
+    if store.tile_size != tile:
+        raise UserError(f"{store.path}: synthetic tiles are {store.tile_size}x{store.tile_size} but the "
+                        f"real tiles are {tile}x{tile}")
+    idx = store.indices(None)
+    if len(idx) == 0:
+        raise UserError(f"{store.path}: the synthetic store holds no tiles")
+    return tile_pool(store, idx, config)
+
+
+def window_stream(pool: Pool, tile: int, config: DataConfig, seed: int) -> tf.data.Dataset:
+    """An endless stream of augmented (tile, tile, C) windows from a pool."""
+    data = tf.constant(pool.data)
+    extents = tf.constant(pool.extents)
+    aug = config.augment
+
+    def window(pair):
+        return random_window(data, extents, tile, aug, pair)
+
+    seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+    return seeds.map(window, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def split_xy(batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(B, H, W, C) channels -> model input (B, H, W, 1) and target (B, H, W, C - 1)."""
+    return batch[..., :1], batch[..., 1:]
+
+
+def training_dataset(real: Pool, synthetic: Pool | None, tile: int, config: DataConfig) -> tf.data.Dataset:
+    """Endless batches of n_real real + n_syn synthetic windows (in that order), prefetched."""
+    n_real, n_syn = batch_composition(config.batch_size, config.synthetic_ratio)
+    batches = window_stream(real, tile, config, config.seed).batch(n_real, drop_remainder=True)
+    if n_syn:
+        if synthetic is None:
+            raise UserError("--synthetic-ratio > 0 needs --synthetic-store")
+        syn = window_stream(synthetic, tile, config, config.seed + 1).batch(n_syn, drop_remainder=True)
+        batches = tf.data.Dataset.zip(batches, syn).map(lambda a, b: tf.concat([a, b], axis=0))
+    return batches.map(split_xy).prefetch(tf.data.AUTOTUNE)
+
+
+def validation_arrays(store: TileStore, config: DataConfig, split: str = "val"
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Real tiles of a split as (x, y) arrays, no augmentation."""
+    idx = store.indices(split)
+    if len(idx) == 0:
+        raise UserError(f"{store.path}: no '{split}' tiles left after the split")
+    stacked = stack_channels(store.images(idx), store.masks(idx), config)
+    return stacked[..., :1], stacked[..., 1:]
+
+
+def validation_dataset(store: TileStore, config: DataConfig) -> tf.data.Dataset:
+    x, y = validation_arrays(store, config)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(config.batch_size).prefetch(tf.data.AUTOTUNE)

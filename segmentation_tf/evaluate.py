@@ -1,0 +1,97 @@
+"""Foreground IoU and Dice of a saved segmenter on a labelled stack (or a store split), per slice
+and overall (pooled over all pixels), at the calibrated threshold.
+
+    python -m segmentation_tf.evaluate --model RUN --images STACK.tif --masks MASKS.tif [--tta]
+    python -m segmentation_tf.evaluate --model RUN --store STORE --split val [--json out.json]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segmentation_tf import metrics
+from segmentation_tf.artifacts import load_segmenter
+from segmentation_tf.data import slices_of
+from shared import normalization
+from shared.atomic import write_json_atomic
+from shared.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_cli
+from shared.store import TileStore
+from shared.tiff_io import read_pair
+
+
+def score(probs: np.ndarray, masks: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Per-slice and pooled IoU / Dice of (Z, H, W) probabilities against (Z, H, W) masks."""
+    per_slice, totals = [], np.zeros(3, np.int64)
+    for z, (p, m) in enumerate(zip(probs, masks, strict=True)):
+        counts = metrics.confusion(p, m, threshold)
+        totals += counts
+        per_slice.append({"slice": z, "iou": metrics.iou_from_counts(*counts),
+                          "dice": metrics.dice_from_counts(*counts)})
+    return {"threshold": threshold, "iou": metrics.iou_from_counts(*totals),
+            "dice": metrics.dice_from_counts(*totals), "slices": per_slice}
+
+
+def store_slices(store: TileStore, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Whole normalized slices + masks of a store split (tile-padded slices cropped back)."""
+    idx = store.indices(split)
+    if len(idx) == 0:
+        raise UserError(f"{store.path}: no '{split}' tiles")
+    pairs = slices_of(store, idx)
+    rec = store.records[int(idx[0])]
+    height, width = int(rec.get("height", pairs[0][0].shape[0])), int(rec.get("width", pairs[0][0].shape[1]))
+    return (np.stack([img[:height, :width] for img, _ in pairs]),
+            np.stack([m[:height, :width] for _, m in pairs]))
+
+
+def load_labelled(args) -> tuple[np.ndarray, np.ndarray]:
+    if args.store is not None:
+        return store_slices(TileStore(args.store), args.split)
+    if args.images is None or args.masks is None:
+        raise UserError("give --images and --masks, or --store (with --split)")
+    images, masks = read_pair(args.images, args.masks)
+    return normalization.normalize(images), masks
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = ArgumentParser(prog="python -m segmentation_tf.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="run folder or segmenter.keras")
+    parser.add_argument("--images", type=Path, help="image TIFF stack")
+    parser.add_argument("--masks", type=Path, help="mask TIFF stack")
+    parser.add_argument("--store", type=Path, help="a tile store instead of stacks")
+    parser.add_argument("--split", default="val", choices=("train", "val", "test"))
+    parser.add_argument("--overlap", type=non_negative_int, default=64, help="window overlap in pixels")
+    parser.add_argument("--tta", action="store_true", help="8-fold flip/rotation test-time augmentation")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--threshold", type=float, help="override the calibrated threshold")
+    parser.add_argument("--json", type=Path, help="also write the scores here")
+    args = parser.parse_args(argv)
+    from segmentation_tf.inference import predict_stack
+
+    seg = load_segmenter(args.model)
+    images, masks = load_labelled(args)
+    if args.overlap >= seg.tile_size:
+        raise UserError(f"--overlap must be below the tile size {seg.tile_size}")
+    start = time.perf_counter()
+    probs = predict_stack(seg.model, images, seg.tile_size, args.overlap, args.tta, args.batch_size)
+    seconds = time.perf_counter() - start
+    result = score(probs, masks, seg.threshold if args.threshold is None else args.threshold)
+    result.update({"model": str(args.model), "tta": args.tta, "overlap": args.overlap,
+                   "seconds": seconds, "slices_per_s": len(images) / seconds})
+    for s in result["slices"]:
+        print(f"slice {s['slice']:>4}  IoU {s['iou']:.4f}  Dice {s['dice']:.4f}")
+    print(f"overall  IoU {result['iou']:.4f}  Dice {result['dice']:.4f}  "
+          f"(threshold {result['threshold']:.2f}, {len(images)} slices, "
+          f"{result['slices_per_s']:.2f} slices/s)")
+    if args.json:
+        write_json_atomic(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,126 @@
+"""Train the residual U-Net segmenter.
+
+    python -m segmentation_tf.fit --out runs/seg                       # built-in phantom, quick preset
+    python -m segmentation_tf.fit --store STORE --preset real --out runs/seg_real
+    python -m segmentation_tf.fit --store STORE --synthetic-store SYN --synthetic-ratio 0.3 --out runs/mix
+
+Flags left unset take the preset's value. Rerunning with the same --out resumes a killed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from segmentation_tf.augment import AugmentConfig
+from segmentation_tf.data import DataConfig
+from segmentation_tf.model import UNetConfig
+from segmentation_tf.training import TrainConfig
+from shared.errors import (
+    ArgumentParser,
+    UserError,
+    fraction,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_cli,
+)
+from shared.sources import add_data_flags, resolve_real_store, source_from_args
+
+PRESETS: dict[str, tuple[UNetConfig, DataConfig, TrainConfig]] = {
+    # minutes on a CPU: the phantom, a narrow net
+    "quick": (UNetConfig(base_width=8, depth=4),
+              DataConfig(batch_size=8, augment=AugmentConfig(gray=0.1)),
+              TrainConfig(epochs=4, learning_rate=2e-3, patience=10, overlap=32)),
+    # EPFL CA1 on 2 CPU cores in under an hour (see README: Segmenter)
+    "real": (UNetConfig(base_width=16, depth=4),
+             DataConfig(batch_size=8, random_crops=True,
+                        augment=AugmentConfig(elastic_sigma=6.0, elastic_grid=5, gray=0.15)),
+             TrainConfig(epochs=55, learning_rate=2e-3, patience=100, time_limit_minutes=50.0,
+                         overlap=128, tta=True)),
+}
+
+# flag -> (config section, field)
+OVERRIDES = {
+    "base_width": ("model", "base_width"), "depth": ("model", "depth"),
+    "batch_size": ("data", "batch_size"), "synthetic_ratio": ("data", "synthetic_ratio"),
+    "random_crops": ("data", "random_crops"), "weight_w0": ("data", "weight_w0"),
+    "weight_sigma": ("data", "weight_sigma"), "seed": ("data", "seed"),
+    "elastic": ("augment", "elastic_sigma"), "gray": ("augment", "gray"),
+    "epochs": ("train", "epochs"), "lr": ("train", "learning_rate"), "schedule": ("train", "schedule"),
+    "accumulate": ("train", "accumulate"), "patience": ("train", "patience"),
+    "time_limit": ("train", "time_limit_minutes"), "overlap": ("train", "overlap"), "tta": ("train", "tta"),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog="python -m segmentation_tf.fit", description=__doc__.split("\n")[0])
+    add_data_flags(p)
+    p.add_argument("--out", type=Path, default=Path("runs/segmenter"), help="run folder")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="default: quick on the phantom, real otherwise")
+    p.add_argument("--synthetic-store", type=Path, help="synthetic tile store (generation_torch.sample)")
+    p.add_argument("--synthetic-ratio", type=fraction, help="share of each batch that is synthetic, [0, 1)")
+    p.add_argument("--base-width", type=positive_int, help="channels at full resolution")
+    p.add_argument("--depth", type=positive_int, help="poolings; tiles must divide by 2**depth")
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--lr", type=positive_float, help="peak learning rate")
+    p.add_argument("--schedule", choices=("cosine", "plateau"))
+    p.add_argument("--accumulate", type=positive_int, help="gradient accumulation steps")
+    p.add_argument("--patience", type=positive_int, help="early-stopping patience (epochs)")
+    p.add_argument("--time-limit", type=positive_float, help="minutes of training before stopping")
+    p.add_argument("--random-crops", action=argparse.BooleanOptionalAction,
+                   help="real windows anywhere in the slices (else the store's tile grid)")
+    p.add_argument("--elastic", type=float, help="elastic deformation std in pixels (0: off)")
+    p.add_argument("--gray", type=float, help="gray-value variation strength (0: off)")
+    p.add_argument("--weight-w0", type=float, help="U-Net border weight map amplitude (0: off)")
+    p.add_argument("--weight-sigma", type=positive_float, help="border weight map length scale (pixels)")
+    p.add_argument("--overlap", type=non_negative_int, help="prediction window overlap (calibration)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, help="8-fold TTA in calibration")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+                   default="auto", help="auto: bf16 on CPUs/GPUs that support it")
+    p.add_argument("--cpu-devices", type=non_negative_int, default=0,
+                   help="split the CPU into N logical devices under MirroredStrategy (testing)")
+    p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
+    return p
+
+
+def configs(args: argparse.Namespace, preset: str) -> tuple[UNetConfig, DataConfig, TrainConfig]:
+    model, data, train = PRESETS[preset]
+    sections = {"model": {}, "data": {}, "augment": {}, "train": {"verbose": args.verbose}}
+    for flag, (section, name) in OVERRIDES.items():
+        if getattr(args, flag) is not None:
+            sections[section][name] = getattr(args, flag)
+    augment = dataclasses.replace(data.augment, **sections["augment"])
+    return (dataclasses.replace(model, **sections["model"]),
+            dataclasses.replace(data, augment=augment, **sections["data"]),
+            dataclasses.replace(train, **sections["train"]))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    source = source_from_args(args)
+    preset = args.preset or ("quick" if args.store is None and args.images is None else "real")
+    model_cfg, data_cfg, train_cfg = configs(args, preset)
+    if data_cfg.synthetic_ratio > 0 and args.synthetic_store is None:
+        raise UserError("--synthetic-ratio > 0 needs --synthetic-store")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from segmentation_tf.precision import apply_policy, choose_strategy  # imports TensorFlow
+    from segmentation_tf.training import RunInputs, fit
+    from shared.store import TileStore
+
+    strategy = choose_strategy(args.cpu_devices)
+    policy = apply_policy(args.precision)
+    store = resolve_real_store(source, args.out)
+    synthetic = TileStore(args.synthetic_store) if args.synthetic_store else None
+    fit(RunInputs(args.out, store, synthetic, model_cfg, data_cfg, train_cfg), strategy, policy)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,62 @@
+"""Whole-slice inference: overlapping windows blended (shared.tiling.predict_tiled), optionally
+averaged over the 8 flips/rotations of each window (test-time augmentation)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import numpy as np
+
+from shared.tiling import predict_tiled
+
+TileFn = Callable[[np.ndarray], np.ndarray]
+
+
+def model_fn(model: keras.Model) -> TileFn:
+    """(B, T, T) normalized tiles -> (B, T, T) float32 probabilities."""
+    def predict(tiles: np.ndarray) -> np.ndarray:
+        out = model.predict_on_batch(np.ascontiguousarray(tiles, np.float32)[..., None])
+        return np.asarray(out, np.float32)[..., 0]
+    return predict
+
+
+def dihedral(tiles: np.ndarray, k: int) -> np.ndarray:
+    """Transform k in 0..7 of (B, T, T): rotate by (k % 4) quarter turns, then mirror if k >= 4."""
+    out = np.rot90(tiles, k % 4, axes=(1, 2))
+    return out[:, :, ::-1] if k >= 4 else out
+
+
+def inverse_dihedral(tiles: np.ndarray, k: int) -> np.ndarray:
+    out = tiles[:, :, ::-1] if k >= 4 else tiles
+    return np.rot90(out, -(k % 4), axes=(1, 2))
+
+
+def with_tta(predict: TileFn) -> TileFn:
+    """Average a tile predictor over the 8 dihedral transforms (one batched call)."""
+    def predict_tta(tiles: np.ndarray) -> np.ndarray:
+        views = np.concatenate([dihedral(tiles, k) for k in range(8)])
+        out = predict(views).reshape(8, *tiles.shape)
+        return np.mean([inverse_dihedral(out[k], k) for k in range(8)], axis=0).astype(np.float32)
+    return predict_tta
+
+
+def predict_slice(model: keras.Model, image: np.ndarray, tile: int, overlap: int = 64, tta: bool = False,
+                  batch_size: int = 8) -> np.ndarray:
+    """One normalized (H, W) slice -> (H, W) float32 foreground probability."""
+    predict = model_fn(model)
+    if tta:
+        predict = with_tta(predict)
+        batch_size = max(1, batch_size // 8) if batch_size >= 8 else 1
+    return predict_tiled(predict, image, tile=tile, overlap=overlap, batch_size=batch_size)
+
+
+def predict_stack(model: keras.Model, images: np.ndarray, tile: int, overlap: int = 64, tta: bool = False,
+                  batch_size: int = 8, progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """(Z, H, W) normalized slices -> (Z, H, W) float32 probabilities."""
+    out = np.empty(images.shape, np.float32)
+    for z, image in enumerate(images):
+        out[z] = predict_slice(model, image, tile, overlap, tta, batch_size)
+        if progress:
+            progress(z)
+    return out

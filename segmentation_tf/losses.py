@@ -1,0 +1,61 @@
+"""Losses as small composable objects: BCE + soft Jaccard (IoU), optionally pixel-weighted.
+
+y_true is (B, H, W, 1) with the {0, 1} mask, or (B, H, W, 2) with the mask and a per-pixel weight
+map (the U-Net paper's border weights, see `weights.py`); y_pred is the sigmoid probability.
+All arithmetic is float32, whatever the mixed-precision policy.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+EPS = 1e-7
+
+
+def split_target(y_true, y_pred):
+    """-> (mask, weight or None, probability), all float32 of shape (B, H, W, 1)."""
+    y_true = ops.cast(y_true, "float32")
+    y_pred = ops.cast(y_pred, "float32")
+    if y_true.shape[-1] == 2:
+        return y_true[..., :1], y_true[..., 1:], y_pred
+    return y_true, None, y_pred
+
+
+def binary_crossentropy(mask, prob, weight=None):
+    """Mean of -w [y log p + (1 - y) log(1 - p)] over all pixels (w = 1 without a weight map)."""
+    p = ops.clip(prob, EPS, 1.0 - EPS)
+    bce = -(mask * ops.log(p) + (1.0 - mask) * ops.log(1.0 - p))
+    if weight is not None:
+        bce = bce * weight
+    return ops.mean(bce)
+
+
+def soft_jaccard(mask, prob, smooth: float = 1.0):
+    """(sum y p + s) / (sum y + sum p - sum y p + s) over the whole batch."""
+    intersection = ops.sum(mask * prob)
+    union = ops.sum(mask) + ops.sum(prob) - intersection
+    return (intersection + smooth) / (union + smooth)
+
+
+@keras.saving.register_keras_serializable(package="segmentation_tf")
+class BceJaccardLoss(keras.losses.Loss):
+    """bce_weight * BCE + jaccard_weight * (1 - soft Jaccard)."""
+
+    def __init__(self, bce_weight: float = 1.0, jaccard_weight: float = 1.0, smooth: float = 1.0,
+                 name: str = "bce_jaccard", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.bce_weight, self.jaccard_weight, self.smooth = bce_weight, jaccard_weight, smooth
+
+    def call(self, y_true, y_pred):
+        mask, weight, prob = split_target(y_true, y_pred)
+        loss = ops.convert_to_tensor(0.0, "float32")
+        if self.bce_weight:
+            loss = loss + self.bce_weight * binary_crossentropy(mask, prob, weight)
+        if self.jaccard_weight:
+            loss = loss + self.jaccard_weight * (1.0 - soft_jaccard(mask, prob, self.smooth))
+        return loss
+
+    def get_config(self):
+        return {**super().get_config(), "bce_weight": self.bce_weight,
+                "jaccard_weight": self.jaccard_weight, "smooth": self.smooth}

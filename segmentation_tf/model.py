@@ -1,0 +1,67 @@
+"""The residual U-Net: a builder that takes widths and depth and returns a fully convolutional
+keras.Model, input (B, H, W, 1) float32 in [-1, 1], output (B, H, W, 1) float32 sigmoid probability.
+
+H and W must be divisible by 2**depth. Only ONNX-friendly layers: Conv2D, BatchNormalization,
+Activation, Add, MaxPooling2D, UpSampling2D, Concatenate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+from keras import layers
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    base_width: int = 16       # channels at full resolution; doubled at each level down
+    depth: int = 4             # number of 2x poolings; inputs must be divisible by 2**depth
+    max_width: int = 512       # cap on channels per level
+    dropout: float = 0.0       # spatial dropout in the bottleneck
+
+    def widths(self) -> list[int]:
+        return [min(self.base_width * 2 ** level, self.max_width) for level in range(self.depth + 1)]
+
+
+def _conv(x, width: int, kernel: int, name: str):
+    return layers.Conv2D(width, kernel, padding="same", use_bias=False,
+                         kernel_initializer="he_normal", name=name)(x)
+
+
+def residual_block(x, width: int, name: str):
+    """conv-BN-ReLU-conv-BN plus a (1x1 conv + BN) shortcut, then ReLU."""
+    shortcut = x
+    if x.shape[-1] != width:
+        shortcut = _conv(x, width, 1, f"{name}_proj")
+        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    y = _conv(x, width, 3, f"{name}_conv1")
+    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.Activation("relu", name=f"{name}_relu1")(y)
+    y = _conv(y, width, 3, f"{name}_conv2")
+    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = layers.Add(name=f"{name}_add")([y, shortcut])
+    return layers.Activation("relu", name=f"{name}_out")(y)
+
+
+def build_unet(config: UNetConfig = UNetConfig(), name: str = "residual_unet") -> keras.Model:
+    """Encoder of residual blocks + max-pooling, decoder of upsampling + skip concatenation +
+    residual blocks, 1x1 conv + sigmoid head computed in float32 (also under mixed precision)."""
+    widths = config.widths()
+    inputs = keras.Input((None, None, 1), name="image", dtype="float32")
+    x, skips = inputs, []
+    for level, width in enumerate(widths[:-1]):
+        x = residual_block(x, width, f"enc{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
+    x = residual_block(x, widths[-1], "bottleneck")
+    if config.dropout > 0:
+        x = layers.SpatialDropout2D(config.dropout, name="bottleneck_dropout")(x)
+    for level in reversed(range(config.depth)):
+        x = layers.UpSampling2D(2, interpolation="nearest", name=f"up{level}")(x)
+        x = _conv(x, widths[level], 1, f"up{level}_conv")
+        x = layers.Concatenate(name=f"skip{level}")([x, skips[level]])
+        x = residual_block(x, widths[level], f"dec{level}")
+    logits = layers.Conv2D(1, 1, kernel_initializer="he_normal", name="logits", dtype="float32")(x)
+    probability = layers.Activation("sigmoid", name="probability", dtype="float32")(logits)
+    return keras.Model(inputs, probability, name=name)

@@ -1,0 +1,62 @@
+"""Segment whole slices of any size: overlapping windows blended, optional 8-fold test-time
+augmentation; writes a float32 probability stack and a uint8 mask stack (0/255) at the calibrated
+threshold.
+
+    python -m segmentation_tf.predict --model RUN --images STACK.tif --out PREFIX [--tta]
+      -> PREFIX_probability.tif, PREFIX_mask.tif
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from shared import normalization
+from shared.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_cli
+from shared.tiff_io import read_image_stack, write_stack
+
+
+def binary_mask(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """uint8 0/255 (visible in Fiji) where probability >= threshold."""
+    return np.where(probs >= threshold, 255, 0).astype(np.uint8)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = ArgumentParser(prog="python -m segmentation_tf.predict", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="run folder or segmenter.keras")
+    parser.add_argument("--images", type=Path, required=True, help="image TIFF stack (any slice size)")
+    parser.add_argument("--out", type=Path, required=True, help="output prefix")
+    parser.add_argument("--overlap", type=non_negative_int, default=64, help="window overlap in pixels")
+    parser.add_argument("--tta", action="store_true", help="8-fold flip/rotation test-time augmentation")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--threshold", type=float, help="override the calibrated threshold")
+    args = parser.parse_args(argv)
+    if not args.out.parent.is_dir():
+        raise UserError(f"{args.out.parent}: output folder does not exist")
+    images = normalization.normalize(read_image_stack(args.images))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from segmentation_tf.artifacts import load_segmenter
+    from segmentation_tf.inference import predict_stack
+
+    seg = load_segmenter(args.model)
+    if args.overlap >= seg.tile_size:
+        raise UserError(f"--overlap must be below the tile size {seg.tile_size}")
+    threshold = seg.threshold if args.threshold is None else args.threshold
+    start = time.perf_counter()
+    probs = predict_stack(seg.model, images, seg.tile_size, args.overlap, args.tta, args.batch_size)
+    seconds = time.perf_counter() - start
+    prob_path = Path(f"{args.out}_probability.tif")
+    mask_path = Path(f"{args.out}_mask.tif")
+    write_stack(prob_path, probs)
+    write_stack(mask_path, binary_mask(probs, threshold))
+    print(f"{len(images)} slices in {seconds:.1f} s (threshold {threshold:.2f}) -> {prob_path}, {mask_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
