@@ -207,22 +207,22 @@ class Generator:
         self.tile = int(self.metadata.get("tile_size", "256"))
         self.names = [i.name for i in self.denoiser.get_inputs()]
 
-    def denoise(self, x: np.ndarray, mask: np.ndarray, t: int, cond: np.ndarray) -> np.ndarray:
-        """One denoiser call: model output for latents x at integer timestep t."""
-        feeds = dict(zip(self.names, (x.astype(np.float32), mask, np.full(len(x), t, np.int64), cond),
-                         strict=False))
+    def denoise(self, x: np.ndarray, cond: np.ndarray, t: int) -> np.ndarray:
+        """One denoiser call: model output for latents x (B, C, h, w) at integer timestep t."""
+        feeds = {self.names[0]: x.astype(np.float32), self.names[1]: cond,
+                 self.names[2]: np.full(len(x), t, np.float32)}
         return run(self.denoiser, feeds)[0]
 
-    def model_fn(self, masks_latent: np.ndarray, guidance: float) -> Callable[[np.ndarray, int], np.ndarray]:
-        """model(x, t) with classifier-free guidance: cond and null-cond in one batch of 2N."""
-        n = len(masks_latent)
-        on, off = np.ones(n, np.float32), np.zeros(n, np.float32)
+    def model_fn(self, cond: np.ndarray, guidance: float) -> Callable[[np.ndarray, int], np.ndarray]:
+        """model(x, t) with classifier-free guidance: conditioned and null-conditioned halves of one
+        batch, combined by shared.diffusion.guided (guidance 1 = conditioned only)."""
+        n = len(cond)
+        both_cond = np.concatenate([cond, np.zeros_like(cond)])
 
         def fn(x: np.ndarray, t: int) -> np.ndarray:
             if guidance == 1.0:
-                return self.denoise(x, masks_latent, t, on)
-            both = self.denoise(np.concatenate([x, x]), np.concatenate([masks_latent, masks_latent]), t,
-                                np.concatenate([on, off]))
+                return self.denoise(x, cond, t)
+            both = self.denoise(np.concatenate([x, x]), both_cond, t)
             return diffusion.guided(both[:n], both[n:], guidance)
 
         return fn
@@ -232,26 +232,37 @@ class Generator:
         return run(self.decoder, {self.decoder.get_inputs()[0].name:
                                   (latents / self.latent_scale).astype(np.float32)})[0][:, 0]
 
-    def sample(self, masks: np.ndarray, sampler: str = "ddim", steps: int | None = None,
-               guidance: float = 1.0, seed: int = 0, eta: float = 0.0,
-               initial_noise: np.ndarray | None = None) -> np.ndarray:
-        """uint8 images (N, T, T) drawn for binary masks (N, T, T); same seed, same images."""
+    def generate(self, masks: np.ndarray, sampler: str = "ddim", steps: int | None = None,
+                 guidance: float = 1.0, seed: int = 0, eta: float = 0.0,
+                 initial_noise: np.ndarray | None = None) -> np.ndarray:
+        """Normalized images (N, T, T) in [-1, 1] drawn for binary masks (N, T, T)."""
         masks = check_masks(masks, self.tile)
-        if steps is not None and steps < 1:
-            raise InputError(f"steps must be >= 1, got {steps}")
+        if sampler not in diffusion.SAMPLERS:
+            raise InputError(f"sampler must be one of {', '.join(diffusion.SAMPLERS)}, got {sampler!r}")
+        if steps is not None and not 1 <= steps <= self.schedule.timesteps:
+            raise InputError(f"steps must be in [1, {self.schedule.timesteps}], got {steps}")
         rng = np.random.default_rng(seed)
         c, h, w = self.latent_shape
-        x = rng.standard_normal((len(masks), c, h, w)).astype(np.float32) if initial_noise is None \
-            else initial_noise.astype(np.float32)
-        masks_latent = downsample_masks(masks, h)
-        latents = diffusion.sample(self.model_fn(masks_latent, guidance), x, self.schedule, sampler, steps,
-                                   eta=eta, prediction=self.prediction,
-                                   noise_fn=lambda a: rng.standard_normal(a.shape).astype(np.float32))
-        return denormalize(self.decode(latents), np.uint8)
+        if initial_noise is None:
+            initial_noise = rng.standard_normal((len(masks), c, h, w), dtype=np.float32)
+        elif initial_noise.shape != (len(masks), c, h, w):
+            raise InputError(f"initial_noise must be {(len(masks), c, h, w)}, got {initial_noise.shape}")
+        latents = diffusion.sample(self.model_fn(mask_condition(masks, h), guidance),
+                                   initial_noise.astype(np.float32), self.schedule, sampler, steps, eta=eta,
+                                   prediction=self.prediction,
+                                   noise_fn=lambda a: rng.standard_normal(a.shape, dtype=np.float32))
+        return self.decode(latents)
+
+    def sample(self, masks: np.ndarray, sampler: str = "ddim", steps: int | None = None,
+               guidance: float = 1.0, seed: int = 0, eta: float = 0.0) -> np.ndarray:
+        """uint8 images (N, T, T) drawn for binary masks (N, T, T); same seed, same images."""
+        return denormalize(self.generate(masks, sampler, steps, guidance, seed, eta), np.uint8)
 
 
-def downsample_masks(masks: np.ndarray, size: int) -> np.ndarray:
-    """(N, T, T) {0,1} -> (N, 1, size, size) area fractions (average pooling)."""
+def mask_condition(masks: np.ndarray, size: int) -> np.ndarray:
+    """(N, T, T) {0,1} masks -> the denoiser's condition (N, 2, size, size): the mask area-averaged
+    to latent resolution, and a presence channel of ones (the null condition is all zeros)."""
     n, t, _ = masks.shape
     f = t // size
-    return masks.reshape(n, size, f, size, f).mean(axis=(2, 4))[:, None].astype(np.float32)
+    small = masks.reshape(n, size, f, size, f).mean(axis=(2, 4), dtype=np.float32)[:, None]
+    return np.concatenate([small, np.ones_like(small)], axis=1).astype(np.float32)

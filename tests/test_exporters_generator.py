@@ -1,0 +1,145 @@
+"""Generator -> ONNX (torch.onnx) and the onnxruntime sampler: parity with PyTorch, metadata, CLI."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from .conftest import assert_one_line_error, run_module
+
+torch = pytest.importorskip("torch")
+
+
+def tiny_checkpoint(path):
+    from generation_torch import checkpoint
+    from generation_torch.config import DiffusionConfig, UNetConfig, VAEConfig
+    from generation_torch.pipeline import product_dict
+    from generation_torch.unet import UNet
+    from generation_torch.vae import VAE
+
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(channels=(8, 16, 16)))
+    unet = UNet(UNetConfig(channels=(16, 32, 32), time_dims=(32, 64, 64), heads=2))
+    torch.nn.init.normal_(unet.head[-1].weight, std=0.05)  # the zero-initialized head would hide errors
+    checkpoint.save(path, product_dict(vae, unet, DiffusionConfig(schedule="cosine"), 0.8, "float32"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen")
+    ckpt = tiny_checkpoint(root / "generator.pt")
+    proc = run_module("exporters.torch_onnx", "--checkpoint", ckpt, "--out", root / "onnx")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("max |PyTorch - onnxruntime|") == 3
+    return ckpt, root / "onnx"
+
+
+def blob_masks(n, size=256, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    masks = np.zeros((n, size, size), np.uint8)
+    for k in range(n):
+        cy, cx, r = rng.uniform(40, 216), rng.uniform(40, 216), rng.uniform(15, 40)
+        masks[k] = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+    return masks
+
+
+def test_parts_have_metadata_and_dynamic_batch(exported):
+    import onnxruntime as ort
+
+    from exporters.onnx_io import read_metadata
+    from generation_torch.pipeline import load_generator
+
+    ckpt, folder = exported
+    props = read_metadata(folder / "denoiser.onnx")
+    assert props["emsynth.model"] == "denoiser" and props["schedule"] == "cosine"
+    assert props["timesteps"] == "1000" and props["prediction"] == "eps"
+    assert float(props["latent_scale"]) == pytest.approx(0.8) and props["latent_shape"] == "[4, 32, 32]"
+    assert "area-averaged" in props["condition"] and props["norm_mean"] == "0.5"
+    assert read_metadata(folder / "vae_encoder.onnx")["emsynth.model"] == "vae_encoder"
+    gen = load_generator(ckpt)
+    session = ort.InferenceSession(str(folder / "denoiser.onnx"), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(5)
+    x, cond = torch.randn(5, 4, 32, 32, generator=g), torch.rand(5, 2, 32, 32, generator=g)
+    t = torch.tensor([0.0, 10.0, 500.0, 900.0, 999.0])
+    with torch.no_grad():
+        want = gen.unet(x, cond, t).numpy()
+    got = session.run(None, {"x_t": x.numpy(), "cond": cond.numpy(), "t": t.numpy()})[0]
+    assert np.abs(want - got).max() <= 1e-4
+    enc = ort.InferenceSession(str(folder / "vae_encoder.onnx"), providers=["CPUExecutionProvider"])
+    image = torch.rand(1, 1, 256, 256) * 2 - 1
+    mean, logvar = enc.run(None, {"image": image.numpy()})
+    with torch.no_grad():
+        want_mean, want_logvar = gen.vae.encode(image)
+    assert np.abs(mean - want_mean.numpy()).max() <= 1e-4 and logvar.shape == (1, 4, 32, 32)
+
+
+@pytest.mark.parametrize("sampler,steps,guidance", [("ddim", 8, 2.0), ("dpmpp2m", 6, 1.0)])
+def test_onnxruntime_sampler_matches_pytorch_from_the_same_noise(exported, sampler, steps, guidance):
+    from exporters.runtime import Generator, mask_condition
+    from generation_torch.pipeline import load_generator
+    from generation_torch.unet import mask_condition as torch_mask_condition
+    from shared import diffusion
+
+    ckpt, folder = exported
+    masks = blob_masks(2)
+    noise = np.random.default_rng(1).standard_normal((2, 4, 32, 32)).astype(np.float32)
+    cond = torch_mask_condition(torch.from_numpy(masks).float(), 32)
+    np.testing.assert_allclose(mask_condition(masks.astype(np.float32), 32), cond.numpy(), atol=1e-6)
+    gen = load_generator(ckpt)
+    z = diffusion.sample(gen.model_fn(cond, guidance), torch.from_numpy(noise), gen.schedule, sampler, steps,
+                         prediction=gen.prediction)
+    want = gen.decode(z)[:, 0].numpy()
+    got = Generator(folder, device="cpu").generate(masks, sampler, steps, guidance, initial_noise=noise)
+    assert got.shape == (2, 256, 256)
+    assert np.abs(got - want).max() <= 1e-3
+
+
+def test_sampling_is_deterministic_per_seed(exported):
+    from exporters.runtime import Generator
+
+    gen = Generator(exported[1], device="cpu")
+    masks = blob_masks(2, seed=3)
+    a = gen.sample(masks, "ddim", 4, seed=7)
+    b = gen.sample(masks, "ddim", 4, seed=7)
+    c = gen.sample(masks, "ddim", 4, seed=8)
+    assert a.dtype == np.uint8 and np.array_equal(a, b) and not np.array_equal(a, c)
+    d = gen.sample(masks, "ddpm", 3, seed=7)  # stochastic sampler, seeded too
+    assert np.array_equal(d, gen.sample(masks, "ddpm", 3, seed=7))
+
+
+def test_generator_runtime_bad_input(exported, tmp_path):
+    from exporters.runtime import Generator, InputError, ModelFileError
+
+    gen = Generator(exported[1], device="cpu")
+    with pytest.raises(InputError, match=r"masks must be \(N, 256, 256\)"):
+        gen.sample(np.zeros((2, 64, 64), np.uint8))
+    with pytest.raises(InputError, match="steps must be in"):
+        gen.sample(blob_masks(1), steps=0)
+    with pytest.raises(InputError, match="NaN"):
+        gen.sample(np.full((1, 256, 256), np.nan, np.float32))
+    with pytest.raises(ModelFileError, match="no such folder"):
+        Generator(tmp_path / "nothing")
+
+
+def test_infer_generate_cli(exported, tmp_path):
+    masks = blob_masks(3, seed=4)
+    tifffile.imwrite(tmp_path / "masks.tif", masks * 255, photometric="minisblack")
+    proc = run_module("exporters.infer", "generate", "--model-dir", exported[1], "--masks",
+                      tmp_path / "masks.tif", "--out", tmp_path / "gen", "--steps", "3", "--n", "4",
+                      "--batch-size", "2")
+    assert proc.returncode == 0, proc.stderr
+    images = tifffile.imread(tmp_path / "gen" / "images.tif")
+    written = tifffile.imread(tmp_path / "gen" / "masks.tif")
+    assert images.shape == (4, 256, 256) and images.dtype == np.uint8
+    assert np.array_equal(written[3], masks[0])  # masks are reused in order
+    bad = run_module("exporters.infer", "generate", "--model-dir", exported[1], "--masks",
+                     tmp_path / "masks.tif", "--out", tmp_path / "g2", "--steps", "0")
+    assert_one_line_error(bad, "--steps", ">= 1")
+
+
+def test_export_refuses_foreign_checkpoint(tmp_path):
+    torch.save({"format": "something-else"}, tmp_path / "x.pt")
+    proc = run_module("exporters.torch_onnx", "--checkpoint", tmp_path / "x.pt", "--out", tmp_path / "o")
+    assert_one_line_error(proc, "x.pt")
+    assert not (tmp_path / "o").exists()
