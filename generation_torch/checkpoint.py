@@ -1,0 +1,59 @@
+"""Checkpoint files, always written atomically (temp + rename): a crash never leaves half a file.
+
+Training checkpoints (RUN/vae_last.pt, RUN/vae_best.pt, RUN/diffusion_*.pt) hold everything --resume
+needs. The product, RUN/generator.pt, holds what sampling and the ONNX exporter need (see README).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from shared.atomic import write_atomic
+from shared.errors import UserError
+
+GENERATOR_FORMAT = "emsynth-generator"
+TRAINING_FORMAT = "emsynth-training-state"
+
+
+def save(path: Path, obj: dict[str, Any]) -> None:
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load(path: Path, expect_format: str | None = None) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated files and foreign pickles raise many types
+        raise UserError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(obj, dict) or (expect_format and obj.get("format") != expect_format):
+        raise UserError(f"{path}: not an {expect_format or 'emsynth'} checkpoint")
+    return obj
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> None:
+    """load_state_dict, turning shape/key mismatches into one line that names the file."""
+    mine = model.state_dict()
+    missing = sorted(set(mine) - set(state))
+    extra = sorted(set(state) - set(mine))
+    wrong = [k for k in mine if k in state and tuple(state[k].shape) != tuple(mine[k].shape)]
+    if missing or extra or wrong:
+        detail = (f"{wrong[0]} is {tuple(state[wrong[0]].shape)} there, {tuple(mine[wrong[0]].shape)} here"
+                  if wrong else f"{len(missing)} missing and {len(extra)} unexpected tensors")
+        raise UserError(f"{path}: {what} checkpoint is from another model shape ({detail}); "
+                        "use the same model flags as the run that wrote it")
+    model.load_state_dict(state)
+
+
+def file_hash(path: Path) -> str:
+    """sha256 of a checkpoint file, first 16 hex digits (provenance of synthetic tiles)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]

@@ -1,0 +1,82 @@
+"""Typed configurations with defaults; the CLI (train.py) fills them, presets override defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    latent_channels: int = 4
+    downsample: int = 8                            # 8 -> 32x32 latents for 256 tiles, 4 -> 64x64
+    channels: tuple[int, ...] = (32, 64, 128)      # per level; level 0 is at half resolution (thin)
+
+    @property
+    def levels(self) -> int:
+        return {4: 2, 8: 3}[self.downsample]
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    in_channels: int = 4                           # latent channels (the 2 condition channels are added)
+    channels: tuple[int, ...] = (64, 128, 128)     # per resolution level, highest resolution first
+    blocks: int = 1                                # residual blocks per level on the way down
+    time_dims: tuple[int, int, int] = (192, 384, 768)  # sinusoid -> MLP widening in steps (~5M params)
+    heads: int = 4                                 # attention heads at the lowest resolution
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    optimizer: str = "sgd"                         # "sgd" (momentum + schedule) or "adamw"
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    scheduler: str = "cosine"                      # "cosine" (to 1% of lr) or "constant"
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One training stage (the VAE or the diffusion model)."""
+
+    steps: int = 400                               # optimizer steps in total
+    batch_size: int = 8                            # per process, per micro-batch
+    accumulate: int = 1                            # micro-batches per optimizer step
+    steps_per_epoch: int = 0                       # 0: one pass over the training tiles
+    patience: int = 5                              # epochs without validation improvement -> stop
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema_decay: float = 0.999                       # diffusion only
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    schedule: str = "linear"
+    prediction: str = "eps"                        # "eps" or "v"
+    cond_dropout: float = 0.15                     # share of training samples with the null condition
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return asdict(cfg)
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a (nested) config dataclass from to_dict output; lists become tuples again."""
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if f.name == "optim":
+            value = from_dict(OptimConfig, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+__all__ = ["DiffusionConfig", "OptimConfig", "StageConfig", "UNetConfig", "VAEConfig", "from_dict",
+           "replace", "to_dict"]

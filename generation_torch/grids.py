@@ -1,0 +1,37 @@
+"""Image grids for TensorBoard and docs: tiles beside their masks or reconstructions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def to_unit(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """[-1, 1] network space -> [0, 1] float32 for display."""
+    x = x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
+    return np.clip(x * 0.5 + 0.5, 0.0, 1.0)
+
+
+def pair_grid(left: np.ndarray, right: np.ndarray, columns: int = 4, gap: int = 4) -> np.ndarray:
+    """(N, H, W) and (N, H, W) in [0, 1] -> one (rows*H, columns*2W) image, each left tile beside
+    its right partner (e.g. a generated tile beside its conditioning mask)."""
+    n, h, w = left.shape
+    columns = min(columns, n)
+    rows = -(-n // columns)
+    inner, outer = gap // 2, 2 * gap           # pairs sit close, pairs are set apart
+    cell = 2 * w + inner
+    grid = np.ones((rows * (h + gap) - gap, columns * (cell + outer) - outer), np.float32)
+    for i in range(n):
+        r, c = divmod(i, columns)
+        y, x = r * (h + gap), c * (cell + outer)
+        grid[y:y + h, x:x + w] = left[i]
+        grid[y:y + h, x + w + inner:x + cell] = right[i]
+    return grid
+
+
+def save_png(path: Path, grid: np.ndarray) -> None:
+    import matplotlib.image  # heavy import, only where a PNG is written
+
+    matplotlib.image.imsave(path, grid, cmap="gray", vmin=0.0, vmax=1.0)

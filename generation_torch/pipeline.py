@@ -1,0 +1,118 @@
+"""The trained generator as one object: VAE + EMA denoiser + schedule + latent scale, loaded from
+RUN/generator.pt, and mask-conditioned generation through the shared sampler maths.
+
+generator.pt keys (a plain dict, torch.save):
+    format "emsynth-generator", version 1,
+    vae_config (VAEConfig as dict), vae_weights (VAE state_dict: encoder.* and decoder.*),
+    unet_config (UNetConfig as dict), unet_weights (EMA denoiser state_dict),
+    diffusion {schedule, timesteps, prediction, cond_dropout}, latent_scale (float),
+    latent_shape [C, h, w], tile_size, normalization (shared.normalization.metadata()),
+    condition (text: the layout of the condition input), precision_trained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from generation_torch import checkpoint, precision
+from generation_torch.config import DiffusionConfig, UNetConfig, VAEConfig, from_dict, to_dict
+from generation_torch.unet import UNet, mask_condition, null_condition
+from generation_torch.vae import VAE
+from shared import diffusion
+from shared.errors import UserError
+from shared.normalization import metadata as norm_metadata
+
+CONDITION_LAYOUT = ("cond (B, 2, h, w) float32: [0] mask area-averaged to latent resolution in [0, 1], "
+                    "[1] 1 = conditioned; null condition (guidance) = all zeros")
+
+
+@dataclass
+class Generator:
+    vae: VAE
+    unet: UNet
+    schedule: diffusion.Schedule
+    prediction: str
+    latent_scale: float
+    device: torch.device = torch.device("cpu")
+    autocast: torch.dtype | None = None
+
+    @property
+    def latent_size(self) -> int:
+        return 256 // self.vae.cfg.downsample
+
+    def model_fn(self, cond: torch.Tensor, guidance: float) -> Callable[[torch.Tensor, int], torch.Tensor]:
+        """model_fn(x, t) for shared.diffusion.sample, with classifier-free guidance: scale 1 runs the
+        conditional model only, 0 the unconditional one, else both in one batch."""
+        null = null_condition(cond)
+
+        def fn(x: torch.Tensor, t: int) -> torch.Tensor:
+            with torch.no_grad(), precision.autocast(self.device, self.autocast):
+                if guidance == 1.0 or guidance == 0.0:
+                    c = cond if guidance == 1.0 else null
+                    return self.unet(x, c, torch.full((len(x),), float(t), device=x.device)).float()
+                tt = torch.full((2 * len(x),), float(t), device=x.device)
+                both = self.unet(torch.cat([x, x]), torch.cat([cond, null]), tt).float()
+            c_out, u_out = both.chunk(2)
+            return diffusion.guided(c_out, u_out, guidance)
+
+        return fn
+
+    @torch.no_grad()
+    def generate(self, masks: torch.Tensor, seeds: list[int], sampler: str = "ddim", steps: int | None = None,
+                 guidance: float = 2.0, eta: float = 0.0, unconditional: bool = False) -> torch.Tensor:
+        """Images (B, 1, T, T) in [-1, 1] for masks (B, T, T) in {0, 1}; tile i uses its own seed, so a
+        tile does not depend on the batch it was drawn in."""
+        self.vae.eval()
+        self.unet.eval()
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        shape = (self.vae.cfg.latent_channels, self.latent_size, self.latent_size)
+
+        def noise_fn(x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(x.device)
+
+        cond = mask_condition(masks.to(self.device), self.latent_size)
+        x_T = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
+        fn = self.model_fn(cond, 0.0 if unconditional else guidance)
+        z = diffusion.sample(fn, x_T, self.schedule, sampler, steps, eta=eta, prediction=self.prediction,
+                             noise_fn=noise_fn)
+        return self.decode(z)
+
+    def decode(self, z_scaled: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), precision.autocast(self.device, self.autocast):
+            return self.vae.decoder(z_scaled / self.latent_scale).float().clamp(-1.0, 1.0)
+
+
+def product_dict(vae: VAE, unet: UNet, dcfg: DiffusionConfig, scale: float, trained_precision: str) -> dict:
+    c = vae.cfg.latent_channels
+    size = 256 // vae.cfg.downsample
+    return {
+        "format": checkpoint.GENERATOR_FORMAT, "version": 1,
+        "vae_config": to_dict(vae.cfg), "vae_weights": vae.state_dict(),
+        "unet_config": to_dict(unet.cfg), "unet_weights": unet.state_dict(),
+        "diffusion": {"schedule": dcfg.schedule, "timesteps": diffusion.TIMESTEPS,
+                      "prediction": dcfg.prediction, "cond_dropout": dcfg.cond_dropout},
+        "latent_scale": float(scale), "latent_shape": [c, size, size], "tile_size": 256,
+        "normalization": norm_metadata(), "condition": CONDITION_LAYOUT,
+        "precision_trained": trained_precision,
+    }
+
+
+def load_generator(path: Path, device: torch.device | None = None,
+                   autocast: torch.dtype | None = None) -> Generator:
+    device = device or torch.device("cpu")
+    saved = checkpoint.load(path, checkpoint.GENERATOR_FORMAT)
+    try:
+        vae = VAE(from_dict(VAEConfig, saved["vae_config"]))
+        unet = UNet(from_dict(UNetConfig, saved["unet_config"]))
+        d = saved["diffusion"]
+        schedule = diffusion.Schedule.make(d["schedule"], int(d["timesteps"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path}: malformed generator checkpoint ({exc})") from None
+    checkpoint.load_weights(vae, saved["vae_weights"], path, "VAE")
+    checkpoint.load_weights(unet, saved["unet_weights"], path, "denoiser")
+    return Generator(vae.to(device).eval(), unet.to(device).eval(), schedule, d["prediction"],
+                     float(saved["latent_scale"]), device, autocast)

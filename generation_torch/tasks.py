@@ -1,0 +1,133 @@
+"""The two training stages as Tasks for train_loop.fit: what a step computes, how validation is
+measured, what TensorBoard shows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from generation_torch import grids
+from generation_torch.config import DiffusionConfig, to_dict
+from generation_torch.data import LatentCache, dihedral
+from generation_torch.pipeline import Generator
+from generation_torch.unet import UNet
+from generation_torch.vae import VAE, vae_loss
+from shared import diffusion
+
+VAL_SEED = 1234  # validation draws the same t and noise every epoch, so epochs compare
+
+
+@dataclass
+class VAETask:
+    model: VAE
+    train_images: torch.Tensor   # (N, 1, T, T)
+    val_images: torch.Tensor
+    beta: float
+    device: torch.device
+    name: str = "vae"
+    use_ema: bool = False
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_images)
+
+    def loss(self, model: nn.Module, g: torch.Generator, batch_size: int) -> tuple[torch.Tensor, dict]:
+        idx = torch.randint(0, self.n_train, (batch_size,), generator=g)
+        k = int(torch.randint(0, 8, (1,), generator=g))  # a random dihedral transform per batch
+        x = dihedral(self.train_images[idx], k).to(self.device)
+        recon, mean, logvar = model(x, generator=g)
+        loss, mse = vae_loss(x, recon, mean, logvar, self.beta)
+        return loss, {"train_mse": float(mse.detach())}
+
+    def validate(self, model: nn.Module) -> float:
+        """Reconstruction MSE of the posterior mean on the validation tiles (normalized space)."""
+        total = 0.0
+        for start in range(0, len(self.val_images), 16):
+            x = self.val_images[start:start + 16].to(self.device)
+            mean, _ = model.encode(x)
+            total += float(F.mse_loss(model.decoder(mean).float(), x, reduction="sum"))
+        return total / self.val_images.numel()
+
+    def visuals(self, model: nn.Module, writer: Any, step: int) -> None:
+        x = self.val_images[:4].to(self.device)
+        recon = model.decoder(model.encode(x)[0])
+        grid = grids.pair_grid(grids.to_unit(x[:, 0]), grids.to_unit(recon[:, 0]), columns=2)
+        writer.add_image("vae/reconstructions", grid[None], step)
+
+    def describe(self) -> dict:
+        return {"vae_config": to_dict(self.model.cfg), "beta": self.beta}
+
+
+@dataclass
+class DiffusionTask:
+    model: UNet
+    cache: LatentCache           # training latents (8 dihedral variants)
+    val_cache: LatentCache       # validation latents (identity transform)
+    schedule: diffusion.Schedule
+    dcfg: DiffusionConfig
+    scale: float
+    vae: VAE                     # only for decoding TensorBoard samples
+    device: torch.device
+    autocast: torch.dtype | None = None
+    val_masks: torch.Tensor | None = None   # (N, T, T) full-resolution validation masks, for visuals
+    name: str = "diffusion"
+    use_ema: bool = True
+    _coef: tuple[torch.Tensor, torch.Tensor] = field(init=False)
+
+    def __post_init__(self) -> None:
+        a, s = self.schedule.coefficients(torch.arange(self.schedule.timesteps).numpy())
+        self._coef = (torch.tensor(a, dtype=torch.float32), torch.tensor(s, dtype=torch.float32))
+
+    @property
+    def n_train(self) -> int:
+        return len(self.cache)
+
+    def noisy_batch(self, z0: torch.Tensor, g: torch.Generator
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t, t, target) for clean scaled latents z0 with t and noise drawn from g."""
+        t = torch.randint(0, self.schedule.timesteps, (len(z0),), generator=g)
+        noise = torch.randn(z0.shape, generator=g)
+        a, s = (c[t][:, None, None, None] for c in self._coef)
+        x_t = diffusion.q_sample(z0, noise, a, s)
+        return x_t, t, diffusion.target_for(z0, noise, a, s, self.dcfg.prediction)
+
+    def loss(self, model: nn.Module, g: torch.Generator, batch_size: int) -> tuple[torch.Tensor, dict]:
+        idx = torch.randint(0, self.n_train, (batch_size,), generator=g)
+        z0 = self.cache.draw(idx, g, self.scale)
+        x_t, t, target = self.noisy_batch(z0, g)
+        cond = self.cache.cond[idx].clone()
+        drop = torch.rand(batch_size, generator=g) < self.dcfg.cond_dropout
+        cond[drop] = 0.0  # null condition, so classifier-free guidance works at sampling
+        pred = model(x_t.to(self.device), cond.to(self.device), t.float().to(self.device))
+        return F.mse_loss(pred.float(), target.to(self.device)), {}
+
+    def validate(self, model: nn.Module) -> float:
+        g = torch.Generator().manual_seed(VAL_SEED)
+        total, count = 0.0, 0
+        for start in range(0, len(self.val_cache), 32):
+            rows = torch.arange(start, min(start + 32, len(self.val_cache)))
+            z0 = self.scale * self.val_cache.mean[rows]
+            x_t, t, target = self.noisy_batch(z0, g)
+            pred = model(x_t.to(self.device), self.val_cache.cond[rows].to(self.device),
+                         t.float().to(self.device))
+            total += float(F.mse_loss(pred.float(), target.to(self.device), reduction="sum"))
+            count += target.numel()
+        return total / count
+
+    def visuals(self, model: nn.Module, writer: Any, step: int) -> None:
+        if self.val_masks is None:
+            return
+        full = self.val_masks[:4].float()
+        gen = Generator(self.vae, model, self.schedule, self.dcfg.prediction, self.scale, self.device,
+                        self.autocast)
+        images = gen.generate(full, seeds=list(range(len(full))), sampler="ddim", steps=20)
+        grid = grids.pair_grid(grids.to_unit(images[:, 0]), full.numpy(), columns=2)
+        writer.add_image("diffusion/samples_beside_masks", grid[None], step)
+
+    def describe(self) -> dict:
+        return {"unet_config": to_dict(self.model.cfg), "diffusion": to_dict(self.dcfg),
+                "latent_scale": self.scale}

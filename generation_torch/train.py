@@ -1,0 +1,70 @@
+"""Train the generator: VAE, then the mask-conditioned latent DDPM on cached latents.
+
+    python -m generation_torch.train [--store STORE | --images I.tif --masks M.tif] [--stage all]
+        [--out runs/generator] [--preset quick|real|none] [--resume] [...]
+
+With no data flags: the built-in phantom and the quick preset (minutes on 2 CPU cores).
+Under torchrun (WORLD_SIZE > 1) the run is data-parallel (DDP; gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Sequence
+from pathlib import Path
+
+from generation_torch import cli_args, precision
+from generation_torch.distributed import barrier, setup, teardown
+from generation_torch.stages import train_diffusion, train_vae
+from generation_torch.train_loop import LoopContext
+from shared.errors import run_cli
+from shared.sources import resolve_real_store, source_from_args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = cli_args.parser().parse_args(argv)
+    vae_stage, diff_stage = cli_args.stages_from_args(args)
+    source = source_from_args(args)
+    dist = setup(args.device)
+    try:
+        out: Path = args.out
+        if dist.main:
+            out.mkdir(parents=True, exist_ok=True)
+        store = resolve_real_store(source, out) if dist.main else None  # rank 0 ingests once
+        barrier(dist)
+        store = store or resolve_real_store(source, out)
+        dtype = precision.resolve(args.precision, dist.device)
+        writer = _writer(out, dist.main)
+        ctx = LoopContext(out, dist, dtype, args.seed, args.resume, writer, args.stop_after, None,
+                          not args.no_progress)
+        if dist.main:
+            print(f"data: {store.path} ({len(store.indices('train'))} train / {len(store.indices('val'))} "
+                  f"val tiles); preset {args.preset}; precision {precision.name(dtype)}; "
+                  f"{dist.world} process(es) on {dist.device}")
+        vae_done = False
+        if args.stage in ("vae", "all"):
+            ctx.max_minutes = args.vae_minutes
+            vae_done = train_vae(store, vae_stage, ctx)
+        if args.stage == "diffusion" or (args.stage == "all" and vae_done):
+            ctx.max_minutes = args.diffusion_minutes
+            train_diffusion(store, diff_stage, ctx, precision.name(dtype))
+        if writer is not None:
+            writer.close()
+    finally:
+        teardown(dist)
+    return 0
+
+
+def _writer(out: Path, main: bool):
+    if not main:
+        return None
+    if "tensorflow" not in sys.modules:  # write event files without importing TensorFlow (seconds, ~1 GB)
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+    from torch.utils.tensorboard import SummaryWriter  # heavy import, main process only
+
+    return SummaryWriter(str(out / "tb"))
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
