@@ -18,6 +18,9 @@ def tiny_segmenter(tmp_path_factory):
     from segmentation_tf.artifacts import save_segmenter
     from segmentation_tf.model import UNetConfig, build_unet
 
+    import keras
+
+    keras.utils.set_random_seed(0)  # a fixed random model: the agreement checks below are exact
     run_dir = tmp_path_factory.mktemp("seg_run")
     config = UNetConfig(base_width=8, depth=3)
     model = build_unet(config)
@@ -153,3 +156,29 @@ def test_runtime_layer_imports_neither_torch_nor_tensorflow():
             "assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_readme_client_recipe_runs_without_project_code(exported, tmp_path):
+    """The README's numpy + onnxruntime client, run as written, agrees with the runtime layer."""
+    import re
+
+    from exporters.runtime import Segmenter
+
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"<!-- client-recipe -->\s*```python\n(.*?)```", readme, re.S).group(1)
+    image = (np.random.default_rng(5).random((96, 120)) * 255).astype(np.uint8)
+    np.save(tmp_path / "slice.npy", image)
+    script = ("import sys\n"
+              "for name in ('shared', 'exporters', 'segmentation_tf', 'generation_torch', 'tensorflow', "
+              "'torch', 'keras'):\n    sys.modules[name] = None  # the client has none of these\n"
+              + code.replace('"segmenter.onnx"', repr(str(exported)))
+              + f"\nimport numpy as np\nnp.save({str(tmp_path / 'mask.npy')!r}, "
+              f"segment(np.load({str(tmp_path / 'slice.npy')!r})))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    client = np.load(tmp_path / "mask.npy")
+    runtime = Segmenter(exported, device="cpu").segment(image, overlap=32)
+    assert client.shape == image.shape and client.dtype == bool
+    agreement = (client == runtime.astype(bool)).mean()
+    print("client/runtime agreement", agreement)
+    assert agreement > 0.97
