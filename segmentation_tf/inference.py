@@ -1,5 +1,5 @@
 """Whole-slice inference: overlapping windows blended (shared.tiling.predict_tiled), optionally
-averaged over the 8 flips/rotations of each window (test-time augmentation)."""
+averaged over the 8 flips/rotations of each window (test-time augmentation, shared.tiling.with_tta)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-from shared.tiling import predict_tiled
+from shared.tiling import predict_tiled, with_tta
 
 TileFn = Callable[[np.ndarray], np.ndarray]
 
@@ -19,26 +19,6 @@ def model_fn(model: keras.Model) -> TileFn:
         out = model.predict_on_batch(np.ascontiguousarray(tiles, np.float32)[..., None])
         return np.asarray(out, np.float32)[..., 0]
     return predict
-
-
-def dihedral(tiles: np.ndarray, k: int) -> np.ndarray:
-    """Transform k in 0..7 of (B, T, T): rotate by (k % 4) quarter turns, then mirror if k >= 4."""
-    out = np.rot90(tiles, k % 4, axes=(1, 2))
-    return out[:, :, ::-1] if k >= 4 else out
-
-
-def inverse_dihedral(tiles: np.ndarray, k: int) -> np.ndarray:
-    out = tiles[:, :, ::-1] if k >= 4 else tiles
-    return np.rot90(out, -(k % 4), axes=(1, 2))
-
-
-def with_tta(predict: TileFn) -> TileFn:
-    """Average a tile predictor over the 8 dihedral transforms (one batched call)."""
-    def predict_tta(tiles: np.ndarray) -> np.ndarray:
-        views = np.concatenate([dihedral(tiles, k) for k in range(8)])
-        out = predict(views).reshape(8, *tiles.shape)
-        return np.mean([inverse_dihedral(out[k], k) for k in range(8)], axis=0).astype(np.float32)
-    return predict_tta
 
 
 def predict_slice(model: keras.Model, image: np.ndarray, tile: int, overlap: int = 64, tta: bool = False,
