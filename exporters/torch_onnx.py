@@ -95,6 +95,13 @@ def example_inputs(saved: dict, batch: int = 2, seed: int = 0) -> dict[str, tupl
     }
 
 
+def quiet_exporter() -> None:
+    """torch.onnx logs a line per optional torchvision op and deprecation notices: not for users."""
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
+    warnings.filterwarnings("ignore", message=".*axis name.*")
+
+
 def export_generator(checkpoint: Path, out: Path) -> dict[str, float]:
     from generation_torch import checkpoint as ckpt
     from generation_torch.pipeline import load_generator
@@ -112,6 +119,7 @@ def export_generator(checkpoint: Path, out: Path) -> dict[str, float]:
         "denoiser": (gen.unet, ["x_t", "cond", "t"], ["prediction"]),
     }
     inputs = example_inputs(saved)
+    quiet_exporter()
     protos, diffs = {}, {}
     for name, (module, ins, outs) in parts.items():
         proto = export_part(module, inputs[name], ins, outs)
@@ -131,9 +139,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, required=True, help="RUN/generator.pt")
     parser.add_argument("--out", type=Path, required=True, help="output folder for the ONNX parts")
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*axis name.*")
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     diffs = export_generator(args.checkpoint, args.out)
     for name, diff in diffs.items():
         print(f"wrote {args.out / (name + '.onnx')} (opset {OPSET}, "

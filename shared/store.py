@@ -213,8 +213,7 @@ class TileStore:
             idx = self.indices(split)
             masks = self.masks(idx)
             imgs = self.images(idx)
-            slices = sorted({(r.get("file"), r.get("slice")) for r in (self.records[i] for i in idx)},
-                            key=str)
+            slices = {(str(r.get("file")), str(r.get("slice"))) for r in (self.records[i] for i in idx)}
             out["splits"][split] = {
                 "tiles": len(idx), "slices": len(slices),
                 "foreground_fraction": float(masks.mean()),
@@ -256,12 +255,31 @@ def _load_manifest(path: Path) -> Manifest:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UserError(f"{file}: not a tile-store manifest")
     try:
-        chunks = [Chunk(**c) for c in data["chunks"]]
-        records = list(data["records"])
-        manifest = Manifest(int(data["tile_size"]), chunks, records, data.get("kind", "real"))
-        for r in records:
-            if not 0 <= int(r["chunk"]) < len(chunks) or not 0 <= int(r["index"]) < chunks[r["chunk"]].count:
-                raise ValueError(f"record points outside its chunk: {r}")
-    except (KeyError, TypeError, ValueError) as exc:
+        manifest = _parse_manifest(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UserError(f"{file}: malformed manifest ({str(exc)[:120]})") from None
     return manifest
+
+
+def _parse_manifest(data: dict) -> Manifest:
+    """Type-checked manifest: every field a reader relies on, so a damaged file fails here, clearly."""
+    tile = data["tile_size"]
+    if not isinstance(tile, int) or not 1 <= tile <= 16384:
+        raise ValueError(f"tile_size {tile!r}")
+    chunks = []
+    for c in data["chunks"]:
+        chunk = Chunk(**c)
+        if not (isinstance(chunk.images, str) and isinstance(chunk.masks, str)
+                and isinstance(chunk.count, int) and chunk.count >= 0 and isinstance(chunk.dtype, str)):
+            raise ValueError(f"chunk entry {c!r}")
+        norm.pixel_scale(np.dtype(chunk.dtype))
+        chunks.append(chunk)
+    records = data["records"]
+    if not isinstance(records, list):
+        raise ValueError("records is not a list")
+    for r in records:
+        ok = isinstance(r, dict) and isinstance(r.get("chunk"), int) and isinstance(r.get("index"), int)
+        if not ok or not 0 <= r["chunk"] < len(chunks) or not 0 <= r["index"] < chunks[r["chunk"]].count:
+            raise ValueError(f"record points outside its chunk: {str(r)[:80]}")
+    kind = data.get("kind", "real")
+    return Manifest(tile, chunks, records, kind if isinstance(kind, str) else "real")

@@ -15,10 +15,10 @@ pytest.importorskip("tf2onnx")
 
 @pytest.fixture(scope="module")
 def tiny_segmenter(tmp_path_factory):
+    import keras
+
     from segmentation_tf.artifacts import save_segmenter
     from segmentation_tf.model import UNetConfig, build_unet
-
-    import keras
 
     keras.utils.set_random_seed(0)  # a fixed random model: the agreement checks below are exact
     run_dir = tmp_path_factory.mktemp("seg_run")
