@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 from pathlib import Path
@@ -78,7 +79,12 @@ def write_stack(path: str | os.PathLike, stack: np.ndarray) -> None:
     def write(tmp: Path) -> None:
         tifffile.imwrite(tmp, stack, imagej=True, metadata={"axes": "ZYX"}, compression=None)
 
-    write_atomic(path, write)
+    try:
+        write_atomic(path, write)
+    except OSError as exc:
+        if exc.errno in (None, errno.ENOSPC, errno.EFBIG, errno.EDQUOT):  # tifffile: "N requested, M written"
+            raise UserError(f"{path}: write failed, is the disk full? ({exc.strerror or exc})") from None
+        raise
 
 
 def _read_raw(path: Path) -> np.ndarray:
