@@ -278,7 +278,8 @@ def _parse_manifest(data: dict) -> Manifest:
     if not isinstance(records, list):
         raise ValueError("records is not a list")
     for r in records:
-        ok = isinstance(r, dict) and isinstance(r.get("chunk"), int) and isinstance(r.get("index"), int)
+        ok = (isinstance(r, dict) and isinstance(r.get("chunk"), int) and isinstance(r.get("index"), int)
+              and isinstance(r.get("split", ""), str))
         if not ok or not 0 <= r["chunk"] < len(chunks) or not 0 <= r["index"] < chunks[r["chunk"]].count:
             raise ValueError(f"record points outside its chunk: {str(r)[:80]}")
     kind = data.get("kind", "real")

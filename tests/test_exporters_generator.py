@@ -108,6 +108,9 @@ def test_sampling_is_deterministic_per_seed(exported):
     assert np.array_equal(d, gen.sample(masks, "ddpm", 3, seed=7))
 
 
+@pytest.mark.fault("onnxruntime layer",
+                   "masks of another size, steps 0, NaN masks, missing folder",
+                   "the project's errors")
 def test_generator_runtime_bad_input(exported, tmp_path):
     from exporters.runtime import Generator, InputError, ModelFileError
 
@@ -138,6 +141,7 @@ def test_infer_generate_cli(exported, tmp_path):
     assert_one_line_error(bad, "--steps", ">= 1")
 
 
+@pytest.mark.fault("export", "checkpoint of another format", "one-line error, nothing written")
 def test_export_refuses_foreign_checkpoint(tmp_path):
     torch.save({"format": "something-else"}, tmp_path / "x.pt")
     proc = run_module("exporters.torch_onnx", "--checkpoint", tmp_path / "x.pt", "--out", tmp_path / "o")

@@ -93,6 +93,9 @@ def test_runtime_whole_slice_matches_keras_inference(tiny_segmenter, exported):
     (np.full((32, 32), 7.0, np.float32), "not in [0, 1]"),
     ([[1, 2]], "numpy array"),
 ])
+@pytest.mark.fault("onnxruntime layer",
+                   "wrong dtype, wrong rank, NaN, empty, out-of-range array",
+                   "the project's InputError")
 def test_runtime_rejects_bad_arrays_with_its_own_error(exported, bad, needle):
     from exporters.runtime import InputError, Segmenter
 
@@ -101,6 +104,9 @@ def test_runtime_rejects_bad_arrays_with_its_own_error(exported, bad, needle):
     assert needle in str(info.value)
 
 
+@pytest.mark.fault("onnxruntime layer",
+                   "file not ONNX, missing, ONNX without metadata",
+                   "the project's ModelFileError")
 def test_runtime_rejects_bad_files(tmp_path, exported):
     import onnx
 

@@ -65,6 +65,7 @@ def _append_many(path, start, n_batches, barrier):
         store.append(*tiles(3, start=start + 3 * b))
 
 
+@pytest.mark.fault("concurrency", "two processes append to one store", "both succeed, distinct records")
 def test_two_writers_both_succeed_with_distinct_records(tmp_path):
     path = tmp_path / "s"
     TileStore.create(path, tile_size=T)
@@ -84,6 +85,7 @@ def test_two_writers_both_succeed_with_distinct_records(tmp_path):
         assert store.raw_images([i])[0, 0, 0] == r["slice"] % 256
 
 
+@pytest.mark.fault("concurrency", "reader while a writer appends", "never sees a half-appended tile")
 def test_reader_never_sees_a_half_appended_tile(tmp_path):
     path = tmp_path / "s"
     TileStore.create(path, tile_size=T)
@@ -105,6 +107,9 @@ def test_reader_never_sees_a_half_appended_tile(tmp_path):
     assert writer.exitcode == 0 and len(TileStore(path)) == 120
 
 
+@pytest.mark.fault("concurrency",
+                   "store locked by another writer too long",
+                   "clear lock message, nothing written")
 def test_lock_timeout_gives_a_clear_message(tmp_path):
     import fcntl
 
@@ -128,6 +133,9 @@ def test_lock_timeout_gives_a_clear_message(tmp_path):
     assert len(TileStore(store.path)) == 0
 
 
+@pytest.mark.fault("interruption",
+                   "writer killed after the chunk, before the manifest",
+                   "leftover ignored, next append fine")
 def test_crash_leftover_chunk_is_ignored_and_skipped(tmp_path):
     store = TileStore.create(tmp_path / "s", tile_size=T)
     store.append(*tiles(2))
@@ -145,6 +153,7 @@ def test_crash_leftover_chunk_is_ignored_and_skipped(tmp_path):
     (lambda p: (p / "chunk-00000-images.tif").unlink(), "is missing"),
     (lambda p: (p / MANIFEST).write_text(json.dumps({"format": "other"})), "not a tile-store manifest"),
 ])
+@pytest.mark.fault("tile-store reader", "corrupt/missing manifest, missing chunk", "one-line error")
 def test_damaged_stores_give_user_errors(tmp_path, damage, needle):
     store = TileStore.create(tmp_path / "s", tile_size=T)
     store.append(*tiles(2))

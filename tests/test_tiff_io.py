@@ -72,6 +72,7 @@ def test_binarize_all_zero():
     assert binarize(np.zeros((3, 3), np.uint16)).sum() == 0
 
 
+@pytest.mark.fault("ingest", "NaN pixels in an image stack", "rejected naming file and slice")
 def test_nan_is_rejected_naming_file_and_slice(tmp_path):
     data = np.full((4, 8, 8), 0.5, np.float32)
     data[2, 3, 3] = np.nan
@@ -81,6 +82,7 @@ def test_nan_is_rejected_naming_file_and_slice(tmp_path):
         read_image_stack(path)
 
 
+@pytest.mark.fault("ingest", "Inf in a mask stack", "rejected naming file and slice")
 def test_inf_in_mask_is_rejected(tmp_path):
     data = np.zeros((2, 8, 8), np.float32)
     data[1, 0, 0] = np.inf

@@ -83,6 +83,9 @@ BAD = [
 ]
 
 
+@pytest.mark.fault("ingest",
+                   "truncated TIFF, text named .tif, mask count/shape mismatch, zero pages, directory",
+                   "one-line error naming the file, exit 2, nothing written")
 @pytest.mark.parametrize("images,masks,named,needle", BAD)
 def test_build_bad_input_one_line_exit_2_nothing_written(tmp_path, images, masks, named, needle):
     make_bad_inputs(tmp_path)
@@ -100,10 +103,14 @@ def test_build_bad_input_one_line_exit_2_nothing_written(tmp_path, images, masks
     (["info", "s", "--bogus"], "unrecognized"),
     (["info", "/nonexistent/store"], "no such tile store"),
 ])
+@pytest.mark.fault("CLI",
+                   "shared.tiles: missing flags, out-of-range values, unknown flags, missing store",
+                   "one-line error, exit 2")
 def test_cli_validation(args, needle):
     assert_one_line_error(run_module("shared.tiles", *args), needle)
 
 
+@pytest.mark.fault("output", "non-empty output folder", "refused, existing files untouched")
 def test_build_refuses_non_empty_output_and_missing_parent(tmp_path):
     make_bad_inputs(tmp_path)
     (tmp_path / "full").mkdir()
