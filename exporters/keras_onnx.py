@@ -62,6 +62,8 @@ def parity(model, proto, tile: int, seed: int = 0) -> float:
 
 
 def export_segmenter(model_path: Path, out: Path, fp16: bool = False) -> tuple[Path, float]:
+    if not Path(model_path).exists():  # before TensorFlow loads (seconds, and its log lines)
+        raise UserError(f"{model_path}: no saved segmenter here")
     from segmentation_tf.artifacts import load_segmenter
 
     if not out.parent.is_dir():
