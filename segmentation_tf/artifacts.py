@@ -10,21 +10,18 @@ model config, training provenance). Both written atomically.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
 
-from segmentation_tf.model import UNetConfig, build_unet
+from segmentation_tf.config import UNetConfig
+from segmentation_tf.model import build_unet
+from segmentation_tf.sidecar import FORMAT, MODEL_NAME, SIDECAR_NAME, model_paths, read_sidecar
 from shared import normalization
 from shared.atomic import atomic_path, write_json_atomic
 from shared.errors import UserError
-
-MODEL_NAME = "segmenter.keras"
-SIDECAR_NAME = "segmenter.json"
-FORMAT = "emsynth-segmenter"
 
 
 @dataclass
@@ -77,32 +74,10 @@ def save_segmenter(model: keras.Model, config: UNetConfig, run_dir: Path, thresh
     return path
 
 
-def model_paths(path: str | Path) -> tuple[Path, Path]:
-    """A run folder or a .keras file -> (model file, sidecar file)."""
-    path = Path(path)
-    model = path / MODEL_NAME if path.is_dir() else path
-    return model, model.with_name(SIDECAR_NAME)
-
-
-def read_sidecar(path: str | Path) -> dict[str, Any]:
-    _, sidecar = model_paths(path)
-    if not sidecar.is_file():
-        raise UserError(f"{sidecar}: missing (a segmenter is saved as {MODEL_NAME} + {SIDECAR_NAME})")
-    try:
-        meta = json.loads(sidecar.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{sidecar}: unreadable ({str(exc)[:120]})") from None
-    if meta.get("format") != FORMAT or "threshold" not in meta:
-        raise UserError(f"{sidecar}: not a segmenter sidecar")
-    return meta
-
-
 def load_segmenter(path: str | Path, policy: str = "float32") -> Segmenter:
     """Load segmenter.keras + segmenter.json. policy other than float32 rebuilds the graph under
     that mixed-precision policy (same weights)."""
     model_file, _ = model_paths(path)
-    if not model_file.is_file():
-        raise UserError(f"{model_file}: no saved segmenter here")
     meta = read_sidecar(model_file)
     try:
         model = keras.saving.load_model(model_file, compile=False)

@@ -8,17 +8,11 @@ interpolation. Randomness is stateless, driven by a (2,) int64 seed per window.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import tensorflow as tf
 
+from segmentation_tf.config import AugmentConfig
 
-@dataclass(frozen=True)
-class AugmentConfig:
-    dihedral: bool = True        # the 8 flips/rotations of the square
-    elastic_sigma: float = 0.0   # std of the coarse-grid displacements in pixels (0: off)
-    elastic_grid: int = 5        # control points per side of the coarse displacement grid
-    gray: float = 0.0            # strength of brightness/contrast/gamma variation (0: off)
+__all__ = ["AugmentConfig", "random_window"]
 
 
 def random_window(pool: tf.Tensor, extents: tf.Tensor, tile: int, aug: AugmentConfig,

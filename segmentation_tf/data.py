@@ -9,28 +9,17 @@ so the number of real tiles seen per epoch does not shrink as r grows. Validatio
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
-from segmentation_tf.augment import AugmentConfig, random_window
+from segmentation_tf.augment import random_window
+from segmentation_tf.config import DataConfig
+from segmentation_tf.slices import slices_of
 from segmentation_tf.weights import weight_maps
 from shared.errors import UserError
 from shared.store import TileStore
-from shared.tiling import stitch_tiles
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    batch_size: int = 8
-    synthetic_ratio: float = 0.0     # fraction of each batch drawn from synthetic tiles, in [0, 1)
-    random_crops: bool = True        # real windows anywhere in the whole slices, not the tile grid
-    weight_w0: float = 0.0           # U-Net border weight map amplitude (0: no weight map)
-    weight_sigma: float = 5.0        # its length scale in pixels
-    seed: int = 0
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -69,23 +58,6 @@ def tile_pool(store: TileStore, idx: np.ndarray, config: DataConfig) -> Pool:
     data = stack_channels(store.images(idx), store.masks(idx), config)
     extents = np.full((len(idx), 2), store.tile_size, np.int32)
     return Pool(data, extents, len(idx))
-
-
-def slices_of(store: TileStore, idx: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Reassemble whole (tile-padded) slices from their grid tiles: [(image, mask)] per slice."""
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for i in idx:
-        r = store.records[int(i)]
-        groups[(str(r.get("file")), int(r.get("slice", 0)))].append(int(i))
-    t = store.tile_size
-    out = []
-    for key in sorted(groups):
-        members = np.array(groups[key])
-        origins = [(int(store.records[i]["y"]), int(store.records[i]["x"])) for i in members]
-        shape = (max(y for y, _ in origins) + t, max(x for _, x in origins) + t)
-        out.append((stitch_tiles(store.images(members), origins, shape),
-                    stitch_tiles(store.masks(members), origins, shape)))
-    return out
 
 
 def slice_pool(store: TileStore, idx: np.ndarray, config: DataConfig) -> Pool:

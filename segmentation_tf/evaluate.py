@@ -7,46 +7,22 @@ and overall (pooled over all pixels), at the calibrated threshold.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from segmentation_tf import metrics
-from segmentation_tf.artifacts import load_segmenter
-from segmentation_tf.data import slices_of
+from segmentation_tf.scores import score
+from segmentation_tf.sidecar import read_sidecar
+from segmentation_tf.slices import store_slices
 from shared import normalization
 from shared.atomic import write_json_atomic
 from shared.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_cli
 from shared.store import TileStore
 from shared.tiff_io import read_pair
-
-
-def score(probs: np.ndarray, masks: np.ndarray, threshold: float) -> dict[str, Any]:
-    """Per-slice and pooled IoU / Dice of (Z, H, W) probabilities against (Z, H, W) masks."""
-    per_slice, totals = [], np.zeros(3, np.int64)
-    for z, (p, m) in enumerate(zip(probs, masks, strict=True)):
-        counts = metrics.confusion(p, m, threshold)
-        totals += counts
-        per_slice.append({"slice": z, "iou": metrics.iou_from_counts(*counts),
-                          "dice": metrics.dice_from_counts(*counts)})
-    return {"threshold": threshold, "iou": metrics.iou_from_counts(*totals),
-            "dice": metrics.dice_from_counts(*totals), "slices": per_slice}
-
-
-def store_slices(store: TileStore, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Whole normalized slices + masks of a store split (tile-padded slices cropped back)."""
-    idx = store.indices(split)
-    if len(idx) == 0:
-        raise UserError(f"{store.path}: no '{split}' tiles")
-    pairs = slices_of(store, idx)
-    rec = store.records[int(idx[0])]
-    height, width = int(rec.get("height", pairs[0][0].shape[0])), int(rec.get("width", pairs[0][0].shape[1]))
-    return (np.stack([img[:height, :width] for img, _ in pairs]),
-            np.stack([m[:height, :width] for _, m in pairs]))
 
 
 def load_labelled(args) -> tuple[np.ndarray, np.ndarray]:
@@ -71,12 +47,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, help="override the calibrated threshold")
     parser.add_argument("--json", type=Path, help="also write the scores here")
     args = parser.parse_args(argv)
+    meta = read_sidecar(args.model)
+    if args.overlap >= int(meta["tile_size"]):
+        raise UserError(f"--overlap must be below the tile size {meta['tile_size']}")
+    images, masks = load_labelled(args)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from segmentation_tf.artifacts import load_segmenter  # imports TensorFlow
     from segmentation_tf.inference import predict_stack
 
     seg = load_segmenter(args.model)
-    images, masks = load_labelled(args)
-    if args.overlap >= seg.tile_size:
-        raise UserError(f"--overlap must be below the tile size {seg.tile_size}")
     start = time.perf_counter()
     probs = predict_stack(seg.model, images, seg.tile_size, args.overlap, args.tta, args.batch_size)
     seconds = time.perf_counter() - start

@@ -16,10 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from segmentation_tf.augment import AugmentConfig
-from segmentation_tf.data import DataConfig
-from segmentation_tf.model import UNetConfig
-from segmentation_tf.training import TrainConfig
+from segmentation_tf.config import AugmentConfig, DataConfig, TrainConfig, UNetConfig
 from shared.errors import (
     ArgumentParser,
     UserError,
@@ -30,6 +27,7 @@ from shared.errors import (
     run_cli,
 )
 from shared.sources import add_data_flags, resolve_real_store, source_from_args
+from shared.store import TileStore
 
 PRESETS: dict[str, tuple[UNetConfig, DataConfig, TrainConfig]] = {
     # minutes on a CPU: the phantom, a narrow net
@@ -109,15 +107,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_cfg, data_cfg, train_cfg = configs(args, preset)
     if data_cfg.synthetic_ratio > 0 and args.synthetic_store is None:
         raise UserError("--synthetic-ratio > 0 needs --synthetic-store")
+    store = resolve_real_store(source, args.out)
+    synthetic = TileStore(args.synthetic_store) if args.synthetic_store else None
+    if synthetic is not None and synthetic.tile_size != store.tile_size:
+        raise UserError(f"{synthetic.path}: synthetic tiles are {synthetic.tile_size}x{synthetic.tile_size} "
+                        f"but the real tiles are {store.tile_size}x{store.tile_size}")
+    if store.tile_size % 2 ** model_cfg.depth:
+        raise UserError(f"tile size {store.tile_size} is not divisible by 2**depth = {2 ** model_cfg.depth}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from segmentation_tf.precision import apply_policy, choose_strategy  # imports TensorFlow
     from segmentation_tf.training import RunInputs, fit
-    from shared.store import TileStore
 
     strategy = choose_strategy(args.cpu_devices)
     policy = apply_policy(args.precision)
-    store = resolve_real_store(source, args.out)
-    synthetic = TileStore(args.synthetic_store) if args.synthetic_store else None
     fit(RunInputs(args.out, store, synthetic, model_cfg, data_cfg, train_cfg), strategy, policy)
     return 0
 

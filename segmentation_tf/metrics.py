@@ -1,38 +1,10 @@
-"""IoU and Dice of the foreground at a threshold: numpy functions for evaluation, and Keras metrics
-that accumulate intersection and union over an epoch (pooled, not averaged per batch)."""
+"""Keras metrics: foreground IoU and Dice at a threshold, accumulating intersection and union over
+an epoch (pooled, not averaged per batch). The numpy versions for evaluation are in scores.py."""
 
 from __future__ import annotations
 
 import keras
-import numpy as np
 from keras import ops
-
-
-def confusion(prob: np.ndarray, mask: np.ndarray, threshold: float) -> tuple[int, int, int]:
-    """(intersection, predicted foreground, true foreground) pixel counts."""
-    pred = np.asarray(prob) >= threshold
-    truth = np.asarray(mask) > 0
-    return int(np.count_nonzero(pred & truth)), int(np.count_nonzero(pred)), int(np.count_nonzero(truth))
-
-
-def iou_from_counts(inter: int, pred: int, truth: int) -> float:
-    union = pred + truth - inter
-    return 1.0 if union == 0 else inter / union
-
-
-def dice_from_counts(inter: int, pred: int, truth: int) -> float:
-    total = pred + truth
-    return 1.0 if total == 0 else 2.0 * inter / total
-
-
-def iou(prob: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> float:
-    """Foreground IoU |P ∩ T| / |P ∪ T| (1.0 when both are empty)."""
-    return iou_from_counts(*confusion(prob, mask, threshold))
-
-
-def dice(prob: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> float:
-    """Foreground Dice 2|P ∩ T| / (|P| + |T|) (1.0 when both are empty)."""
-    return dice_from_counts(*confusion(prob, mask, threshold))
 
 
 class _CountingMetric(keras.metrics.Metric):

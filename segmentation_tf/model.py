@@ -7,21 +7,12 @@ Activation, Add, MaxPooling2D, UpSampling2D, Concatenate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import keras
 from keras import layers
 
+from segmentation_tf.config import UNetConfig
 
-@dataclass(frozen=True)
-class UNetConfig:
-    base_width: int = 16       # channels at full resolution; doubled at each level down
-    depth: int = 4             # number of 2x poolings; inputs must be divisible by 2**depth
-    max_width: int = 512       # cap on channels per level
-    dropout: float = 0.0       # spatial dropout in the bottleneck
-
-    def widths(self) -> list[int]:
-        return [min(self.base_width * 2 ** level, self.max_width) for level in range(self.depth + 1)]
+__all__ = ["UNetConfig", "build_unet", "residual_block"]
 
 
 def _conv(x, width: int, kernel: int, name: str):
@@ -44,10 +35,11 @@ def residual_block(x, width: int, name: str):
     return layers.Activation("relu", name=f"{name}_out")(y)
 
 
-def build_unet(config: UNetConfig = UNetConfig(), name: str = "residual_unet") -> keras.Model:
+def build_unet(config: UNetConfig | None = None, name: str = "residual_unet") -> keras.Model:
     """Encoder of residual blocks + max-pooling, decoder of upsampling + skip concatenation +
     residual blocks, 1x1 conv + sigmoid head computed in float32 (also under mixed precision)."""
-    widths = config.widths()
+    widths = (config or UNetConfig()).widths()
+    config = config or UNetConfig()
     inputs = keras.Input((None, None, 1), name="image", dtype="float32")
     x, skips = inputs, []
     for level, width in enumerate(widths[:-1]):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segmentation_tf.sidecar import read_sidecar
 from shared import normalization
 from shared.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_cli
 from shared.tiff_io import read_image_stack, write_stack
@@ -38,14 +39,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.out.parent.is_dir():
         raise UserError(f"{args.out.parent}: output folder does not exist")
+    meta = read_sidecar(args.model)
+    if args.overlap >= int(meta["tile_size"]):
+        raise UserError(f"--overlap must be below the tile size {meta['tile_size']}")
     images = normalization.normalize(read_image_stack(args.images))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from segmentation_tf.artifacts import load_segmenter
+    from segmentation_tf.artifacts import load_segmenter  # imports TensorFlow
     from segmentation_tf.inference import predict_stack
 
     seg = load_segmenter(args.model)
-    if args.overlap >= seg.tile_size:
-        raise UserError(f"--overlap must be below the tile size {seg.tile_size}")
     threshold = seg.threshold if args.threshold is None else args.threshold
     start = time.perf_counter()
     probs = predict_stack(seg.model, images, seg.tile_size, args.overlap, args.tta, args.batch_size)

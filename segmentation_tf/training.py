@@ -16,27 +16,16 @@ from segmentation_tf import data as pipeline
 from segmentation_tf.artifacts import save_segmenter
 from segmentation_tf.calibration import calibrate_threshold
 from segmentation_tf.callbacks import standard_callbacks
-from segmentation_tf.evaluate import score, store_slices
+from segmentation_tf.config import DataConfig, TrainConfig, UNetConfig
 from segmentation_tf.inference import predict_stack
 from segmentation_tf.losses import BceJaccardLoss
 from segmentation_tf.metrics import ForegroundDice, ForegroundIoU
-from segmentation_tf.model import UNetConfig, build_unet
+from segmentation_tf.model import build_unet
+from segmentation_tf.scores import score
+from segmentation_tf.slices import store_slices
 from shared.atomic import write_json_atomic
 from shared.errors import UserError
 from shared.store import TileStore
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 4                   # planned epochs (the cosine schedule spans them)
-    learning_rate: float = 1e-3       # peak Adam learning rate
-    schedule: str = "cosine"          # "cosine" (1 warm-up epoch, then cosine to 1%) or "plateau"
-    accumulate: int = 1               # gradient accumulation steps (1: update every batch)
-    patience: int = 10                # EarlyStopping patience on val_iou, in epochs
-    time_limit_minutes: float = 0.0   # stop after the epoch that crosses this wall time (0: none)
-    overlap: int = 64                 # whole-slice prediction window overlap for calibration
-    tta: bool = False                 # 8-fold test-time augmentation during calibration
-    verbose: int = 2
 
 
 @dataclass
@@ -45,7 +34,7 @@ class RunInputs:
     store: TileStore
     synthetic: TileStore | None
     model: UNetConfig = field(default_factory=UNetConfig)
-    data: pipeline.DataConfig = field(default_factory=pipeline.DataConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

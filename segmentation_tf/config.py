@@ -1,0 +1,49 @@
+"""Typed configuration of a segmenter run (no TensorFlow import here, so the CLIs can validate their
+input before paying for it). The CLI fills these from a preset and the flags left set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    base_width: int = 16       # channels at full resolution; doubled at each level down
+    depth: int = 4             # number of 2x poolings; inputs must be divisible by 2**depth
+    max_width: int = 512       # cap on channels per level
+    dropout: float = 0.0       # spatial dropout in the bottleneck
+
+    def widths(self) -> list[int]:
+        return [min(self.base_width * 2 ** level, self.max_width) for level in range(self.depth + 1)]
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    dihedral: bool = True        # the 8 flips/rotations of the square
+    elastic_sigma: float = 0.0   # std of the coarse-grid displacements in pixels (0: off)
+    elastic_grid: int = 5        # control points per side of the coarse displacement grid
+    gray: float = 0.0            # strength of brightness/contrast/gamma variation (0: off)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    batch_size: int = 8
+    synthetic_ratio: float = 0.0     # fraction of each batch drawn from synthetic tiles, in [0, 1)
+    random_crops: bool = True        # real windows anywhere in the whole slices, not the tile grid
+    weight_w0: float = 0.0           # U-Net border weight map amplitude (0: no weight map)
+    weight_sigma: float = 5.0        # its length scale in pixels
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 4                   # planned epochs (the cosine schedule spans them)
+    learning_rate: float = 1e-3       # peak Adam learning rate
+    schedule: str = "cosine"          # "cosine" (1 warm-up epoch, then cosine to 1%) or "plateau"
+    accumulate: int = 1               # gradient accumulation steps (1: update every batch)
+    patience: int = 10                # EarlyStopping patience on val_iou, in epochs
+    time_limit_minutes: float = 0.0   # stop after the epoch that crosses this wall time (0: none)
+    overlap: int = 64                 # whole-slice prediction window overlap for calibration
+    tta: bool = False                 # 8-fold test-time augmentation during calibration
+    verbose: int = 2

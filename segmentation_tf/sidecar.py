@@ -1,0 +1,37 @@
+"""The segmenter's JSON sidecar (RUN/segmenter.json) and where a saved segmenter lives; no
+TensorFlow import, so CLIs check a --model path before loading TensorFlow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from shared.errors import UserError
+
+MODEL_NAME = "segmenter.keras"
+SIDECAR_NAME = "segmenter.json"
+FORMAT = "emsynth-segmenter"
+
+
+def model_paths(path: str | Path) -> tuple[Path, Path]:
+    """A run folder or a .keras file -> (model file, sidecar file)."""
+    path = Path(path)
+    model = path / MODEL_NAME if path.is_dir() else path
+    return model, model.with_name(SIDECAR_NAME)
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """The sidecar of a saved segmenter (checks that the model file exists too)."""
+    model, sidecar = model_paths(path)
+    if not model.is_file():
+        raise UserError(f"{model}: no saved segmenter here")
+    if not sidecar.is_file():
+        raise UserError(f"{sidecar}: missing (a segmenter is saved as {MODEL_NAME} + {SIDECAR_NAME})")
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{sidecar}: unreadable ({str(exc)[:120]})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "threshold" not in meta:
+        raise UserError(f"{sidecar}: not a segmenter sidecar")
+    return meta

@@ -1,0 +1,188 @@
+"""segmentation_tf CLIs end to end on tiny stores: fit -> predict -> evaluate, TensorBoard tags,
+resume after SIGKILL, MirroredStrategy over 2 logical CPUs, one-line errors for bad input."""
+
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from .conftest import ROOT, assert_one_line_error, run_module
+
+pytest.importorskip("tensorflow")
+
+TINY = ["--preset", "quick", "--base-width", "4", "--depth", "2", "--batch-size", "4", "--overlap", "8",
+        "--precision", "float32", "--verbose", "2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    from shared.phantom import PhantomConfig, phantom_stack
+    from shared.tiff_io import write_stack
+    from shared.tiles import BuildConfig, build_store
+
+    root = tmp_path_factory.mktemp("seg_cli")
+    images, masks = phantom_stack(6, seed=3, config=PhantomConfig(height=96, width=128))
+    write_stack(root / "images.tif", images)
+    write_stack(root / "masks.tif", masks * 255)
+    build_store(root / "images.tif", root / "masks.tif", root / "store",
+                BuildConfig(tile=32, val_fraction=0.2))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_store, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run") / "seg"
+    proc = run_module("segmentation_tf.fit", "--store", tiny_store / "store", "--out", run, "--epochs", "2",
+                      "--accumulate", "2", *TINY, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run, proc
+
+
+def read_csv(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_fit_saves_model_threshold_and_logs(trained):
+    run, proc = trained
+    assert (run / "segmenter.keras").is_file() and (run / "best.keras").is_file()
+    import json
+    meta = json.loads((run / "segmenter.json").read_text())
+    assert 0.0 < meta["threshold"] < 1.0 and meta["tile_size"] == 32
+    assert meta["provenance"]["train"]["accumulate"] == 2
+    rows = read_csv(run / "log.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert {"loss", "iou", "dice", "val_loss", "val_iou", "val_dice"} <= set(rows[0])
+    assert not (run / "backup").exists()  # removed after a finished run
+    assert "calibrated threshold" in proc.stdout
+
+
+def event_tags(folder):
+    import tensorflow as tf
+
+    tags = set()
+    for path in folder.rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags |= {(path.parent.name, v.tag) for v in event.summary.value}
+    return tags
+
+
+def test_tensorboard_has_scalars_and_image_panels(trained):
+    tags = event_tags(trained[0] / "tensorboard")
+    for tag in ("epoch_loss", "epoch_iou", "epoch_dice"):
+        assert ("train", tag) in tags and ("validation", tag) in tags, sorted(tags)
+    for tag in ("panels/input", "panels/truth", "panels/prediction"):
+        assert ("images", tag) in tags, sorted(tags)
+
+
+def test_predict_and_evaluate_use_the_calibrated_threshold(trained, tiny_store, tmp_path):
+    import json
+
+    import tifffile
+
+    run = trained[0]
+    threshold = json.loads((run / "segmenter.json").read_text())["threshold"]
+    proc = run_module("segmentation_tf.predict", "--model", run, "--images", tiny_store / "images.tif",
+                      "--out", tmp_path / "pred", "--overlap", "8", "--tta")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    prob = tifffile.imread(tmp_path / "pred_probability.tif")
+    mask = tifffile.imread(tmp_path / "pred_mask.tif")
+    assert prob.shape == mask.shape == (6, 96, 128) and prob.dtype == np.float32
+    assert np.array_equal(mask > 0, prob >= threshold)
+    out = tmp_path / "scores.json"
+    proc = run_module("segmentation_tf.evaluate", "--model", run, "--images", tiny_store / "images.tif",
+                      "--masks", tiny_store / "masks.tif", "--overlap", "8", "--json", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scores = json.loads(out.read_text())
+    assert scores["threshold"] == threshold and len(scores["slices"]) == 6
+    assert 0.0 <= scores["iou"] <= scores["dice"] <= 1.0
+    proc = run_module("segmentation_tf.evaluate", "--model", run, "--store", tiny_store / "store",
+                      "--split", "val", "--overlap", "8")
+    assert proc.returncode == 0 and "overall  IoU" in proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.mark.fault("segmenter", "fit killed with SIGKILL mid-training", "rerun resumes at the next epoch")
+def test_resume_after_sigkill_continues_at_the_right_epoch(tiny_store, tmp_path):
+    run = tmp_path / "seg"
+    args = [sys.executable, "-m", "segmentation_tf.fit", "--store", str(tiny_store / "store"),
+            "--out", str(run), "--epochs", "12", "--schedule", "plateau", "--patience", "100", *TINY]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (run / "log.csv").exists() and len(read_csv(run / "log.csv")) >= 3:
+                break
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "segmenter.json").exists(), "finished before it could be killed"
+    logged = len(read_csv(run / "log.csv"))
+    assert (run / "backup").is_dir()
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first = int(re.search(r"Epoch (\d+)/12", done.stdout).group(1)) - 1  # 0-based first epoch run again
+    assert first in (logged, logged + 1), (first, logged)  # the backup is taken just before the CSV row
+    epochs = [int(r["epoch"]) for r in read_csv(run / "log.csv")]
+    assert epochs == sorted(set(epochs)) and epochs[0] == 0 and epochs[-1] == 11
+    assert (run / "segmenter.json").exists()
+
+
+def test_mirrored_strategy_over_two_logical_cpus(tiny_store, tmp_path):
+    proc = run_module("segmentation_tf.fit", "--store", tiny_store / "store", "--out", tmp_path / "seg",
+                      "--epochs", "1", "--cpu-devices", "2", *TINY, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 replica(s)" in proc.stdout
+    assert (tmp_path / "seg" / "segmenter.keras").is_file()
+
+
+@pytest.mark.fault("segmenter", "--synthetic-ratio outside [0, 1) or not a number", "one-line error, exit 2")
+@pytest.mark.parametrize("ratio", ["-0.1", "1", "1.5", "abc", "nan"])
+def test_bad_synthetic_ratio(tiny_store, tmp_path, ratio):
+    proc = run_module("segmentation_tf.fit", "--store", tiny_store / "store", "--out", tmp_path / "r",
+                      "--synthetic-ratio", ratio)
+    assert_one_line_error(proc, "--synthetic-ratio")
+
+
+@pytest.mark.fault("segmenter", "synthetic store with another tile size", "one-line error, exit 2")
+def test_synthetic_store_of_another_tile_size(tiny_store, tmp_path):
+    from shared.store import TileStore
+
+    syn = TileStore.create(tmp_path / "syn", tile_size=16, kind="synthetic")
+    syn.append(np.zeros((2, 16, 16), np.uint8), np.zeros((2, 16, 16), np.uint8),
+               [{"split": "train", "provenance": {}}] * 2)
+    proc = run_module("segmentation_tf.fit", "--store", tiny_store / "store", "--out", tmp_path / "r",
+                      "--synthetic-store", tmp_path / "syn", "--synthetic-ratio", "0.3", *TINY)
+    assert_one_line_error(proc, "16x16", "32x32")
+
+
+@pytest.mark.fault("segmenter", "no validation slices after the split", "one-line error, exit 2")
+def test_no_validation_slices(tiny_store, tmp_path):
+    from shared.tiles import BuildConfig, build_store
+
+    build_store(tiny_store / "images.tif", tiny_store / "masks.tif", tmp_path / "noval",
+                BuildConfig(tile=32, val_fraction=0.0))
+    proc = run_module("segmentation_tf.fit", "--store", tmp_path / "noval", "--out", tmp_path / "r", *TINY)
+    assert_one_line_error(proc, "val")
+    proc = run_module("segmentation_tf.fit", "--images", tiny_store / "images.tif", "--masks",
+                      tiny_store / "masks.tif", "--val-fraction", "0.99", "--out", tmp_path / "r2", *TINY)
+    assert_one_line_error(proc)
+
+
+@pytest.mark.fault("segmenter", "ratio > 0 without a synthetic store; missing model",
+                   "one-line error, exit 2")
+def test_other_bad_input(tiny_store, tmp_path):
+    proc = run_module("segmentation_tf.fit", "--store", tiny_store / "store", "--out", tmp_path / "r",
+                      "--synthetic-ratio", "0.3", *TINY)
+    assert_one_line_error(proc, "--synthetic-store")
+    proc = run_module("segmentation_tf.predict", "--model", tmp_path / "nothing", "--images",
+                      tiny_store / "images.tif", "--out", tmp_path / "p")
+    assert_one_line_error(proc, "segmenter")
