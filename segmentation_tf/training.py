@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from segmentation_tf import data as pipeline
-from segmentation_tf.artifacts import save_segmenter
+from segmentation_tf.artifacts import float32_copy, save_segmenter
 from segmentation_tf.calibration import calibrate_threshold
 from segmentation_tf.callbacks import standard_callbacks
 from segmentation_tf.config import DataConfig, TrainConfig, UNetConfig
@@ -91,6 +91,7 @@ def fit(inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str) -> dic
     history = model.fit(train_ds, epochs=inputs.train.epochs, steps_per_epoch=steps, validation_data=val_ds,
                         callbacks=callbacks, verbose=inputs.train.verbose)
     train_seconds = time.perf_counter() - start
+    model = float32_copy(model, inputs.model)  # what is saved, exported and served
     calibration = calibrate(model, store, inputs.train)
     provenance = provenance_of(inputs, policy, strategy, history, train_seconds, calibration)
     save_segmenter(model, inputs.model, run_dir, calibration["threshold"], tile, provenance)
