@@ -42,6 +42,8 @@ def parser() -> ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="autocast dtype; auto = bf16 on GPUs and on CPUs with native bf16, else fp32/fp16")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--visual-every", type=int, default=5,
+                   help="epochs between TensorBoard image grids (0: none; they cost CPU time)")
     p.add_argument("--stop-after", type=positive_int, help="leave after this many steps of a stage "
                    "(a resumable interruption, e.g. to split a long run)")
     g = p.add_argument_group("both stages")

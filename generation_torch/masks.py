@@ -38,7 +38,7 @@ def load_mask_source(path: Path, split: str = "train") -> np.ndarray:
     return masks
 
 
-def elastic(mask: np.ndarray, rng: np.random.Generator, alpha: float = 12.0, smooth: int = 32) -> np.ndarray:
+def elastic(mask: np.ndarray, rng: np.random.Generator, alpha: float = 8.0, smooth: int = 32) -> np.ndarray:
     """Smooth random displacement (up to ~alpha px) of a {0, 1} mask, nearest-neighbour resampled so
     it stays binary. The field is coarse noise upsampled bicubically: smooth, no scipy needed."""
     h, w = mask.shape

@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dtype = precision.resolve(args.precision, dist.device)
         writer = _writer(out, dist.main)
         ctx = LoopContext(out, dist, dtype, args.seed, args.resume, writer, args.stop_after, None,
-                          not args.no_progress)
+                          not args.no_progress, args.visual_every)
         if dist.main:
             print(f"data: {store.path} ({len(store.indices('train'))} train / {len(store.indices('val'))} "
                   f"val tiles); preset {args.preset}; precision {precision.name(dtype)}; "

@@ -167,6 +167,9 @@ def _end_epoch(task: Task, cfg: StageConfig, ctx: LoopContext, state: LoopState,
     else:
         state.bad_epochs += 1
     if ctx.dist.main:
+        if not ctx.progress:  # logs of unattended runs still show the validation curve
+            print(f"{task.name}: epoch {state.epoch} step {state.step} val {val:.5f}"
+                  f"{' (best)' if improved else ''}", flush=True)
         if improved:
             checkpoint.save(best_path, {"format": checkpoint.TRAINING_FORMAT, "stage": task.name,
                                         "weights": eval_model.state_dict(), "step": state.step,
@@ -174,7 +177,7 @@ def _end_epoch(task: Task, cfg: StageConfig, ctx: LoopContext, state: LoopState,
         _save_last(last_path, task, model, opt, sched, ema, scaler, state)
         if ctx.writer is not None:
             ctx.writer.add_scalar(f"{task.name}/val_loss", val, state.step)
-            if state.epoch % ctx.visual_every == 0 or state.epoch == 1:
+            if ctx.visual_every > 0 and (state.epoch % ctx.visual_every == 0 or state.epoch == 1):
                 with torch.no_grad(), precision.autocast(ctx.dist.device, ctx.autocast):
                     task.visuals(eval_model, ctx.writer, state.step)
             ctx.writer.flush()

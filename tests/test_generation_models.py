@@ -1,0 +1,118 @@
+"""generation_torch building blocks: shapes, conditioning, checkpoints, masks, metrics, precision."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from generation_torch import checkpoint, metrics, precision  # noqa: E402
+from generation_torch.config import UNetConfig, VAEConfig  # noqa: E402
+from generation_torch.data import dihedral, dihedral_np, encode_all, latent_scale  # noqa: E402
+from generation_torch.masks import elastic, varied_masks  # noqa: E402
+from generation_torch.unet import UNet, mask_condition, null_condition  # noqa: E402
+from generation_torch.vae import VAE, vae_loss  # noqa: E402
+from shared import diffusion  # noqa: E402
+from shared.errors import UserError  # noqa: E402
+
+
+@pytest.mark.parametrize("downsample,latent", [(8, 32), (4, 64)])
+def test_vae_shapes(downsample, latent):
+    vae = VAE(VAEConfig(downsample=downsample, channels=(8, 8, 8)))
+    x = torch.randn(2, 1, 256, 256)
+    recon, mean, logvar = vae(x)
+    assert recon.shape == x.shape and mean.shape == (2, 4, latent, latent) == logvar.shape
+    loss, mse = vae_loss(x, recon, mean, logvar, beta=1e-4)
+    assert loss >= mse > 0
+
+
+def test_default_models_are_sized_as_designed():
+    unet = UNet(UNetConfig())
+    n = sum(p.numel() for p in unet.parameters())
+    assert 2e6 <= n <= 6e6, n
+    assert unet.time_mlp[0].in_features < unet.time_mlp[0].out_features < unet.time_mlp[2].out_features
+    vae = VAE()
+    assert vae.encoder(torch.zeros(1, 1, 256, 256)).shape == (1, 8, 32, 32)
+
+
+def test_unet_condition_and_guidance_paths():
+    unet = UNet(UNetConfig(channels=(16, 32), time_dims=(16, 32, 32), heads=2))
+    torch.nn.init.normal_(unet.head[-1].weight, std=0.1)
+    masks = torch.zeros(2, 256, 256)
+    masks[:, :128] = 1
+    cond = mask_condition(masks, 32)
+    assert cond.shape == (2, 2, 32, 32) and cond[:, 0, :16].eq(1).all() and cond[:, 1].eq(1).all()
+    assert null_condition(cond).abs().sum() == 0
+    x, t = torch.randn(2, 4, 32, 32), torch.tensor([3.0, 900.0])
+    out_c, out_u = unet(x, cond, t), unet(x, null_condition(cond), t)
+    assert out_c.shape == x.shape and not torch.allclose(out_c, out_u)
+
+
+def test_torch_and_numpy_share_the_update_maths():
+    sch = diffusion.Schedule.make("cosine")
+    rng = np.random.default_rng(0)
+    x_np, pred_np = rng.standard_normal((2, 4)), rng.standard_normal((2, 4))
+    a, s = (float(c) for c in sch.coefficients(500))
+    for kind in diffusion.PREDICTIONS:
+        x0_np, eps_np = diffusion.split_prediction(pred_np, x_np, a, s, kind)
+        pred_t, x_t = torch.from_numpy(pred_np), torch.from_numpy(x_np)
+        x0_t, eps_t = diffusion.split_prediction(pred_t, x_t, a, s, kind)
+        np.testing.assert_allclose(x0_t.numpy(), x0_np)
+        np.testing.assert_allclose(diffusion.ddim_step(x0_t, eps_t, sch.abar(500), sch.abar(480), 0.0, None)
+                                   .numpy(), diffusion.ddim_step(x0_np, eps_np, sch.abar(500), sch.abar(480),
+                                                                 0.0, None))
+
+
+def test_dihedral_group():
+    x = torch.arange(16.0).reshape(1, 4, 4)
+    variants = {tuple(dihedral(x, k).flatten().tolist()) for k in range(8)}
+    assert len(variants) == 8
+    for k in range(8):
+        np.testing.assert_array_equal(dihedral(x, k).numpy(), dihedral_np(x.numpy(), k))
+
+
+def test_latent_cache_covers_all_transforms():
+    vae = VAE(VAEConfig(channels=(8, 8, 8))).eval()
+    images, masks = torch.randn(3, 1, 256, 256), (torch.rand(3, 1, 256, 256) > 0.5).float()
+    cache = encode_all(vae.encode, images, masks, batch_size=2)
+    assert len(cache) == 24 and cache.cond.shape == (24, 2, 32, 32) and cache.std.min() > 0
+    assert latent_scale(cache) == pytest.approx(1 / cache.mean.std().item(), rel=1e-5)
+
+
+def test_checkpoint_from_another_shape_is_a_user_error(tmp_path):
+    small = VAE(VAEConfig(channels=(8, 8, 8)))
+    with pytest.raises(UserError, match="another model shape"):
+        checkpoint.load_weights(VAE(VAEConfig(channels=(8, 16, 16))), small.state_dict(), tmp_path / "x.pt",
+                                "VAE")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        checkpoint.load(tmp_path / "junk.pt")
+
+
+def test_masks_stay_binary_and_vary():
+    mask = np.zeros((256, 256), np.uint8)
+    mask[100:160, 80:200] = 1
+    out = elastic(mask, np.random.default_rng(0))
+    assert set(np.unique(out)) <= {0, 1} and 0.7 < out.sum() / mask.sum() < 1.3 and (out != mask).any()
+    a, rec = varied_masks(mask[None], 4, seed=1)
+    b, _ = varied_masks(mask[None], 4, seed=1)
+    np.testing.assert_array_equal(a, b)
+    assert len(rec) == 4 and "dihedral" in rec[0]
+
+
+def test_realism_metrics():
+    rng = np.random.default_rng(0)
+    real = rng.normal(0, 0.3, (8, 64, 64))
+    assert metrics.histogram_wasserstein(real, real) == 0 and metrics.spectrum_distance(real, real) == 0
+    shifted = real + 0.1
+    assert metrics.histogram_wasserstein(shifted, real) == pytest.approx(0.1, rel=1e-6)
+    blurred = (real + np.roll(real, 1, -1) + np.roll(real, 1, -2)) / 3
+    assert metrics.spectrum_distance(blurred, real) > 0.1
+    assert metrics.psnr(0.004) == pytest.approx(10 * np.log10(4 / 0.004))
+
+
+def test_precision_choice():
+    cpu = torch.device("cpu")
+    assert precision.resolve("fp32", cpu) is None and precision.resolve("bf16", cpu) is torch.bfloat16
+    assert precision.resolve("auto", cpu) == (torch.bfloat16 if precision.cpu_has_bf16() else None)
+    with pytest.raises(UserError):
+        precision.resolve("fp16", cpu)

@@ -1,0 +1,200 @@
+"""generation_torch end to end with tiny models: train (both stages), TensorBoard tags, exact resume,
+NaN guard, torchrun DDP on gloo, sampling determinism and provenance, evaluate, bad input."""
+
+import os
+import shutil
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from .conftest import ROOT, assert_one_line_error
+
+torch = pytest.importorskip("torch")
+
+
+def run_module(module: str, *args) -> SimpleNamespace:
+    """Run a CLI's main in this process (a subprocess per call costs seconds of imports), returning
+    what conftest.run_module would: returncode, stdout, stderr."""
+    import contextlib
+    import importlib
+    import io
+
+    from shared.errors import run_cli
+
+    main = importlib.import_module(module).main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = run_cli(main, [str(a) for a in args])
+        except SystemExit as exc:  # argparse errors exit directly
+            code = exc.code
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+TINY = ["--preset", "none", "--optimizer", "adamw", "--vae-channels", "8,8,8", "--unet-channels", "8,16",
+        "--time-dims", "16,32,32", "--heads", "2", "--vae-batch-size", "2", "--diffusion-batch-size", "4",
+        "--steps-per-epoch", "1", "--no-progress", "--warmup-steps", "1", "--precision", "fp32"]
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    from shared.phantom import PhantomConfig, write_phantom
+    from shared.tiles import BuildConfig, build_store
+
+    root = tmp_path_factory.mktemp("gen_data")
+    images, masks = write_phantom(root / "phantom", 5, seed=0, config=PhantomConfig(height=256, width=512))
+    build_store(images, masks, root / "store", BuildConfig(val_fraction=0.4))
+    return root / "store"
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen_run") / "run"
+    proc = run_module("generation_torch.train", "--store", tiny_store, "--out", out, "--steps", "3", *TINY)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_train_writes_products_and_tensorboard(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from generation_torch.pipeline import load_generator
+
+    for name in ("vae.pt", "latents.pt", "generator.pt", "vae_best.pt", "diffusion_last.pt"):
+        assert (trained / name).is_file(), name
+    gen = load_generator(trained / "generator.pt")
+    assert gen.latent_scale > 0 and gen.schedule.timesteps == 1000
+    acc = EventAccumulator(str(trained / "tb"), size_guidance={"images": 0}).Reload()
+    scalars, images = set(acc.Tags()["scalars"]), set(acc.Tags()["images"])
+    for tag in ("vae/train_loss", "vae/val_loss", "vae/lr", "vae/train_mse", "vae/samples_per_s",
+                "diffusion/train_loss", "diffusion/val_loss", "diffusion/lr"):
+        assert tag in scalars, (tag, scalars)
+    assert {"vae/reconstructions", "diffusion/samples_beside_masks"} <= images
+    assert len(acc.Scalars("vae/val_loss")) == 3
+
+
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@pytest.mark.parametrize("stage", ["vae", "diffusion"])
+def test_resume_is_exact(trained, tiny_store, tmp_path, stage):
+    """4 steps straight == 2 steps, interrupt, resume 2 steps: identical weights, EMA, optimizer, RNG."""
+    runs = [tmp_path / "straight", tmp_path / "resumed"]
+    for out in runs:
+        out.mkdir()
+        for name in ("vae.pt", "latents.pt"):  # the diffusion stage starts from the trained VAE
+            shutil.copy(trained / name, out / name)
+    common = ["--store", tiny_store, "--stage", stage, "--steps", "4", *TINY, "--visual-every", "0"]
+    p1 = run_module("generation_torch.train", "--out", runs[0], *common)
+    p2 = run_module("generation_torch.train", "--out", runs[1], *common, "--stop-after", "2")
+    assert p1.returncode == 0 and p2.returncode == 0, p1.stderr + p2.stderr
+    assert _state(runs[1] / f"{stage}_last.pt")["loop"]["step"] == 2
+    p3 = run_module("generation_torch.train", "--out", runs[1], *common, "--resume")
+    assert p3.returncode == 0, p3.stderr
+    a, b = _state(runs[0] / f"{stage}_last.pt"), _state(runs[1] / f"{stage}_last.pt")
+    assert a["loop"] == b["loop"] and a["loop"]["step"] == 4
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    if stage == "diffusion":
+        for key in a["ema"]["model"]:
+            assert torch.equal(a["ema"]["model"][key], b["ema"]["model"][key]), key
+    assert a["scheduler"] == b["scheduler"] and torch.equal(a["rng"], b["rng"])
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint(tiny_store, tmp_path, monkeypatch):
+    from generation_torch import tasks
+
+    real_loss = tasks.vae_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss, mse = real_loss(*args, **kwargs)
+        return (loss * float("nan"), mse) if calls["n"] > 2 else (loss, mse)
+
+    monkeypatch.setattr(tasks, "vae_loss", poisoned)
+    out = tmp_path / "run"
+    proc = run_module("generation_torch.train", "--store", tiny_store, "--out", out, "--stage", "vae",
+                      "--steps", "5", *TINY, "--visual-every", "0")
+    assert_one_line_error(proc, "loss became nan at step 3", "last good checkpoint")
+    saved = _state(out / "vae_last.pt")
+    assert saved["loop"]["step"] == 2 and all(torch.isfinite(v).all() for v in saved["model"].values())
+
+
+def test_torchrun_two_processes_on_gloo(tiny_store, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "generation_torch.train", "--store", str(tiny_store), "--out", str(out), "--steps", "2",
+           "--device", "cpu", *TINY]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout and (out / "generator.pt").is_file()
+    saved = _state(out / "diffusion_last.pt")
+    assert saved["loop"]["step"] == 2
+
+
+def test_sample_is_deterministic_with_provenance(trained, tiny_store, tmp_path):
+    from shared.store import TileStore
+
+    args = ["--checkpoint", trained / "generator.pt", "--masks-from", tiny_store, "--n", "3", "--steps", "4",
+            "--seed", "5", "--no-progress", "--precision", "fp32"]
+    for name, batch in (("a", "2"), ("b", "2"), ("c", "3")):
+        proc = run_module("generation_torch.sample", *args, "--out", tmp_path / name, "--batch-size", batch)
+        assert proc.returncode == 0, proc.stderr
+    a, b, c = (TileStore(tmp_path / n) for n in "abc")
+    np.testing.assert_array_equal(a.raw_images(a.indices()), b.raw_images(b.indices()))
+    # per-tile seeds: another batch size gives the same tiles up to convolution round-off
+    diff = a.raw_images(a.indices()).astype(int) - c.raw_images(c.indices()).astype(int)
+    assert np.abs(diff).max() <= 3 and np.mean(diff != 0) < 0.01
+    np.testing.assert_array_equal(a.masks(a.indices()), b.masks(b.indices()))
+    rec = a.records[0]
+    assert rec["source"] == "synthetic" and rec["sampler"] == "ddim" and rec["steps"] == 4
+    assert rec["seed"] == 5 and rec["guidance"] == 2.0 and len(rec["checkpoint_sha256"]) == 16
+    assert a.manifest.kind == "synthetic"
+    proc = run_module("generation_torch.sample", *args, "--seed", "6", "--out", tmp_path / "d")
+    d = TileStore(tmp_path / "d")
+    assert proc.returncode == 0 and not np.array_equal(a.raw_images(a.indices()), d.raw_images(d.indices()))
+
+
+def test_evaluate_prints_figures_beside_the_floor(trained, tiny_store, tmp_path):
+    proc = run_module("generation_torch.evaluate", "--checkpoint", trained / "generator.pt",
+                      "--store", tiny_store, "--steps", "3", "--sampler", "dpmpp2m",
+                      "--json", tmp_path / "e.json", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "MSE" in proc.stdout and "PSNR" in proc.stdout and "real floor" in proc.stdout
+    import json
+    figures = json.loads((tmp_path / "e.json").read_text())
+    assert figures["recon_mse"] > 0 and figures["floor_hist_w1"] >= 0 and figures["generated"] == 4
+
+
+def test_bad_input_is_one_line_exit_2(trained, tiny_store, tmp_path):
+    import tifffile
+
+    from shared.store import TileStore
+
+    proc = run_module("generation_torch.train", "--out", tmp_path / "r", "--steps", "0")
+    assert_one_line_error(proc, "--steps")
+    proc = run_module("generation_torch.sample", "--checkpoint", trained / "generator.pt", "--masks-from",
+                      tiny_store, "--n", "1", "--out", tmp_path / "s", "--steps", "0")
+    assert_one_line_error(proc, "--steps")
+    empty = TileStore.create(tmp_path / "empty")
+    proc = run_module("generation_torch.train", "--store", empty.path, "--out", tmp_path / "r2", *TINY)
+    assert_one_line_error(proc, "no 'train' tiles")
+    proc = run_module("generation_torch.sample", "--checkpoint", trained / "generator.pt", "--masks-from",
+                      empty.path, "--n", "1", "--out", tmp_path / "s2")
+    assert_one_line_error(proc, "empty")
+    tifffile.imwrite(tmp_path / "m.tif", np.zeros((2, 128, 96), np.uint8))
+    proc = run_module("generation_torch.sample", "--checkpoint", trained / "generator.pt", "--masks-from",
+                      tmp_path / "m.tif", "--n", "1", "--out", tmp_path / "s3")
+    assert_one_line_error(proc, "96x128", "256x256")
+    shutil.copytree(trained, tmp_path / "copy", ignore=shutil.ignore_patterns("tb"))
+    proc = run_module("generation_torch.train", "--store", tiny_store, "--out", tmp_path / "copy", "--resume",
+                      "--stage", "vae", *TINY, "--vae-channels", "8,16,16", "--steps", "5")
+    assert_one_line_error(proc, "another model shape")
+    proc = run_module("generation_torch.sample", "--checkpoint", trained / "vae.pt", "--masks-from",
+                      tiny_store, "--n", "1", "--out", tmp_path / "s4")
+    assert_one_line_error(proc, "emsynth-generator")
