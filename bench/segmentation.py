@@ -1,0 +1,134 @@
+"""Segmenter throughput on this machine, one run:
+
+1. training tiles/s with the real input pipeline (random crops, elastic + gray + dihedral augmentation
+   in tf.data) vs the same model fed one in-memory batch over and over (goal: ratio >= 0.9);
+2. float32 vs mixed precision (the automatic policy) training and prediction throughput (goal >= 2x);
+3. whole-slice prediction slices/s (overlap + blending) with and without 8-fold test-time augmentation.
+
+    python -m bench.segmentation [--steps 20] [--out docs/bench_segmentation.json] [--quick]
+
+Uses the EPFL subset beside the checkout when present, else the phantom. Run it alone (flock the
+heavy lock): two cores shared with another job halve every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import ROOT, print_table, write_json
+from bench.tiles import build_bench_store
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from segmentation_tf import data as pipeline  # noqa: E402
+from segmentation_tf.config import AugmentConfig, DataConfig, TrainConfig, UNetConfig  # noqa: E402
+from segmentation_tf.inference import predict_slice  # noqa: E402
+from segmentation_tf.precision import resolve_policy  # noqa: E402
+from segmentation_tf.slices import store_slices  # noqa: E402
+from segmentation_tf.training import compiled_model  # noqa: E402
+
+
+class EpochTimer(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.times: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self.start)
+
+
+def train_rate(policy: str, dataset, model_cfg: UNetConfig, steps: int, batch: int) -> float:
+    """Tiles/s of model.fit over `steps` batches, after one warm-up epoch of the same length."""
+    keras.mixed_precision.set_global_policy(policy)
+    keras.utils.set_random_seed(0)
+    model = compiled_model(model_cfg, TrainConfig(epochs=2), steps)
+    timer = EpochTimer()
+    model.fit(dataset, epochs=2, steps_per_epoch=steps, callbacks=[timer], verbose=0)
+    return steps * batch / timer.times[-1]
+
+
+def predict_rate(policy: str, model_cfg: UNetConfig, weights, images: np.ndarray, tile: int, overlap: int,
+                 tta: bool, n: int) -> float:
+    """Whole slices per second (first slice is a warm-up)."""
+    keras.mixed_precision.set_global_policy(policy)
+    from segmentation_tf.model import build_unet
+
+    model = build_unet(model_cfg)
+    model.set_weights(weights)
+    predict_slice(model, images[0], tile, overlap, tta)
+    start = time.perf_counter()
+    for image in images[1:n + 1]:
+        predict_slice(model, image, tile, overlap, tta)
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per measurement")
+    parser.add_argument("--slices", type=int, default=2, help="timed slices per prediction measurement")
+    parser.add_argument("--overlap", type=int, default=128)
+    parser.add_argument("--quick", action="store_true", help="tiny model and few steps (smoke test)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench_segmentation.json")
+    args = parser.parse_args()
+    model_cfg = UNetConfig(base_width=4, depth=4) if args.quick else UNetConfig(base_width=16, depth=4)
+    steps, n_slices = (3, 1) if args.quick else (args.steps, args.slices)
+    mixed = resolve_policy("auto")
+    mixed = mixed if mixed != "float32" else "mixed_bfloat16"
+    config = DataConfig(batch_size=8, augment=AugmentConfig(elastic_sigma=6.0, gray=0.15))
+    with tempfile.TemporaryDirectory() as tmp:
+        store, source = build_bench_store(Path(tmp))
+        tile = store.tile_size
+        real = pipeline.real_train_pool(store, config)
+        piped = pipeline.training_dataset(real, None, tile, config)
+        x, y = next(iter(piped))
+        in_memory = tf.data.Dataset.from_tensors((tf.identity(x), tf.identity(y))).repeat()
+        images, _ = store_slices(store, "val")
+    train_rows = []
+    for policy in ("float32", mixed):
+        fed = train_rate(policy, in_memory, model_cfg, steps, 8)
+        real_rate = train_rate(policy, piped, model_cfg, steps, 8)
+        train_rows.append({"policy": policy, "in-memory tiles/s": fed, "pipeline tiles/s": real_rate,
+                           "pipeline / in-memory": real_rate / fed})
+    keras.mixed_precision.set_global_policy("float32")
+    from segmentation_tf.model import build_unet
+
+    weights = build_unet(model_cfg).get_weights()
+    predict_rows = []
+    for policy in ("float32", mixed):
+        for tta in (False, True):
+            rate = predict_rate(policy, model_cfg, weights, images, tile, args.overlap, tta, n_slices)
+            predict_rows.append({"policy": policy, "tta": tta, "slices/s": rate,
+                                 "slice": f"{images.shape[2]}x{images.shape[1]}", "overlap": args.overlap})
+    keras.mixed_precision.set_global_policy("float32")
+    speedup_train = train_rows[1]["pipeline tiles/s"] / train_rows[0]["pipeline tiles/s"]
+    speedup_predict = predict_rows[2]["slices/s"] / predict_rows[0]["slices/s"]
+    params = build_unet(model_cfg).count_params()
+    print_table(f"Training, batch 8, {params:,}-parameter U-Net, tiles of {source}", train_rows,
+                ["policy", "in-memory tiles/s", "pipeline tiles/s", "pipeline / in-memory"])
+    print_table("Whole-slice prediction (overlap + blending)", predict_rows,
+                ["policy", "tta", "slices/s", "slice", "overlap"])
+    print(f"\n{mixed} / float32: training {speedup_train:.2f}x, prediction {speedup_predict:.2f}x "
+          f"(goal >= 2x); pipeline ratio {train_rows[1]['pipeline / in-memory']:.2f} (goal >= 0.9)")
+    write_json(args.out, {
+        "benchmark": "segmentation", "command": "python -m bench.segmentation", "source": source,
+        "parameters": params, "model": model_cfg.__dict__, "quick": args.quick,
+        "train": train_rows, "predict": predict_rows, "mixed_policy": mixed,
+        "speedup_train": speedup_train, "speedup_predict": speedup_predict,
+        "goals": {"pipeline_ratio_ge_0.9": all(r["pipeline / in-memory"] >= 0.9 for r in train_rows),
+                  "mixed_train_speedup_ge_2": speedup_train >= 2.0,
+                  "mixed_predict_speedup_ge_2": speedup_predict >= 2.0}})
+
+
+if __name__ == "__main__":
+    main()
