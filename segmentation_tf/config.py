@@ -12,6 +12,7 @@ class UNetConfig:
     depth: int = 4             # number of 2x poolings; inputs must be divisible by 2**depth
     max_width: int = 512       # cap on channels per level
     dropout: float = 0.0       # spatial dropout in the bottleneck
+    bn_momentum: float = 0.95  # BatchNorm moving-average momentum (short runs want < 0.99)
 
     def widths(self) -> list[int]:
         return [min(self.base_width * 2 ** level, self.max_width) for level in range(self.depth + 1)]

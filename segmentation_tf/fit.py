@@ -33,7 +33,7 @@ PRESETS: dict[str, tuple[UNetConfig, DataConfig, TrainConfig]] = {
     # minutes on a CPU: the phantom, a narrow net
     "quick": (UNetConfig(base_width=8, depth=4),
               DataConfig(batch_size=8, augment=AugmentConfig(gray=0.1)),
-              TrainConfig(epochs=4, learning_rate=2e-3, patience=10, overlap=32)),
+              TrainConfig(epochs=8, learning_rate=2e-3, patience=10, overlap=32)),
     # EPFL CA1 on 2 CPU cores in under an hour (see README: Segmenter)
     "real": (UNetConfig(base_width=16, depth=4),
              DataConfig(batch_size=8, random_crops=True,
