@@ -61,12 +61,13 @@ def float32_copy(model: keras.Model, config: UNetConfig) -> keras.Model:
 
 
 def save_segmenter(model: keras.Model, config: UNetConfig, run_dir: Path, threshold: float,
-                   tile_size: int, provenance: dict[str, Any]) -> Path:
+                   tile_size: int, provenance: dict[str, Any], overlap: int = 64, tta: bool = False) -> Path:
     """Write segmenter.keras + segmenter.json into run_dir; returns the model path."""
     path = run_dir / MODEL_NAME
     save_model_atomic(float32_copy(model, config), path)
     meta = {"format": FORMAT, "version": 1, "threshold": float(threshold), "tile_size": int(tile_size),
-            "depth": config.depth, "model": asdict(config), "normalization": normalization.metadata(),
+            "depth": config.depth, "recommended_overlap": int(overlap), "recommended_tta": bool(tta),
+            "model": asdict(config), "normalization": normalization.metadata(),
             "input": "NHWC float32, normalized to [-1, 1]; H, W divisible by 2**depth",
             "output": "NHWC float32 sigmoid foreground (mitochondria) probability",
             "provenance": provenance}

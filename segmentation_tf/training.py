@@ -94,7 +94,8 @@ def fit(inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str) -> dic
     model = float32_copy(model, inputs.model)  # what is saved, exported and served
     calibration = calibrate(model, store, inputs.train)
     provenance = provenance_of(inputs, policy, strategy, history, train_seconds, calibration)
-    save_segmenter(model, inputs.model, run_dir, calibration["threshold"], tile, provenance)
+    save_segmenter(model, inputs.model, run_dir, calibration["threshold"], tile, provenance,
+                   inputs.train.overlap, inputs.train.tta)
     write_json_atomic(run_dir / "train_summary.json", provenance)
     print(f"validation IoU {calibration['iou']:.4f} / Dice {calibration['dice']:.4f} at the calibrated "
           f"threshold {calibration['threshold']:.2f} (IoU {calibration['iou_at_0.5']:.4f} at 0.5); "
