@@ -136,11 +136,26 @@ def test_resume_after_sigkill_continues_at_the_right_epoch(tiny_store, tmp_path)
     assert (run / "segmenter.json").exists()
 
 
-def test_mirrored_strategy_over_two_logical_cpus(tiny_store, tmp_path):
+def synthetic_copy(store_path, out):
+    """A synthetic store (kind 'synthetic', split 'train', provenance) from a real store's tiles."""
+    from shared.store import TileStore
+
+    real = TileStore(store_path)
+    idx = real.indices("train")[:10]
+    syn = TileStore.create(out, tile_size=real.tile_size, kind="synthetic")
+    syn.append(real.raw_images(idx), real.masks(idx), [{"split": "train", "provenance": {"seed": int(i)}}
+                                                       for i in idx])
+    return out
+
+
+def test_mirrored_strategy_with_synthetic_tiles_and_weight_maps(tiny_store, tmp_path):
+    """Two logical CPUs under MirroredStrategy; a 50% synthetic batch share; border weight maps."""
+    syn = synthetic_copy(tiny_store / "store", tmp_path / "syn")
     proc = run_module("segmentation_tf.fit", "--store", tiny_store / "store", "--out", tmp_path / "seg",
-                      "--epochs", "1", "--cpu-devices", "2", *TINY, timeout=300)
+                      "--epochs", "1", "--cpu-devices", "2", "--synthetic-store", syn,
+                      "--synthetic-ratio", "0.5", "--weight-w0", "5", "--elastic", "2", *TINY, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 replica(s)" in proc.stdout
+    assert "2 replica(s)" in proc.stdout and "2 real + 2 synthetic" in proc.stdout
     assert (tmp_path / "seg" / "segmenter.keras").is_file()
 
 
