@@ -55,7 +55,7 @@ def train_vae(store: TileStore, stage: VAEStage, ctx: LoopContext) -> bool:
     task = VAETask(vae, images, val_images, stage.beta, ctx.dist.device)
     state = fit(task, stage.train, ctx)
     out = ctx.run_dir / "vae.pt"
-    if state.finished and ctx.dist.main and not (ctx.resume and out.exists()):
+    if state.finished and ctx.dist.main and (state.trained > 0 or not out.exists()):
         cache = _encode(vae, images, masks, ctx)
         scale = latent_scale(cache)
         checkpoint.save(out, {"format": VAE_FORMAT, "vae_config": to_dict(stage.model),

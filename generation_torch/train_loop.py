@@ -58,6 +58,7 @@ class LoopContext:
 @dataclass
 class LoopState:
     step: int = 0
+    trained: int = 0      # steps taken by this invocation (not saved)
     epoch: int = 0
     best: float = math.inf
     bad_epochs: int = 0
@@ -80,6 +81,9 @@ def fit(task: Task, cfg: StageConfig, ctx: LoopContext) -> LoopState:
     last_path, best_path = paths(ctx, task.name)
     if ctx.resume and last_path.exists():
         state = _restore(last_path, task, model, opt, sched, ema, scaler)
+        if state.finished and state.step < cfg.steps and state.bad_epochs < cfg.patience:
+            state.finished = False  # a time box ended it early: --resume trains on to cfg.steps
+    start_step = state.step
     if state.finished:
         _load_best(best_path, task, model, ema)
         return state
@@ -111,6 +115,7 @@ def fit(task: Task, cfg: StageConfig, ctx: LoopContext) -> LoopState:
             return state  # interrupted on purpose: last checkpoint is resumable, not finished
     bar.close()
     state.finished = True
+    state.trained = state.step - start_step
     _load_best(best_path, task, model, ema)
     if ctx.dist.main:
         _save_last(last_path, task, model, opt, sched, ema, scaler, state)
@@ -201,7 +206,8 @@ def _save_last(path: Path, task: Task, model: nn.Module, opt, sched, ema: EMA | 
         "format": checkpoint.TRAINING_FORMAT, "stage": task.name, "model": model.state_dict(),
         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
         "ema": ema.state_dict() if ema is not None else None, "scaler": scaler.state_dict(),
-        "loop": to_dict(state), "rng": torch.get_rng_state(), "config": task.describe()})
+        "loop": {k: v for k, v in to_dict(state).items() if k != "trained"},
+        "rng": torch.get_rng_state(), "config": task.describe()})
 
 
 def _restore(path: Path, task: Task, model: nn.Module, opt, sched, ema: EMA | None, scaler) -> LoopState:
