@@ -73,6 +73,17 @@ def format_result(r: dict) -> str:
     return "\n".join(lines)
 
 
+def report_rows(r: dict) -> list[dict]:
+    rows = [{"figure": "VAE reconstruction MSE", "value": r["recon_mse"]},
+            {"figure": "VAE reconstruction PSNR (dB)", "value": r["recon_psnr"]}]
+    if "hist_w1" in r:
+        rows += [{"figure": "intensity histogram W1", "value": r["hist_w1"],
+                  "real floor": r["floor_hist_w1"]},
+                 {"figure": "radial power spectrum distance", "value": r["spectrum_dist"],
+                  "real floor": r["floor_spectrum_dist"]}]
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m generation_torch.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, required=True, help="RUN/generator.pt")
@@ -90,7 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = evaluate(gen, store, args, args.vae_only)
     print(format_result(result))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        report = {"command": "python -m generation_torch.evaluate " + " ".join(argv or sys.argv[1:]),
+                  "source": str(store.path), "goal": "VAE reconstruction MSE <= 0.005 on held-out slices",
+                  "goal_met": result["recon_mse"] <= 0.005, "summary": format_result(result),
+                  "rows": report_rows(result), **result}
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
     return 0
 
 

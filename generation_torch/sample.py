@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from generation_torch import checkpoint, precision
+from generation_torch import checkpoint, grids, precision
 from generation_torch.masks import load_mask_source, varied_masks
 from generation_torch.pipeline import Generator, load_generator
 from shared import diffusion
@@ -61,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="synthetic tile store (created or appended to)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--grid", type=Path, help="also write a PNG of (up to 16) tiles beside their masks")
     add_sampler_flags(p)
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -77,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = [{**provenance, "seed": args.seed, "tile_seed": args.seed * 1_000_003 + i, **o}
                for i, o in enumerate(origins)]
     store.append(denormalize(images, np.uint8), masks, records)
+    if args.grid:
+        k = min(16, args.n)
+        grids.save_png(args.grid, grids.pair_grid(grids.to_unit(images[:k]), masks[:k].astype(np.float32)))
     print(f"wrote {args.n} synthetic tiles + masks to {args.out} ({len(store)} tiles in the store)")
     return 0
 
