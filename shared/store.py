@@ -238,6 +238,10 @@ def _check_append(store: TileStore, images: np.ndarray, masks: np.ndarray, recor
     if len(images) == 0:
         raise UserError(f"{store.path}: nothing to append")
     norm.pixel_scale(images.dtype)  # raises for unsupported dtypes
+    if images.dtype.kind == "f":
+        bad = ~np.isfinite(images).reshape(len(images), -1).all(axis=1)
+        if bad.any():
+            raise UserError(f"{store.path}: tile {int(np.flatnonzero(bad)[0])} contains NaN or Inf pixels")
 
 
 def _load_manifest(path: Path) -> Manifest:

@@ -16,7 +16,7 @@ def epfl_dir() -> Path:
     return EPFL
 
 
-def run_module(module: str, *args: str, timeout: float = 600, env: dict | None = None
+def run_module(module: str, *args: object, timeout: float = 600, env: dict | None = None
                ) -> subprocess.CompletedProcess:
     """Run `python -m module args` from the repo root, capturing text output."""
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
