@@ -67,6 +67,14 @@ def calibrate(model: keras.Model, store: TileStore, config: TrainConfig) -> dict
     return result
 
 
+def stop_on_nan(losses: list[float], run_dir) -> None:
+    """TerminateOnNaN ends model.fit quietly; a NaN model must not be calibrated or saved."""
+    if losses and not np.isfinite(losses[-1]):
+        raise UserError(f"training loss became NaN in epoch {len(losses)}; stopped without saving a model "
+                        f"(the best checkpoint so far and the resume backup stay in {run_dir}); "
+                        "lower --lr or use --precision float32")
+
+
 def fit(inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str) -> dict[str, Any]:
     run_dir, store = inputs.run_dir, inputs.store
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -91,6 +99,7 @@ def fit(inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str) -> dic
     history = model.fit(train_ds, epochs=inputs.train.epochs, steps_per_epoch=steps, validation_data=val_ds,
                         callbacks=callbacks, verbose=inputs.train.verbose)
     train_seconds = time.perf_counter() - start
+    stop_on_nan(history.history.get("loss", []), run_dir)
     model = float32_copy(model, inputs.model)  # what is saved, exported and served
     calibration = calibrate(model, store, inputs.train)
     provenance = provenance_of(inputs, policy, strategy, history, train_seconds, calibration)
