@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generation_torch import metrics, precision
+from generation_torch import checkpoint, metrics, precision
 from generation_torch.pipeline import Generator, load_generator
 from generation_torch.sample import add_sampler_flags, generate_tiles
+from generation_torch.stages import VAE_FORMAT, load_vae
 from shared import diffusion
 from shared.errors import ArgumentParser, positive_int, run_cli
 from shared.sources import add_data_flags, resolve_real_store, source_from_args
@@ -86,7 +87,8 @@ def report_rows(r: dict) -> list[dict]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m generation_torch.evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, required=True, help="RUN/generator.pt")
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="RUN/generator.pt (or RUN/vae.pt with --vae-only)")
     add_data_flags(p)
     p.add_argument("--n", type=positive_int, help="generated tiles (default: one per validation tile)")
     p.add_argument("--seed", type=int, default=0)
@@ -96,7 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_sampler_flags(p)
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    gen = load_generator(args.checkpoint, device, precision.resolve(args.precision, device))
+    dtype = precision.resolve(args.precision, device)
+    if args.vae_only and checkpoint.load(args.checkpoint).get("format") == VAE_FORMAT:
+        vae, scale = load_vae(args.checkpoint)  # a VAE alone (RUN/vae.pt) is enough for these figures
+        gen = Generator(vae.to(device), None, None, "eps", scale, device, dtype)  # type: ignore[arg-type]
+    else:
+        gen = load_generator(args.checkpoint, device, dtype)
     store = resolve_real_store(source_from_args(args), args.checkpoint.parent)
     result = evaluate(gen, store, args, args.vae_only)
     print(format_result(result))

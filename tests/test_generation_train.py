@@ -169,6 +169,9 @@ def test_evaluate_prints_figures_beside_the_floor(trained, tiny_store, tmp_path)
     import json
     figures = json.loads((tmp_path / "e.json").read_text())
     assert figures["recon_mse"] > 0 and figures["floor_hist_w1"] >= 0 and figures["generated"] == 4
+    vae_only = run_module("generation_torch.evaluate", "--checkpoint", trained / "vae.pt",
+                          "--store", tiny_store, "--vae-only")
+    assert vae_only.returncode == 0 and f"MSE {figures['recon_mse']:.5f}" in vae_only.stdout
 
 
 def test_bad_input_is_one_line_exit_2(trained, tiny_store, tmp_path):
