@@ -7,6 +7,7 @@ same batches, timesteps and noise as an uninterrupted one; the global RNG state 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -131,7 +132,8 @@ def _train_step(task: Task, wrapped: nn.Module, model: nn.Module, opt: torch.opt
     total, logs = torch.zeros(()), {}
     for micro in range(cfg.accumulate):
         sync = micro == cfg.accumulate - 1 or not ctx.dist.enabled
-        ctxm = wrapped.no_sync() if not sync else _null()  # DDP: all-reduce once per optimizer step
+        # DDP all-reduces gradients once per optimizer step, not per micro-batch
+        ctxm = wrapped.no_sync() if not sync else contextlib.nullcontext()
         with ctxm, precision.autocast(ctx.dist.device, ctx.autocast):
             loss, logs = task.loss(wrapped, g, cfg.batch_size)
         scaler.scale(loss / cfg.accumulate).backward()
@@ -147,14 +149,6 @@ def _train_step(task: Task, wrapped: nn.Module, model: nn.Module, opt: torch.opt
     scaler.step(opt)
     scaler.update()
     return float(total), logs
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _end_epoch(task: Task, cfg: StageConfig, ctx: LoopContext, state: LoopState, model: nn.Module,
