@@ -129,6 +129,7 @@ def test_torchrun_two_processes_on_gloo(tiny_store, tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
            "-m", "generation_torch.train", "--store", str(tiny_store), "--out", str(out), "--steps", "2",
+           "--accumulate", "2",
            "--device", "cpu", *TINY]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
