@@ -17,9 +17,9 @@ from typing import Any
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "downsample": 8, "vae_channels": (16, 32, 64), "beta": 1e-5,
-        "vae_steps": 300, "vae_batch_size": 8, "vae_lr": 2e-3,
+        "vae_steps": 200, "vae_batch_size": 8, "vae_lr": 2e-3,
         "unet_channels": (32, 64, 64), "unet_blocks": 1, "time_dims": (64, 128, 256), "heads": 2,
-        "diffusion_steps": 600, "diffusion_batch_size": 32, "diffusion_lr": 1e-3,
+        "diffusion_steps": 400, "diffusion_batch_size": 24, "diffusion_lr": 1e-3,
         "optimizer": "adamw", "warmup_steps": 20, "ema_decay": 0.995, "patience": 30,
     },
     "real": {
