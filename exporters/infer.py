@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Sequence
@@ -69,8 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     seg.add_argument("--model", type=Path, required=True)
     seg.add_argument("--images", type=Path, required=True)
     seg.add_argument("--out", type=Path, required=True)
-    seg.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
-    seg.add_argument("--overlap", type=non_negative_int, default=64, help="tile overlap in pixels")
+    seg.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                     help="average the 8 flips/rotations (default: as calibrated, from the file)")
+    seg.add_argument("--overlap", type=non_negative_int, default=None,
+                     help="tile overlap in pixels (default: as calibrated, from the file)")
     gen = sub.add_parser("generate", help="draw EM tiles for masks with the generator's ONNX parts")
     gen.add_argument("--model-dir", type=Path, required=True)
     gen.add_argument("--masks", type=Path, required=True, help="(N, 256, 256) mask stack")

@@ -36,7 +36,8 @@ def segmenter_metadata(sidecar: dict) -> dict[str, object]:
         "output_meaning": "sigmoid foreground (mitochondria) probability, NHWC float32 [batch, height, "
                           "width, 1]; foreground where probability > threshold",
         "threshold": float(sidecar["threshold"]),
-        "recommended_overlap": 64,
+        "recommended_overlap": int(sidecar.get("recommended_overlap", 64)),
+        "recommended_tta": bool(sidecar.get("recommended_tta", False)),
         "provenance": sidecar.get("provenance", {}),
     }
 

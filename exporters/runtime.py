@@ -175,14 +175,17 @@ class Segmenter:
         feed = np.ascontiguousarray(tiles[..., None], dtype=self.dtype)
         return run(self.session, {self.input_name: feed})[0][..., 0].astype(np.float32)
 
-    def predict(self, image: np.ndarray, tta: bool = False, overlap: int = 64, batch_size: int = 8
-                ) -> np.ndarray:
-        """Foreground probability (H, W) float32 of one slice (uint8/uint16, or float32 in [0, 1])."""
+    def predict(self, image: np.ndarray, tta: bool | None = None, overlap: int | None = None,
+                batch_size: int = 8) -> np.ndarray:
+        """Foreground probability (H, W) float32 of one slice (uint8/uint16, or float32 in [0, 1]).
+        tta and overlap default to the settings the threshold was calibrated with (file metadata)."""
         x = normalize(check_slice(image))
+        tta = self.metadata.get("recommended_tta", "false") == "true" if tta is None else tta
+        overlap = int(self.metadata.get("recommended_overlap", 64)) if overlap is None else overlap
         fn = with_tta(self.predict_tiles) if tta else self.predict_tiles
         return predict_tiled(fn, x, self.tile, overlap, batch_size)
 
-    def segment(self, image: np.ndarray, tta: bool = False, overlap: int = 64) -> np.ndarray:
+    def segment(self, image: np.ndarray, tta: bool | None = None, overlap: int | None = None) -> np.ndarray:
         """Binary mask (H, W) uint8 at the threshold calibrated in training (stored in the file)."""
         return (self.predict(image, tta, overlap) > self.threshold).astype(np.uint8)
 

@@ -7,6 +7,7 @@ and overall (pooled over all pixels), at the calibrated threshold.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -41,13 +42,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--masks", type=Path, help="mask TIFF stack")
     parser.add_argument("--store", type=Path, help="a tile store instead of stacks")
     parser.add_argument("--split", default="val", choices=("train", "val", "test"))
-    parser.add_argument("--overlap", type=non_negative_int, default=64, help="window overlap in pixels")
-    parser.add_argument("--tta", action="store_true", help="8-fold flip/rotation test-time augmentation")
+    parser.add_argument("--overlap", type=non_negative_int, default=None,
+                        help="window overlap in pixels (default: as the threshold was calibrated)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="8-fold flip/rotation averaging (default: as the threshold was calibrated)")
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--threshold", type=float, help="override the calibrated threshold")
     parser.add_argument("--json", type=Path, help="also write the scores here")
     args = parser.parse_args(argv)
     meta = read_sidecar(args.model)
+    args.overlap = int(meta.get("recommended_overlap", 64)) if args.overlap is None else args.overlap
+    args.tta = bool(meta.get("recommended_tta", False)) if args.tta is None else args.tta
     if args.overlap >= int(meta["tile_size"]):
         raise UserError(f"--overlap must be below the tile size {meta['tile_size']}")
     images, masks = load_labelled(args)

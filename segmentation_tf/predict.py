@@ -8,6 +8,7 @@ threshold.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -32,14 +33,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, required=True, help="run folder or segmenter.keras")
     parser.add_argument("--images", type=Path, required=True, help="image TIFF stack (any slice size)")
     parser.add_argument("--out", type=Path, required=True, help="output prefix")
-    parser.add_argument("--overlap", type=non_negative_int, default=64, help="window overlap in pixels")
-    parser.add_argument("--tta", action="store_true", help="8-fold flip/rotation test-time augmentation")
+    parser.add_argument("--overlap", type=non_negative_int, default=None,
+                        help="window overlap in pixels (default: as the threshold was calibrated)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="8-fold flip/rotation averaging (default: as the threshold was calibrated)")
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--threshold", type=float, help="override the calibrated threshold")
     args = parser.parse_args(argv)
     if not args.out.parent.is_dir():
         raise UserError(f"{args.out.parent}: output folder does not exist")
     meta = read_sidecar(args.model)
+    args.overlap = int(meta.get("recommended_overlap", 64)) if args.overlap is None else args.overlap
+    args.tta = bool(meta.get("recommended_tta", False)) if args.tta is None else args.tta
     if args.overlap >= int(meta["tile_size"]):
         raise UserError(f"--overlap must be below the tile size {meta['tile_size']}")
     images = normalization.normalize(read_image_stack(args.images))
