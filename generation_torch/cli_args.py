@@ -126,4 +126,5 @@ def stages_from_args(args: argparse.Namespace) -> tuple[VAEStage, DiffusionStage
     dcfg = replace(DiffusionConfig(), **_pick(values, schedule="schedule", prediction="prediction",
                                               cond_dropout="cond_dropout"))
     beta = values.get("beta", VAEStage.beta)
-    return VAEStage(vae_model, vae_train, beta), DiffusionStage(unet, diff_train, dcfg)
+    return (VAEStage(vae_model, vae_train, beta, values.get("vae_minutes")),
+            DiffusionStage(unet, diff_train, dcfg, values.get("diffusion_minutes")))

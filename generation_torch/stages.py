@@ -37,6 +37,7 @@ class VAEStage:
     model: VAEConfig
     train: StageConfig
     beta: float = 1e-5
+    minutes: float | None = None     # time box (None: run all steps)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class DiffusionStage:
     model: UNetConfig
     train: StageConfig
     diffusion: DiffusionConfig
+    minutes: float | None = None
 
 
 def train_vae(store: TileStore, stage: VAEStage, ctx: LoopContext) -> bool:

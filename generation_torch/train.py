@@ -44,10 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{dist.world} process(es) on {dist.device}")
         vae_done = False
         if args.stage in ("vae", "all"):
-            ctx.max_minutes = args.vae_minutes
+            ctx.max_minutes = vae_stage.minutes
             vae_done = train_vae(store, vae_stage, ctx)
         if args.stage == "diffusion" or (args.stage == "all" and vae_done):
-            ctx.max_minutes = args.diffusion_minutes
+            ctx.max_minutes = diff_stage.minutes
             train_diffusion(store, diff_stage, ctx, precision.name(dtype))
         if writer is not None:
             writer.close()
