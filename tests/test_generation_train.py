@@ -170,6 +170,7 @@ def test_evaluate_prints_figures_beside_the_floor(trained, tiny_store, tmp_path)
     import json
     figures = json.loads((tmp_path / "e.json").read_text())
     assert figures["recon_mse"] > 0 and figures["floor_hist_w1"] >= 0 and figures["generated"] == 4
+    assert figures["vae_spectrum_dist"] > 0 and "VAE recon" in proc.stdout
     vae_only = run_module("generation_torch.evaluate", "--checkpoint", trained / "vae.pt",
                           "--store", tiny_store, "--vae-only")
     assert vae_only.returncode == 0 and f"MSE {figures['recon_mse']:.5f}" in vae_only.stdout
