@@ -4,8 +4,8 @@
   2. sampling tiles/s and realism (vs held-out real tiles) for DDPM-1000, DDIM-50, DPM-Solver++-20;
   3. training samples/s and sampling tiles/s in fp32 vs bf16 autocast (goal >= 2x), realism alike.
 
-    python -m bench.generator --checkpoint RUN/generator.pt --store STORE [--tiles 12] [--seconds 20]
-        [--out docs/bench_generator.json]
+    python -m bench.generator [--checkpoint runs/generator/generator.pt] [--store RUN/real_store]
+        [--tiles 12] [--seconds 20] [--out docs/bench_generator.json]
 
 The store gives the training tiles (latent cache / per-step encoding) and the held-out validation
 tiles and masks (realism). Run it alone on the machine: timings share the CPU with anything else.
@@ -119,13 +119,18 @@ def sampling_rows(gen: Generator, store: TileStore, n: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, default=ROOT / "runs" / "generator" / "generator.pt",
+                   help="default: runs/generator/generator.pt (python -m generation_torch.train)")
+    p.add_argument("--store", type=Path, help="real tile store; default: the checkpoint's RUN/real_store")
     p.add_argument("--tiles", type=int, default=12, help="generated tiles per sampler")
     p.add_argument("--batch", type=int, default=16, help="training batch")
     p.add_argument("--seconds", type=float, default=20.0, help="timing window per training row")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "bench_generator.json")
     args = p.parse_args(argv)
+    args.store = args.store or args.checkpoint.parent / "real_store"
+    if not args.checkpoint.is_file() or not args.store.is_dir():
+        p.error(f"need a trained generator ({args.checkpoint}) and its real store ({args.store}); "
+                "train one with python -m generation_torch.train or pass --checkpoint and --store")
     torch.manual_seed(0)
     gen = load_generator(args.checkpoint)
     store = TileStore(args.store)
