@@ -7,7 +7,6 @@ and overall (pooled over all pixels), at the calibrated threshold.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -17,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from segmentation_tf.scores import score
-from segmentation_tf.sidecar import read_sidecar
+from segmentation_tf.sidecar import add_inference_flags, read_sidecar, resolve_inference_flags
 from segmentation_tf.slices import store_slices
 from shared import normalization
 from shared.atomic import write_json_atomic
-from shared.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_cli
+from shared.errors import ArgumentParser, UserError, positive_int, run_cli
 from shared.store import TileStore
 from shared.tiff_io import read_pair
 
@@ -42,19 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--masks", type=Path, help="mask TIFF stack")
     parser.add_argument("--store", type=Path, help="a tile store instead of stacks")
     parser.add_argument("--split", default="val", choices=("train", "val", "test"))
-    parser.add_argument("--overlap", type=non_negative_int, default=None,
-                        help="window overlap in pixels (default: as the threshold was calibrated)")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                        help="8-fold flip/rotation averaging (default: as the threshold was calibrated)")
+    add_inference_flags(parser)
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--threshold", type=float, help="override the calibrated threshold")
     parser.add_argument("--json", type=Path, help="also write the scores here")
     args = parser.parse_args(argv)
     meta = read_sidecar(args.model)
-    args.overlap = int(meta.get("recommended_overlap", 64)) if args.overlap is None else args.overlap
-    args.tta = bool(meta.get("recommended_tta", False)) if args.tta is None else args.tta
-    if args.overlap >= int(meta["tile_size"]):
-        raise UserError(f"--overlap must be below the tile size {meta['tile_size']}")
+    resolve_inference_flags(args, meta)
     images, masks = load_labelled(args)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from segmentation_tf.artifacts import load_segmenter  # imports TensorFlow

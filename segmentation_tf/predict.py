@@ -8,7 +8,6 @@ threshold.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -17,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from segmentation_tf.sidecar import read_sidecar
+from segmentation_tf.sidecar import add_inference_flags, read_sidecar, resolve_inference_flags
 from shared import normalization
-from shared.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_cli
+from shared.errors import ArgumentParser, UserError, positive_int, run_cli
 from shared.tiff_io import read_image_stack, write_stack
 
 
@@ -33,20 +32,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, required=True, help="run folder or segmenter.keras")
     parser.add_argument("--images", type=Path, required=True, help="image TIFF stack (any slice size)")
     parser.add_argument("--out", type=Path, required=True, help="output prefix")
-    parser.add_argument("--overlap", type=non_negative_int, default=None,
-                        help="window overlap in pixels (default: as the threshold was calibrated)")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                        help="8-fold flip/rotation averaging (default: as the threshold was calibrated)")
+    add_inference_flags(parser)
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--threshold", type=float, help="override the calibrated threshold")
     args = parser.parse_args(argv)
     if not args.out.parent.is_dir():
         raise UserError(f"{args.out.parent}: output folder does not exist")
     meta = read_sidecar(args.model)
-    args.overlap = int(meta.get("recommended_overlap", 64)) if args.overlap is None else args.overlap
-    args.tta = bool(meta.get("recommended_tta", False)) if args.tta is None else args.tta
-    if args.overlap >= int(meta["tile_size"]):
-        raise UserError(f"--overlap must be below the tile size {meta['tile_size']}")
+    resolve_inference_flags(args, meta)
     images = normalization.normalize(read_image_stack(args.images))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from segmentation_tf.artifacts import load_segmenter  # imports TensorFlow

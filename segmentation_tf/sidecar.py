@@ -3,11 +3,12 @@ TensorFlow import, so CLIs check a --model path before loading TensorFlow."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
 
-from shared.errors import UserError
+from shared.errors import UserError, non_negative_int
 
 MODEL_NAME = "segmenter.keras"
 SIDECAR_NAME = "segmenter.json"
@@ -35,3 +36,19 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "threshold" not in meta:
         raise UserError(f"{sidecar}: not a segmenter sidecar")
     return meta
+
+
+def add_inference_flags(parser: argparse.ArgumentParser) -> None:
+    """--overlap/--tta, defaulting to the settings the threshold was calibrated with."""
+    parser.add_argument("--overlap", type=non_negative_int, default=None,
+                        help="window overlap in pixels (default: as the threshold was calibrated)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="8-fold flip/rotation averaging (default: as the threshold was calibrated)")
+
+
+def resolve_inference_flags(args: argparse.Namespace, meta: dict[str, Any]) -> None:
+    """Fill unset --overlap/--tta from the sidecar and check the overlap against the tile size."""
+    args.overlap = int(meta.get("recommended_overlap", 64)) if args.overlap is None else args.overlap
+    args.tta = bool(meta.get("recommended_tta", False)) if args.tta is None else args.tta
+    if args.overlap >= int(meta["tile_size"]):
+        raise UserError(f"--overlap must be below the tile size {meta['tile_size']}")
