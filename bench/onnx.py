@@ -84,7 +84,7 @@ def segmentation_rows(run: Path | None, workdir: Path, slices: np.ndarray, peak:
 
     def ort_tiled() -> None:
         for s in slices:
-            seg.predict(s, overlap=OVERLAP, batch_size=BATCH)
+            seg.predict(s, tta=False, overlap=OVERLAP, batch_size=BATCH)  # same work as the Keras row
 
     def ort_whole() -> None:
         for x in normed:
