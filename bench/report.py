@@ -17,6 +17,7 @@ SECTIONS = [
     ("bench_generator.json", "Generator speed and realism"),
     ("bench_segmentation.json", "Segmenter speed"),
     ("bench_onnx.json", "onnxruntime vs native frameworks"),
+    ("bench_onnx_precision.json", "Reduced precision in onnxruntime (int8 on CPU)"),
     ("segmentation_epfl.json", "Segmenter quality on held-out real EPFL slices"),
     ("generator_epfl.json", "Generator quality on held-out real EPFL slices"),
     ("synthetic_ablation.json", "Does synthetic data help? (synthetic-ratio ablation)"),

@@ -188,3 +188,20 @@ def test_readme_client_recipe_runs_without_project_code(exported, tmp_path):
     runtime = Segmenter(exported, device="cpu").segment(image)  # overlap and TTA from the metadata
     assert client.shape == image.shape and client.dtype == bool
     assert np.array_equal(client, runtime.astype(bool))  # the same algorithm, step for step
+
+
+def test_int8_export_runs_and_stays_close(exported, tmp_path):
+    from exporters.keras_onnx import quantize_int8
+    from exporters.onnx_io import read_metadata
+    from exporters.runtime import Segmenter
+
+    rng = np.random.default_rng(7)
+    tiles = rng.uniform(-1, 1, (8, 64, 64)).astype(np.float32)
+    path = quantize_int8(exported, tmp_path / "s.int8.onnx", tiles)
+    props = read_metadata(path)
+    assert props["precision"].startswith("int8")
+    assert props["threshold"] == read_metadata(exported)["threshold"]
+    image = (rng.random((80, 90)) * 255).astype(np.uint8)
+    fp32 = Segmenter(exported, device="cpu").predict(image)
+    int8 = Segmenter(path, device="cpu").predict(image)
+    assert np.abs(fp32 - int8).mean() < 0.05
