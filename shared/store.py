@@ -157,6 +157,8 @@ class TileStore:
                 data = tifffile.imread(file)
             except Exception as exc:
                 raise UserError(f"{file}: unreadable chunk ({str(exc)[:120]})") from None
+        if data.ndim < 2 or data.size == 0:
+            raise UserError(f"{file}: chunk holds no tiles (truncated?)")
         data = data.reshape((-1, *data.shape[-2:]))
         expected = (count, self.tile_size, self.tile_size)
         if data.shape != expected:
@@ -209,8 +211,10 @@ class TileStore:
         """Counts per split, foreground fraction and intensity statistics (normalized space)."""
         out: dict[str, Any] = {"path": str(self.path), "kind": self.manifest.kind, "tiles": len(self),
                                "tile_size": self.tile_size, "splits": {}}
-        for split in sorted({r.get("split", "?") for r in self.records}):
-            idx = self.indices(split)
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(self.records):
+            groups.setdefault(str(r.get("split", "(none)")), []).append(i)
+        for split, idx in sorted(groups.items()):
             masks = self.masks(idx)
             imgs = self.images(idx)
             slices = {(str(r.get("file")), str(r.get("slice"))) for r in (self.records[i] for i in idx)}

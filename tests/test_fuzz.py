@@ -4,6 +4,7 @@ exception or a hang (each example has a deadline)."""
 
 import io
 import json
+import os
 import shutil
 
 import numpy as np
@@ -17,7 +18,9 @@ from shared.store import MANIFEST, TileStore
 from shared.tiff_io import read_image_stack, read_mask_stack
 from shared.tiling import predict_tiled, stitch_tiles, tile_slice
 
-FUZZ = settings(max_examples=120, deadline=3000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# CI runs a fixed sequence of examples (a landing must not hinge on a lucky draw); local runs explore.
+FUZZ = settings(max_examples=120, deadline=3000, derandomize=bool(os.environ.get("CI")),
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def valid_tiff(shape=(2, 24, 20), dtype=np.uint8) -> bytes:
