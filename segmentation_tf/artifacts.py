@@ -50,14 +50,7 @@ def save_model_atomic(model: keras.Model, target: Path) -> None:
 
 def float32_copy(model: keras.Model, config: UNetConfig) -> keras.Model:
     """The same weights in a float32 graph (what export and plain inference want)."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
-        clean = build_unet(config)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-    clean.set_weights(model.get_weights())
-    return clean
+    return rebuild(model, config, "float32")
 
 
 def save_segmenter(model: keras.Model, config: UNetConfig, run_dir: Path, threshold: float,
@@ -90,6 +83,7 @@ def load_segmenter(path: str | Path, policy: str = "float32") -> Segmenter:
 
 
 def rebuild(model: keras.Model, config: UNetConfig, policy: str) -> keras.Model:
+    """The same weights in a graph built under another mixed-precision policy."""
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:
