@@ -40,6 +40,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 4                   # planned epochs (the cosine schedule spans them)
+    steps_per_epoch: int = 0          # 0: one pass over the real tiles; fixed: equal budgets across ratios
     learning_rate: float = 1e-3       # peak Adam learning rate
     schedule: str = "cosine"          # "cosine" (1 warm-up epoch, then cosine to 1%) or "plateau"
     accumulate: int = 1               # gradient accumulation steps (1: update every batch)

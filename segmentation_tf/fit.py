@@ -49,7 +49,8 @@ OVERRIDES = {
     "random_crops": ("data", "random_crops"), "weight_w0": ("data", "weight_w0"),
     "weight_sigma": ("data", "weight_sigma"), "seed": ("data", "seed"),
     "elastic": ("augment", "elastic_sigma"), "gray": ("augment", "gray"),
-    "epochs": ("train", "epochs"), "lr": ("train", "learning_rate"), "schedule": ("train", "schedule"),
+    "epochs": ("train", "epochs"), "steps_per_epoch": ("train", "steps_per_epoch"),
+    "lr": ("train", "learning_rate"), "schedule": ("train", "schedule"),
     "accumulate": ("train", "accumulate"), "patience": ("train", "patience"),
     "time_limit": ("train", "time_limit_minutes"), "overlap": ("train", "overlap"), "tta": ("train", "tta"),
 }
@@ -66,6 +67,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=positive_int, help="poolings; tiles must divide by 2**depth")
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--steps-per-epoch", type=positive_int,
+                   help="optimizer steps per epoch (default: one pass over the real tiles)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate")
     p.add_argument("--schedule", choices=("cosine", "plateau"))
     p.add_argument("--accumulate", type=positive_int, help="gradient accumulation steps")

@@ -84,7 +84,7 @@ def fit(inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str) -> dic
     real = pipeline.real_train_pool(store, inputs.data)
     synthetic = pipeline.synthetic_pool(inputs.synthetic, tile, inputs.data) if inputs.synthetic else None
     n_real, n_syn = pipeline.batch_composition(inputs.data.batch_size, inputs.data.synthetic_ratio)
-    steps = pipeline.steps_per_epoch(real.tiles, n_real)
+    steps = inputs.train.steps_per_epoch or pipeline.steps_per_epoch(real.tiles, n_real)
     train_ds = pipeline.training_dataset(real, synthetic, tile, inputs.data)
     val_x, val_y = pipeline.validation_arrays(store, inputs.data)
     val_ds = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(inputs.data.batch_size)
