@@ -24,6 +24,12 @@ SECTIONS = [
     ("synthetic_ablation.json", "Does synthetic data help? (synthetic-ratio ablation)"),
 ]
 
+TABLE_TITLES = {
+    "gains": "Paired gain of synthetic tiles: IoU(ratio) - IoU(real only), same slices and seed",
+    "fidelity": "Mask fidelity: the whole-pool real-only segmenter on generated tiles vs their conditioning "
+                "masks, beside the same segmenter on held-out real test tiles",
+}
+
 
 def cell(value: object) -> str:
     if isinstance(value, float):
@@ -54,9 +60,10 @@ def section(path: Path, title: str) -> list[str]:
         if key in data:
             lines.append(f"- {key.replace('_', ' ')}: {cell(data[key]) if key != 'summary' else data[key]}")
     lines.append("")
-    for name in ("rows", "cells", "results"):
-        if isinstance(data.get(name), list):
-            lines += table(data[name]) + [""]
+    for name in ("rows", "gains", "fidelity", "cells", "results"):
+        if isinstance(data.get(name), list) and data[name]:
+            title = [f"{TABLE_TITLES[name]}:", ""] if name in TABLE_TITLES else []
+            lines += title + table(data[name]) + [""]
     for figure in data.get("figures", []):
         lines += [f"![{figure}]({figure})", ""]
     return lines
