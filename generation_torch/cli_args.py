@@ -31,6 +31,9 @@ def parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m generation_torch.train",
                        description="Train the VAE and the mask-conditioned latent DDPM.")
     add_data_flags(p)
+    p.add_argument("--unlabelled-store", type=Path, metavar="STORE",
+                   help="tile store of extra images without labels (its masks are ignored): its train "
+                        "tiles join the VAE's training and the null-condition rows of the denoiser")
     p.add_argument("--stage", choices=("vae", "diffusion", "all"), default="all")
     p.add_argument("--out", type=Path, default=Path("runs/generator"),
                    help="run folder (default runs/generator)")

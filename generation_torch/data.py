@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +22,25 @@ def load_split(store: TileStore, split: str) -> tuple[torch.Tensor, torch.Tensor
     images = torch.from_numpy(store.images(idx))[:, None]
     masks = torch.from_numpy(store.masks(idx).astype(np.float32))[:, None]
     return images, masks
+
+
+def load_images(store: TileStore, split: str) -> torch.Tensor:
+    """Images only (N, 1, T, T), e.g. of an unlabelled store whose masks are ignored."""
+    idx = store.indices(split)
+    if len(idx) == 0:
+        raise UserError(f"{store.path}: no '{split}' tiles")
+    return torch.from_numpy(store.images(idx))[:, None]
+
+
+def store_identity(store: TileStore | None, split: str = "train") -> dict[str, Any] | None:
+    """What a latent cache was encoded from: the resolved store path, its tile count and a hash of
+    the split's records (chunk files are immutable, so the records pin the pixels)."""
+    if store is None:
+        return None
+    idx = store.indices(split)
+    records = json.dumps([store.records[i] for i in idx], sort_keys=True, default=str)
+    return {"path": str(store.path.resolve()), "tiles": len(idx),
+            "records_sha256": hashlib.sha256(records.encode()).hexdigest()[:16]}
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -52,12 +74,33 @@ class LatentCache:
     def to_dict(self) -> dict[str, torch.Tensor]:
         return {"mean": self.mean, "std": self.std, "cond": self.cond}
 
+    @classmethod
+    def from_dict(cls, saved: dict[str, torch.Tensor]) -> LatentCache:
+        return cls(saved["mean"], saved["std"], saved["cond"])
+
+
+def draw_pooled(first: LatentCache, second: LatentCache | None, idx: torch.Tensor, generator: torch.Generator,
+                scale: float) -> torch.Tensor:
+    """LatentCache.draw over the rows of `first` followed by those of `second` (rows >= len(first))."""
+    if second is None:
+        return first.draw(idx, generator, scale)
+    own = idx < len(first)
+    mean = torch.empty((len(idx), *first.mean.shape[1:]), dtype=first.mean.dtype)
+    std = torch.empty_like(mean)
+    mean[own], std[own] = first.mean[idx[own]], first.std[idx[own]]
+    other = idx[~own] - len(first)
+    mean[~own], std[~own] = second.mean[other], second.std[other]
+    noise = torch.randn(mean.shape, generator=generator)
+    return scale * (mean + std * noise)
+
 
 @torch.no_grad()
-def encode_all(encode, images: torch.Tensor, masks: torch.Tensor, batch_size: int,
+def encode_all(encode, images: torch.Tensor, masks: torch.Tensor | None, batch_size: int,
                transforms: int = 8) -> LatentCache:
-    """Run encode(x) -> (mean, logvar) once over every tile under `transforms` dihedral variants."""
-    from generation_torch.unet import mask_condition  # local: keeps data.py free of model imports
+    """Run encode(x) -> (mean, logvar) once over every tile under `transforms` dihedral variants.
+    masks None (unlabelled images): every condition is the null condition (all zeros)."""
+    # local import: keeps data.py free of model imports
+    from generation_torch.unet import COND_CHANNELS, mask_condition
 
     means, stds, conds = [], [], []
     for k in range(transforms):
@@ -66,10 +109,15 @@ def encode_all(encode, images: torch.Tensor, masks: torch.Tensor, batch_size: in
             mean, logvar = encode(x)
             means.append(mean.float())
             stds.append(torch.exp(0.5 * logvar.float()))
-            conds.append(mask_condition(dihedral(masks[start:start + batch_size], k), mean.shape[-1]))
+            if masks is None:
+                conds.append(torch.zeros(len(mean), COND_CHANNELS, *mean.shape[-2:]))
+            else:
+                conds.append(mask_condition(dihedral(masks[start:start + batch_size], k), mean.shape[-1]))
     return LatentCache(torch.cat(means), torch.cat(stds), torch.cat(conds))
 
 
-def latent_scale(cache: LatentCache) -> float:
-    """1 / std of the training latents (posterior means), so scaled latents have unit variance."""
-    return float(1.0 / cache.mean.float().std().clamp_min(1e-6))
+def latent_scale(cache: LatentCache, extra: LatentCache | None = None) -> float:
+    """1 / std of the training latents (posterior means, of both caches when an unlabelled one is
+    given: the denoiser sees both), so scaled latents have unit variance."""
+    mean = cache.mean if extra is None else torch.cat([cache.mean, extra.mean])
+    return float(1.0 / mean.float().std().clamp_min(1e-6))

@@ -7,7 +7,8 @@ generator.pt keys (a plain dict, torch.save):
     unet_config (UNetConfig as dict), unet_weights (EMA denoiser state_dict),
     diffusion {schedule, timesteps, prediction, cond_dropout}, latent_scale (float),
     latent_shape [C, h, w], tile_size, normalization (shared.normalization.metadata()),
-    condition (text: the layout of the condition input), precision_trained.
+    condition (text: the layout of the condition input), precision_trained,
+    data {labelled, unlabelled}: the stores it learned from (path, train tiles, records hash), or None.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ class Generator:
             return self.vae.decoder(z_scaled / self.latent_scale).float().clamp(-1.0, 1.0)
 
 
-def product_dict(vae: VAE, unet: UNet, dcfg: DiffusionConfig, scale: float, trained_precision: str) -> dict:
+def product_dict(vae: VAE, unet: UNet, dcfg: DiffusionConfig, scale: float, trained_precision: str,
+                 data: dict | None = None) -> dict:
     c = vae.cfg.latent_channels
     size = 256 // vae.cfg.downsample
     return {
@@ -97,7 +99,7 @@ def product_dict(vae: VAE, unet: UNet, dcfg: DiffusionConfig, scale: float, trai
                       "prediction": dcfg.prediction, "cond_dropout": dcfg.cond_dropout},
         "latent_scale": float(scale), "latent_shape": [c, size, size], "tile_size": 256,
         "normalization": norm_metadata(), "condition": CONDITION_LAYOUT,
-        "precision_trained": trained_precision,
+        "precision_trained": trained_precision, "data": data,
     }
 
 

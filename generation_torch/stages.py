@@ -4,6 +4,8 @@
     vae_last.pt / vae_best.pt              training state / best weights (by validation MSE)
     vae.pt                                 {format "emsynth-vae", vae_config, weights, latent_scale}
     latents.pt                             cached posterior mean/std + conditions (8 dihedral variants)
+                                           of the labelled tiles and, under "unlabelled", of the
+                                           unlabelled images (null conditions); "data" names both stores
     diffusion_last.pt / diffusion_best.pt  training state / best EMA weights (by validation loss)
     generator.pt                           the product (see pipeline.py)
 """
@@ -17,7 +19,14 @@ import torch
 
 from generation_torch import checkpoint, precision
 from generation_torch.config import DiffusionConfig, StageConfig, UNetConfig, VAEConfig, from_dict, to_dict
-from generation_torch.data import LatentCache, encode_all, latent_scale, load_split
+from generation_torch.data import (
+    LatentCache,
+    encode_all,
+    latent_scale,
+    load_images,
+    load_split,
+    store_identity,
+)
 from generation_torch.distributed import barrier
 from generation_torch.pipeline import product_dict
 from generation_torch.tasks import DiffusionTask, VAETask
@@ -48,22 +57,33 @@ class DiffusionStage:
     minutes: float | None = None
 
 
-def train_vae(store: TileStore, stage: VAEStage, ctx: LoopContext) -> bool:
-    """Train (or resume) the VAE; True when it finished and vae.pt + latents.pt exist."""
+Caches = tuple[LatentCache, LatentCache | None]  # (labelled, unlabelled)
+
+
+def data_identity(store: TileStore, unlabelled: TileStore | None) -> dict:
+    """The data a latent cache encodes (and a generator learned from)."""
+    return {"labelled": store_identity(store), "unlabelled": store_identity(unlabelled)}
+
+
+def train_vae(store: TileStore, stage: VAEStage, ctx: LoopContext, unlabelled: TileStore | None = None
+              ) -> bool:
+    """Train (or resume) the VAE on the labelled and unlabelled training images; True when it
+    finished and vae.pt + latents.pt exist."""
     images, masks = load_split(store, "train")
+    extra = load_images(unlabelled, "train") if unlabelled is not None else None
     val_images, _ = load_split(store, "val")
     torch.manual_seed(ctx.seed)  # identical initial weights on every DDP rank
     vae = VAE(stage.model)
-    task = VAETask(vae, images, val_images, stage.beta, ctx.dist.device)
+    train_images = images if extra is None else torch.cat([images, extra])
+    task = VAETask(vae, train_images, val_images, stage.beta, ctx.dist.device)
     state = fit(task, stage.train, ctx)
     out = ctx.run_dir / "vae.pt"
     if state.finished and ctx.dist.main and (state.trained > 0 or not out.exists()):
-        cache = _encode(vae, images, masks, ctx)
-        scale = latent_scale(cache)
+        caches = _encode_caches(vae, images, masks, extra, ctx)
+        scale = latent_scale(*caches)
         checkpoint.save(out, {"format": VAE_FORMAT, "vae_config": to_dict(stage.model),
                               "weights": vae.state_dict(), "latent_scale": scale, "val_mse": state.best})
-        checkpoint.save(ctx.run_dir / "latents.pt", {"format": CACHE_FORMAT, "vae": checkpoint.file_hash(out),
-                                                     **cache.to_dict()})
+        _save_cache(ctx.run_dir / "latents.pt", out, data_identity(store, unlabelled), caches)
         print(f"vae: best validation MSE {state.best:.5f}; latent scale {scale:.4f}")
     barrier(ctx.dist)
     return state.finished
@@ -78,14 +98,15 @@ def load_vae(path: Path) -> tuple[VAE, float]:
     return vae.eval(), float(saved["latent_scale"])
 
 
-def train_diffusion(store: TileStore, stage: DiffusionStage, ctx: LoopContext, trained_precision: str
-                    ) -> Path | None:
+def train_diffusion(store: TileStore, stage: DiffusionStage, ctx: LoopContext, trained_precision: str,
+                    unlabelled: TileStore | None = None) -> Path | None:
+    """Train the denoiser: conditioned on the labelled tiles' masks; the null condition also learns
+    from the unlabelled images."""
     vae_path = ctx.run_dir / "vae.pt"
     vae, scale = load_vae(vae_path)
     vae.to(ctx.dist.device)
-    cache = _load_cache(ctx.run_dir / "latents.pt", vae_path)
-    if cache is None:  # e.g. the VAE came from elsewhere: encode once now
-        cache = _encode(vae, *load_split(store, "train"), ctx)
+    identity = data_identity(store, unlabelled)
+    cache, extra = _cached_or_encoded(vae, vae_path, identity, store, unlabelled, ctx)
     val_images, val_masks = load_split(store, "val")
     val_cache = _encode(vae, val_images, val_masks, ctx, transforms=1)
     model_cfg = replace(stage.model, in_channels=vae.cfg.latent_channels)
@@ -93,17 +114,41 @@ def train_diffusion(store: TileStore, stage: DiffusionStage, ctx: LoopContext, t
     unet = UNet(model_cfg)
     schedule = diffusion.Schedule.make(stage.diffusion.schedule)
     task = DiffusionTask(unet, cache, val_cache, schedule, stage.diffusion, scale, vae, ctx.dist.device,
-                         ctx.autocast, val_masks=val_masks[:, 0])
+                         ctx.autocast, val_masks=val_masks[:, 0], unlabelled=extra)
     state = fit(task, stage.train, ctx)
     out = ctx.run_dir / "generator.pt"
     if state.finished and ctx.dist.main:
-        checkpoint.save(out, product_dict(vae.cpu(), unet.cpu(), stage.diffusion, scale, trained_precision))
+        checkpoint.save(out, product_dict(vae.cpu(), unet.cpu(), stage.diffusion, scale, trained_precision,
+                                          data=identity))
         print(f"diffusion: best validation loss {state.best:.5f}; wrote {out}")
     barrier(ctx.dist)
     return out if state.finished else None
 
 
-def _encode(vae: VAE, images: torch.Tensor, masks: torch.Tensor, ctx: LoopContext,
+def _cached_or_encoded(vae: VAE, vae_path: Path, identity: dict, store: TileStore,
+                       unlabelled: TileStore | None, ctx: LoopContext) -> Caches:
+    """latents.pt when it encodes this data with this vae.pt, else encode now (e.g. the VAE came
+    from another run, or latents.pt is of other stores) and save it for the next run."""
+    path = ctx.run_dir / "latents.pt"
+    caches = _load_cache(path, vae_path, identity)
+    if caches is not None:
+        return caches
+    extra = load_images(unlabelled, "train") if unlabelled is not None else None
+    caches = _encode_caches(vae, *load_split(store, "train"), extra, ctx)
+    if ctx.dist.main:
+        _save_cache(path, vae_path, identity, caches)
+        extra_rows = len(caches[1]) if caches[1] is not None else 0
+        print(f"latents: encoded {len(caches[0])} labelled + {extra_rows} unlabelled latents into {path}")
+    return caches
+
+
+def _encode_caches(vae: VAE, images: torch.Tensor, masks: torch.Tensor, extra: torch.Tensor | None,
+                   ctx: LoopContext) -> Caches:
+    """The labelled cache and, for unlabelled images, one with null conditions only."""
+    return _encode(vae, images, masks, ctx), (_encode(vae, extra, None, ctx) if extra is not None else None)
+
+
+def _encode(vae: VAE, images: torch.Tensor, masks: torch.Tensor | None, ctx: LoopContext,
             transforms: int = 8) -> LatentCache:
     vae.eval()
 
@@ -115,11 +160,19 @@ def _encode(vae: VAE, images: torch.Tensor, masks: torch.Tensor, ctx: LoopContex
     return encode_all(encode, images, masks, batch_size=16, transforms=transforms)
 
 
-def _load_cache(path: Path, vae_path: Path) -> LatentCache | None:
-    """The cached latents, if they were encoded by exactly this vae.pt."""
+def _save_cache(path: Path, vae_path: Path, identity: dict, caches: Caches) -> None:
+    labelled, unlabelled = caches
+    checkpoint.save(path, {"format": CACHE_FORMAT, "vae": checkpoint.file_hash(vae_path), "data": identity,
+                           **labelled.to_dict(), "unlabelled": unlabelled.to_dict() if unlabelled else None})
+
+
+def _load_cache(path: Path, vae_path: Path, identity: dict) -> Caches | None:
+    """The cached latents, if they were encoded by exactly this vae.pt from exactly this data (a cache
+    of other stores would train the denoiser on their masks)."""
     if not path.exists():
         return None
     saved = checkpoint.load(path, CACHE_FORMAT)
-    if saved.get("vae") != checkpoint.file_hash(vae_path):
+    if saved.get("vae") != checkpoint.file_hash(vae_path) or saved.get("data") != identity:
         return None
-    return LatentCache(saved["mean"], saved["std"], saved["cond"])
+    extra = saved.get("unlabelled")
+    return LatentCache.from_dict(saved), (LatentCache.from_dict(extra) if extra is not None else None)

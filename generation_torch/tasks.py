@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from generation_torch import grids
 from generation_torch.config import DiffusionConfig, to_dict
-from generation_torch.data import LatentCache, dihedral
+from generation_torch.data import LatentCache, dihedral, draw_pooled
 from generation_torch.pipeline import Generator
 from generation_torch.unet import UNet
 from generation_torch.vae import VAE, vae_loss
@@ -74,6 +74,7 @@ class DiffusionTask:
     device: torch.device
     autocast: torch.dtype | None = None
     val_masks: torch.Tensor | None = None   # (N, T, T) full-resolution validation masks, for visuals
+    unlabelled: LatentCache | None = None   # latents of unlabelled images (null condition only)
     name: str = "diffusion"
     use_ema: bool = True
     _coef: tuple[torch.Tensor, torch.Tensor] = field(init=False)
@@ -95,13 +96,22 @@ class DiffusionTask:
         x_t = diffusion.q_sample(z0, noise, a, s)
         return x_t, t, diffusion.target_for(z0, noise, a, s, self.dcfg.prediction)
 
-    def loss(self, model: nn.Module, g: torch.Generator, batch_size: int) -> tuple[torch.Tensor, dict]:
-        idx = torch.randint(0, self.n_train, (batch_size,), generator=g)
-        z0 = self.cache.draw(idx, g, self.scale)
-        x_t, t, target = self.noisy_batch(z0, g)
-        cond = self.cache.cond[idx].clone()
+    def batch(self, g: torch.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z0, cond): rows given the null condition (so classifier-free guidance works at sampling)
+        draw from labelled and unlabelled latents alike, conditioned rows from labelled ones only."""
         drop = torch.rand(batch_size, generator=g) < self.dcfg.cond_dropout
-        cond[drop] = 0.0  # null condition, so classifier-free guidance works at sampling
+        idx = torch.randint(0, self.n_train, (batch_size,), generator=g)
+        if self.unlabelled is not None:
+            pooled = torch.randint(0, self.n_train + len(self.unlabelled), (batch_size,), generator=g)
+            idx = torch.where(drop, pooled, idx)
+        z0 = draw_pooled(self.cache, self.unlabelled, idx, g, self.scale)
+        cond = self.cache.cond[idx.clamp_max(self.n_train - 1)].clone()  # rows past it are dropped
+        cond[drop] = 0.0
+        return z0, cond
+
+    def loss(self, model: nn.Module, g: torch.Generator, batch_size: int) -> tuple[torch.Tensor, dict]:
+        z0, cond = self.batch(g, batch_size)
+        x_t, t, target = self.noisy_batch(z0, g)
         pred = model(x_t.to(self.device), cond.to(self.device), t.float().to(self.device))
         return F.mse_loss(pred.float(), target.to(self.device)), {}
 
@@ -130,4 +140,5 @@ class DiffusionTask:
 
     def describe(self) -> dict:
         return {"unet_config": to_dict(self.model.cfg), "diffusion": to_dict(self.dcfg),
-                "latent_scale": self.scale}
+                "latent_scale": self.scale,
+                "unlabelled_latents": 0 if self.unlabelled is None else len(self.unlabelled)}

@@ -1,9 +1,14 @@
 """Train the generator: VAE, then the mask-conditioned latent DDPM on cached latents.
 
     python -m generation_torch.train [--store STORE | --images I.tif --masks M.tif] [--stage all]
-        [--out runs/generator] [--preset quick|real|none] [--resume] [...]
+        [--unlabelled-store STORE] [--out runs/generator] [--preset quick|real|none] [--resume] [...]
 
 With no data flags: the built-in phantom and the quick preset (minutes on 2 CPU cores).
+Images plentiful, labels scarce: --unlabelled-store adds its train images (masks ignored) to the VAE's
+training and to the null-condition (condition-dropout) rows of the denoiser; masks, and so the
+conditioned rows, come from the labelled data only. A VAE trained elsewhere can be reused: copy its
+vae.pt into the run folder and run --stage diffusion (latents.pt is re-encoded unless it was encoded
+by that vae.pt from these very stores).
 Under torchrun (WORLD_SIZE > 1) the run is data-parallel (DDP; gloo on CPU, nccl on GPU).
 """
 
@@ -19,7 +24,8 @@ from generation_torch.distributed import barrier, setup, teardown
 from generation_torch.stages import train_diffusion, train_vae
 from generation_torch.train_loop import LoopContext
 from shared.errors import run_cli
-from shared.sources import resolve_real_store, source_from_args
+from shared.sources import open_unlabelled_store, resolve_real_store, source_from_args
+from shared.store import TileStore
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,26 +40,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         store = resolve_real_store(source, out) if dist.main else None  # rank 0 ingests once
         barrier(dist)
         store = store or resolve_real_store(source, out)
+        unlabelled = (open_unlabelled_store(args.unlabelled_store, store.tile_size)
+                      if args.unlabelled_store is not None else None)
         dtype = precision.resolve(args.precision, dist.device)
         writer = _writer(out, dist.main)
         ctx = LoopContext(out, dist, dtype, args.seed, args.resume, writer, args.stop_after, None,
                           not args.no_progress, args.visual_every)
         if dist.main:
-            print(f"data: {store.path} ({len(store.indices('train'))} train / {len(store.indices('val'))} "
-                  f"val tiles); preset {args.preset}; precision {precision.name(dtype)}; "
-                  f"{dist.world} process(es) on {dist.device}")
+            print(f"data: {_describe(store, unlabelled)}; preset {args.preset}; precision "
+                  f"{precision.name(dtype)}; {dist.world} process(es) on {dist.device}")
         vae_done = False
         if args.stage in ("vae", "all"):
             ctx.max_minutes = vae_stage.minutes
-            vae_done = train_vae(store, vae_stage, ctx)
+            vae_done = train_vae(store, vae_stage, ctx, unlabelled)
         if args.stage == "diffusion" or (args.stage == "all" and vae_done):
             ctx.max_minutes = diff_stage.minutes
-            train_diffusion(store, diff_stage, ctx, precision.name(dtype))
+            train_diffusion(store, diff_stage, ctx, precision.name(dtype), unlabelled)
         if writer is not None:
             writer.close()
     finally:
         teardown(dist)
     return 0
+
+
+def _describe(store: TileStore, unlabelled: TileStore | None) -> str:
+    text = f"{store.path} ({len(store.indices('train'))} train / {len(store.indices('val'))} val tiles)"
+    if unlabelled is not None:
+        text += f" + unlabelled {unlabelled.path} ({len(unlabelled.indices('train'))} train tiles)"
+    return text
 
 
 def _writer(out: Path, main: bool):

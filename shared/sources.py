@@ -65,3 +65,18 @@ def resolve_real_store(source: DataSource, workdir: Path) -> TileStore:
         if len(store.indices(split)) == 0:
             raise UserError(f"{store.path}: no '{split}' tiles after the split")
     return store
+
+
+def open_unlabelled_store(path: Path, tile_size: int, flag: str = "--unlabelled-store") -> TileStore:
+    """A store whose training images are used without their masks: checked like --store, and its
+    tiles must be the size of the labelled ones."""
+    try:
+        store = TileStore(path)
+    except UserError as exc:
+        raise UserError(f"{flag} {exc}") from None
+    if len(store.indices("train")) == 0:
+        raise UserError(f"{flag} {store.path}: no 'train' tiles")
+    if store.tile_size != tile_size:
+        raise UserError(f"{flag} {store.path}: holds {store.tile_size}px tiles, the labelled store "
+                        f"{tile_size}px")
+    return store
