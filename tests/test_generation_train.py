@@ -3,6 +3,7 @@ NaN guard, torchrun DDP on gloo, sampling determinism and provenance, evaluate, 
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -124,13 +125,19 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tiny_store, tmp_path, monk
     assert saved["loop"]["step"] == 2 and all(torch.isfinite(v).all() for v in saved["model"].values())
 
 
+def free_port() -> int:
+    """A port nobody listens on now, so parallel test runs on one machine do not collide."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_torchrun_two_processes_on_gloo(tiny_store, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-           "-m", "generation_torch.train", "--store", str(tiny_store), "--out", str(out), "--steps", "2",
-           "--accumulate", "2",
-           "--device", "cpu", *TINY]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(free_port()), "-m", "generation_torch.train", "--store", str(tiny_store),
+           "--out", str(out), "--steps", "2", "--accumulate", "2", "--device", "cpu", *TINY]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout and (out / "generator.pt").is_file()
