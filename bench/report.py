@@ -20,7 +20,6 @@ SECTIONS = [
     ("bench_onnx_precision.json", "Reduced precision in onnxruntime (int8 on CPU)"),
     ("segmentation_epfl.json", "Segmenter quality on held-out real EPFL slices"),
     ("generator_epfl.json", "Generator quality on held-out real EPFL slices"),
-    ("synthetic_ablation_quick.json", "Does synthetic data help? --quick smoke run (1 seed, tiny models)"),
     ("synthetic_ablation.json", "Does synthetic data help? (synthetic-ratio ablation)"),
 ]
 

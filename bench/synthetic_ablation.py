@@ -52,9 +52,9 @@ class AblationConfig:
                                         "--diffusion-steps", "600", "--steps-per-epoch", "50",
                                         "--patience", "100", "--visual-every", "0")
     sample_flags: tuple[str, ...] = ("--sampler", "dpmpp2m", "--steps", "20", "--guidance", "2.0")
-    # a fixed step budget (20 x 10 steps of 8 tiles) for every k and ratio, so cells differ only in data
-    segmenter_flags: tuple[str, ...] = ("--preset", "real", "--base-width", "8", "--epochs", "20",
-                                        "--steps-per-epoch", "10", "--patience", "100",
+    # a fixed step budget (8 x 25 steps of 8 tiles) for every k and ratio, so cells differ only in data
+    segmenter_flags: tuple[str, ...] = ("--preset", "real", "--base-width", "8", "--epochs", "8",
+                                        "--steps-per-epoch", "25", "--patience", "100",
                                         "--time-limit", "1000", "--overlap", "64", "--no-tta")
     test_fraction: float = 0.2
     val_fraction: float = 0.15
