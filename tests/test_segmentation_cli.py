@@ -39,7 +39,7 @@ def tiny_store(tmp_path_factory):
 def trained(tiny_store, tmp_path_factory):
     run = tmp_path_factory.mktemp("run") / "seg"
     proc = run_module("segmentation_tf.fit", "--store", tiny_store / "store", "--out", run, "--epochs", "2",
-                      "--accumulate", "2", *TINY, timeout=300)
+                      "--accumulate", "2", "--steps-per-epoch", "3", *TINY, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run, proc
 
@@ -56,6 +56,7 @@ def test_fit_saves_model_threshold_and_logs(trained):
     meta = json.loads((run / "segmenter.json").read_text())
     assert 0.0 < meta["threshold"] < 1.0 and meta["tile_size"] == 32
     assert meta["provenance"]["train"]["accumulate"] == 2
+    assert meta["provenance"]["train"]["steps_per_epoch"] == 3 and "3 steps/epoch" in proc.stdout
     rows = read_csv(run / "log.csv")
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert {"loss", "iou", "dice", "val_loss", "val_iou", "val_dice"} <= set(rows[0])
