@@ -6,8 +6,10 @@ with and without generated tiles, for two generator regimes.
     python -m bench.synthetic_ablation --preset full    # the trainers' real presets: a GPU job (days on CPU)
 
 Data: the EPFL CA1 subset beside the checkout (else the phantom). One z block is the test set and
-one the validation set; neither model ever sees them. From the remaining training pool, a seeded
-contiguous run of k slices is the labelled set.
+one the validation set; neither model ever sees them. From the remaining training pool, a contiguous
+run of k slices is the labelled set (standard preset: the same run for every seed, so one generator
+per k and regime serves the seeds, which vary the segmenter and the sampling; --preset full: a run
+and a generator per seed).
 Regimes: (a) strict: the generator learns from the k labelled slices only; (b) images plentiful,
 labels scarce: the VAE and the denoiser's null-condition branch learn from the images of the whole
 training pool, the mask-conditioned denoiser from the k labelled slices (masks come from those only).
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -47,10 +50,14 @@ class AblationConfig:
     sweep_ratios: tuple[float, ...] = (0.1, 0.5)
     seeds: tuple[int, ...] = (0, 1, 2)
     regimes: tuple[str, ...] = ("strict", "images_plentiful")
+    # False: the labelled slices of a k are the same for every seed, so one generator per (k, regime)
+    # serves all seeds (seeds vary the segmenter and the sampling); True: a generator per seed too
+    slices_per_seed: bool = False
     n_synthetic: int = 128
-    generator_flags: tuple[str, ...] = ("--preset", "quick", "--vae-steps", "300",
-                                        "--diffusion-steps", "600", "--steps-per-epoch", "50",
-                                        "--patience", "100", "--visual-every", "0")
+    # the real preset's models in short time boxes: the quick preset's tiny generators (downsample 8,
+    # 600 denoiser steps) drew texture that ignored the masks (mask fidelity 0.0001)
+    generator_flags: tuple[str, ...] = ("--preset", "real", "--vae-minutes", "4", "--diffusion-minutes", "8",
+                                        "--steps-per-epoch", "50", "--visual-every", "0")
     sample_flags: tuple[str, ...] = ("--sampler", "dpmpp2m", "--steps", "20", "--guidance", "2.0")
     # a fixed step budget (8 x 25 steps of 8 tiles) for every k and ratio, so cells differ only in data
     segmenter_flags: tuple[str, ...] = ("--preset", "real", "--base-width", "8", "--epochs", "8",
@@ -72,7 +79,7 @@ PRESETS = {
         segmenter_flags=("--preset", "quick", "--epochs", "6")),
     # the trainers' real presets (about 1.5 h per generator, 1 h per segmenter on 2 CPU cores): a GPU job
     "full": AblationConfig(
-        sweep_ratios=(0.1, 0.2, 0.4, 0.5), n_synthetic=512,
+        sweep_ratios=(0.1, 0.2, 0.4, 0.5), n_synthetic=512, slices_per_seed=True,
         generator_flags=("--preset", "real"),
         sample_flags=("--sampler", "ddim", "--steps", "50", "--guidance", "2.0"),
         segmenter_flags=("--preset", "real", "--time-limit", "20")),
@@ -147,19 +154,27 @@ def cells(cfg: AblationConfig) -> list[Cell]:
     return list(dict.fromkeys(out))
 
 
-def train_generator(gen_dir: Path, cell: Cell, labelled: Path, pool: Path, work: Path, cfg: AblationConfig,
-                    log: Path) -> Path:
+def generator_dir(work: Path, cell: Cell, cfg: AblationConfig) -> tuple[Path, int]:
+    """Where the generator of a cell lives and the seed it trains with."""
+    if cfg.slices_per_seed:
+        return work / f"k{cell.k}_s{cell.seed}" / cell.regime, cell.seed
+    return work / f"gen_k{cell.k}" / cell.regime, 0
+
+
+def train_generator(gen_dir: Path, seed: int, regime: str, covers_pool: bool, labelled: Path, pool: Path,
+                    work: Path, cfg: AblationConfig, log: Path) -> Path:
     """strict: VAE + denoiser on the labelled tiles. images_plentiful: one VAE per seed on every pool
     image (shared by all k), then the denoiser on the labelled tiles, its null-condition branch on all
-    pool images (`--unlabelled-store`)."""
+    pool images (`--unlabelled-store`). A strict run whose labelled tiles are the whole pool is the
+    same thing, so it takes the same path."""
     product = gen_dir / "generator.pt"
     if product.exists():
         return product
-    common = [*cfg.generator_flags, "--seed", str(cell.seed), "--no-progress"]
-    if cell.regime == "strict":
+    common = [*cfg.generator_flags, "--seed", str(seed), "--no-progress"]
+    if regime == "strict" and not covers_pool:
         run(["generation_torch.train", "--store", str(labelled), "--out", str(gen_dir), *common], log)
         return product
-    pool_vae = work / f"pool_vae_s{cell.seed}"
+    pool_vae = work / f"pool_vae_s{seed}"
     if not (pool_vae / "vae.pt").exists():
         run(["generation_torch.train", "--store", str(pool), "--stage", "vae", "--out", str(pool_vae),
              *common], log)
@@ -199,18 +214,20 @@ def run_cell(cell: Cell, work: Path, pool: list[int], split: dict, volume: tuple
              pool_store: Path, test: tuple[Path, Path], cfg: AblationConfig, log: Path) -> dict:
     images, masks = volume
     start = time.time()
-    labelled = labelled_slices(pool, cell.k, cell.seed)
-    cell_dir = work / f"k{cell.k}_s{cell.seed}"
-    cell_dir.mkdir(exist_ok=True)
-    labelled_store = make_store(cell_dir / "labelled_store", images, masks, labelled, split["val"])
+    labelled = labelled_slices(pool, cell.k, cell.seed if cfg.slices_per_seed else 0)
+    slices_dir = work / (f"k{cell.k}_s{cell.seed}" if cfg.slices_per_seed else f"k{cell.k}")
+    slices_dir.mkdir(exist_ok=True)
+    labelled_store = make_store(slices_dir / "labelled_store", images, masks, labelled, split["val"])
     synthetic = None
     if cell.ratio > 0:
-        gen_dir = cell_dir / cell.regime
-        ckpt = train_generator(gen_dir, cell, labelled_store, pool_store, work, cfg, log)
-        synthetic = synthetic_store(gen_dir, ckpt, labelled_store, cfg, cell.seed, log)
+        gen_dir, gen_seed = generator_dir(work, cell, cfg)
+        ckpt = train_generator(gen_dir, gen_seed, cell.regime, labelled == pool, labelled_store, pool_store,
+                               work, cfg, log)
+        synthetic = synthetic_store(gen_dir, ckpt, labelled_store, cfg, gen_seed, log)
     name = "real_only" if cell.ratio == 0 else f"seg_{cell.regime}_r{cell.ratio:g}"
-    scores = segmenter_scores(cell_dir / name, labelled_store, synthetic, cell.ratio, test, cfg, cell.seed,
-                              log)
+    seg_dir = work / f"k{cell.k}_s{cell.seed}" / name
+    seg_dir.parent.mkdir(exist_ok=True)
+    scores = segmenter_scores(seg_dir, labelled_store, synthetic, cell.ratio, test, cfg, cell.seed, log)
     return {**asdict(cell), "labelled_slices": labelled, "test_iou": scores["iou"],
             "test_dice": scores.get("dice"), "minutes": round((time.time() - start) / 60, 2)}
 
@@ -292,21 +309,24 @@ def mask_fidelity(work: Path, results: dict, test: tuple[Path, Path]) -> list[di
     from shared.tiles import tile_stack
 
     test_images, test_masks = read_pair(*test)
-    real_tiles, real_masks, _ = tile_stack(test_images, test_masks, "test", {})
+    split_of = dict.fromkeys(range(len(test_images)), "test")
+    real_tiles, real_masks, _ = tile_stack(test_images, test_masks, "test", split_of)
     rows = []
+    stores = sorted(work.glob("gen_k*/*/synthetic")) + sorted(work.glob("k*_s*/*/synthetic"))
     for judge_dir in sorted(work.glob("k0_s*/real_only")):
         if not (judge_dir / "segmenter.json").exists():
             continue
         judge = load_segmenter(judge_dir)
-        predict, seed = model_fn(judge.model), int(judge_dir.parent.name.split("_s")[1])
+        predict = model_fn(judge.model)
         real = iou(_batched(predict, normalize(real_tiles)), real_masks, judge.threshold)
-        for store_dir in sorted(work.glob(f"k*_s{seed}/*/synthetic")):
+        for store_dir in stores:
             store = TileStore(store_dir)
             idx = store.indices()
             probs = _batched(predict, store.images(idx))
-            k = int(store_dir.parts[-3].split("_")[0][1:]) or "all"
+            k = int(re.match(r"(?:gen_)?k(\d+)", store_dir.parts[-3]).group(1)) or "all"
             rows.append({"k": k, "regime": store_dir.parts[-2],
-                         "seed": seed, "tiles": len(idx), "judge": str(judge_dir.relative_to(work)),
+                         "generator": str(store_dir.parent.relative_to(work)),
+                         "tiles": len(idx), "judge": str(judge_dir.relative_to(work)),
                          "iou_generated": iou(probs, store.masks(idx), judge.threshold),
                          "iou_real_heldout": real})
     return rows
