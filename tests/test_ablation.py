@@ -89,3 +89,12 @@ def test_results_json_and_report_section(tmp_path, monkeypatch):
     page = report.build()
     assert "| k | regime | ratio | seeds | gain_mean | gain_std |" in page
     assert "iou_generated" in page and "![synthetic_ablation.png](synthetic_ablation.png)" in page
+
+
+def test_one_generator_per_k_and_regime_unless_slices_vary_per_seed(tmp_path):
+    from bench.synthetic_ablation import generator_dir
+
+    shared = generator_dir(tmp_path, Cell(4, "strict", 0.3, 2), PRESETS["standard"])
+    assert shared == (tmp_path / "gen_k4" / "strict", 0)
+    per_seed = generator_dir(tmp_path, Cell(4, "strict", 0.3, 2), PRESETS["full"])
+    assert per_seed == (tmp_path / "k4_s2" / "strict", 2)
