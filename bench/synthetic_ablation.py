@@ -299,10 +299,23 @@ def _k_axis(k: int | str) -> int:
     return 32 if k == "all" else int(k)
 
 
-def mask_fidelity(work: Path, results: dict, test: tuple[Path, Path]) -> list[dict]:
-    """The whole-pool real-only segmenter of each seed (the best real-only judge) run on every generated
-    tile against its conditioning mask, and on the held-out real test tiles, pooled foreground IoU
-    at its calibrated threshold (the same 256 px windows, no stitching, so the two compare)."""
+def best_judge(work: Path) -> Path | None:
+    """The whole-pool real-only segmenter with the best validation IoU (chosen on validation, never on
+    the test block it is then scored on)."""
+    judges = [d for d in work.glob("k0_s*/real_only") if (d / "segmenter.json").exists()]
+
+    def val_iou(d: Path) -> float:
+        return json.loads((d / "segmenter.json").read_text())["provenance"]["calibration"]["iou"]
+    return max(judges, key=val_iou, default=None)
+
+
+def mask_fidelity(work: Path, test: tuple[Path, Path]) -> list[dict]:
+    """The best whole-pool real-only segmenter run on every generated tile against its conditioning
+    mask, and on the held-out real test tiles: pooled foreground IoU at its calibrated threshold (the
+    same 256 px windows, no stitching, so the two compare)."""
+    judge_dir = best_judge(work)
+    if judge_dir is None:
+        return []
     from segmentation_tf.artifacts import load_segmenter  # TensorFlow: imported only when needed
     from segmentation_tf.inference import model_fn
     from segmentation_tf.scores import iou
@@ -312,24 +325,20 @@ def mask_fidelity(work: Path, results: dict, test: tuple[Path, Path]) -> list[di
     test_images, test_masks = read_pair(*test)
     split_of = dict.fromkeys(range(len(test_images)), "test")
     real_tiles, real_masks, _ = tile_stack(test_images, test_masks, "test", split_of)
+    judge = load_segmenter(judge_dir)
+    predict = model_fn(judge.model)
+    real = iou(_batched(predict, normalize(real_tiles)), real_masks, judge.threshold)
     rows = []
-    stores = sorted(work.glob("gen_k*/*/synthetic")) + sorted(work.glob("k*_s*/*/synthetic"))
-    for judge_dir in sorted(work.glob("k0_s*/real_only")):
-        if not (judge_dir / "segmenter.json").exists():
-            continue
-        judge = load_segmenter(judge_dir)
-        predict = model_fn(judge.model)
-        real = iou(_batched(predict, normalize(real_tiles)), real_masks, judge.threshold)
-        for store_dir in stores:
-            store = TileStore(store_dir)
-            idx = store.indices()
-            probs = _batched(predict, store.images(idx))
-            k = int(re.match(r"(?:gen_)?k(\d+)", store_dir.parts[-3]).group(1)) or "all"
-            rows.append({"k": k, "regime": store_dir.parts[-2],
-                         "generator": str(store_dir.parent.relative_to(work)),
-                         "tiles": len(idx), "judge": str(judge_dir.relative_to(work)),
-                         "iou_generated": iou(probs, store.masks(idx), judge.threshold),
-                         "iou_real_heldout": real})
+    for store_dir in sorted(work.glob("gen_k*/*/synthetic")) + sorted(work.glob("k*_s*/*/synthetic")):
+        store = TileStore(store_dir)
+        idx = store.indices()
+        probs = _batched(predict, store.images(idx))
+        k = int(re.match(r"(?:gen_)?k(\d+)", store_dir.parts[-3]).group(1)) or "all"
+        rows.append({"k": k, "regime": store_dir.parts[-2],
+                     "generator": str(store_dir.parent.relative_to(work)),
+                     "tiles": len(idx), "judge": str(judge_dir.relative_to(work)),
+                     "iou_generated": iou(probs, store.masks(idx), judge.threshold),
+                     "iou_real_heldout": real})
     return rows
 
 
@@ -392,7 +401,7 @@ def main() -> None:
         write_results(results_path, results, saved.get("fidelity", []), name, cfg, source, split)
         done = results[cell.key]
         print(f"{cell.key}: test IoU {done['test_iou']:.4f} ({done['minutes']} min)", flush=True)
-    fidelity = mask_fidelity(work, results, test)
+    fidelity = mask_fidelity(work, test)
     write_results(results_path, results, fidelity or saved.get("fidelity", []), name, cfg, source, split)
     print(f"results in {results_path}: {json.loads(results_path.read_text())['goal_met']}")
 

@@ -98,3 +98,15 @@ def test_one_generator_per_k_and_regime_unless_slices_vary_per_seed(tmp_path):
     assert shared == (tmp_path / "gen_k4" / "strict", 0)
     per_seed = generator_dir(tmp_path, Cell(4, "strict", 0.3, 2), PRESETS["full"])
     assert per_seed == (tmp_path / "k4_s2" / "strict", 2)
+
+
+def test_the_fidelity_judge_is_chosen_on_validation_not_test(tmp_path):
+    from bench.synthetic_ablation import best_judge
+
+    assert best_judge(tmp_path) is None
+    for seed, (val, test) in enumerate([(0.6, 0.9), (0.8, 0.7)]):
+        run = tmp_path / f"k0_s{seed}" / "real_only"
+        run.mkdir(parents=True)
+        (run / "segmenter.json").write_text(json.dumps({"provenance": {"calibration": {"iou": val}}}))
+        (run / "test_scores.json").write_text(json.dumps({"iou": test}))
+    assert best_judge(tmp_path) == tmp_path / "k0_s1" / "real_only"
