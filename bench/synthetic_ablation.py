@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -309,7 +308,7 @@ def best_judge(work: Path) -> Path | None:
     return max(judges, key=val_iou, default=None)
 
 
-def mask_fidelity(work: Path, test: tuple[Path, Path]) -> list[dict]:
+def mask_fidelity(work: Path, test: tuple[Path, Path], extra_stores: list[Path] = ()) -> list[dict]:
     """The best whole-pool real-only segmenter run on every generated tile against its conditioning
     mask, and on the held-out real test tiles: pooled foreground IoU at its calibrated threshold (the
     same 256 px windows, no stitching, so the two compare)."""
@@ -329,17 +328,38 @@ def mask_fidelity(work: Path, test: tuple[Path, Path]) -> list[dict]:
     predict = model_fn(judge.model)
     real = iou(_batched(predict, normalize(real_tiles)), real_masks, judge.threshold)
     rows = []
-    for store_dir in sorted(work.glob("gen_k*/*/synthetic")) + sorted(work.glob("k*_s*/*/synthetic")):
+    own = sorted(work.glob("gen_k*/*/synthetic")) + sorted(work.glob("k*_s*/*/synthetic"))
+    for store_dir in own + list(extra_stores):
         store = TileStore(store_dir)
         idx = store.indices()
         probs = _batched(predict, store.images(idx))
-        k = int(re.match(r"(?:gen_)?k(\d+)", store_dir.parts[-3]).group(1)) or "all"
-        rows.append({"k": k, "regime": store_dir.parts[-2],
-                     "generator": str(store_dir.parent.relative_to(work)),
+        guidance = store.records[int(idx[0])].get("guidance")
+        rows.append({"generator": str(store_dir.parent.relative_to(work)), "guidance": guidance,
                      "tiles": len(idx), "judge": str(judge_dir.relative_to(work)),
                      "iou_generated": iou(probs, store.masks(idx), judge.threshold),
                      "iou_real_heldout": real})
     return rows
+
+
+def guidance_stores(work: Path, cfg: AblationConfig, log: Path, guidances=(2.0, 5.0, 8.0, 12.0),
+                    n: int = 32) -> list[Path]:
+    """The k = 2 strict generator sampled at several guidance scales (same masks and seeds): how
+    mask fidelity depends on guidance."""
+    generator = work / "gen_k2" / "strict" / "generator.pt"
+    if not generator.exists():
+        return []
+    out = []
+    flags = list(cfg.sample_flags)
+    flags = flags[:flags.index("--guidance")] + flags[flags.index("--guidance") + 2:]
+    for g in guidances:
+        store = work / "guidance_sweep" / f"g{g:g}" / "synthetic"
+        if not (store / "manifest.json").exists():
+            shutil.rmtree(store, ignore_errors=True)
+            run(["generation_torch.sample", "--checkpoint", str(generator), "--masks-from",
+                 str(work / "k2" / "labelled_store"), "--n", str(n), "--out", str(store), "--seed", "7",
+                 "--no-progress", *flags, "--guidance", str(g)], log)
+        out.append(store)
+    return out
 
 
 def _batched(predict, tiles: np.ndarray, batch: int = 16) -> np.ndarray:
@@ -349,7 +369,8 @@ def _batched(predict, tiles: np.ndarray, batch: int = 16) -> np.ndarray:
 def write_results(path: Path, results: dict, fidelity: list[dict], cfg_name: str, cfg: AblationConfig,
                   source: str, split: dict) -> None:
     rows, gains = summarize(results), paired_gains(results)
-    fid = [f["iou_generated"] for f in fidelity]
+    # the goal is judged on the ablation's own generators, not on the guidance sweep
+    fid = [f["iou_generated"] for f in fidelity if not f["generator"].startswith("guidance_sweep")]
     write_json_atomic(path, {
         "machine": machine(), "command": f"python -m bench.synthetic_ablation --preset {cfg_name}",
         "source": source, "config": asdict(cfg), "split": split,
@@ -401,7 +422,7 @@ def main() -> None:
         write_results(results_path, results, saved.get("fidelity", []), name, cfg, source, split)
         done = results[cell.key]
         print(f"{cell.key}: test IoU {done['test_iou']:.4f} ({done['minutes']} min)", flush=True)
-    fidelity = mask_fidelity(work, test)
+    fidelity = mask_fidelity(work, test, guidance_stores(work, cfg, log))
     write_results(results_path, results, fidelity or saved.get("fidelity", []), name, cfg, source, split)
     print(f"results in {results_path}: {json.loads(results_path.read_text())['goal_met']}")
 

@@ -79,7 +79,8 @@ def test_goal_verdict_names_each_cell_met_or_not():
 
 def test_results_json_and_report_section(tmp_path, monkeypatch):
     path = tmp_path / "synthetic_ablation.json"
-    fidelity = [{"k": 2, "regime": "strict", "seed": 0, "iou_generated": 0.5, "iou_real_heldout": 0.8}]
+    fidelity = [{"generator": "gen_k2/strict", "guidance": 12.0, "iou_generated": 0.5},
+                {"generator": "guidance_sweep/g2", "guidance": 2.0, "iou_generated": 0.0}]  # not in the goal
     write_results(path, RESULTS, fidelity, "standard", PRESETS["standard"], "test", {"test": [20]})
     data = json.loads(path.read_text())
     assert data["goal_met"].endswith("mask fidelity 0.500 (NOT met)")
