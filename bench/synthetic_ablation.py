@@ -259,10 +259,10 @@ def goal_verdict(gains: list[dict], low_k: int = 4, low_gain: float = 0.03, max_
     <= 0.005."""
     low = [g for g in gains if g["k"] != "all" and g["k"] <= low_k]
     full = [g for g in gains if g["k"] == "all"]
-    parts = [f"k={g['k']} {g['regime']}: {g['gain_mean']:+.4f} ({_met(g['gain_mean'] >= low_gain)})"
-             for g in low]
-    parts += [f"whole pool: {g['gain_mean']:+.4f} ({_met(g['gain_mean'] >= -max_loss)})"
-              for g in full]
+    parts = [f"k={g['k']} {g['regime']}: {g['gain_mean']:+.4f} +- {g['gain_std']:.4f} "
+             f"({_met(g['gain_mean'] >= low_gain)})" for g in low]
+    parts += [f"whole pool: {g['gain_mean']:+.4f} +- {g['gain_std']:.4f} "
+              f"({_met(g['gain_mean'] >= -max_loss)})" for g in full]
     if not low or not full:
         parts.append("incomplete: " + ("no low-data cells" if not low else "no whole-pool cells") + " yet")
     return "; ".join(parts)

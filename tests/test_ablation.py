@@ -72,8 +72,8 @@ def test_gains_are_paired_by_seed():
 
 def test_goal_verdict_names_each_cell_met_or_not():
     verdict = goal_verdict(paired_gains(RESULTS))
-    assert "k=2 strict: +0.0400 (met)" in verdict
-    assert "whole pool: -0.0100 (NOT met)" in verdict
+    assert "k=2 strict: +0.0400 +- 0.0200 (met)" in verdict
+    assert "whole pool: -0.0100 +- 0.0000 (NOT met)" in verdict
     assert "incomplete" in goal_verdict(paired_gains({k: v for k, v in RESULTS.items() if v["k"] == 2}))
 
 
