@@ -355,6 +355,7 @@ def guidance_stores(work: Path, cfg: AblationConfig, log: Path, guidances=(2.0, 
         store = work / "guidance_sweep" / f"g{g:g}" / "synthetic"
         if not (store / "manifest.json").exists():
             shutil.rmtree(store, ignore_errors=True)
+            store.parent.mkdir(parents=True, exist_ok=True)
             run(["generation_torch.sample", "--checkpoint", str(generator), "--masks-from",
                  str(work / "k2" / "labelled_store"), "--n", str(n), "--out", str(store), "--seed", "7",
                  "--no-progress", *flags, "--guidance", str(g)], log)
