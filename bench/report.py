@@ -56,7 +56,7 @@ def section(path: Path, title: str) -> list[str]:
              f"{machine.get('cores', '?')} cores · date: {machine.get('date', '?')} · "
              f"source: `docs/{path.name}`",
              ""]
-    for key in ("source", "goal", "goal_met", "note", "summary"):
+    for key in ("source", "goal", "goal_met", "cells_done", "note", "summary"):
         if key in data:
             lines.append(f"- {key.replace('_', ' ')}: {cell(data[key]) if key != 'summary' else data[key]}")
     lines.append("")
