@@ -16,11 +16,8 @@ from shared.store import TileStore
 
 def load_split(store: TileStore, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(images (N, 1, T, T) float32 in [-1, 1], masks (N, 1, T, T) float32 in {0, 1})."""
-    idx = store.indices(split)
-    if len(idx) == 0:
-        raise UserError(f"{store.path}: no '{split}' tiles")
-    images = torch.from_numpy(store.images(idx))[:, None]
-    masks = torch.from_numpy(store.masks(idx).astype(np.float32))[:, None]
+    images = load_images(store, split)
+    masks = torch.from_numpy(store.masks(store.indices(split)).astype(np.float32))[:, None]
     return images, masks
 
 
@@ -67,9 +64,8 @@ class LatentCache:
         return self.mean.shape[0]
 
     def draw(self, idx: torch.Tensor, generator: torch.Generator, scale: float) -> torch.Tensor:
-        """Scaled latent samples z = scale * (mean + std * n) for rows idx."""
-        noise = torch.randn(self.mean[idx].shape, generator=generator)
-        return scale * (self.mean[idx] + self.std[idx] * noise)
+        """Scaled latent samples for rows idx."""
+        return scaled_sample(self.mean[idx], self.std[idx], generator, scale)
 
     def to_dict(self) -> dict[str, torch.Tensor]:
         return {"mean": self.mean, "std": self.std, "cond": self.cond}
@@ -90,8 +86,13 @@ def draw_pooled(first: LatentCache, second: LatentCache | None, idx: torch.Tenso
     mean[own], std[own] = first.mean[idx[own]], first.std[idx[own]]
     other = idx[~own] - len(first)
     mean[~own], std[~own] = second.mean[other], second.std[other]
-    noise = torch.randn(mean.shape, generator=generator)
-    return scale * (mean + std * noise)
+    return scaled_sample(mean, std, generator, scale)
+
+
+def scaled_sample(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator, scale: float
+                  ) -> torch.Tensor:
+    """z = scale * (mean + std * n), n ~ N(0, 1): a draw from the cached posterior."""
+    return scale * (mean + std * torch.randn(mean.shape, generator=generator))
 
 
 @torch.no_grad()
