@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from exporters.runtime import Generator, InputError, ModelFileError, Segmenter
 from shared import diffusion
-from shared.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_cli
+from shared.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_cli, unit_interval
 from shared.tiff_io import read_image_stack, read_mask_stack, write_stack
 
 
@@ -57,7 +57,8 @@ def generate(args) -> None:
     images = []
     for start in tqdm(range(0, n, args.batch_size), desc="generate", unit="batch"):
         images.append(model.sample(chosen[start:start + args.batch_size], args.sampler, args.steps,
-                                   args.guidance, seed=args.seed + start, eta=args.eta))
+                                   args.guidance, seed=args.seed + start, eta=args.eta,
+                                   guidance_rescale=args.guidance_rescale))
     write_stack(out / "images.tif", np.concatenate(images))
     write_stack(out / "masks.tif", chosen.astype(np.uint8))
     print(f"wrote {n} tiles to {out / 'images.tif'} with their masks in {out / 'masks.tif'}")
@@ -82,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     gen.add_argument("--sampler", choices=diffusion.SAMPLERS, default="ddim")
     gen.add_argument("--steps", type=positive_int, default=None, help="default: 50 ddim, 20 dpmpp2m")
     gen.add_argument("--guidance", type=float, default=1.0)
+    gen.add_argument("--guidance-rescale", type=unit_interval, default=0.0,
+                     help="0-1: rescale guided predictions to the conditional std")
     gen.add_argument("--eta", type=float, default=0.0)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--batch-size", type=positive_int, default=8)

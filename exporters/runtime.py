@@ -216,7 +216,8 @@ class Generator:
                  self.names[2]: np.full(len(x), t, np.float32)}
         return run(self.denoiser, feeds)[0]
 
-    def model_fn(self, cond: np.ndarray, guidance: float) -> Callable[[np.ndarray, int], np.ndarray]:
+    def model_fn(self, cond: np.ndarray, guidance: float,
+                 rescale: float = 0.0) -> Callable[[np.ndarray, int], np.ndarray]:
         """model(x, t) with classifier-free guidance: conditioned and null-conditioned halves of one
         batch, combined by shared.diffusion.guided (guidance 1 = conditioned only)."""
         n = len(cond)
@@ -226,7 +227,7 @@ class Generator:
             if guidance == 1.0:
                 return self.denoise(x, cond, t)
             both = self.denoise(np.concatenate([x, x]), both_cond, t)
-            return diffusion.guided(both[:n], both[n:], guidance)
+            return diffusion.guided(both[:n], both[n:], guidance, rescale)
 
         return fn
 
@@ -237,11 +238,13 @@ class Generator:
 
     def generate(self, masks: np.ndarray, sampler: str = "ddim", steps: int | None = None,
                  guidance: float = 1.0, seed: int = 0, eta: float = 0.0,
-                 initial_noise: np.ndarray | None = None) -> np.ndarray:
+                 initial_noise: np.ndarray | None = None, guidance_rescale: float = 0.0) -> np.ndarray:
         """Normalized images (N, T, T) in [-1, 1] drawn for binary masks (N, T, T)."""
         masks = check_masks(masks, self.tile)
         if sampler not in diffusion.SAMPLERS:
             raise InputError(f"sampler must be one of {', '.join(diffusion.SAMPLERS)}, got {sampler!r}")
+        if not 0.0 <= guidance_rescale <= 1.0:
+            raise InputError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
         if steps is not None and not 1 <= steps <= self.schedule.timesteps:
             raise InputError(f"steps must be in [1, {self.schedule.timesteps}], got {steps}")
         rng = np.random.default_rng(seed)
@@ -250,16 +253,18 @@ class Generator:
             initial_noise = rng.standard_normal((len(masks), c, h, w), dtype=np.float32)
         elif initial_noise.shape != (len(masks), c, h, w):
             raise InputError(f"initial_noise must be {(len(masks), c, h, w)}, got {initial_noise.shape}")
-        latents = diffusion.sample(self.model_fn(mask_condition(masks, h), guidance),
+        latents = diffusion.sample(self.model_fn(mask_condition(masks, h), guidance, guidance_rescale),
                                    initial_noise.astype(np.float32), self.schedule, sampler, steps, eta=eta,
                                    prediction=self.prediction,
                                    noise_fn=lambda a: rng.standard_normal(a.shape, dtype=np.float32))
         return self.decode(latents)
 
     def sample(self, masks: np.ndarray, sampler: str = "ddim", steps: int | None = None,
-               guidance: float = 1.0, seed: int = 0, eta: float = 0.0) -> np.ndarray:
+               guidance: float = 1.0, seed: int = 0, eta: float = 0.0,
+               guidance_rescale: float = 0.0) -> np.ndarray:
         """uint8 images (N, T, T) drawn for binary masks (N, T, T); same seed, same images."""
-        return denormalize(self.generate(masks, sampler, steps, guidance, seed, eta), np.uint8)
+        return denormalize(self.generate(masks, sampler, steps, guidance, seed, eta,
+                                         guidance_rescale=guidance_rescale), np.uint8)
 
 
 def mask_condition(masks: np.ndarray, size: int) -> np.ndarray:

@@ -45,9 +45,11 @@ class Generator:
     def latent_size(self) -> int:
         return 256 // self.vae.cfg.downsample
 
-    def model_fn(self, cond: torch.Tensor, guidance: float) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    def model_fn(self, cond: torch.Tensor, guidance: float,
+                 rescale: float = 0.0) -> Callable[[torch.Tensor, int], torch.Tensor]:
         """model_fn(x, t) for shared.diffusion.sample, with classifier-free guidance: scale 1 runs the
-        conditional model only, 0 the unconditional one, else both in one batch."""
+        conditional model only, 0 the unconditional one, else both in one batch (rescale: see
+        shared.diffusion.guided)."""
         null = null_condition(cond)
 
         def fn(x: torch.Tensor, t: int) -> torch.Tensor:
@@ -58,13 +60,14 @@ class Generator:
                 tt = torch.full((2 * len(x),), float(t), device=x.device)
                 both = self.unet(torch.cat([x, x]), torch.cat([cond, null]), tt).float()
             c_out, u_out = both.chunk(2)
-            return diffusion.guided(c_out, u_out, guidance)
+            return diffusion.guided(c_out, u_out, guidance, rescale)
 
         return fn
 
     @torch.no_grad()
     def generate(self, masks: torch.Tensor, seeds: list[int], sampler: str = "ddim", steps: int | None = None,
-                 guidance: float = 2.0, eta: float = 0.0, unconditional: bool = False) -> torch.Tensor:
+                 guidance: float = 2.0, eta: float = 0.0, unconditional: bool = False,
+                 guidance_rescale: float = 0.0) -> torch.Tensor:
         """Images (B, 1, T, T) in [-1, 1] for masks (B, T, T) in {0, 1}; tile i uses its own seed, so a
         tile does not depend on the batch it was drawn in."""
         self.vae.eval()
@@ -77,7 +80,7 @@ class Generator:
 
         cond = mask_condition(masks.to(self.device), self.latent_size)
         x_T = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
-        fn = self.model_fn(cond, 0.0 if unconditional else guidance)
+        fn = self.model_fn(cond, 0.0 if unconditional else guidance, guidance_rescale)
         z = diffusion.sample(fn, x_T, self.schedule, sampler, steps, eta=eta, prediction=self.prediction,
                              noise_fn=noise_fn)
         return self.decode(z)

@@ -17,7 +17,7 @@ API
     q_sample(x0, noise, schedule, t)        forward noising for one integer t or an array of t
     split_prediction(pred, x_t, a, s, kind) model output ('eps' | 'v') -> (x0, eps)
     target_for(x0, noise, a, s, kind)       training target for 'eps' | 'v'
-    guided(cond, uncond, scale)             classifier-free guidance
+    guided(cond, uncond, scale, rescale)    classifier-free guidance (optionally std-rescaled)
     sampler_timesteps(n, T)                 evenly spaced descending timesteps (DDPM, DDIM)
     logsnr_timesteps(n, schedule)           timesteps evenly spaced in log-SNR (DPM-Solver++)
     ddpm_step / ddim_step / dpmpp_2m_step   one update each
@@ -116,10 +116,26 @@ def split_prediction(pred: Array, x_t: Array, a: float, s: float, kind: str) -> 
     raise ValueError(f"unknown prediction {kind!r} (choose from {', '.join(PREDICTIONS)})")
 
 
-def guided(cond: Array, uncond: Array, scale: float) -> Array:
+def guided(cond: Array, uncond: Array, scale: float, rescale: float = 0.0) -> Array:
     """Classifier-free guidance: uncond + scale * (cond - uncond). scale 1 = conditional model only,
-    scale 0 = unconditional."""
-    return uncond + scale * (cond - uncond)
+    scale 0 = unconditional. rescale phi in [0, 1] (Lin et al. 2024, "Common diffusion noise schedules
+    and sample steps are flawed", eq. 15-16): blend in the guided output scaled per sample to the
+    standard deviation of the conditional one, which tames the over-saturated contrast that large
+    scales draw; 0 = plain guidance."""
+    out = uncond + scale * (cond - uncond)
+    if rescale == 0.0:
+        return out
+    ratio = per_sample_std(cond) / per_sample_std(out)
+    return rescale * (out * ratio) + (1.0 - rescale) * out
+
+
+def per_sample_std(x: Array) -> Array:
+    """Population standard deviation over all but the first axis, shaped to broadcast against x
+    (plain arithmetic, so numpy arrays and torch tensors alike)."""
+    flat = x.reshape(len(x), -1)
+    mean = flat.mean(1).reshape(-1, 1)
+    std = (((flat - mean) ** 2).mean(1) + 1e-12) ** 0.5
+    return std.reshape(-1, *([1] * (len(x.shape) - 1)))
 
 
 # -- one update each ----------------------------------------------------------------------------

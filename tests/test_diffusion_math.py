@@ -176,3 +176,28 @@ def test_shared_does_not_import_torch():
     import sys
     code = "import sys, shared.diffusion; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_guidance_rescale_matches_the_conditional_std_and_blends():
+    rng = np.random.default_rng(0)
+    cond = rng.standard_normal((2, 3, 4, 4))
+    uncond = 0.5 * rng.standard_normal((2, 3, 4, 4))
+    plain = diffusion.guided(cond, uncond, 7.0)
+    full = diffusion.guided(cond, uncond, 7.0, rescale=1.0)
+    for i in range(2):  # per sample: the guided output scaled to the conditional output's std
+        np.testing.assert_allclose(full[i], plain[i] * cond[i].std() / plain[i].std(), rtol=1e-9)
+    np.testing.assert_allclose(diffusion.guided(cond, uncond, 7.0, rescale=0.7), 0.7 * full + 0.3 * plain,
+                               rtol=1e-9)
+    np.testing.assert_array_equal(diffusion.guided(cond, uncond, 7.0, rescale=0.0), plain)
+    # hand-computed: cond [1, 3] (std 1), uncond [0, 0], scale 4 -> [4, 12] (std 4) -> [1, 3]
+    np.testing.assert_allclose(diffusion.guided(np.array([[1.0, 3.0]]), np.zeros((1, 2)), 4.0, 1.0),
+                               [[1.0, 3.0]], rtol=1e-9)
+
+
+def test_guidance_rescale_is_the_same_formula_for_torch_tensors():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    cond, uncond = rng.standard_normal((3, 4, 8, 8)), rng.standard_normal((3, 4, 8, 8))
+    want = diffusion.guided(cond, uncond, 5.0, 0.7)
+    got = diffusion.guided(torch.from_numpy(cond), torch.from_numpy(uncond), 5.0, 0.7)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)

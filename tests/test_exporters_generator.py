@@ -74,8 +74,9 @@ def test_parts_have_metadata_and_dynamic_batch(exported):
     assert np.abs(mean - want_mean.numpy()).max() <= 1e-4 and logvar.shape == (1, 4, 32, 32)
 
 
-@pytest.mark.parametrize("sampler,steps,guidance", [("ddim", 8, 2.0), ("dpmpp2m", 6, 1.0)])
-def test_onnxruntime_sampler_matches_pytorch_from_the_same_noise(exported, sampler, steps, guidance):
+@pytest.mark.parametrize("sampler,steps,guidance,rescale", [("ddim", 8, 2.0, 0.0), ("dpmpp2m", 6, 1.0, 0.0),
+                                                             ("dpmpp2m", 6, 8.0, 0.7)])
+def test_onnxruntime_sampler_matches_pytorch_from_the_same_noise(exported, sampler, steps, guidance, rescale):
     from exporters.runtime import Generator, mask_condition
     from generation_torch.pipeline import load_generator
     from generation_torch.unet import mask_condition as torch_mask_condition
@@ -87,10 +88,11 @@ def test_onnxruntime_sampler_matches_pytorch_from_the_same_noise(exported, sampl
     cond = torch_mask_condition(torch.from_numpy(masks).float(), 32)
     np.testing.assert_allclose(mask_condition(masks.astype(np.float32), 32), cond.numpy(), atol=1e-6)
     gen = load_generator(ckpt)
-    z = diffusion.sample(gen.model_fn(cond, guidance), torch.from_numpy(noise), gen.schedule, sampler, steps,
-                         prediction=gen.prediction)
+    z = diffusion.sample(gen.model_fn(cond, guidance, rescale), torch.from_numpy(noise), gen.schedule,
+                         sampler, steps, prediction=gen.prediction)
     want = gen.decode(z)[:, 0].numpy()
-    got = Generator(folder, device="cpu").generate(masks, sampler, steps, guidance, initial_noise=noise)
+    got = Generator(folder, device="cpu").generate(masks, sampler, steps, guidance, initial_noise=noise,
+                                                   guidance_rescale=rescale)
     assert got.shape == (2, 256, 256)
     assert np.abs(got - want).max() <= 1e-3
 
@@ -109,7 +111,7 @@ def test_sampling_is_deterministic_per_seed(exported):
 
 
 @pytest.mark.fault("onnxruntime layer",
-                   "masks of another size, steps 0, NaN masks, missing folder",
+                   "masks of another size, steps 0, guidance rescale 1.5, NaN masks, missing folder",
                    "the project's errors")
 def test_generator_runtime_bad_input(exported, tmp_path):
     from exporters.runtime import Generator, InputError, ModelFileError
@@ -119,6 +121,8 @@ def test_generator_runtime_bad_input(exported, tmp_path):
         gen.sample(np.zeros((2, 64, 64), np.uint8))
     with pytest.raises(InputError, match="steps must be in"):
         gen.sample(blob_masks(1), steps=0)
+    with pytest.raises(InputError, match=r"guidance_rescale must be in \[0, 1\], got 1.5"):
+        gen.sample(blob_masks(1), guidance_rescale=1.5)
     with pytest.raises(InputError, match="NaN"):
         gen.sample(np.full((1, 256, 256), np.nan, np.float32))
     with pytest.raises(ModelFileError, match="no such folder"):

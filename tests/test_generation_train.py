@@ -162,6 +162,7 @@ def test_sample_is_deterministic_with_provenance(trained, tiny_store, tmp_path):
     rec = a.records[0]
     assert rec["source"] == "synthetic" and rec["sampler"] == "ddim" and rec["steps"] == 4
     assert rec["seed"] == 5 and rec["guidance"] == 2.0 and len(rec["checkpoint_sha256"]) == 16
+    assert rec["guidance_rescale"] == 0.0
     assert a.manifest.kind == "synthetic"
     proc = run_module("generation_torch.sample", *args, "--seed", "6", "--out", tmp_path / "d")
     d = TileStore(tmp_path / "d")
@@ -193,6 +194,9 @@ def test_bad_input_is_one_line_exit_2(trained, tiny_store, tmp_path):
     proc = run_module("generation_torch.sample", "--checkpoint", trained / "generator.pt", "--masks-from",
                       tiny_store, "--n", "1", "--out", tmp_path / "s", "--steps", "0")
     assert_one_line_error(proc, "--steps")
+    proc = run_module("generation_torch.sample", "--checkpoint", trained / "generator.pt", "--masks-from",
+                      tiny_store, "--n", "1", "--out", tmp_path / "s", "--guidance-rescale", "1.5")
+    assert_one_line_error(proc, "--guidance-rescale", "[0, 1]")
     empty = TileStore.create(tmp_path / "empty")
     proc = run_module("generation_torch.train", "--store", empty.path, "--out", tmp_path / "r2", *TINY)
     assert_one_line_error(proc, "no 'train' tiles")
