@@ -21,6 +21,7 @@ SECTIONS = [
     ("segmentation_epfl.json", "Segmenter quality on held-out real EPFL slices"),
     ("generator_epfl.json", "Generator quality on held-out real EPFL slices"),
     ("synthetic_ablation.json", "Does synthetic data help? (synthetic-ratio ablation)"),
+    ("synthetic_variants.json", "What would make generated tiles help? (k = 2 variants)"),
     ("synthetic_ablation_guidance2.json", "Synthetic tiles that ignore their masks (guidance 2, superseded)"),
 ]
 

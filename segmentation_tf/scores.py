@@ -30,6 +30,11 @@ def iou(prob: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> float:
     return iou_from_counts(*confusion(prob, mask, threshold))
 
 
+def per_tile_iou(probs: np.ndarray, masks: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Foreground IoU of each (H, W) tile of (N, H, W) probabilities against (N, H, W) masks."""
+    return np.array([iou(p, m, threshold) for p, m in zip(probs, masks, strict=True)], np.float64)
+
+
 def dice(prob: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> float:
     """Foreground Dice 2|P ∩ T| / (|P| + |T|) (1.0 when both are empty)."""
     return dice_from_counts(*confusion(prob, mask, threshold))

@@ -111,3 +111,21 @@ def test_the_fidelity_judge_is_chosen_on_validation_not_test(tmp_path):
         (run / "segmenter.json").write_text(json.dumps({"provenance": {"calibration": {"iou": val}}}))
         (run / "test_scores.json").write_text(json.dumps({"iou": test}))
     assert best_judge(tmp_path) == tmp_path / "k0_s1" / "real_only"
+
+
+def test_variant_rows_and_verdict_name_the_best_gain():
+    from bench.synthetic_variants import variant_rows, verdict
+
+    results = {"real_only": {"test_iou": [0.7, 0.8], "iou_mean": 0.75, "iou_std": 0.05},
+               "g12": {"iou_mean": 0.74, "iou_std": 0.01, "gain_mean": -0.01, "gain_std": 0.04,
+                       "fidelity_iou": 0.81234, "hist_w1": 0.1},
+               "g12_filtered": {"iou_mean": 0.79, "iou_std": 0.01, "gain_mean": 0.04, "gain_std": 0.02}}
+    rows = variant_rows(results)
+    assert [r["variant"] for r in rows] == ["real_only", "g12", "g12_filtered"]
+    assert rows[1]["fidelity_iou"] == 0.8123 and "test_iou" not in rows[0]
+    text = verdict(results)
+    assert text.startswith("best variant g12_filtered: +0.0400 +- 0.0200") and "(goal +0.03: met)" in text
+    assert "2 of 4 variants" in text
+    assert verdict({"real_only": results["real_only"]}) == "no variant finished yet"
+    results["g12_filtered"]["gain_mean"] = 0.02
+    assert "NOT met" in verdict(results)

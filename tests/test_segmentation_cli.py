@@ -202,3 +202,61 @@ def test_other_bad_input(tiny_store, tmp_path):
     proc = run_module("segmentation_tf.predict", "--model", tmp_path / "nothing", "--images",
                       tiny_store / "images.tif", "--out", tmp_path / "p")
     assert_one_line_error(proc, "segmenter")
+
+
+def test_chosen_tiles_and_per_tile_iou_by_hand():
+    from segmentation_tf.filter_synthetic import chosen_tiles
+    from segmentation_tf.scores import per_tile_iou
+
+    probs = np.zeros((3, 2, 2), np.float32)
+    probs[0, 0, :] = 0.9            # predicts the top row
+    probs[1] = 0.9                  # predicts everything
+    masks = np.zeros((3, 2, 2), np.uint8)
+    masks[0, 0, 0] = 1              # tile 0: |P ∩ T| 1, |P ∪ T| 2 -> 0.5
+    masks[1, 1, :] = 1              # tile 1: 2 / 4 -> 0.5
+    # tile 2: both empty -> 1.0
+    np.testing.assert_allclose(per_tile_iou(probs, masks, 0.5), [0.5, 0.5, 1.0])
+    scores = np.array([0.2, 0.7, 0.5, 0.7, 0.9])
+    np.testing.assert_array_equal(chosen_tiles(scores, 0.5, None), [4, 1, 3, 2])
+    np.testing.assert_array_equal(chosen_tiles(scores, 0.5, 2), [4, 1])  # ties keep store order
+    assert len(chosen_tiles(scores, 0.95, None)) == 0
+
+
+def test_filter_synthetic_keeps_the_tiles_the_judge_scores_best(trained, tiny_store, tmp_path):
+    from segmentation_tf.artifacts import load_segmenter
+    from segmentation_tf.inference import model_fn
+    from segmentation_tf.scores import per_tile_iou
+    from shared.store import TileStore
+
+    real = TileStore(tiny_store / "store")
+    idx = real.indices("train")
+    masks = real.masks(idx)
+    masks[::2] = 1 - masks[::2]  # every other pair shows the wrong mask
+    syn = TileStore.create(tmp_path / "syn", real.tile_size, kind="synthetic")
+    syn.append(real.raw_images(idx), masks, [{"source": "synthetic", "seed": int(i), "split": "train"}
+                                             for i in range(len(idx))])
+    judge = load_segmenter(trained[0])
+    want = per_tile_iou(model_fn(judge.model)(syn.images(syn.indices())), masks, judge.threshold)
+    proc = run_module("segmentation_tf.filter_synthetic", "--judge", trained[0], "--store", syn.path,
+                      "--out", tmp_path / "kept", "--min-iou", "0", "--keep", "3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kept = TileStore(tmp_path / "kept")
+    best = sorted(np.argsort(-want, kind="stable")[:3])
+    assert [r["seed"] for r in kept.records] == best
+    np.testing.assert_allclose([r["judge_iou"] for r in kept.records], want[best], atol=1e-6)
+    np.testing.assert_array_equal(kept.masks(kept.indices()), masks[best])
+    np.testing.assert_array_equal(kept.raw_images(kept.indices()), real.raw_images(idx[best]))
+    assert kept.manifest.kind == "synthetic" and f"kept 3 of {len(idx)} tiles" in proc.stdout
+    assert not list(tmp_path.glob(".kept.tmp-*"))
+    # bad input: an existing --out, an IoU outside [0, 1], a bar no tile reaches
+    proc = run_module("segmentation_tf.filter_synthetic", "--judge", trained[0], "--store", syn.path,
+                      "--out", tmp_path / "kept")
+    assert_one_line_error(proc, "kept", "already exists")
+    proc = run_module("segmentation_tf.filter_synthetic", "--judge", trained[0], "--store", syn.path,
+                      "--out", tmp_path / "k2", "--min-iou", "1.5")
+    assert_one_line_error(proc, "--min-iou", "[0, 1]")
+    if want.max() < 1.0:
+        proc = run_module("segmentation_tf.filter_synthetic", "--judge", trained[0], "--store", syn.path,
+                          "--out", tmp_path / "k3", "--min-iou", "1")
+        assert_one_line_error(proc, "no tile reaches IoU 1.0")
+        assert not (tmp_path / "k3").exists()

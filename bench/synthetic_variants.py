@@ -1,0 +1,207 @@
+"""What would make generated tiles help? Variants of the ablation's k = 2 strict cell (the low-data
+cell with the tightest real-only baseline), each at synthetic ratio 0.3 over the same 3 seeds:
+
+    python -m bench.synthetic_variants          # ~1 h on 2 CPU cores; resumable variant by variant
+
+- g12:               the ablation's sampling (guidance 12), from this run's generator
+- g12_rescale0.7:    guidance 12 with the guided prediction rescaled to the conditional std
+                     (shared.diffusion.guided; tames the flat, over-contrasted look of large guidance)
+- g12_filtered:      3x as many tiles drawn; the k = 2 real-only segmenter (seed 0: it sees the same
+                     2 labelled slices, nothing more) keeps the best third (segmentation_tf.filter_synthetic)
+- g5_filtered:       guidance 5 (more varied, less aligned), filtered the same way
+
+The real-only baselines are retrained here too (they are the judges), so every figure comes from
+this run. Mask fidelity is judged by the seed-1 real-only segmenter, which did not filter; realism is
+the intensity-histogram W1 and spectrum distance against held-out real test tiles (metrics of
+generation_torch.metrics). Each finished variant goes into docs/synthetic_variants.json at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import ROOT, machine
+from bench.synthetic_ablation import (
+    PRESETS,
+    labelled_slices,
+    load_volume,
+    make_store,
+    run,
+    segmenter_scores,
+    train_generator,
+)
+from generation_torch.metrics import realism
+from shared.atomic import write_json_atomic
+from shared.splits import z_block_split
+from shared.store import TileStore
+from shared.tiff_io import read_pair, write_stack
+from shared.tiles import tile_stack
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    guidance: float
+    rescale: float = 0.0
+    oversample: int = 1       # draw oversample x n tiles, keep the n the judge scores best
+    min_iou: float = 0.0
+
+
+VARIANTS = (Variant("g12", 12.0), Variant("g12_rescale0.7", 12.0, rescale=0.7),
+            Variant("g12_filtered", 12.0, oversample=3), Variant("g5_filtered", 5.0, oversample=3))
+K, RATIO, REGIME = 2, 0.3, "strict"
+
+
+def variant_store(v: Variant, gen: Path, labelled: Path, judge: Path, n: int, log: Path) -> Path:
+    """The variant's synthetic store: sampled (seed 0, as in the ablation), then filtered if asked."""
+    base = gen.parent / "variants" / v.name
+    drawn, kept = base / "drawn", base / "synthetic"
+    if (kept / "manifest.json").exists():
+        return kept
+    if not (drawn / "manifest.json").exists():
+        shutil.rmtree(drawn, ignore_errors=True)
+        drawn.parent.mkdir(parents=True, exist_ok=True)
+        run(["generation_torch.sample", "--checkpoint", str(gen), "--masks-from", str(labelled),
+             "--n", str(n * v.oversample), "--out", str(drawn), "--seed", "0", "--no-progress",
+             "--sampler", "dpmpp2m", "--steps", "20", "--guidance", str(v.guidance),
+             "--guidance-rescale", str(v.rescale), "--grid", str(base / "samples.png")], log)
+    if v.oversample == 1:
+        drawn.rename(kept)
+    else:
+        run(["segmentation_tf.filter_synthetic", "--judge", str(judge), "--store", str(drawn), "--out",
+             str(kept), "--min-iou", str(v.min_iou), "--keep", str(n)], log)
+    return kept
+
+
+def fidelity(store: TileStore, judge: Path) -> dict:
+    """Mask fidelity: pooled and mean per-tile IoU of a judge's prediction against each tile's mask."""
+    from segmentation_tf.filter_synthetic import judge_probabilities
+    from segmentation_tf.scores import iou, per_tile_iou
+
+    masks = store.masks(store.indices())
+    probs, threshold = judge_probabilities(judge, store)
+    return {"tiles": len(store), "fidelity_iou": iou(probs, masks, threshold),
+            "fidelity_per_tile_mean": float(per_tile_iou(probs, masks, threshold).mean())}
+
+
+def test_tile_store(test: tuple[Path, Path], work: Path) -> TileStore:
+    """The held-out test slices as 256 px tiles (the windows the judge sees on generated tiles)."""
+    path = work / "test_store"
+    if not (path / "manifest.json").exists():
+        shutil.rmtree(path, ignore_errors=True)
+        images, masks = read_pair(*test)
+        split_of = dict.fromkeys(range(len(images)), "test")
+        TileStore.create(path).append(*tile_stack(images, masks, "test", split_of))
+    return TileStore(path)
+
+
+def variant_rows(results: dict) -> list[dict]:
+    """One table row per variant (real only and real tiles first), figures rounded for reading."""
+    keys = ("iou_mean", "iou_std", "gain_mean", "gain_std", "fidelity_iou", "fidelity_per_tile_mean",
+            "hist_w1", "spectrum_dist")
+    names = ["real_only", "real_tiles", *(v.name for v in VARIANTS)]
+    return [{"variant": n, **{k: round(results[n][k], 4) for k in keys if k in results[n]}}
+            for n in names if n in results]
+
+
+def verdict(results: dict, goal: float = 0.03) -> str:
+    done = [(results[v.name]["gain_mean"], results[v.name]["gain_std"], v.name) for v in VARIANTS
+            if v.name in results]
+    if not done:
+        return "no variant finished yet"
+    gain, std, name = max(done)
+    return (f"best variant {name}: {gain:+.4f} +- {std:.4f} IoU over real only at k = {K} "
+            f"(goal +{goal}: {'met' if gain >= goal else 'NOT met'}); "
+            f"{len(done)} of {len(VARIANTS)} variants")
+
+
+def copy_grids(gen_root: Path) -> list[str]:
+    """Each variant's sample grid (images beside their masks) into docs/, for the results page."""
+    names = []
+    for v in VARIANTS:
+        grid = gen_root / "variants" / v.name / "samples.png"
+        if grid.is_file():
+            shutil.copyfile(grid, ROOT / "docs" / f"variants_{v.name}.png")
+            names.append(f"variants_{v.name}.png")
+    return names
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "variants", help="scratch folder")
+    parser.add_argument("--results", type=Path, default=ROOT / "docs" / "synthetic_variants.json")
+    args = parser.parse_args()
+    cfg = PRESETS["standard"]
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "variants.log"
+    saved = json.loads(args.results.read_text()) if args.results.is_file() else {}
+    results: dict = saved.get("results", {})
+    images, masks, source = load_volume()
+    split = z_block_split(len(images), cfg.val_fraction, cfg.test_fraction, seed=0)
+    test = (work / "test_images.tif", work / "test_masks.tif")
+    write_stack(test[0], images[split["test"]])
+    write_stack(test[1], masks[split["test"]])
+    labelled = labelled_slices(split["train"], K, 0)
+    gen_root = work / f"gen_k{K}" / REGIME
+    (work / f"k{K}").mkdir(exist_ok=True)
+    labelled_store = make_store(work / f"k{K}" / "labelled_store", images, masks, labelled, split["val"])
+
+    def save() -> None:
+        write_json_atomic(args.results, {
+            "machine": machine(), "command": "python -m bench.synthetic_variants", "source": source,
+            "k": K, "labelled_slices": labelled, "ratio": RATIO, "seeds": list(cfg.seeds),
+            "test_slices": split["test"], "generator_flags": list(cfg.generator_flags),
+            "segmenter_flags": list(cfg.segmenter_flags), "n_synthetic": cfg.n_synthetic,
+            "variants": [asdict(v) for v in VARIANTS], "summary": verdict(results),
+            "rows": variant_rows(results), "results": results, "figures": copy_grids(gen_root)})
+
+    def segmenters(name: str, synthetic: Path | None) -> list[float]:
+        ratio = RATIO if synthetic else 0.0
+        return [segmenter_scores(work / f"s{s}" / name, labelled_store, synthetic, ratio, test, cfg, s,
+                                 log)["iou"] for s in cfg.seeds]
+
+    start = time.time()
+    # retrained wherever they are missing: they are the judges too
+    base_ious = segmenters("real_only", None)
+    base = results["real_only"] = {"test_iou": base_ious, "iou_mean": float(np.mean(base_ious)),
+                                   "iou_std": float(np.std(base_ious))}
+    save()
+    print(f"real only: {np.mean(base['test_iou']):.4f} +- {np.std(base['test_iou']):.4f}", flush=True)
+    judge, fidelity_judge = work / "s0" / "real_only", work / "s1" / "real_only"
+    test_tiles = test_tile_store(test, work)
+    real_tiles = test_tiles.images(test_tiles.indices())
+    if "real_tiles" not in results:  # the same figures for real tiles: judge on test, realism floor
+        train = TileStore(labelled_store)
+        results["real_tiles"] = {**fidelity(test_tiles, fidelity_judge),
+                                 **realism(train.images(train.indices("train")), real_tiles)}
+        save()
+    gen = train_generator(gen_root, 0, REGIME, False, labelled_store, labelled_store, work,
+                          cfg, log)
+    for v in VARIANTS:
+        if v.name in results:
+            continue
+        t0 = time.time()
+        store = variant_store(v, gen, labelled_store, judge, cfg.n_synthetic, log)
+        ious = segmenters(f"seg_{v.name}", store)
+        gains = [a - b for a, b in zip(ious, base["test_iou"], strict=True)]
+        results[v.name] = {"test_iou": ious, "iou_mean": float(np.mean(ious)), "iou_std": float(np.std(ious)),
+                           "gain_mean": float(np.mean(gains)), "gain_std": float(np.std(gains)),
+                           **fidelity(TileStore(store), fidelity_judge),
+                           **realism(TileStore(store).images(TileStore(store).indices()), real_tiles),
+                           "minutes": round((time.time() - t0) / 60, 1)}
+        save()
+        print(f"{v.name}: IoU {np.mean(ious):.4f} (gain {np.mean(gains):+.4f} +- {np.std(gains):.4f}), "
+              f"fidelity {results[v.name]['fidelity_iou']:.3f}", flush=True)
+    print(f"done in {(time.time() - start) / 60:.0f} min: {args.results}")
+
+
+if __name__ == "__main__":
+    main()
