@@ -22,6 +22,7 @@ SECTIONS = [
     ("generator_epfl.json", "Generator quality on held-out real EPFL slices"),
     ("synthetic_ablation.json", "Does synthetic data help? (synthetic-ratio ablation)"),
     ("synthetic_variants.json", "What would make generated tiles help? (k = 2 variants)"),
+    ("synthetic_variants_unseeded.json", "k = 2 variants, first run (unseeded weights, superseded)"),
     ("synthetic_ablation_guidance2.json", "Synthetic tiles that ignore their masks (guidance 2, superseded)"),
 ]
 

@@ -122,13 +122,20 @@ def verdict(results: dict, goal: float = 0.03) -> str:
             f"{len(done)} of {len(VARIANTS)} variants")
 
 
-def copy_grids(gen_root: Path) -> list[str]:
-    """Each variant's sample grid (images beside their masks) into docs/, for the results page."""
+def sample_grids(gen_root: Path, n: int = 8) -> list[str]:
+    """The first n tiles of each variant's training store (after filtering) beside their masks, at
+    half size, into docs/ for the results page."""
+    from generation_torch.grids import pair_grid, save_png, to_unit
+
     names = []
     for v in VARIANTS:
-        grid = gen_root / "variants" / v.name / "samples.png"
-        if grid.is_file():
-            shutil.copyfile(grid, ROOT / "docs" / f"variants_{v.name}.png")
+        store_dir = gen_root / "variants" / v.name / "synthetic"
+        if (store_dir / "manifest.json").exists():
+            store = TileStore(store_dir)
+            idx = store.indices()[:n]
+            half = (slice(None), slice(None, None, 2), slice(None, None, 2))
+            grid = pair_grid(to_unit(store.images(idx))[half], store.masks(idx)[half].astype(np.float32))
+            save_png(ROOT / "docs" / f"variants_{v.name}.png", grid)
             names.append(f"variants_{v.name}.png")
     return names
 
@@ -160,8 +167,10 @@ def main() -> None:
             "k": K, "labelled_slices": labelled, "ratio": RATIO, "seeds": list(cfg.seeds),
             "test_slices": split["test"], "generator_flags": list(cfg.generator_flags),
             "segmenter_flags": list(cfg.segmenter_flags), "n_synthetic": cfg.n_synthetic,
+            "note": "paired by seed: a seed fixes the segmenter's initial weights and real data stream, so "
+                    "the real-only and synthetic runs of a seed differ only in the synthetic tiles",
             "variants": [asdict(v) for v in VARIANTS], "summary": verdict(results),
-            "rows": variant_rows(results), "results": results, "figures": copy_grids(gen_root)})
+            "rows": variant_rows(results), "results": results, "figures": sample_grids(gen_root)})
 
     def segmenters(name: str, synthetic: Path | None) -> list[float]:
         ratio = RATIO if synthetic else 0.0
