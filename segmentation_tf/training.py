@@ -88,6 +88,9 @@ def fit(inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str) -> dic
     train_ds = pipeline.training_dataset(real, synthetic, tile, inputs.data)
     val_x, val_y = pipeline.validation_arrays(store, inputs.data)
     val_ds = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(inputs.data.batch_size)
+    # --seed fixes the initial weights as well as the data stream, so two runs of one command (and the
+    # cells of an ablation paired by seed) start from the same model
+    keras.utils.set_random_seed(inputs.data.seed)
     with strategy.scope():
         model = compiled_model(inputs.model, inputs.train, steps)
     print(f"{model.count_params():,} parameters, policy {policy}, "

@@ -64,6 +64,23 @@ def test_fit_saves_model_threshold_and_logs(trained):
     assert "calibrated threshold" in proc.stdout
 
 
+def test_the_same_seed_trains_the_same_model(trained, tiny_store, tmp_path):
+    import keras
+
+    args = ["--store", tiny_store / "store", "--epochs", "2", "--accumulate", "2", "--steps-per-epoch", "3",
+            *TINY]
+    for name, seed in (("same", "0"), ("other", "1")):
+        proc = run_module("segmentation_tf.fit", *args, "--out", tmp_path / name, "--seed", seed, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def weights(run):
+        return keras.saving.load_model(run / "segmenter.keras", compile=False).get_weights()
+
+    first, same, other = weights(trained[0]), weights(tmp_path / "same"), weights(tmp_path / "other")
+    assert all(np.array_equal(a, b) for a, b in zip(first, same, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
 def event_tags(folder):
     import tensorflow as tf
 
