@@ -57,6 +57,11 @@ class Variant:
 VARIANTS = (Variant("g12", 12.0), Variant("g12_rescale0.7", 12.0, rescale=0.7),
             Variant("g12_filtered", 12.0, oversample=3), Variant("g5_filtered", 5.0, oversample=3))
 K, RATIO, REGIME = 2, 0.3, "strict"
+NOTE = ("paired by seed: a seed fixes the segmenter's initial weights and real data stream, so the "
+        "real-only and synthetic runs of a seed differ only in the synthetic tiles. Filtering judge: the "
+        "seed-0 real-only segmenter; fidelity judge: the seed-1 one (both see the same 2 labelled slices "
+        "only); real_tiles: that judge on held-out test tiles, and the realism floor (labelled training "
+        "tiles vs test tiles)")
 
 
 def variant_store(v: Variant, gen: Path, labelled: Path, judge: Path, n: int, log: Path) -> Path:
@@ -167,8 +172,7 @@ def main() -> None:
             "k": K, "labelled_slices": labelled, "ratio": RATIO, "seeds": list(cfg.seeds),
             "test_slices": split["test"], "generator_flags": list(cfg.generator_flags),
             "segmenter_flags": list(cfg.segmenter_flags), "n_synthetic": cfg.n_synthetic,
-            "note": "paired by seed: a seed fixes the segmenter's initial weights and real data stream, so "
-                    "the real-only and synthetic runs of a seed differ only in the synthetic tiles",
+            "note": NOTE,
             "variants": [asdict(v) for v in VARIANTS], "summary": verdict(results),
             "rows": variant_rows(results), "results": results, "figures": sample_grids(gen_root)})
 
