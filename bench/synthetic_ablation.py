@@ -368,13 +368,14 @@ def _batched(predict, tiles: np.ndarray, batch: int = 16) -> np.ndarray:
 
 
 def write_results(path: Path, results: dict, fidelity: list[dict], cfg_name: str, cfg: AblationConfig,
-                  source: str, split: dict) -> None:
+                  source: str, split: dict, note: str | None = None) -> None:
+    """The results JSON (and its figure); `note` is a reader's remark on the run, carried over on resume."""
     rows, gains = summarize(results), paired_gains(results)
     # the goal is judged on the ablation's own generators, not on the guidance sweep
     fid = [f["iou_generated"] for f in fidelity if not f["generator"].startswith("guidance_sweep")]
     write_json_atomic(path, {
         "machine": machine(), "command": f"python -m bench.synthetic_ablation --preset {cfg_name}",
-        "source": source, "config": asdict(cfg), "split": split,
+        "source": source, "config": asdict(cfg), "split": split, **({"note": note} if note else {}),
         "goal": "k <= 4: ratio 0.3 raises held-out IoU by >= 0.03 over real only; whole pool: lowers it by "
                 "<= 0.005; mask fidelity >= 0.6",
         "goal_met": goal_verdict(gains) + (f"; mask fidelity {np.mean(fid):.3f} "
@@ -420,11 +421,13 @@ def main() -> None:
         if args.max_cells and n >= args.max_cells:
             break
         results[cell.key] = run_cell(cell, work, pool, split, (images, masks), pool_store, test, cfg, log)
-        write_results(results_path, results, saved.get("fidelity", []), name, cfg, source, split)
+        write_results(results_path, results, saved.get("fidelity", []), name, cfg, source, split,
+                      saved.get("note"))
         done = results[cell.key]
         print(f"{cell.key}: test IoU {done['test_iou']:.4f} ({done['minutes']} min)", flush=True)
     fidelity = mask_fidelity(work, test, guidance_stores(work, cfg, log))
-    write_results(results_path, results, fidelity or saved.get("fidelity", []), name, cfg, source, split)
+    write_results(results_path, results, fidelity or saved.get("fidelity", []), name, cfg, source, split,
+                  saved.get("note"))
     print(f"results in {results_path}: {json.loads(results_path.read_text())['goal_met']}")
 
 
