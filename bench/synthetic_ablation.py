@@ -316,7 +316,7 @@ def mask_fidelity(work: Path, test: tuple[Path, Path], extra_stores: list[Path] 
     if judge_dir is None:
         return []
     from segmentation_tf.artifacts import load_segmenter  # TensorFlow: imported only when needed
-    from segmentation_tf.inference import model_fn
+    from segmentation_tf.inference import predict_tiles
     from segmentation_tf.scores import iou
     from shared.normalization import normalize
     from shared.tiles import tile_stack
@@ -325,14 +325,13 @@ def mask_fidelity(work: Path, test: tuple[Path, Path], extra_stores: list[Path] 
     split_of = dict.fromkeys(range(len(test_images)), "test")
     real_tiles, real_masks, _ = tile_stack(test_images, test_masks, "test", split_of)
     judge = load_segmenter(judge_dir)
-    predict = model_fn(judge.model)
-    real = iou(_batched(predict, normalize(real_tiles)), real_masks, judge.threshold)
+    real = iou(predict_tiles(judge.model, normalize(real_tiles)), real_masks, judge.threshold)
     rows = []
     own = sorted(work.glob("gen_k*/*/synthetic")) + sorted(work.glob("k*_s*/*/synthetic"))
     for store_dir in own + list(extra_stores):
         store = TileStore(store_dir)
         idx = store.indices()
-        probs = _batched(predict, store.images(idx))
+        probs = predict_tiles(judge.model, store.images(idx))
         guidance = store.records[int(idx[0])].get("guidance")
         rows.append({"generator": str(store_dir.parent.relative_to(work)), "guidance": guidance,
                      "tiles": len(idx), "judge": str(judge_dir.relative_to(work)),
@@ -361,10 +360,6 @@ def guidance_stores(work: Path, cfg: AblationConfig, log: Path, guidances=(2.0, 
                  "--no-progress", *flags, "--guidance", str(g)], log)
         out.append(store)
     return out
-
-
-def _batched(predict, tiles: np.ndarray, batch: int = 16) -> np.ndarray:
-    return np.concatenate([predict(tiles[i:i + batch]) for i in range(0, len(tiles), batch)])
 
 
 def write_results(path: Path, results: dict, fidelity: list[dict], cfg_name: str, cfg: AblationConfig,

@@ -36,15 +36,12 @@ def chosen_tiles(scores: np.ndarray, min_iou: float, keep: int | None) -> np.nda
 def judge_probabilities(judge_dir: Path, store: TileStore, batch_size: int = 16) -> tuple[np.ndarray, float]:
     """The judge's foreground probabilities for every tile of a store, and its calibrated threshold."""
     from segmentation_tf.artifacts import load_segmenter  # imports TensorFlow
-    from segmentation_tf.inference import model_fn
+    from segmentation_tf.inference import predict_tiles
 
     judge = load_segmenter(judge_dir)
     if judge.tile_size != store.tile_size:
         raise UserError(f"{store.path}: {store.tile_size}px tiles, the judge takes {judge.tile_size}px")
-    predict = model_fn(judge.model)
-    idx = store.indices()
-    probs = [predict(store.images(idx[i:i + batch_size])) for i in range(0, len(idx), batch_size)]
-    return np.concatenate(probs), judge.threshold
+    return predict_tiles(judge.model, store.images(store.indices()), batch_size), judge.threshold
 
 
 def write_filtered(store: TileStore, keep: np.ndarray, scores: np.ndarray, out: Path, extra: dict) -> None:

@@ -21,6 +21,12 @@ def model_fn(model: keras.Model) -> TileFn:
     return predict
 
 
+def predict_tiles(model: keras.Model, tiles: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """(N, T, T) normalized tiles -> (N, T, T) probabilities, each tile on its own (no stitching)."""
+    predict = model_fn(model)
+    return np.concatenate([predict(tiles[i:i + batch_size]) for i in range(0, len(tiles), batch_size)])
+
+
 def predict_slice(model: keras.Model, image: np.ndarray, tile: int, overlap: int = 64, tta: bool = False,
                   batch_size: int = 8) -> np.ndarray:
     """One normalized (H, W) slice -> (H, W) float32 foreground probability."""
