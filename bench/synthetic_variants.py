@@ -96,7 +96,7 @@ def fidelity(store: TileStore, judge: Path) -> dict:
             "fidelity_per_tile_mean": float(per_tile_iou(probs, masks, threshold).mean())}
 
 
-def test_tile_store(test: tuple[Path, Path], work: Path) -> TileStore:
+def held_out_tile_store(test: tuple[Path, Path], work: Path) -> TileStore:
     """The held-out test slices as 256 px tiles (the windows the judge sees on generated tiles)."""
     path = work / "test_store"
     if not (path / "manifest.json").exists():
@@ -189,7 +189,7 @@ def main() -> None:
     save()
     print(f"real only: {np.mean(base['test_iou']):.4f} +- {np.std(base['test_iou']):.4f}", flush=True)
     judge, fidelity_judge = work / "s0" / "real_only", work / "s1" / "real_only"
-    test_tiles = test_tile_store(test, work)
+    test_tiles = held_out_tile_store(test, work)
     real_tiles = test_tiles.images(test_tiles.indices())
     if "real_tiles" not in results:  # the same figures for real tiles: judge on test, realism floor
         train = TileStore(labelled_store)
@@ -202,13 +202,14 @@ def main() -> None:
         if v.name in results:
             continue
         t0 = time.time()
-        store = variant_store(v, gen, labelled_store, judge, cfg.n_synthetic, log)
-        ious = segmenters(f"seg_{v.name}", store)
+        store_dir = variant_store(v, gen, labelled_store, judge, cfg.n_synthetic, log)
+        ious = segmenters(f"seg_{v.name}", store_dir)
+        store = TileStore(store_dir)
         gains = [a - b for a, b in zip(ious, base["test_iou"], strict=True)]
         results[v.name] = {"test_iou": ious, "iou_mean": float(np.mean(ious)), "iou_std": float(np.std(ious)),
                            "gain_mean": float(np.mean(gains)), "gain_std": float(np.std(gains)),
-                           **fidelity(TileStore(store), fidelity_judge),
-                           **realism(TileStore(store).images(TileStore(store).indices()), real_tiles),
+                           **fidelity(store, fidelity_judge),
+                           **realism(store.images(store.indices()), real_tiles),
                            "minutes": round((time.time() - t0) / 60, 1)}
         save()
         print(f"{v.name}: IoU {np.mean(ious):.4f} (gain {np.mean(gains):+.4f} +- {np.std(gains):.4f}), "
