@@ -29,6 +29,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -65,6 +66,13 @@ class AblationConfig:
                                         "--time-limit", "1000", "--overlap", "64", "--no-tta")
     test_fraction: float = 0.2
     val_fraction: float = 0.15
+
+
+class GeneratorRecipe(Protocol):
+    """How a bench trains and samples its generators (AblationConfig, bench.evidence.EvidenceConfig)."""
+    generator_flags: tuple[str, ...]
+    sample_flags: tuple[str, ...]
+    n_synthetic: int
 
 
 PRESETS = {
@@ -162,7 +170,7 @@ def generator_dir(work: Path, cell: Cell, cfg: AblationConfig) -> tuple[Path, in
 
 
 def train_generator(gen_dir: Path, seed: int, regime: str, covers_pool: bool, labelled: Path, pool: Path,
-                    work: Path, cfg: AblationConfig, log: Path) -> Path:
+                    work: Path, cfg: GeneratorRecipe, log: Path) -> Path:
     """strict: VAE + denoiser on the labelled tiles. images_plentiful: one VAE per seed on every pool
     image (shared by all k), then the denoiser on the labelled tiles, its null-condition branch on all
     pool images (`--unlabelled-store`). A strict run whose labelled tiles are the whole pool is the
@@ -185,7 +193,7 @@ def train_generator(gen_dir: Path, seed: int, regime: str, covers_pool: bool, la
     return product
 
 
-def synthetic_store(gen_dir: Path, checkpoint: Path, labelled: Path, cfg: AblationConfig, seed: int,
+def synthetic_store(gen_dir: Path, checkpoint: Path, labelled: Path, cfg: GeneratorRecipe, seed: int,
                     log: Path) -> Path:
     out = gen_dir / "synthetic"
     if not (out / "manifest.json").exists():

@@ -33,7 +33,8 @@ class DataConfig:
     random_crops: bool = True        # real windows anywhere in the whole slices, not the tile grid
     weight_w0: float = 0.0           # U-Net border weight map amplitude (0: no weight map)
     weight_sigma: float = 5.0        # its length scale in pixels
-    seed: int = 0
+    seed: int = 0                    # the data stream (windows, augmentation, batch order)
+    crop: int = 0                    # training window side in pixels (0: the tile size)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -48,4 +49,5 @@ class TrainConfig:
     time_limit_minutes: float = 0.0   # stop after the epoch that crosses this wall time (0: none)
     overlap: int = 64                 # whole-slice prediction window overlap for calibration
     tta: bool = False                 # 8-fold test-time augmentation during calibration
+    init_seed: int | None = None      # initial weights (None: the data seed)
     verbose: int = 2

@@ -47,7 +47,7 @@ OVERRIDES = {
     "base_width": ("model", "base_width"), "depth": ("model", "depth"),
     "batch_size": ("data", "batch_size"), "synthetic_ratio": ("data", "synthetic_ratio"),
     "random_crops": ("data", "random_crops"), "weight_w0": ("data", "weight_w0"),
-    "weight_sigma": ("data", "weight_sigma"), "seed": ("data", "seed"),
+    "weight_sigma": ("data", "weight_sigma"), "seed": ("data", "seed"), "crop": ("data", "crop"),
     "elastic": ("augment", "elastic_sigma"), "gray": ("augment", "gray"),
     "epochs": ("train", "epochs"), "steps_per_epoch": ("train", "steps_per_epoch"),
     "lr": ("train", "learning_rate"), "schedule": ("train", "schedule"),
@@ -82,7 +82,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-sigma", type=positive_float, help="border weight map length scale (pixels)")
     p.add_argument("--overlap", type=non_negative_int, help="prediction window overlap (calibration)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, help="8-fold TTA in calibration")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="initial weights and data stream")
+    p.add_argument("--data-seed", type=int,
+                   help="the data stream only (default: --seed); other --data-seed, same --seed: A/A control")
+    p.add_argument("--crop", type=positive_int, help="training window side in pixels (default: tile size)")
     p.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
                    default="auto", help="auto: bf16 on CPUs/GPUs that support it")
     p.add_argument("--cpu-devices", type=non_negative_int, default=0,
@@ -97,6 +100,9 @@ def configs(args: argparse.Namespace, preset: str) -> tuple[UNetConfig, DataConf
     for flag, (section, name) in OVERRIDES.items():
         if getattr(args, flag) is not None:
             sections[section][name] = getattr(args, flag)
+    if args.data_seed is not None:
+        sections["train"]["init_seed"] = sections["data"].get("seed", data.seed)
+        sections["data"]["seed"] = args.data_seed
     augment = dataclasses.replace(data.augment, **sections["augment"])
     return (dataclasses.replace(model, **sections["model"]),
             dataclasses.replace(data, augment=augment, **sections["data"]),
@@ -117,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"but the real tiles are {store.tile_size}x{store.tile_size}")
     if store.tile_size % 2 ** model_cfg.depth:
         raise UserError(f"tile size {store.tile_size} is not divisible by 2**depth = {2 ** model_cfg.depth}")
+    if data_cfg.crop > store.tile_size or data_cfg.crop % 2 ** model_cfg.depth:
+        raise UserError(f"--crop {data_cfg.crop} must be at most the tile size {store.tile_size} and "
+                        f"divisible by 2**depth = {2 ** model_cfg.depth}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from segmentation_tf.precision import apply_policy, choose_strategy  # imports TensorFlow
     from segmentation_tf.training import RunInputs, fit

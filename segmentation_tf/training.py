@@ -85,12 +85,13 @@ def fit(inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str) -> dic
     synthetic = pipeline.synthetic_pool(inputs.synthetic, tile, inputs.data) if inputs.synthetic else None
     n_real, n_syn = pipeline.batch_composition(inputs.data.batch_size, inputs.data.synthetic_ratio)
     steps = inputs.train.steps_per_epoch or pipeline.steps_per_epoch(real.tiles, n_real)
-    train_ds = pipeline.training_dataset(real, synthetic, tile, inputs.data)
+    train_ds = pipeline.training_dataset(real, synthetic, inputs.data.crop or tile, inputs.data)
     val_x, val_y = pipeline.validation_arrays(store, inputs.data)
     val_ds = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(inputs.data.batch_size)
     # --seed fixes the initial weights as well as the data stream, so two runs of one command (and the
     # cells of an ablation paired by seed) start from the same model
-    keras.utils.set_random_seed(inputs.data.seed)
+    init_seed = inputs.data.seed if inputs.train.init_seed is None else inputs.train.init_seed
+    keras.utils.set_random_seed(init_seed)
     with strategy.scope():
         model = compiled_model(inputs.model, inputs.train, steps)
     print(f"{model.count_params():,} parameters, policy {policy}, "

@@ -1,0 +1,374 @@
+"""The evidence instrument: does a generator's output raise held-out real IoU when labels are scarce?
+
+    python -m bench.evidence                   # the CPU grid (hours; resumable cell by cell)
+    python -m bench.evidence --max-cells 4     # a few more cells, then stop (commit, go on elsewhere)
+    python -m bench.evidence --preset full     # the trainers' full-size presets: a GPU job
+    python -m bench.evidence --preset quick    # minutes: a smoke test of the chain
+
+Data: the EPFL CA1 subset beside the checkout (else the phantom). A test z block that no model ever
+sees and a validation z block (early stopping, threshold calibration, the choice of ratio) are cut
+first; the rest is the training pool. k labelled slices are nested runs of the pool (k = 1 within
+k = 2 within k = 4), the same for every seed; k = 0 means the whole pool.
+
+Arms, all paired by seed (a seed fixes the segmenter's initial weights and its real data stream):
+- real_only: the k labelled slices only.
+- aa: real only again, same initial weights, another data stream (--data-seed): the A/A control;
+  the spread of aa - real_only is the noise floor every synthetic gain is read against.
+- images_plentiful (primary regime): the generator's VAE and null-condition branch learn from every
+  pool image, the mask-conditioned denoiser from the k labelled slices; ratios 0.1, 0.2, 0.3.
+- strict: the generator sees only the k labelled slices; ratio 0.3.
+The ratio a user would pick is chosen on the validation block (mean validation IoU over the choice
+seeds), never on the test block. Every gain is a mean paired difference with a 95% t interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import ROOT, machine
+from bench.stats import paired_interval, seeds_needed, t_interval
+from bench.synthetic_ablation import load_volume, make_store, run, synthetic_store, train_generator
+from shared.atomic import write_json_atomic
+from shared.splits import z_block_split
+from shared.tiff_io import write_stack
+
+AA_OFFSET = 1000  # the A/A arm's data seed is seed + AA_OFFSET
+
+
+@dataclass(frozen=True)
+class EvidenceConfig:
+    ks: tuple[int, ...] = (1, 2, 4, 0)              # labelled slices; 0 = the whole training pool
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    choice_seeds: int = 2                           # seeds that run every ratio to choose one on validation
+    ratios: tuple[float, ...] = (0.1, 0.2, 0.3)     # images-plentiful arms; 0.3 runs on every seed
+    strict_ratio: float = 0.3
+    n_synthetic: int = 128
+    # a fixed step budget (no time limit: a cell must not depend on the machine's speed); 128 px crops
+    # of whole slices cost a quarter of 256 px tiles per step, and predictions still run on 256 px
+    # windows with overlap and 8-fold TTA (both lower the seed-to-seed spread)
+    segmenter_flags: tuple[str, ...] = ("--preset", "real", "--base-width", "16", "--crop", "128",
+                                        "--batch-size", "16", "--epochs", "20", "--steps-per-epoch", "40",
+                                        "--patience", "1000", "--time-limit", "100000", "--overlap", "64",
+                                        "--tta")
+    # the reference a user gets from the documented command, on the same blocks
+    reference_flags: tuple[str, ...] = ("--preset", "real", "--time-limit", "100000")
+    # today's generator recipe (the baseline the next generator must beat)
+    generator_flags: tuple[str, ...] = ("--preset", "real", "--vae-minutes", "4", "--diffusion-minutes", "8",
+                                        "--steps-per-epoch", "50", "--visual-every", "0")
+    sample_flags: tuple[str, ...] = ("--sampler", "dpmpp2m", "--steps", "20", "--guidance", "12.0")
+    test_fraction: float = 0.2
+    val_fraction: float = 0.15
+    slices_seed: int = 0                            # where the nested labelled runs start in the pool
+
+
+PRESETS = {
+    "standard": EvidenceConfig(),
+    "quick": EvidenceConfig(
+        ks=(1, 0), seeds=(0, 1), choice_seeds=1, ratios=(0.3,), n_synthetic=32,
+        segmenter_flags=("--preset", "quick", "--epochs", "3", "--steps-per-epoch", "10", "--no-tta"),
+        reference_flags=("--preset", "quick", "--epochs", "4"),
+        generator_flags=("--preset", "quick", "--vae-steps", "100", "--diffusion-steps", "150",
+                         "--visual-every", "0"),
+        sample_flags=("--sampler", "ddim", "--steps", "8", "--guidance", "3.0")),
+    "full": EvidenceConfig(
+        seeds=tuple(range(8)), choice_seeds=3, n_synthetic=512,
+        segmenter_flags=("--preset", "real", "--patience", "1000", "--time-limit", "100000"),
+        generator_flags=("--preset", "real",),
+        sample_flags=("--sampler", "ddim", "--steps", "50", "--guidance", "2.0")),
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    k: int          # labelled slices (0: the whole pool)
+    arm: str        # real_only, aa, images_plentiful, strict, reference
+    ratio: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"k={self.k}|{self.arm}|r={self.ratio:g}|seed={self.seed}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which slices are which: the test and validation blocks and the training pool."""
+    test: list[int]
+    val: list[int]
+    pool: list[int]
+
+    @classmethod
+    def of(cls, n_slices: int, cfg: EvidenceConfig) -> Layout:
+        split = z_block_split(n_slices, cfg.val_fraction, cfg.test_fraction, seed=0)
+        return cls(split["test"], split["val"], split["train"])
+
+    def labelled(self, k: int, cfg: EvidenceConfig) -> list[int]:
+        """k slices of the pool, nested across k (one start for every k and seed); k = 0: the pool."""
+        if k == 0 or k >= len(self.pool):
+            return list(self.pool)
+        widest = min(max(cfg.ks), len(self.pool))
+        start = int(np.random.default_rng(cfg.slices_seed).integers(0, len(self.pool) - widest + 1))
+        return self.pool[start:start + k]
+
+
+def chosen_ratio(results: dict, k: int, cfg: EvidenceConfig) -> float | None:
+    """The images-plentiful ratio with the best mean validation IoU over the choice seeds (None until
+    every ratio has run on them)."""
+    seeds = cfg.seeds[:cfg.choice_seeds]
+    val = {r: [results.get(Cell(k, "images_plentiful", r, s).key, {}).get("val_iou") for s in seeds]
+           for r in cfg.ratios}
+    if any(v is None for vs in val.values() for v in vs):
+        return None
+    return max(cfg.ratios, key=lambda r: (np.mean(val[r]), r))
+
+
+def cells(cfg: EvidenceConfig, results: dict) -> list[Cell]:
+    """Every cell in the order that answers soonest: real-only and A/A per seed across k (the
+    instrument's own calibration), the reference run, then per k (low k first) the images-plentiful
+    arms (every ratio on the choice seeds, 0.3 and the chosen ratio on every seed), then strict."""
+    out = [Cell(k, arm, 0.0, s) for s in cfg.seeds for k in cfg.ks for arm in ("real_only", "aa")]
+    out.append(Cell(0, "reference", 0.0, cfg.seeds[0]))
+    for k in cfg.ks:
+        out += [Cell(k, "images_plentiful", r, s) for s in cfg.seeds[:cfg.choice_seeds] for r in cfg.ratios]
+        full = {max(cfg.ratios), chosen_ratio(results, k, cfg) or max(cfg.ratios)}
+        out += [Cell(k, "images_plentiful", r, s) for r in sorted(full) for s in cfg.seeds]
+    out += [Cell(k, "strict", cfg.strict_ratio, s) for k in cfg.ks if k != 0 for s in cfg.seeds]
+    return list(dict.fromkeys(out))
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What every cell needs: the config, the scratch folder, the volume, its layout, the log."""
+    cfg: EvidenceConfig
+    work: Path
+    images: np.ndarray
+    masks: np.ndarray
+    layout: Layout
+    log: Path
+
+    @property
+    def test(self) -> tuple[Path, Path]:
+        return self.work / "test_images.tif", self.work / "test_masks.tif"
+
+    def store(self, k: int) -> Path:
+        """The labelled store of k (its train split) with the validation block (its val split)."""
+        folder = self.work / f"k{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        labelled = self.layout.labelled(k, self.cfg)
+        return make_store(folder / "labelled_store", self.images, self.masks, labelled, self.layout.val)
+
+    def generator(self, cell: Cell) -> Path:
+        """Train (or reuse) the cell's generator and draw its synthetic store (one per k and regime)."""
+        gen_dir = self.work / f"gen_k{cell.k}" / cell.arm
+        regime = "images_plentiful" if cell.k == 0 else cell.arm
+        ckpt = train_generator(gen_dir, 0, regime, cell.k == 0, self.store(cell.k), self.store(0), self.work,
+                               self.cfg, self.log)
+        return synthetic_store(gen_dir, ckpt, self.store(cell.k), self.cfg, 0, self.log)
+
+
+def segmenter_flags(cell: Cell, cfg: EvidenceConfig, synthetic: Path | None) -> list[str]:
+    if cell.arm == "reference":
+        return [*cfg.reference_flags, "--seed", str(cell.seed)]
+    flags = [*cfg.segmenter_flags, "--seed", str(cell.seed)]
+    if cell.arm == "aa":
+        flags += ["--data-seed", str(cell.seed + AA_OFFSET)]
+    if synthetic is not None:
+        flags += ["--synthetic-store", str(synthetic), "--synthetic-ratio", str(cell.ratio)]
+    return flags
+
+
+def run_cell(cell: Cell, bench: Bench) -> dict:
+    start = time.time()
+    synthetic = bench.generator(cell) if cell.ratio > 0 else None
+    seg_dir = bench.work / f"k{cell.k}_s{cell.seed}" / f"{cell.arm}_r{cell.ratio:g}"
+    if not (seg_dir / "segmenter.json").exists():
+        run(["segmentation_tf.fit", "--store", str(bench.store(cell.k)), "--out", str(seg_dir), "--verbose",
+             "0", *segmenter_flags(cell, bench.cfg, synthetic)], bench.log)
+    scores_path = seg_dir / "test_scores.json"
+    if not scores_path.exists():
+        run(["segmentation_tf.evaluate", "--model", str(seg_dir), "--images", str(bench.test[0]), "--masks",
+             str(bench.test[1]), "--json", str(scores_path)], bench.log)
+    summary = json.loads((seg_dir / "segmenter.json").read_text())["provenance"]
+    return {**asdict(cell), "labelled_slices": bench.layout.labelled(cell.k, bench.cfg),
+            "test_iou": json.loads(scores_path.read_text())["iou"], "val_iou": summary["calibration"]["iou"],
+            "train_minutes": round(summary["train_seconds_this_process"] / 60, 2),
+            "minutes": round((time.time() - start) / 60, 2)}
+
+
+# ---- the read-out -------------------------------------------------------------------------------
+
+def by_seed(results: dict, k: int, arm: str, ratio: float) -> dict[int, float]:
+    return {c["seed"]: c["test_iou"] for c in results.values()
+            if c["k"] == k and c["arm"] == arm and c["ratio"] == ratio}
+
+
+def _k(k: int) -> int | str:
+    return "all" if k == 0 else k
+
+
+def _rounded(interval: dict | None) -> dict:
+    if interval is None:
+        return {}
+    return {key: round(v, 4) if isinstance(v, float) else v for key, v in interval.items() if key != "seeds"}
+
+
+def real_only_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
+    """Real-only test IoU per k with its t interval over seeds."""
+    rows = []
+    for k in cfg.ks:
+        values = list(by_seed(results, k, "real_only", 0.0).values())
+        if values:
+            rows.append({"k": _k(k), **_rounded(t_interval(values))})
+    return rows
+
+
+def rise_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
+    """IoU(next k) - IoU(k), paired by seed: the instrument sees data only where each step's interval
+    lies above 0."""
+    ordered = sorted(cfg.ks, key=lambda k: k or 10**6)
+    rows = []
+    for lo, hi in zip(ordered, ordered[1:], strict=False):
+        step = paired_interval(by_seed(results, hi, "real_only", 0.0), by_seed(results, lo, "real_only", 0.0))
+        if step:
+            rows.append({"step": f"k={_k(lo)} -> {_k(hi)}", **_rounded(step),
+                         "rises": bool(step["low"] is not None and step["low"] > 0)})
+    return rows
+
+
+def noise_floor(results: dict, cfg: EvidenceConfig, target: float = 0.01) -> dict:
+    """A/A: aa - real_only per seed; its std per k and pooled over k (the paired-difference noise)."""
+    per_k, diffs = [], []
+    for k in cfg.ks:
+        aa, base = by_seed(results, k, "aa", 0.0), by_seed(results, k, "real_only", 0.0)
+        d = paired_interval(aa, base)
+        if d:
+            per_k.append({"k": _k(k), **_rounded(d)})
+            diffs += [aa[s] - base[s] for s in d["seeds"]]
+    if len(diffs) < 2:
+        return {"per_k": per_k}
+    sd = float(np.std(diffs, ddof=1))
+    return {"per_k": per_k, "pooled_sd": round(sd, 4), "pairs": len(diffs), "target": target,
+            "met": sd <= target, "seeds_for_0.03": seeds_needed(sd, 0.03)}
+
+
+def gain_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
+    """Synthetic arm - real only, paired by seed, with which ratio the validation block chose."""
+    rows = []
+    for k in cfg.ks:
+        base = by_seed(results, k, "real_only", 0.0)
+        choice = chosen_ratio(results, k, cfg)
+        arms = [("images_plentiful", r) for r in cfg.ratios]
+        arms += [("strict", cfg.strict_ratio)] if k != 0 else []
+        for arm, ratio in arms:
+            gain = paired_interval(by_seed(results, k, arm, ratio), base)
+            if gain and gain["n"] >= 2:
+                chosen = arm == "images_plentiful" and ratio == choice
+                rows.append({"k": _k(k), "arm": arm, "ratio": ratio, "validation_chosen": chosen,
+                             **_rounded(gain), "ci_above_0": bool(gain["low"] > 0)})
+    return rows
+
+
+def reference_row(results: dict, cfg: EvidenceConfig) -> dict | None:
+    ref = results.get(Cell(0, "reference", 0.0, cfg.seeds[0]).key)
+    pool = list(by_seed(results, 0, "real_only", 0.0).values())
+    if ref is None or not pool:
+        return None
+    mean = float(np.mean(pool))
+    gap = ref["test_iou"] - mean
+    return {"reference_test_iou": round(ref["test_iou"], 4), "whole_pool_budget_mean": round(mean, 4),
+            "gap": round(gap, 4), "within_0.02": abs(gap) <= 0.02, "reference_minutes": ref["minutes"]}
+
+
+def plot(results: dict, cfg: EvidenceConfig, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ks = sorted(cfg.ks, key=lambda k: k or 10**6)
+    x_of = {k: i for i, k in enumerate(ks)}
+    arms = [("real_only", 0.0, "real only"), ("strict", cfg.strict_ratio, "strict")]
+    arms += [("images_plentiful", r, f"images plentiful, ratio {r:g}") for r in cfg.ratios]
+    for arm, ratio, label in arms:
+        pts = [(x_of[k], t_interval(list(v.values()))) for k in ks
+               if len(v := by_seed(results, k, arm, ratio)) >= 2]
+        if not pts:
+            continue
+        xs = [p[0] for p in pts]
+        ax.plot(xs, [p[1]["mean"] for p in pts], marker="o", label=label)
+        ax.fill_between(xs, [p[1]["low"] for p in pts], [p[1]["high"] for p in pts], alpha=0.2)
+    ax.set_xticks(range(len(ks)), [str(_k(k)) for k in ks])
+    ax.set_xlabel("labelled real slices k (all: the whole training pool)")
+    ax.set_ylabel("held-out test IoU (mean, 95% t band over seeds)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(path: Path, results: dict, bench: Bench, name: str, source: str) -> None:
+    cfg, layout = bench.cfg, bench.layout
+    minutes = sum(c["minutes"] for c in results.values())
+    seg_minutes = [c["minutes"] for c in results.values() if c["arm"] in ("real_only", "aa")]
+    per_cell = round(float(np.mean(seg_minutes)), 2) if seg_minutes else None
+    todo = len([c for c in cells(cfg, results) if c.key not in results])
+    write_json_atomic(path, {
+        "machine": machine(), "command": f"python -m bench.evidence --preset {name}", "source": source,
+        "slices": {"test": layout.test, "val": layout.val, "pool": layout.pool,
+                   **{f"labelled_k{_k(k)}": layout.labelled(k, cfg) for k in cfg.ks}},
+        "config": asdict(cfg),
+        "goal": "real only rises with k (each step's 95% interval above 0); A/A paired-difference std "
+                "<= 0.01; whole-pool budget within 0.02 of --preset real; then: synthetic gains with 95% "
+                "intervals",
+        "cells_done": f"{len(results)} of {len(results) + todo}",
+        "cost": {"cpu_minutes_so_far": round(minutes, 1),
+                 "mean_minutes_per_real_only_cell": per_cell,
+                 "cpu": machine()["cpu"], "cores": machine()["cores"]},
+        "rows": real_only_rows(results, cfg), "rise": rise_rows(results, cfg),
+        "noise_floor": noise_floor(results, cfg), "reference": reference_row(results, cfg),
+        "gains": gain_rows(results, cfg), "results_by_cell": results, "figures": [f"{path.stem}.png"]})
+    if any(row["n"] >= 2 for row in real_only_rows(results, cfg)):
+        plot(results, cfg, path.with_suffix(".png"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="standard",
+                        help="standard: the CPU grid (default); quick: minutes; full: GPU sizes")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "evidence", help="scratch folder")
+    parser.add_argument("--results", type=Path, default=None, help="results JSON (resumable)")
+    parser.add_argument("--max-cells", type=int, default=0, help="stop after this many new cells (0: all)")
+    args = parser.parse_args(argv)
+    cfg = PRESETS[args.preset]
+    results_path = args.results or ROOT / "docs" / ("evidence.json" if args.preset == "standard"
+                                                    else f"evidence_{args.preset}.json")
+    work = args.work / args.preset
+    work.mkdir(parents=True, exist_ok=True)
+    results = json.loads(results_path.read_text())["results_by_cell"] if results_path.is_file() else {}
+    images, masks, source = load_volume()
+    bench = Bench(cfg, work, images, masks, Layout.of(len(images), cfg), work / "evidence.log")
+    write_stack(bench.test[0], images[bench.layout.test])
+    write_stack(bench.test[1], masks[bench.layout.test])
+    done = 0
+    while (todo := [c for c in cells(cfg, results) if c.key not in results]) and \
+            (not args.max_cells or done < args.max_cells):
+        cell = todo[0]
+        print(f"[{len(results) + 1}/{len(results) + len(todo)}] {cell.key} ...", flush=True)
+        results[cell.key] = run_cell(cell, bench)
+        write_results(results_path, results, bench, args.preset, source)
+        done += 1
+        print(f"  test IoU {results[cell.key]['test_iou']:.4f}, val IoU {results[cell.key]['val_iou']:.4f} "
+              f"({results[cell.key]['minutes']} min)", flush=True)
+    write_results(results_path, results, bench, args.preset, source)
+    print(f"results in {results_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""The evidence instrument's bookkeeping: paired statistics against hand-computed values, which slices
+reach which trainer, the cell order with its validation choice, and resumption (the trainings
+themselves run in `python -m bench.evidence`, not here)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from bench import evidence
+from bench.evidence import Bench, Cell, EvidenceConfig, Layout, cells, chosen_ratio, gain_rows, noise_floor
+from bench.stats import paired_interval, seeds_needed, t_interval
+from shared.phantom import PhantomConfig, phantom_stack
+from shared.store import TileStore
+
+
+def test_t_interval_matches_the_hand_computed_student_interval():
+    got = t_interval([0.1, 0.3, 0.2])
+    # mean 0.2, sample sd 0.1, t_{2, 0.975} = 4.302653: half-width 4.302653 * 0.1 / sqrt(3)
+    half = 4.302653 * 0.1 / math.sqrt(3)
+    assert got["n"] == 3 and got["mean"] == pytest.approx(0.2) and got["sd"] == pytest.approx(0.1)
+    assert got["low"] == pytest.approx(0.2 - half, abs=1e-6)
+    assert got["high"] == pytest.approx(0.2 + half, abs=1e-6)
+    assert t_interval([0.5]) == {"n": 1, "mean": 0.5, "sd": None, "low": None, "high": None}
+
+
+def test_paired_interval_uses_only_seeds_both_arms_hold():
+    got = paired_interval({0: 0.5, 1: 0.7, 2: 0.6, 3: 0.9}, {0: 0.4, 1: 0.5, 2: 0.6, 7: 0.1})
+    assert got["seeds"] == [0, 1, 2]
+    assert got["mean"] == pytest.approx(0.1) and got["sd"] == pytest.approx(0.1)
+    assert paired_interval({0: 0.5}, {1: 0.5}) is None
+
+
+def test_seeds_needed_for_a_003_effect():
+    # (t_{n-1,.975} + t_{n-1,.8}) * sd / sqrt(n) <= 0.03 at sd 0.01: n = 3 gives (4.303 + 1.061) * 0.01 /
+    # 1.732 = 0.031 (too wide), n = 4 gives (3.182 + 0.978) * 0.01 / 2 = 0.0208
+    assert seeds_needed(0.01, 0.03) == 4
+    assert seeds_needed(0.02, 0.03) > seeds_needed(0.01, 0.03)
+
+
+def test_labelled_slices_are_nested_and_never_held_out():
+    cfg = EvidenceConfig()
+    layout = Layout.of(27, cfg)
+    held_out = set(layout.test) | set(layout.val)
+    assert not held_out & set(layout.pool) and not set(layout.test) & set(layout.val)
+    assert sorted(held_out | set(layout.pool)) == list(range(27))
+    one, two, four = (layout.labelled(k, cfg) for k in (1, 2, 4))
+    assert len(one) == 1 and len(two) == 2 and len(four) == 4
+    assert set(one) < set(two) < set(four) < set(layout.pool)
+    assert layout.labelled(0, cfg) == layout.pool
+
+
+def test_no_test_slice_reaches_a_store_and_validation_only_as_val(tmp_path):
+    cfg = EvidenceConfig(ks=(1, 2, 0))
+    images, masks = phantom_stack(12, seed=0, config=PhantomConfig(height=256, width=256))
+    layout = Layout.of(len(images), cfg)
+    bench = Bench(cfg, tmp_path, images, masks, layout, tmp_path / "log")
+    for k in cfg.ks:
+        store = TileStore(bench.store(k))
+        by_split = {s: {store.records[int(i)]["slice"] for i in store.indices(s)} for s in ("train", "val")}
+        assert by_split["train"] == set(layout.labelled(k, cfg))
+        assert by_split["val"] == set(layout.val)
+        assert not {r["slice"] for r in store.records} & set(layout.test)
+
+
+def _cell(k, arm, ratio, seed, test, val=0.5):
+    return {"k": k, "arm": arm, "ratio": ratio, "seed": seed, "test_iou": test, "val_iou": val,
+            "minutes": 1.0}
+
+
+def test_the_ratio_is_chosen_on_validation_not_test():
+    cfg = EvidenceConfig(ks=(1,), seeds=(0, 1, 2), choice_seeds=2, ratios=(0.1, 0.3))
+    results = {}
+    for s in (0, 1):
+        # 0.1: better on validation, worse on test; 0.3 the reverse
+        results[Cell(1, "images_plentiful", 0.1, s).key] = _cell(1, "images_plentiful", 0.1, s, 0.6, 0.9)
+        results[Cell(1, "images_plentiful", 0.3, s).key] = _cell(1, "images_plentiful", 0.3, s, 0.9, 0.6)
+    assert chosen_ratio(results, 1, cfg) == 0.1
+    order = cells(cfg, results)
+    # the chosen ratio and 0.3 run on every seed; nothing else on the third
+    assert Cell(1, "images_plentiful", 0.1, 2) in order and Cell(1, "images_plentiful", 0.3, 2) in order
+    assert chosen_ratio({}, 1, cfg) is None
+
+
+def test_gains_and_noise_floor_read_paired_differences():
+    cfg = EvidenceConfig(ks=(1,), seeds=(0, 1, 2), choice_seeds=1, ratios=(0.3,))
+    base, aa, syn = [0.70, 0.72, 0.74], [0.71, 0.71, 0.75], [0.75, 0.78, 0.77]
+    results = {}
+    for s in range(3):
+        results[Cell(1, "real_only", 0.0, s).key] = _cell(1, "real_only", 0.0, s, base[s])
+        results[Cell(1, "aa", 0.0, s).key] = _cell(1, "aa", 0.0, s, aa[s])
+        results[Cell(1, "images_plentiful", 0.3, s).key] = _cell(1, "images_plentiful", 0.3, s, syn[s])
+    floor = noise_floor(results, cfg)
+    assert floor["pooled_sd"] == pytest.approx(np.std([0.01, -0.01, 0.01], ddof=1), abs=1e-4)
+    assert floor["pairs"] == 3
+    (row,) = gain_rows(results, cfg)
+    assert row["mean"] == pytest.approx(np.mean([0.05, 0.06, 0.03]), abs=1e-4)
+    assert row["validation_chosen"] and row["ci_above_0"]
+
+
+def test_a_rerun_skips_finished_cells(tmp_path, monkeypatch):
+    images, masks = phantom_stack(10, seed=0, config=PhantomConfig(height=256, width=256))
+    monkeypatch.setattr(evidence, "load_volume", lambda: (images, masks, "phantom"))
+    ran = []
+
+    def fake_cell(cell, bench):
+        ran.append(cell.key)
+        return _cell(cell.k, cell.arm, cell.ratio, cell.seed, 0.5 + 0.01 * len(ran))
+
+    monkeypatch.setattr(evidence, "run_cell", fake_cell)
+    results = tmp_path / "evidence.json"
+    argv = ["--preset", "quick", "--work", str(tmp_path / "work"), "--results", str(results)]
+    evidence.main([*argv, "--max-cells", "3"])
+    first = list(ran)
+    assert len(first) == 3 and len(json.loads(results.read_text())["results_by_cell"]) == 3
+    evidence.main([*argv, "--max-cells", "2"])
+    assert ran[:3] == first and not set(ran[3:]) & set(first) and len(ran) == 5
+    saved = json.loads(results.read_text())
+    assert set(saved["results_by_cell"]) == set(ran)
+    assert saved["slices"]["test"] and not set(saved["slices"]["test"]) & set(saved["slices"]["pool"])
