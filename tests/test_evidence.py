@@ -119,3 +119,16 @@ def test_a_rerun_skips_finished_cells(tmp_path, monkeypatch):
     saved = json.loads(results.read_text())
     assert set(saved["results_by_cell"]) == set(ran)
     assert saved["slices"]["test"] and not set(saved["slices"]["test"]) & set(saved["slices"]["pool"])
+
+
+def test_the_instrument_calibrates_itself_first():
+    cfg = EvidenceConfig(ks=(1, 2, 0), seeds=(0, 1), choice_seeds=1, ratios=(0.2, 0.3))
+    order = cells(cfg, {})
+    assert order[:7] == [Cell(1, "real_only", 0.0, 0), Cell(1, "aa", 0.0, 0), Cell(2, "real_only", 0.0, 0),
+                         Cell(2, "aa", 0.0, 0), Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0),
+                         Cell(0, "reference", 0.0, 0)]
+    synthetic = [c for c in order if c.ratio > 0]
+    assert order.index(synthetic[0]) == 7 + 6  # after every real-only and A/A cell
+    assert [c.k for c in synthetic if c.arm == "images_plentiful"][:2] == [1, 1]  # low k first
+    assert not [c for c in order if c.arm == "strict" and c.k == 0]
+    assert len(order) == len(set(order))
