@@ -130,8 +130,9 @@ def chosen_ratio(results: dict, k: int, cfg: EvidenceConfig) -> float | None:
 
 def cells(cfg: EvidenceConfig, results: dict) -> list[Cell]:
     """Every cell in the order that answers soonest: real-only and A/A per seed across k (the
-    instrument's own calibration; the reference run after the first seed), then per k (low k first) the images-plentiful
-    arms (every ratio on the choice seeds, 0.3 and the chosen ratio on every seed), then strict."""
+    instrument's own calibration; the reference run after the first seed), then per k (low k first)
+    the images-plentiful arms (every ratio on the choice seeds, 0.3 and the chosen ratio on every
+    seed), then strict."""
     out = [Cell(k, arm, 0.0, s) for s in cfg.seeds for k in cfg.ks for arm in ("real_only", "aa")]
     out.insert(2 * len(cfg.ks), Cell(0, "reference", 0.0, cfg.seeds[0]))  # after the first seed's round
     for k in cfg.ks:

@@ -55,9 +55,11 @@ def float32_copy(model: keras.Model, config: UNetConfig) -> keras.Model:
 
 def save_segmenter(model: keras.Model, config: UNetConfig, run_dir: Path, threshold: float,
                    tile_size: int, provenance: dict[str, Any], overlap: int = 64, tta: bool = False) -> Path:
-    """Write segmenter.keras + segmenter.json into run_dir; returns the model path."""
+    """Write segmenter.keras + segmenter.json into run_dir; returns the model path. The saved graph is
+    float32 (a mixed-precision model is rebuilt; a float32 one is saved as it is)."""
     path = run_dir / MODEL_NAME
-    save_model_atomic(float32_copy(model, config), path)
+    mixed = any(layer.dtype_policy.name != "float32" for layer in model.layers)
+    save_model_atomic(float32_copy(model, config) if mixed else model, path)
     meta = {"format": FORMAT, "version": 1, "threshold": float(threshold), "tile_size": int(tile_size),
             "depth": config.depth, "recommended_overlap": int(overlap), "recommended_tta": bool(tta),
             "model": asdict(config), "normalization": normalization.metadata(),

@@ -83,10 +83,8 @@ def real_train_pool(store: TileStore, config: DataConfig) -> Pool:
     return tile_pool(store, idx, config)
 
 
-def synthetic_pool(store: TileStore, tile: int, config: DataConfig) -> Pool:
-    if store.tile_size != tile:
-        raise UserError(f"{store.path}: synthetic tiles are {store.tile_size}x{store.tile_size} but the "
-                        f"real tiles are {tile}x{tile}")
+def synthetic_pool(store: TileStore, config: DataConfig) -> Pool:
+    """Every tile of a synthetic store (its tile size is checked against the real one at the CLI)."""
     idx = store.indices(None)
     if len(idx) == 0:
         raise UserError(f"{store.path}: the synthetic store holds no tiles")
@@ -116,8 +114,6 @@ def training_dataset(real: Pool, synthetic: Pool | None, tile: int, config: Data
     n_real, n_syn = batch_composition(config.batch_size, config.synthetic_ratio)
     batches = window_stream(real, tile, config, config.seed).batch(n_real, drop_remainder=True)
     if n_syn:
-        if synthetic is None:
-            raise UserError("--synthetic-ratio > 0 needs --synthetic-store")
         syn = window_stream(synthetic, tile, config, config.seed + 1).batch(n_syn, drop_remainder=True)
         batches = tf.data.Dataset.zip(batches, syn).map(lambda a, b: tf.concat([a, b], axis=0))
     return batches.map(split_xy).prefetch(tf.data.AUTOTUNE)
@@ -132,7 +128,3 @@ def validation_arrays(store: TileStore, config: DataConfig, split: str = "val"
     stacked = stack_channels(store.images(idx), store.masks(idx), config)
     return stacked[..., :1], stacked[..., 1:]
 
-
-def validation_dataset(store: TileStore, config: DataConfig) -> tf.data.Dataset:
-    x, y = validation_arrays(store, config)
-    return tf.data.Dataset.from_tensor_slices((x, y)).batch(config.batch_size).prefetch(tf.data.AUTOTUNE)

@@ -79,10 +79,8 @@ def fit(inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str) -> dic
     run_dir, store = inputs.run_dir, inputs.store
     run_dir.mkdir(parents=True, exist_ok=True)
     tile = store.tile_size
-    if tile % 2 ** inputs.model.depth:
-        raise UserError(f"tile size {tile} is not divisible by 2**depth = {2 ** inputs.model.depth}")
     real = pipeline.real_train_pool(store, inputs.data)
-    synthetic = pipeline.synthetic_pool(inputs.synthetic, tile, inputs.data) if inputs.synthetic else None
+    synthetic = pipeline.synthetic_pool(inputs.synthetic, inputs.data) if inputs.synthetic else None
     n_real, n_syn = pipeline.batch_composition(inputs.data.batch_size, inputs.data.synthetic_ratio)
     steps = inputs.train.steps_per_epoch or pipeline.steps_per_epoch(real.tiles, n_real)
     train_ds = pipeline.training_dataset(real, synthetic, inputs.data.crop or tile, inputs.data)
@@ -104,7 +102,7 @@ def fit(inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str) -> dic
                         callbacks=callbacks, verbose=inputs.train.verbose)
     train_seconds = time.perf_counter() - start
     stop_on_nan(history.history.get("loss", []), run_dir)
-    model = float32_copy(model, inputs.model)  # what is saved, exported and served
+    model = float32_copy(model, inputs.model)  # what is calibrated, saved, exported and served
     calibration = calibrate(model, store, inputs.train)
     provenance = provenance_of(inputs, policy, strategy, history, train_seconds, calibration)
     save_segmenter(model, inputs.model, run_dir, calibration["threshold"], tile, provenance,

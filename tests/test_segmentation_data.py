@@ -14,7 +14,6 @@ from segmentation_tf.data import (  # noqa: E402
     batch_composition,
     real_train_pool,
     steps_per_epoch,
-    synthetic_pool,
     training_dataset,
 )
 from segmentation_tf.slices import slices_of  # noqa: E402
@@ -141,12 +140,6 @@ def test_slices_are_reassembled_from_their_tiles(tmp_path):
     assert np.array_equal(mask, (pool.data[0, ..., 1]).astype(np.uint8))
     grid = real_train_pool(store, DataConfig(random_crops=False))
     assert grid.data.shape == (8, 32, 32, 2)
-
-
-def test_synthetic_store_of_another_tile_size_is_refused(tmp_path):
-    syn = small_store(tmp_path, tile=16, kind="synthetic")
-    with pytest.raises(UserError, match="16x16.*32x32"):
-        synthetic_pool(syn, 32, DataConfig())
 
 
 def test_epfl_windows_are_aligned(epfl_dir, tmp_path):

@@ -52,6 +52,7 @@ def test_policy_names():
 
 
 def test_saved_segmenter_round_trip(tmp_path):
+    keras.utils.set_random_seed(0)  # bf16 rounding of an untrained net depends on its weights
     config = UNetConfig(base_width=4, depth=2)
     model = build_unet(config)
     save_segmenter(model, config, tmp_path, threshold=0.42, tile_size=32, provenance={"note": "test"})
@@ -65,7 +66,8 @@ def test_saved_segmenter_round_trip(tmp_path):
     # plain keras loading needs no custom objects (the saved model is uncompiled)
     assert keras.saving.load_model(tmp_path / "segmenter.keras").output_shape == (None, None, None, 1)
     bf16 = load_segmenter(tmp_path, policy="mixed_bfloat16")
-    np.testing.assert_allclose(np.asarray(bf16.model(x)), np.asarray(model(x)), atol=0.05)
+    error = np.abs(np.asarray(bf16.model(x)) - np.asarray(model(x)))
+    assert error.mean() < 0.01 and error.max() < 0.15  # bf16 keeps 8 bits of mantissa
 
 
 def test_missing_sidecar_is_a_user_error(tmp_path):
