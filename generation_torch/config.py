@@ -25,6 +25,9 @@ class UNetConfig:
     time_dims: tuple[int, int, int] = (192, 384, 768)  # sinusoid -> MLP widening in steps (~5M params)
     heads: int = 4                                 # attention heads at the lowest resolution
     dropout: float = 0.0
+    # the mask modulates every residual block (SPADE), not only the input: tiles follow their masks
+    # at low guidance; checkpoints of version 1 lack this field and were input-only
+    mask_every_level: bool = True
 
 
 @dataclass(frozen=True)
@@ -78,5 +81,11 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+def unet_config(saved: dict[str, Any]) -> UNetConfig:
+    """A saved denoiser config; one from before per-level conditioning (no mask_every_level key)
+    concatenated the mask at the input only."""
+    return from_dict(UNetConfig, {"mask_every_level": False, **saved})
+
+
 __all__ = ["DiffusionConfig", "OptimConfig", "StageConfig", "UNetConfig", "VAEConfig", "from_dict",
-           "replace", "to_dict"]
+           "replace", "to_dict", "unet_config"]

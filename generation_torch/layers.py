@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 def norm(channels: int) -> nn.GroupNorm:
@@ -26,6 +27,45 @@ class ResBlock(nn.Module):
         if self.emb is not None and emb is not None:
             h = h + self.emb(emb)[:, :, None, None]
         return self.skip(x) + self.out_layers(h)
+
+
+class Modulation(nn.Module):
+    """Spatially-adaptive normalization (SPADE, Park et al. 2019): a parameter-free GroupNorm, then a
+    per-pixel scale and shift predicted from the condition at this block's resolution, so the mask
+    steers every level of the network, not only its input. Starts as the plain norm (zero init)."""
+
+    def __init__(self, channels: int, cond_channels: int, hidden: int = 32):
+        super().__init__()
+        self.norm = nn.GroupNorm(min(8, channels), channels, affine=False)
+        self.shared = nn.Sequential(nn.Conv2d(cond_channels, hidden, 3, padding=1), nn.SiLU())
+        self.scale = nn.Conv2d(hidden, channels, 1)  # the 3x3 shared conv gives the context
+        self.shift = nn.Conv2d(hidden, channels, 1)
+        for conv in (self.scale, self.shift):
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        factor = cond.shape[-1] // x.shape[-1]  # a static int: exports to ONNX as a fixed pooling
+        c = F.avg_pool2d(cond, factor) if factor > 1 else cond
+        a = self.shared(c.to(x.dtype))
+        return self.norm(x) * (1.0 + self.scale(a)) + self.shift(a)
+
+
+class CondResBlock(nn.Module):
+    """ResBlock whose two norms are modulated by the condition (SPADE); time embedding as in ResBlock."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, cond_channels: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1, self.norm2 = Modulation(c_in, cond_channels), Modulation(c_out, cond_channels)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, c_out))
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x, cond))) + self.emb(emb)[:, :, None, None]
+        return self.skip(x) + self.conv2(self.drop(F.silu(self.norm2(h, cond))))
 
 
 class Attention(nn.Module):

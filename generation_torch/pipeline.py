@@ -2,7 +2,7 @@
 RUN/generator.pt, and mask-conditioned generation through the shared sampler maths.
 
 generator.pt keys (a plain dict, torch.save):
-    format "emsynth-generator", version 1,
+    format "emsynth-generator", version 2 (1: the denoiser took the mask at its input only; still loads),
     vae_config (VAEConfig as dict), vae_weights (VAE state_dict: encoder.* and decoder.*),
     unet_config (UNetConfig as dict), unet_weights (EMA denoiser state_dict),
     diffusion {schedule, timesteps, prediction, cond_dropout}, latent_scale (float),
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from generation_torch import checkpoint, precision
-from generation_torch.config import DiffusionConfig, UNetConfig, VAEConfig, from_dict, to_dict
+from generation_torch.config import DiffusionConfig, VAEConfig, from_dict, to_dict, unet_config
 from generation_torch.unet import UNet, mask_condition, null_condition
 from generation_torch.vae import VAE
 from shared import diffusion
@@ -95,7 +95,7 @@ def product_dict(vae: VAE, unet: UNet, dcfg: DiffusionConfig, scale: float, trai
     c = vae.cfg.latent_channels
     size = 256 // vae.cfg.downsample
     return {
-        "format": checkpoint.GENERATOR_FORMAT, "version": 1,
+        "format": checkpoint.GENERATOR_FORMAT, "version": 2,
         "vae_config": to_dict(vae.cfg), "vae_weights": vae.state_dict(),
         "unet_config": to_dict(unet.cfg), "unet_weights": unet.state_dict(),
         "diffusion": {"schedule": dcfg.schedule, "timesteps": diffusion.TIMESTEPS,
@@ -112,7 +112,7 @@ def load_generator(path: Path, device: torch.device | None = None,
     saved = checkpoint.load(path, checkpoint.GENERATOR_FORMAT)
     try:
         vae = VAE(from_dict(VAEConfig, saved["vae_config"]))
-        unet = UNet(from_dict(UNetConfig, saved["unet_config"]))
+        unet = UNet(unet_config(saved["unet_config"]))
         d = saved["diffusion"]
         schedule = diffusion.Schedule.make(d["schedule"], int(d["timesteps"]))
     except (KeyError, TypeError, ValueError) as exc:

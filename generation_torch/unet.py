@@ -6,7 +6,9 @@ that widens in steps, and self-attention only at the lowest resolution.
       cond (B, 2, h, w) float32  channel 0: the mask area-averaged to latent resolution (in [0, 1]),
                                  channel 1: 1 = conditioned, 0 = null condition (both channels 0)
       t    (B,)         float32  integer timesteps 0..T-1 stored as floats
-The condition is concatenated to x_t at the input (see `mask_condition`, `null_condition`).
+The condition is concatenated to x_t at the input (see `mask_condition`, `null_condition`) and, with
+`mask_every_level` (the default), also modulates the norms of every residual block (SPADE), so the
+mask steers each resolution; checkpoints of version 1 are input-only and still load.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from generation_torch.config import UNetConfig
-from generation_torch.layers import Attention, ResBlock, Upsample, downsample, norm
+from generation_torch.layers import Attention, CondResBlock, ResBlock, Upsample, downsample, norm
 
 COND_CHANNELS = 2
 
@@ -53,23 +55,29 @@ class UNet(nn.Module):
         sin_dim, hidden, emb = cfg.time_dims
         self.time_mlp = nn.Sequential(nn.Linear(sin_dim, hidden), nn.SiLU(), nn.Linear(hidden, emb))
         ch = cfg.channels
+
+        def block(c_in: int, c_out: int, dropout: float = 0.0) -> nn.Module:
+            if cfg.mask_every_level:
+                return CondResBlock(c_in, c_out, emb, COND_CHANNELS, dropout)
+            return ResBlock(c_in, c_out, emb, dropout)
+
         self.stem = nn.Conv2d(cfg.in_channels + COND_CHANNELS, ch[0], 3, padding=1)
         self.down = nn.ModuleList()
         skips = [ch[0]]
         c = ch[0]
         for level, width in enumerate(ch):
             for _ in range(cfg.blocks):
-                self.down.append(ResBlock(c, width, emb, cfg.dropout))
+                self.down.append(block(c, width, cfg.dropout))
                 c = width
                 skips.append(c)
             if level + 1 < len(ch):
                 self.down.append(downsample(c, c))
                 skips.append(c)
-        self.mid = nn.ModuleList([ResBlock(c, c, emb), Attention(c, cfg.heads), ResBlock(c, c, emb)])
+        self.mid = nn.ModuleList([block(c, c), Attention(c, cfg.heads), block(c, c)])
         self.up = nn.ModuleList()
         for level, width in reversed(list(enumerate(ch))):
             for _ in range(cfg.blocks + 1):
-                self.up.append(ResBlock(c + skips.pop(), width, emb, cfg.dropout))
+                self.up.append(block(c + skips.pop(), width, cfg.dropout))
                 c = width
             if level == len(ch) - 1:
                 self.up.append(Attention(c, cfg.heads))  # lowest resolution only
@@ -82,12 +90,19 @@ class UNet(nn.Module):
     def forward(self, x_t: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         emb = self.time_mlp(timestep_embedding(t, self.cfg.time_dims[0]))
         h = self.stem(torch.cat([x_t, cond.to(x_t.dtype)], dim=1))
+
+        def apply(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+            if isinstance(layer, CondResBlock):
+                return layer(h, emb, cond)
+            return layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+
         hs = [h]
         for layer in self.down:
-            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            h = apply(layer, h)
             hs.append(h)
         for layer in self.mid:
-            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            h = apply(layer, h)
         for layer in self.up:
-            h = layer(torch.cat([h, hs.pop()], dim=1), emb) if isinstance(layer, ResBlock) else layer(h)
+            h = apply(layer, torch.cat([h, hs.pop()], dim=1)) if isinstance(layer, ResBlock | CondResBlock) \
+                else layer(h)
         return self.head(h)

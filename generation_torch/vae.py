@@ -74,9 +74,21 @@ class VAE(nn.Module):
         return self.decoder(z), mean, logvar
 
 
+def spectral_loss(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+    """Mean |log(1 + |F recon|) - log(1 + |F x|)| over every 2D frequency of every tile: amplitude
+    only, so it asks for EM's high-frequency texture without asking for its exact phase (MSE alone
+    averages that texture away: its optimum under uncertainty is the blurred mean)."""
+    amplitude = lambda img: torch.log1p(torch.fft.rfft2(img.float(), norm="ortho").abs())  # noqa: E731
+    return (amplitude(recon) - amplitude(x)).abs().mean()
+
+
 def vae_loss(x: torch.Tensor, recon: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor,
-             beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(MSE + beta * KL, MSE); KL to N(0, 1) averaged per latent element so beta is size-independent."""
+             beta: float, spectral_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(MSE + beta * KL + spectral_weight * spectral loss, MSE); KL to N(0, 1) averaged per latent
+    element so beta is size-independent."""
     mse = F.mse_loss(recon.float(), x.float())
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
-    return mse + beta * kl, mse
+    loss = mse + beta * kl
+    if spectral_weight:
+        loss = loss + spectral_weight * spectral_loss(x, recon)
+    return loss, mse
