@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-TILE = 256
+TILE = 256     # tile side in pixels: the stores, the generator, the segmenter
+OVERLAP = 64   # default window overlap of whole-slice prediction (pixels)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def blend_window(tile: int, overlap: int) -> np.ndarray:
 
 
 def predict_tiled(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tile: int = TILE,
-                  overlap: int = 64, batch_size: int = 8) -> np.ndarray:
+                  overlap: int = OVERLAP, batch_size: int = 8) -> np.ndarray:
     """Run `predict` ((B, tile, tile) -> (B, tile, tile)) over overlapping windows of a whole (H, W)
     slice and blend the outputs; returns float32 (H, W)."""
     tiles, origins = tile_slice(image, tile, overlap)
