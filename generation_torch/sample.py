@@ -5,7 +5,8 @@
         [--guidance-rescale 0 --unconditional --precision auto --grid tiles.png]
 
 Each tile is drawn for a mask taken from the mask source and varied (dihedral + elastic), and stored
-with that mask and its provenance (checkpoint hash, seed, sampler, steps, guidance). Same seed, same tiles.
+with that mask and its provenance (checkpoint hash, seed, sampler, steps, guidance). Same seed, same
+tiles, whatever the batch size, and the same as `exporters.infer generate` draws (shared.sampling).
 """
 
 from __future__ import annotations
