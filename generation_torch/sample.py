@@ -64,7 +64,8 @@ def generate_tiles(gen: Generator, masks: np.ndarray, settings: SamplerSettings,
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m generation_torch.sample", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, required=True, help="RUN/generator.pt")
-    p.add_argument("--masks-from", type=Path, required=True, help="tile store or TIFF stack of 256x256 masks")
+    p.add_argument("--masks-from", type=Path, required=True,
+                   help=f"tile store or TIFF stack of {TILE}x{TILE} masks")
     p.add_argument("--n", type=positive_int, required=True, help="tiles to generate")
     p.add_argument("--out", type=Path, required=True, help="synthetic tile store (created or appended to)")
     p.add_argument("--seed", type=non_negative_int, default=0)
