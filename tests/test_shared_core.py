@@ -1,7 +1,5 @@
 """shared: imports, normalization, splits."""
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,18 +8,13 @@ from shared.errors import UserError
 from shared.normalization import denormalize, normalize, pixel_scale, to_unit
 from shared.splits import z_block_split
 
-from .conftest import ROOT
+from .conftest import assert_runs_without
 
 
 def test_importing_shared_imports_no_framework():
-    code = ("import sys, shared, shared.tiles, shared.store, shared.phantom, shared.sources, "
-            "shared.tiling, shared.splits, shared.tiff_io, shared.sampling, shared.presets\n"
-            "import importlib.util\n"
-            "if importlib.util.find_spec('shared.diffusion'): import shared.diffusion\n"
-            "bad = [m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules]\n"
-            "assert not bad, bad")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    assert_runs_without("import shared, shared.tiles, shared.store, shared.phantom, shared.sources, "
+                        "shared.tiling, shared.splits, shared.tiff_io, shared.sampling, shared.presets, "
+                        "shared.diffusion")
 
 
 def test_normalize_hand_values():
