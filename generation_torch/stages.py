@@ -12,13 +12,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from generation_torch import checkpoint, precision
-from generation_torch.config import DiffusionConfig, StageConfig, UNetConfig, VAEConfig, from_dict, to_dict
+from generation_torch.config import DiffusionStage, VAEConfig, VAEStage, from_dict, to_dict
 from generation_torch.data import (
     LatentCache,
     encode_all,
@@ -39,22 +39,6 @@ from shared.store import TileStore
 
 VAE_FORMAT = "emsynth-vae"
 CACHE_FORMAT = "emsynth-latent-cache"
-
-
-@dataclass(frozen=True)
-class VAEStage:
-    model: VAEConfig
-    train: StageConfig
-    beta: float = 1e-5
-    minutes: float | None = None     # time box (None: run all steps)
-
-
-@dataclass(frozen=True)
-class DiffusionStage:
-    model: UNetConfig
-    train: StageConfig
-    diffusion: DiffusionConfig
-    minutes: float | None = None
 
 
 Caches = tuple[LatentCache, LatentCache | None]  # (labelled, unlabelled)

@@ -17,6 +17,7 @@ from generation_torch.pipeline import Generator
 from generation_torch.unet import UNet
 from generation_torch.vae import VAE, vae_loss
 from shared import diffusion
+from shared.sampling import SamplerSettings
 
 VAL_SEED = 1234  # validation draws the same t and noise every epoch, so epochs compare
 
@@ -134,7 +135,7 @@ class DiffusionTask:
         full = self.val_masks[:4].float()
         gen = Generator(self.vae, model, self.schedule, self.dcfg.prediction, self.scale, self.device,
                         self.autocast)
-        images = gen.generate(full, seeds=list(range(len(full))), sampler="ddim", steps=20)
+        images = gen.generate(full, SamplerSettings("ddim", steps=20), seed=0)
         grid = grids.pair_grid(grids.to_unit(images[:, 0]), full.numpy(), columns=2)
         writer.add_image("diffusion/samples_beside_masks", grid[None], step)
 
