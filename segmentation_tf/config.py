@@ -30,6 +30,7 @@ class AugmentConfig:
 class DataConfig:
     batch_size: int = 8
     synthetic_ratio: float = 0.0     # fraction of each batch drawn from synthetic tiles, in [0, 1)
+    synthetic_weight: float = 1.0    # loss weight of a synthetic tile in a mixed batch (real: 1)
     random_crops: bool = True        # real windows anywhere in the whole slices, not the tile grid
     weight_w0: float = 0.0           # U-Net border weight map amplitude (0: no weight map)
     weight_sigma: float = 5.0        # its length scale in pixels
@@ -50,4 +51,16 @@ class TrainConfig:
     overlap: int = 64                 # whole-slice prediction window overlap for calibration
     tta: bool = False                 # 8-fold test-time augmentation during calibration
     init_seed: int | None = None      # initial weights (None: the data seed)
+    synthetic_schedule: str = "mix"   # "mix": synthetic tiles in every batch; "pretrain": synthetic
+    #                                   tiles alone first, then fine-tuning on real tiles alone
+    pretrain_epochs: int = 0          # epochs of the synthetic phase (0: a third of --epochs, at least 1)
     verbose: int = 2
+
+
+def tile_weighted(data: DataConfig) -> bool:
+    """Whether targets carry a per-tile loss-weight channel (only a mixed batch with W != 1 needs one)."""
+    return data.synthetic_ratio > 0 and data.synthetic_weight != 1.0
+
+
+def pretrain_epochs(train: TrainConfig) -> int:
+    return train.pretrain_epochs or max(1, train.epochs // 3)

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from segmentation_tf.augment import random_window
-from segmentation_tf.config import DataConfig
+from segmentation_tf.config import DataConfig, tile_weighted
 from segmentation_tf.slices import slices_of
 from segmentation_tf.weights import weight_maps
 from shared.errors import UserError
@@ -109,13 +109,24 @@ def split_xy(batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return batch[..., :1], batch[..., 1:]
 
 
+def with_tile_weight(batch: tf.Tensor, weight: float) -> tf.Tensor:
+    """Append a channel holding one loss weight for every pixel of every tile of the batch."""
+    return tf.concat([batch, tf.fill(tf.concat([tf.shape(batch)[:-1], [1]], 0), weight)], axis=-1)
+
+
 def training_dataset(real: Pool, synthetic: Pool | None, tile: int, config: DataConfig) -> tf.data.Dataset:
-    """Endless batches of n_real real + n_syn synthetic windows (in that order), prefetched."""
+    """Endless batches of n_real real + n_syn synthetic windows (in that order), prefetched; with a
+    synthetic weight W != 1 the target gains a tile-weight channel (1 real, W synthetic)."""
     n_real, n_syn = batch_composition(config.batch_size, config.synthetic_ratio)
     batches = window_stream(real, tile, config, config.seed).batch(n_real, drop_remainder=True)
     if n_syn:
         syn = window_stream(synthetic, tile, config, config.seed + 1).batch(n_syn, drop_remainder=True)
-        batches = tf.data.Dataset.zip(batches, syn).map(lambda a, b: tf.concat([a, b], axis=0))
+        if tile_weighted(config):
+            weight = config.synthetic_weight
+            batches = tf.data.Dataset.zip(batches, syn).map(
+                lambda a, b: tf.concat([with_tile_weight(a, 1.0), with_tile_weight(b, weight)], axis=0))
+        else:
+            batches = tf.data.Dataset.zip(batches, syn).map(lambda a, b: tf.concat([a, b], axis=0))
     return batches.map(split_xy).prefetch(tf.data.AUTOTUNE)
 
 
@@ -126,5 +137,7 @@ def validation_arrays(store: TileStore, config: DataConfig, split: str = "val"
     if len(idx) == 0:
         raise UserError(f"{store.path}: no '{split}' tiles left after the split")
     stacked = stack_channels(store.images(idx), store.masks(idx), config)
+    if tile_weighted(config):  # the loss reads a tile-weight channel: real tiles weigh 1
+        stacked = np.concatenate([stacked, np.ones_like(stacked[..., :1])], axis=-1)
     return stacked[..., :1], stacked[..., 1:]
 

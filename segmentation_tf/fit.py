@@ -53,6 +53,8 @@ OVERRIDES = {
     "lr": ("train", "learning_rate"), "schedule": ("train", "schedule"),
     "accumulate": ("train", "accumulate"), "patience": ("train", "patience"),
     "time_limit": ("train", "time_limit_minutes"), "overlap": ("train", "overlap"), "tta": ("train", "tta"),
+    "synthetic_weight": ("data", "synthetic_weight"), "synthetic_schedule": ("train", "synthetic_schedule"),
+    "pretrain_epochs": ("train", "pretrain_epochs"),
 }
 
 
@@ -63,6 +65,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), help="default: quick on the phantom, real otherwise")
     p.add_argument("--synthetic-store", type=Path, help="synthetic tile store (generation_torch.sample)")
     p.add_argument("--synthetic-ratio", type=fraction, help="share of each batch that is synthetic, [0, 1)")
+    p.add_argument("--synthetic-schedule", choices=("mix", "pretrain"),
+                   help="mix (default): synthetic tiles in every batch; pretrain: synthetic tiles alone, "
+                        "then fine-tuning on real tiles alone")
+    p.add_argument("--synthetic-weight", type=positive_float,
+                   help="loss weight of a synthetic tile in a mixed batch (default 1; real tiles weigh 1)")
+    p.add_argument("--pretrain-epochs", type=positive_int,
+                   help="epochs on synthetic tiles before fine-tuning (default: a third of --epochs)")
     p.add_argument("--base-width", type=positive_int, help="channels at full resolution")
     p.add_argument("--depth", type=positive_int, help="poolings; tiles must divide by 2**depth")
     p.add_argument("--batch-size", type=positive_int)
@@ -109,13 +118,28 @@ def configs(args: argparse.Namespace, preset: str) -> tuple[UNetConfig, DataConf
             dataclasses.replace(train, **sections["train"]))
 
 
+def check_synthetic_plan(data: DataConfig, train: TrainConfig, synthetic_store: Path | None) -> None:
+    """Refuse combinations of the synthetic-data flags that would train something other than asked."""
+    pretrain = train.synthetic_schedule == "pretrain"
+    if (data.synthetic_ratio > 0 or pretrain) and synthetic_store is None:
+        raise UserError(f"{'--synthetic-schedule pretrain' if pretrain else '--synthetic-ratio > 0'} needs "
+                        "--synthetic-store")
+    if pretrain and data.synthetic_ratio > 0:
+        raise UserError("--synthetic-schedule pretrain fine-tunes on real tiles alone: "
+                        "drop --synthetic-ratio")
+    if data.synthetic_weight != 1.0 and (pretrain or data.synthetic_ratio == 0):
+        raise UserError("--synthetic-weight weights synthetic tiles in a mixed batch: it needs "
+                        "--synthetic-ratio > 0 and the mix schedule")
+    if train.pretrain_epochs and not pretrain:
+        raise UserError("--pretrain-epochs needs --synthetic-schedule pretrain")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     source = source_from_args(args)
     preset = args.preset or ("quick" if args.store is None and args.images is None else "real")
     model_cfg, data_cfg, train_cfg = configs(args, preset)
-    if data_cfg.synthetic_ratio > 0 and args.synthetic_store is None:
-        raise UserError("--synthetic-ratio > 0 needs --synthetic-store")
+    check_synthetic_plan(data_cfg, train_cfg, args.synthetic_store)
     store = resolve_real_store(source, args.out)
     synthetic = TileStore(args.synthetic_store) if args.synthetic_store else None
     if synthetic is not None and synthetic.tile_size != store.tile_size:

@@ -1,8 +1,9 @@
 """Losses as small composable objects: BCE + soft Jaccard (IoU), optionally pixel-weighted.
 
 y_true is (B, H, W, 1) with the {0, 1} mask, or (B, H, W, 2) with the mask and a per-pixel weight
-map (the U-Net paper's border weights, see `weights.py`); y_pred is the sigmoid probability.
-All arithmetic is float32, whatever the mixed-precision policy.
+map (the U-Net paper's border weights, see `weights.py`); with `tile_weights` a last channel holds
+each tile's loss weight (--synthetic-weight: W on synthetic tiles, 1 on real ones), which weights both
+terms. y_pred is the sigmoid probability. All arithmetic is float32, whatever the mixed-precision policy.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ def binary_crossentropy(mask, prob, weight=None):
     return ops.mean(bce)
 
 
-def soft_jaccard(mask, prob, smooth: float = 1.0):
-    """(sum y p + s) / (sum y + sum p - sum y p + s) over the whole batch."""
-    intersection = ops.sum(mask * prob)
-    union = ops.sum(mask) + ops.sum(prob) - intersection
+def soft_jaccard(mask, prob, smooth: float = 1.0, weight=None):
+    """(sum w y p + s) / (sum w y + sum w p - sum w y p + s) over the whole batch (w = 1 without
+    tile weights)."""
+    w = 1.0 if weight is None else weight
+    intersection = ops.sum(w * mask * prob)
+    union = ops.sum(w * mask) + ops.sum(w * prob) - intersection
     return (intersection + smooth) / (union + smooth)
 
 
@@ -43,19 +46,24 @@ class BceJaccardLoss(keras.losses.Loss):
     """bce_weight * BCE + jaccard_weight * (1 - soft Jaccard)."""
 
     def __init__(self, bce_weight: float = 1.0, jaccard_weight: float = 1.0, smooth: float = 1.0,
-                 name: str = "bce_jaccard", **kwargs):
+                 tile_weights: bool = False, name: str = "bce_jaccard", **kwargs):
         super().__init__(name=name, **kwargs)
         self.bce_weight, self.jaccard_weight, self.smooth = bce_weight, jaccard_weight, smooth
+        self.tile_weights = tile_weights
 
     def call(self, y_true, y_pred):
+        tile = None
+        if self.tile_weights:
+            tile, y_true = ops.cast(y_true[..., -1:], "float32"), y_true[..., :-1]
         mask, weight, prob = split_target(y_true, y_pred)
+        pixel = tile if weight is None else (weight if tile is None else weight * tile)
         loss = ops.convert_to_tensor(0.0, "float32")
         if self.bce_weight:
-            loss = loss + self.bce_weight * binary_crossentropy(mask, prob, weight)
+            loss = loss + self.bce_weight * binary_crossentropy(mask, prob, pixel)
         if self.jaccard_weight:
-            loss = loss + self.jaccard_weight * (1.0 - soft_jaccard(mask, prob, self.smooth))
+            loss = loss + self.jaccard_weight * (1.0 - soft_jaccard(mask, prob, self.smooth, tile))
         return loss
 
     def get_config(self):
-        return {**super().get_config(), "bce_weight": self.bce_weight,
-                "jaccard_weight": self.jaccard_weight, "smooth": self.smooth}
+        return {**super().get_config(), "bce_weight": self.bce_weight, "jaccard_weight": self.jaccard_weight,
+                "smooth": self.smooth, "tile_weights": self.tile_weights}

@@ -3,6 +3,7 @@ calibrate the threshold on whole validation slices and save the segmenter."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,16 +17,18 @@ from segmentation_tf import data as pipeline
 from segmentation_tf.artifacts import float32_copy, save_segmenter
 from segmentation_tf.calibration import calibrate_threshold
 from segmentation_tf.callbacks import standard_callbacks
-from segmentation_tf.config import DataConfig, TrainConfig, UNetConfig
+from segmentation_tf.config import DataConfig, TrainConfig, UNetConfig, pretrain_epochs, tile_weighted
 from segmentation_tf.inference import predict_stack
 from segmentation_tf.losses import BceJaccardLoss
 from segmentation_tf.metrics import ForegroundDice, ForegroundIoU
 from segmentation_tf.model import build_unet
 from segmentation_tf.scores import score
 from segmentation_tf.slices import store_slices
-from shared.atomic import write_json_atomic
+from shared.atomic import atomic_path, write_json_atomic
 from shared.errors import UserError
 from shared.store import TileStore
+
+PRETRAINED = "pretrained.weights.h5"  # the synthetic phase's weights (--synthetic-schedule pretrain)
 
 
 @dataclass
@@ -48,11 +51,12 @@ def learning_rate(config: TrainConfig, steps: int):
         warmup_target=config.learning_rate, warmup_steps=warmup)
 
 
-def compiled_model(config: UNetConfig, train: TrainConfig, steps: int) -> keras.Model:
+def compiled_model(config: UNetConfig, train: TrainConfig, steps: int, tile_weights: bool = False
+                   ) -> keras.Model:
     model = build_unet(config)
     accumulate = train.accumulate if train.accumulate > 1 else None
     optimizer = keras.optimizers.Adam(learning_rate(train, steps), gradient_accumulation_steps=accumulate)
-    model.compile(optimizer=optimizer, loss=BceJaccardLoss(),
+    model.compile(optimizer=optimizer, loss=BceJaccardLoss(tile_weights=tile_weights),
                   metrics=[ForegroundIoU(0.5), ForegroundDice(0.5)])
     return model
 
@@ -75,37 +79,80 @@ def stop_on_nan(losses: list[float], run_dir) -> None:
                         "lower --lr or use --precision float32")
 
 
+@dataclass
+class Phase:
+    """One model.fit: its folder (backup, checkpoints, TensorBoard, log), data and epochs."""
+    folder: Path
+    data: DataConfig
+    synthetic_only: bool
+    train: TrainConfig
+
+
+def phases(inputs: RunInputs) -> list[Phase]:
+    """mix: one phase on real + synthetic batches. pretrain: synthetic tiles alone (RUN/pretrain/),
+    then real tiles alone (RUN/), each resumable on its own."""
+    if inputs.train.synthetic_schedule != "pretrain":
+        return [Phase(inputs.run_dir, inputs.data, False, inputs.train)]
+    real_only = dataclasses.replace(inputs.data, synthetic_ratio=0.0)
+    first = dataclasses.replace(inputs.train, epochs=pretrain_epochs(inputs.train))
+    return [Phase(inputs.run_dir / "pretrain", real_only, True, first),
+            Phase(inputs.run_dir, real_only, False, inputs.train)]
+
+
+def run_phase(phase: Phase, inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str,
+              start_weights: Path | None) -> tuple[keras.Model, Any, float]:
+    """model.fit of one phase from the seeded initial weights (or a previous phase's weights)."""
+    phase.folder.mkdir(parents=True, exist_ok=True)
+    tile = inputs.store.tile_size
+    pool = (pipeline.synthetic_pool(inputs.synthetic, phase.data) if phase.synthetic_only
+            else pipeline.real_train_pool(inputs.store, phase.data))
+    synthetic = pipeline.synthetic_pool(inputs.synthetic, phase.data) if phase.data.synthetic_ratio else None
+    n_real, n_syn = pipeline.batch_composition(phase.data.batch_size, phase.data.synthetic_ratio)
+    steps = phase.train.steps_per_epoch or pipeline.steps_per_epoch(pool.tiles, n_real)
+    train_ds = pipeline.training_dataset(pool, synthetic, phase.data.crop or tile, phase.data)
+    val_x, val_y = pipeline.validation_arrays(inputs.store, phase.data)
+    val_ds = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(phase.data.batch_size)
+    # --seed fixes the initial weights as well as the data stream, so two runs of one command (and the
+    # cells of an ablation paired by seed) start from the same model
+    init_seed = phase.data.seed if phase.train.init_seed is None else phase.train.init_seed
+    keras.utils.set_random_seed(init_seed)
+    with strategy.scope():
+        model = compiled_model(inputs.model, phase.train, steps, tile_weighted(phase.data))
+        if start_weights is not None:
+            model.load_weights(start_weights)
+    kind = "synthetic" if phase.synthetic_only else "real"
+    print(f"{model.count_params():,} parameters, policy {policy}, "
+          f"{strategy.num_replicas_in_sync} replica(s); "
+          f"{steps} steps/epoch of {n_real} {kind} + {n_syn} synthetic tiles")
+    callbacks = standard_callbacks(phase.folder, phase.train.patience, val_x, val_y,
+                                   phase.train.time_limit_minutes, phase.train.schedule == "plateau")
+    start = time.perf_counter()
+    history = model.fit(train_ds, epochs=phase.train.epochs, steps_per_epoch=steps, validation_data=val_ds,
+                        callbacks=callbacks, verbose=phase.train.verbose)
+    stop_on_nan(history.history.get("loss", []), phase.folder)
+    return model, history, time.perf_counter() - start
+
+
+def pretrained_weights(phase: Phase, inputs: RunInputs, strategy, policy: str) -> Path:
+    """The synthetic phase's weights, trained once: the file is the phase's completion marker."""
+    target = phase.folder / PRETRAINED
+    if not target.exists():
+        model, _, _ = run_phase(phase, inputs, strategy, policy, None)
+        with atomic_path(target, suffix=".weights.h5") as tmp:
+            model.save_weights(tmp)
+    return target
+
+
 def fit(inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str) -> dict[str, Any]:
     run_dir, store = inputs.run_dir, inputs.store
     run_dir.mkdir(parents=True, exist_ok=True)
-    tile = store.tile_size
-    real = pipeline.real_train_pool(store, inputs.data)
-    synthetic = pipeline.synthetic_pool(inputs.synthetic, inputs.data) if inputs.synthetic else None
-    n_real, n_syn = pipeline.batch_composition(inputs.data.batch_size, inputs.data.synthetic_ratio)
-    steps = inputs.train.steps_per_epoch or pipeline.steps_per_epoch(real.tiles, n_real)
-    train_ds = pipeline.training_dataset(real, synthetic, inputs.data.crop or tile, inputs.data)
-    val_x, val_y = pipeline.validation_arrays(store, inputs.data)
-    val_ds = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(inputs.data.batch_size)
-    # --seed fixes the initial weights as well as the data stream, so two runs of one command (and the
-    # cells of an ablation paired by seed) start from the same model
-    init_seed = inputs.data.seed if inputs.train.init_seed is None else inputs.train.init_seed
-    keras.utils.set_random_seed(init_seed)
-    with strategy.scope():
-        model = compiled_model(inputs.model, inputs.train, steps)
-    print(f"{model.count_params():,} parameters, policy {policy}, "
-          f"{strategy.num_replicas_in_sync} replica(s); "
-          f"{steps} steps/epoch of {n_real} real + {n_syn} synthetic tiles")
-    callbacks = standard_callbacks(run_dir, inputs.train.patience, val_x, val_y,
-                                   inputs.train.time_limit_minutes, inputs.train.schedule == "plateau")
-    start = time.perf_counter()
-    history = model.fit(train_ds, epochs=inputs.train.epochs, steps_per_epoch=steps, validation_data=val_ds,
-                        callbacks=callbacks, verbose=inputs.train.verbose)
-    train_seconds = time.perf_counter() - start
-    stop_on_nan(history.history.get("loss", []), run_dir)
+    *first, last = phases(inputs)
+    start_weights = pretrained_weights(first[0], inputs, strategy, policy) if first else None
+    model, history, train_seconds = run_phase(last, inputs, strategy, policy, start_weights)
     model = float32_copy(model, inputs.model)  # what is calibrated, saved, exported and served
     calibration = calibrate(model, store, inputs.train)
     provenance = provenance_of(inputs, policy, strategy, history, train_seconds, calibration)
-    save_segmenter(model, inputs.model, run_dir, calibration["threshold"], tile, provenance,
+    save_segmenter(model, inputs.model, run_dir, calibration["threshold"], store.tile_size, provenance,
                    inputs.train.overlap, inputs.train.tta)
     write_json_atomic(run_dir / "train_summary.json", provenance)
     print(f"validation IoU {calibration['iou']:.4f} / Dice {calibration['dice']:.4f} at the calibrated "

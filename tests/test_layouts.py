@@ -1,0 +1,84 @@
+"""Composed mask layouts: objects never overlap or touch, layouts follow the labelled set's object
+count and size statistics, a seed fixes them, records say how each mask was made."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from generation_torch.layouts import ComposeConfig, compose_masks, instances, layout_stats
+from shared.phantom import PhantomConfig, phantom_stack
+from shared.tiff_io import read_pair
+from shared.tiles import tile_stack
+
+from .conftest import EPFL
+
+
+def labelled_tiles(images, masks):
+    _, tiles, _ = tile_stack(images, masks, "t", dict.fromkeys(range(len(images)), "train"))
+    return (tiles > 0).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def phantom_masks():
+    images, masks = phantom_stack(2, seed=1, config=PhantomConfig(height=512, width=512))
+    return labelled_tiles(images, masks)
+
+
+def components(mask):
+    return ndimage.label(mask, structure=np.ones((3, 3)))[1]
+
+
+def test_instances_are_the_connected_components():
+    mask = np.zeros((1, 64, 64), np.uint8)
+    mask[0, 10:20, 10:20] = 1          # interior, 100 px
+    mask[0, 0:8, 40:50] = 1            # cut by the border, 80 px
+    mask[0, 50:53, 50:53] = 1          # 9 px: noise
+    found = instances(mask, ComposeConfig(min_area=30))
+    assert sorted((int(i.patch.sum()), i.interior) for i in found) == [(80, False), (100, True)]
+
+
+def test_objects_never_overlap_or_touch(phantom_masks):
+    masks, records = compose_masks(phantom_masks, 24, seed=0)
+    assert masks.shape == (24, *phantom_masks.shape[1:]) and set(np.unique(masks)) <= {0, 1}
+    placed = np.array([len(r["objects"]) for r in records])
+    found = np.array([components(m) for m in masks])
+    # every placed object is its own component: overlapping or touching objects would merge (a
+    # deformed object cut by the tile border may rarely show as two pieces, never as fewer)
+    assert np.mean(found == placed) >= 0.9 and np.all(found >= placed)
+    assert all(r["mask_source"] == "composed" and r["layout_seed"] == 0 for r in records)
+    assert all({"from_tile", "angle", "scale", "y", "x"} <= set(o) for r in records for o in r["objects"])
+
+
+def test_a_seed_fixes_the_layouts(phantom_masks):
+    a, _ = compose_masks(phantom_masks, 6, seed=3)
+    b, _ = compose_masks(phantom_masks, 6, seed=3)
+    c, _ = compose_masks(phantom_masks, 6, seed=4)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_layouts_differ_from_every_labelled_tile(phantom_masks):
+    masks, _ = compose_masks(phantom_masks, 8, seed=0)
+    for m in masks:
+        assert min(np.mean(m != t) for t in phantom_masks) > 0.01
+
+
+def check_statistics(labelled, composed):
+    src, new = layout_stats(labelled), layout_stats(composed)
+    assert new["objects_per_tile_mean"] == pytest.approx(src["objects_per_tile_mean"], rel=0.25)
+    assert new["object_area_median"] == pytest.approx(src["object_area_median"], rel=0.3)
+    assert new["foreground_fraction"] == pytest.approx(src["foreground_fraction"], rel=0.35)
+
+
+def test_statistics_follow_the_labelled_phantom(phantom_masks):
+    check_statistics(phantom_masks, compose_masks(phantom_masks, 64, seed=0)[0])
+
+
+def test_statistics_follow_two_labelled_epfl_slices(epfl_dir):
+    images, masks = read_pair(EPFL / "training.tif", EPFL / "training_groundtruth.tif")
+    labelled = labelled_tiles(images[3:5], masks[3:5])
+    check_statistics(labelled, compose_masks(labelled, 64, seed=0)[0])
+
+
+def test_masks_without_objects_are_refused():
+    with pytest.raises(ValueError, match="no object"):
+        compose_masks(np.zeros((2, 32, 32), np.uint8), 4, seed=0)
