@@ -3,7 +3,7 @@
     python -m exporters.infer segment --model segmenter.onnx --images STACK.tif --out DIR [--tta]
         -> DIR/probability.tif (float32) and DIR/mask.tif (uint8 {0,1}, calibrated threshold)
     python -m exporters.infer generate --model-dir GEN_ONNX_DIR --masks MASKS.tif --out DIR
-        [--n N --sampler ddim --steps 50 --guidance 1.0 --seed 0]
+        [--n N --sampler ddim --steps 50 --guidance 2 --seed 0]
         -> DIR/images.tif (uint8) and DIR/masks.tif (the masks they were drawn for)
 """
 
@@ -19,8 +19,8 @@ import numpy as np
 from tqdm import tqdm
 
 from exporters.runtime import Generator, InputError, ModelFileError, Segmenter
-from shared import diffusion
-from shared.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_cli, unit_interval
+from shared.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_cli
+from shared.sampling import add_sampler_flags, settings_from_args
 from shared.tiff_io import read_image_stack, read_mask_stack, write_stack
 
 
@@ -33,7 +33,7 @@ def output_dir(path: Path) -> Path:
     return path
 
 
-def segment(args) -> None:
+def segment(args: argparse.Namespace) -> None:
     model = Segmenter(args.model, args.device, args.threads)
     stack = read_image_stack(args.images)
     out = output_dir(args.out)
@@ -45,7 +45,7 @@ def segment(args) -> None:
           f"threshold {model.threshold:.3f})")
 
 
-def generate(args) -> None:
+def generate(args: argparse.Namespace) -> None:
     model = Generator(args.model_dir, args.device, args.threads)
     masks = read_mask_stack(args.masks)
     if masks.shape[1:] != (model.tile, model.tile):
@@ -54,11 +54,10 @@ def generate(args) -> None:
     n = args.n or len(masks)
     chosen = masks[np.arange(n) % len(masks)]
     out = output_dir(args.out)
+    settings = settings_from_args(args)
     images = []
     for start in tqdm(range(0, n, args.batch_size), desc="generate", unit="batch"):
-        images.append(model.sample(chosen[start:start + args.batch_size], args.sampler, args.steps,
-                                   args.guidance, seed=args.seed + start, eta=args.eta,
-                                   guidance_rescale=args.guidance_rescale))
+        images.append(model.sample(chosen[start:start + args.batch_size], settings, args.seed, start))
     write_stack(out / "images.tif", np.concatenate(images))
     write_stack(out / "masks.tif", chosen.astype(np.uint8))
     print(f"wrote {n} tiles to {out / 'images.tif'} with their masks in {out / 'masks.tif'}")
@@ -80,13 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     gen.add_argument("--masks", type=Path, required=True, help="(N, 256, 256) mask stack")
     gen.add_argument("--out", type=Path, required=True)
     gen.add_argument("--n", type=positive_int, default=None, help="tiles (default: one per mask)")
-    gen.add_argument("--sampler", choices=diffusion.SAMPLERS, default="ddim")
-    gen.add_argument("--steps", type=positive_int, default=None, help="default: 50 ddim, 20 dpmpp2m")
-    gen.add_argument("--guidance", type=float, default=1.0)
-    gen.add_argument("--guidance-rescale", type=unit_interval, default=0.0,
-                     help="0-1: rescale guided predictions to the conditional std")
-    gen.add_argument("--eta", type=float, default=0.0)
-    gen.add_argument("--seed", type=int, default=0)
+    add_sampler_flags(gen)
+    gen.add_argument("--seed", type=non_negative_int, default=0)
     gen.add_argument("--batch-size", type=positive_int, default=8)
     for p in (seg, gen):
         p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 from exporters.onnx_io import finalize, save_atomic  # noqa: E402
 from shared import normalization  # noqa: E402
 from shared.errors import ArgumentParser, UserError, run_cli  # noqa: E402
+from shared.tiling import OVERLAP  # noqa: E402
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -36,7 +37,7 @@ def segmenter_metadata(sidecar: dict) -> dict[str, object]:
         "output_meaning": "sigmoid foreground (mitochondria) probability, NHWC float32 [batch, height, "
                           "width, 1]; foreground where probability > threshold",
         "threshold": float(sidecar["threshold"]),
-        "recommended_overlap": int(sidecar.get("recommended_overlap", 64)),
+        "recommended_overlap": int(sidecar.get("recommended_overlap", OVERLAP)),
         "recommended_tta": bool(sidecar.get("recommended_tta", False)),
         "provenance": sidecar.get("provenance", {}),
     }

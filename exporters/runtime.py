@@ -2,7 +2,7 @@
 
     Segmenter("segmenter.onnx").predict(slice)          -> (H, W) float32 foreground probability
     Segmenter("segmenter.onnx").segment(slice)          -> (H, W) uint8 mask at the calibrated threshold
-    Generator("generator_onnx/").sample(masks, ...)     -> (N, 256, 256) uint8 images for those masks
+    Generator("generator_onnx/").sample(masks, SamplerSettings(), seed)  -> (N, 256, 256) uint8 images
 
 Provider: the CUDA execution provider (with IO binding) when its libraries load and a GPU answers,
 else the CPU provider; one log line says which, and onnxruntime's own loader errors are kept quiet.
@@ -24,7 +24,8 @@ import onnxruntime as ort
 from exporters import metadata as meta
 from shared import diffusion
 from shared.normalization import denormalize, normalize
-from shared.tiling import predict_tiled, with_tta
+from shared.sampling import SamplerSettings, TileNoise, tile_seeds
+from shared.tiling import OVERLAP, TILE, predict_tiled, with_tta
 
 log = logging.getLogger("emsynth.runtime")
 CUDA = "CUDAExecutionProvider"
@@ -181,7 +182,7 @@ class Segmenter:
         tta and overlap default to the settings the threshold was calibrated with (file metadata)."""
         x = normalize(check_slice(image))
         tta = self.metadata.get("recommended_tta", "false") == "true" if tta is None else tta
-        overlap = int(self.metadata.get("recommended_overlap", 64)) if overlap is None else overlap
+        overlap = int(self.metadata.get("recommended_overlap", OVERLAP)) if overlap is None else overlap
         fn = with_tta(self.predict_tiles) if tta else self.predict_tiles
         return predict_tiled(fn, x, self.tile, overlap, batch_size)
 
@@ -203,11 +204,11 @@ class Generator:
         check_metadata(self.folder / "denoiser.onnx", self.metadata, "denoiser")
         self.decoder, decoder_meta = open_session(self.folder / "vae_decoder.onnx", device, threads)
         check_metadata(self.folder / "vae_decoder.onnx", decoder_meta, "vae_decoder")
-        self.schedule = diffusion.Schedule.make(self.metadata["schedule"], int(self.metadata["timesteps"]))
+        self.schedule = diffusion.Schedule.from_config(self.metadata)
         self.prediction = self.metadata["prediction"]
         self.latent_scale = float(self.metadata["latent_scale"])
         self.latent_shape = tuple(json.loads(self.metadata["latent_shape"]))
-        self.tile = int(self.metadata.get("tile_size", "256"))
+        self.tile = int(self.metadata.get("tile_size", TILE))
         self.names = [i.name for i in self.denoiser.get_inputs()]
 
     def denoise(self, x: np.ndarray, cond: np.ndarray, t: int) -> np.ndarray:
@@ -218,53 +219,42 @@ class Generator:
 
     def model_fn(self, cond: np.ndarray, guidance: float,
                  rescale: float = 0.0) -> Callable[[np.ndarray, int], np.ndarray]:
-        """model(x, t) with classifier-free guidance: conditioned and null-conditioned halves of one
-        batch, combined by shared.diffusion.guided (guidance 1 = conditioned only)."""
-        n = len(cond)
-        both_cond = np.concatenate([cond, np.zeros_like(cond)])
-
-        def fn(x: np.ndarray, t: int) -> np.ndarray:
-            if guidance == 1.0:
-                return self.denoise(x, cond, t)
-            both = self.denoise(np.concatenate([x, x]), both_cond, t)
-            return diffusion.guided(both[:n], both[n:], guidance, rescale)
-
-        return fn
+        """model(x, t) with classifier-free guidance (shared.diffusion.guided_model)."""
+        null = np.zeros_like(cond)
+        return diffusion.guided_model(self.denoise, cond, null, guidance, rescale, np.concatenate)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Scaled latents -> normalized images (N, T, T) in about [-1, 1]."""
         return run(self.decoder, {self.decoder.get_inputs()[0].name:
                                   (latents / self.latent_scale).astype(np.float32)})[0][:, 0]
 
-    def generate(self, masks: np.ndarray, sampler: str = "ddim", steps: int | None = None,
-                 guidance: float = 1.0, seed: int = 0, eta: float = 0.0,
-                 initial_noise: np.ndarray | None = None, guidance_rescale: float = 0.0) -> np.ndarray:
-        """Normalized images (N, T, T) in [-1, 1] drawn for binary masks (N, T, T)."""
+    def generate(self, masks: np.ndarray, settings: SamplerSettings | None = None, seed: int = 0,
+                 start: int = 0, initial_noise: np.ndarray | None = None) -> np.ndarray:
+        """Normalized images (N, T, T) in [-1, 1] drawn for binary masks (N, T, T). Image k is tile
+        start + k of a request with `seed` and draws from that tile's own noise stream, as in PyTorch
+        (shared.sampling): an image does not depend on how a request is cut into calls.
+        initial_noise (N, C, h, w), if given, replaces the streams' first draw (x_T)."""
+        settings = settings or SamplerSettings()
         masks = check_masks(masks, self.tile)
-        if sampler not in diffusion.SAMPLERS:
-            raise InputError(f"sampler must be one of {', '.join(diffusion.SAMPLERS)}, got {sampler!r}")
-        if not 0.0 <= guidance_rescale <= 1.0:
-            raise InputError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
-        if steps is not None and not 1 <= steps <= self.schedule.timesteps:
-            raise InputError(f"steps must be in [1, {self.schedule.timesteps}], got {steps}")
-        rng = np.random.default_rng(seed)
-        c, h, w = self.latent_shape
-        if initial_noise is None:
-            initial_noise = rng.standard_normal((len(masks), c, h, w), dtype=np.float32)
-        elif initial_noise.shape != (len(masks), c, h, w):
-            raise InputError(f"initial_noise must be {(len(masks), c, h, w)}, got {initial_noise.shape}")
-        latents = diffusion.sample(self.model_fn(mask_condition(masks, h), guidance, guidance_rescale),
-                                   initial_noise.astype(np.float32), self.schedule, sampler, steps, eta=eta,
-                                   prediction=self.prediction,
-                                   noise_fn=lambda a: rng.standard_normal(a.shape, dtype=np.float32))
+        try:
+            steps = settings.steps_for(self.schedule.timesteps)
+            noise = TileNoise(tile_seeds(seed, start, len(masks)))
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        shape = (len(masks), *self.latent_shape)
+        if initial_noise is not None and initial_noise.shape != shape:
+            raise InputError(f"initial_noise must be {shape}, got {initial_noise.shape}")
+        x_T = noise.draw(self.latent_shape) if initial_noise is None else initial_noise.astype(np.float32)
+        cond = mask_condition(masks, self.latent_shape[1])
+        fn = self.model_fn(cond, settings.scale, settings.guidance_rescale)
+        latents = diffusion.sample(fn, x_T, self.schedule, settings.sampler, steps, eta=settings.eta,
+                                   prediction=self.prediction, noise_fn=lambda a: noise.draw(a.shape[1:]))
         return self.decode(latents)
 
-    def sample(self, masks: np.ndarray, sampler: str = "ddim", steps: int | None = None,
-               guidance: float = 1.0, seed: int = 0, eta: float = 0.0,
-               guidance_rescale: float = 0.0) -> np.ndarray:
+    def sample(self, masks: np.ndarray, settings: SamplerSettings | None = None, seed: int = 0,
+               start: int = 0) -> np.ndarray:
         """uint8 images (N, T, T) drawn for binary masks (N, T, T); same seed, same images."""
-        return denormalize(self.generate(masks, sampler, steps, guidance, seed, eta,
-                                         guidance_rescale=guidance_rescale), np.uint8)
+        return denormalize(self.generate(masks, settings, seed, start), np.uint8)
 
 
 def mask_condition(masks: np.ndarray, size: int) -> np.ndarray:

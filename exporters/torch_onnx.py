@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from exporters.onnx_io import finalize, save_atomic
-from shared import normalization
+from shared import diffusion, normalization
 from shared.errors import ArgumentParser, UserError, run_cli
+from shared.tiling import TILE
 
 OPSET = 18
 PARITY_TOLERANCE = 1e-4
@@ -49,12 +50,10 @@ class DecoderPart(nn.Module):
 def generator_metadata(saved: dict) -> dict[str, object]:
     d = saved["diffusion"]
     return {
-        "schedule": d["schedule"], "timesteps": int(d["timesteps"]), "prediction": d["prediction"],
-        "schedule_parameters": ({"beta_start": 1e-4, "beta_end": 0.02} if d["schedule"] == "linear"
-                                else {"s": 0.008, "max_beta": 0.999}),
+        **diffusion.Schedule.from_config(d).to_config(), "prediction": d["prediction"],
         "latent_scale": float(saved["latent_scale"]), "latent_shape": list(saved["latent_shape"]),
         "latent_note": "denoiser works on latents * latent_scale; divide by latent_scale before the decoder",
-        "condition": saved["condition"], "tile_size": int(saved.get("tile_size", 256)),
+        "condition": saved["condition"], "tile_size": int(saved.get("tile_size", TILE)),
         **normalization.metadata(),
     }
 
@@ -84,14 +83,14 @@ def parity(module: nn.Module, proto, args: tuple[torch.Tensor, ...], names: list
 def example_inputs(saved: dict, batch: int = 2, seed: int = 0) -> dict[str, tuple[torch.Tensor, ...]]:
     g = torch.Generator().manual_seed(seed)
     c, h, w = saved["latent_shape"]
-    tile = int(saved.get("tile_size", 256))
+    tile = int(saved.get("tile_size", TILE))
     mask = (torch.rand(batch, 1, h, w, generator=g) > 0.5).float()
     cond = torch.cat([mask, torch.ones_like(mask)], dim=1)
     return {
         "vae_encoder": (torch.rand(batch, 1, tile, tile, generator=g) * 2 - 1,),
         "vae_decoder": (torch.randn(batch, c, h, w, generator=g),),
         "denoiser": (torch.randn(batch, c, h, w, generator=g), cond,
-                     torch.randint(0, 1000, (batch,), generator=g).float()),
+                     torch.randint(0, int(saved["diffusion"]["timesteps"]), (batch,), generator=g).float()),
     }
 
 

@@ -1,19 +1,16 @@
 """Flags of `python -m generation_torch.train` and how they become stage configs (flag > preset >
-dataclass default)."""
+dataclass default). No torch import: the flags are checked before PyTorch loads."""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from generation_torch.config import DiffusionConfig, OptimConfig, StageConfig, UNetConfig, VAEConfig
-from generation_torch.precision import CHOICES as PRECISIONS
+from generation_torch.config import PRECISIONS, Stages
 from generation_torch.presets import PRESETS, default_preset
-from generation_torch.stages import DiffusionStage, VAEStage
 from shared import diffusion
 from shared.errors import ArgumentParser, UserError, fraction, positive_float, positive_int
+from shared.presets import apply_flags
 from shared.sources import add_data_flags
 
 
@@ -63,6 +60,8 @@ def parser() -> ArgumentParser:
     v.add_argument("--downsample", type=int, choices=(4, 8))
     v.add_argument("--vae-channels", type=int_list, help="widths per level, e.g. 32,64,128")
     v.add_argument("--beta", type=float, help="KL weight (KL averaged per latent element)")
+    v.add_argument("--spectral-weight", type=float,
+                   help="weight of the log-amplitude spectrum loss that keeps EM texture (0: off)")
     v.add_argument("--vae-steps", type=positive_int)
     v.add_argument("--vae-batch-size", type=positive_int)
     v.add_argument("--vae-lr", type=positive_float)
@@ -75,6 +74,8 @@ def parser() -> ArgumentParser:
     d.add_argument("--unet-blocks", type=positive_int)
     d.add_argument("--time-dims", type=int_list, help="sinusoid,hidden,out of the timestep MLP")
     d.add_argument("--heads", type=positive_int)
+    d.add_argument("--mask-every-level", action=argparse.BooleanOptionalAction,
+                   help="the mask modulates every residual block (SPADE; default) or only the input")
     d.add_argument("--diffusion-steps", type=positive_int)
     d.add_argument("--diffusion-batch-size", type=positive_int)
     d.add_argument("--diffusion-lr", type=positive_float)
@@ -83,51 +84,45 @@ def parser() -> ArgumentParser:
     return p
 
 
-def _resolved(args: argparse.Namespace) -> dict[str, Any]:
-    """Every tunable: the explicit flag, else the preset's value, else None (dataclass default)."""
-    has_data = args.store is not None or args.images is not None
-    args.preset = args.preset or default_preset(has_data)
-    values = dict(PRESETS[args.preset])
-    values.update({k: v for k, v in vars(args).items() if v is not None})
-    if values.get("steps") is not None:  # --steps overrides both stages unless a stage flag is given
-        values.setdefault("vae_steps", values["steps"])
-        values.setdefault("diffusion_steps", values["steps"])
-        for key in ("vae_steps", "diffusion_steps"):
-            if getattr(args, key) is None:
-                values[key] = values["steps"]
-    return values
+def _both(path: str) -> tuple[str, str]:
+    return f"vae.train.{path}", f"diffusion.train.{path}"
 
 
-def _pick(values: dict[str, Any], **names: str) -> dict[str, Any]:
-    return {field: values[flag] for field, flag in names.items() if values.get(flag) is not None}
+# flag -> the Stages field(s) it sets; order is precedence (--steps, then the stage's own --*-steps)
+FLAGS: dict[str, str | tuple[str, ...]] = {
+    "steps": _both("steps"), "optimizer": _both("optim.optimizer"), "accumulate": _both("accumulate"),
+    "patience": _both("patience"), "steps_per_epoch": _both("steps_per_epoch"),
+    "warmup_steps": _both("optim.warmup_steps"), "momentum": _both("optim.momentum"),
+    "weight_decay": _both("optim.weight_decay"),
+    "latent_channels": "vae.model.latent_channels", "downsample": "vae.model.downsample",
+    "vae_channels": "vae.model.channels", "beta": "vae.beta", "vae_steps": "vae.train.steps",
+    "spectral_weight": "vae.spectral_weight",
+    "vae_batch_size": "vae.train.batch_size", "vae_lr": "vae.train.optim.lr", "vae_minutes": "vae.minutes",
+    "schedule": "diffusion.diffusion.schedule", "prediction": "diffusion.diffusion.prediction",
+    "cond_dropout": "diffusion.diffusion.cond_dropout", "unet_channels": "diffusion.model.channels",
+    "unet_blocks": "diffusion.model.blocks", "time_dims": "diffusion.model.time_dims",
+    "heads": "diffusion.model.heads", "diffusion_steps": "diffusion.train.steps",
+    "mask_every_level": "diffusion.model.mask_every_level",
+    "diffusion_batch_size": "diffusion.train.batch_size", "diffusion_lr": "diffusion.train.optim.lr",
+    "ema_decay": "diffusion.train.ema_decay", "diffusion_minutes": "diffusion.minutes",
+}
 
 
-def stages_from_args(args: argparse.Namespace) -> tuple[VAEStage, DiffusionStage]:
-    values = _resolved(args)
-    if values.get("time_dims") is not None and len(values["time_dims"]) != 3:
+def preset_name(args: argparse.Namespace) -> str:
+    """--preset, else the default for the data flags given."""
+    return args.preset or default_preset(args.store is not None or args.images is not None)
+
+
+def stages_from_args(args: argparse.Namespace) -> Stages:
+    """flag > preset > dataclass default (shared.presets), checked once here; args are only read."""
+    if args.time_dims is not None and len(args.time_dims) != 3:
         raise UserError("--time-dims takes three widths: sinusoid,hidden,out")
-    optim = replace(OptimConfig(), **_pick(values, optimizer="optimizer", momentum="momentum",
-                                           weight_decay="weight_decay", warmup_steps="warmup_steps"))
-    common = _pick(values, accumulate="accumulate", patience="patience", steps_per_epoch="steps_per_epoch")
-    vae_model = replace(VAEConfig(), **_pick(values, latent_channels="latent_channels",
-                                             downsample="downsample", channels="vae_channels"))
+    stages = apply_flags(PRESETS[preset_name(args)], FLAGS, vars(args))
+    vae_model, unet = stages.vae.model, stages.diffusion.model
     if len(vae_model.channels) < vae_model.levels:
         raise UserError(f"--vae-channels needs {vae_model.levels} widths for "
                         f"--downsample {vae_model.downsample}")
-    vae_train = replace(StageConfig(), **common,
-                        **_pick(values, steps="vae_steps", batch_size="vae_batch_size"),
-                        optim=replace(optim, **_pick(values, lr="vae_lr")))
-    unet = replace(UNetConfig(), **_pick(values, channels="unet_channels", blocks="unet_blocks",
-                                         time_dims="time_dims", heads="heads"))
     for width in unet.channels:
         if width % unet.heads or width % min(8, width):
             raise UserError(f"--unet-channels widths must be divisible by --heads ({unet.heads}) and 8")
-    diff_train = replace(StageConfig(), **common, **_pick(values, steps="diffusion_steps",
-                                                          batch_size="diffusion_batch_size",
-                                                          ema_decay="ema_decay"),
-                         optim=replace(optim, **_pick(values, lr="diffusion_lr")))
-    dcfg = replace(DiffusionConfig(), **_pick(values, schedule="schedule", prediction="prediction",
-                                              cond_dropout="cond_dropout"))
-    beta = values.get("beta", VAEStage.beta)
-    return (VAEStage(vae_model, vae_train, beta, values.get("vae_minutes")),
-            DiffusionStage(unet, diff_train, dcfg, values.get("diffusion_minutes")))
+    return stages

@@ -1,4 +1,5 @@
-"""Typed configurations with defaults; the CLI (train.py) fills them, presets override defaults."""
+"""Typed configurations with defaults; the CLI (cli_args.py) fills them from presets and flags.
+No torch import: flags become configs without loading PyTorch."""
 
 from __future__ import annotations
 
@@ -62,6 +63,34 @@ class DiffusionConfig:
     cond_dropout: float = 0.15                     # share of training samples with the null condition
 
 
+@dataclass(frozen=True)
+class VAEStage:
+    model: VAEConfig = field(default_factory=VAEConfig)
+    train: StageConfig = field(default_factory=StageConfig)
+    beta: float = 1e-5                             # KL weight (KL averaged per latent element)
+    spectral_weight: float = 0.0                   # log-amplitude spectrum loss (texture; 0: off)
+    minutes: float | None = None                   # time box (None: run all steps)
+
+
+@dataclass(frozen=True)
+class DiffusionStage:
+    model: UNetConfig = field(default_factory=UNetConfig)
+    train: StageConfig = field(default_factory=StageConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    minutes: float | None = None
+
+
+@dataclass(frozen=True)
+class Stages:
+    """Everything `python -m generation_torch.train` trains by: a preset is one of these."""
+
+    vae: VAEStage = field(default_factory=VAEStage)
+    diffusion: DiffusionStage = field(default_factory=DiffusionStage)
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")    # --precision choices (autocast dtype, see precision.py)
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return asdict(cfg)
 
@@ -87,5 +116,5 @@ def unet_config(saved: dict[str, Any]) -> UNetConfig:
     return from_dict(UNetConfig, {"mask_every_level": False, **saved})
 
 
-__all__ = ["DiffusionConfig", "OptimConfig", "StageConfig", "UNetConfig", "VAEConfig", "from_dict",
-           "replace", "to_dict", "unet_config"]
+__all__ = ["PRECISIONS", "DiffusionConfig", "DiffusionStage", "OptimConfig", "StageConfig", "Stages",
+           "UNetConfig", "VAEConfig", "VAEStage", "from_dict", "replace", "to_dict", "unet_config"]

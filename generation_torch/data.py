@@ -41,14 +41,10 @@ def store_identity(store: TileStore | None, split: str = "train") -> dict[str, A
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th of the 8 symmetries of the square (k = 0..7) on the last two axes."""
+    """The k-th of the 8 symmetries of the square (k = 0..7) on the last two axes: shared.tiling.dihedral
+    for tensors (its test checks the two agree)."""
     x = torch.rot90(x, k % 4, dims=(-2, -1))
     return torch.flip(x, dims=(-1,)) if k >= 4 else x
-
-
-def dihedral_np(x: np.ndarray, k: int) -> np.ndarray:
-    x = np.rot90(x, k % 4, axes=(-2, -1))
-    return np.ascontiguousarray(x[..., ::-1] if k >= 4 else x)
 
 
 @dataclass

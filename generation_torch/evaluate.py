@@ -22,10 +22,10 @@ import torch
 
 from generation_torch import checkpoint, metrics, precision
 from generation_torch.pipeline import Generator, load_generator
-from generation_torch.sample import add_sampler_flags, generate_tiles
+from generation_torch.sample import add_run_flags, generate_tiles, sampler_settings
 from generation_torch.stages import VAE_FORMAT, load_vae
-from shared import diffusion
-from shared.errors import ArgumentParser, positive_int, run_cli
+from shared.errors import ArgumentParser, non_negative_int, positive_int, run_cli
+from shared.sampling import SamplerSettings
 from shared.sources import add_data_flags, resolve_real_store, source_from_args
 from shared.store import TileStore
 
@@ -42,7 +42,10 @@ def reconstruction(gen: Generator, images: np.ndarray, batch_size: int = 16
     return {"recon_mse": value, "recon_psnr": metrics.psnr(value)}, out
 
 
-def evaluate(gen: Generator, store: TileStore, args, vae_only: bool = False) -> dict:
+def evaluate(gen: Generator, store: TileStore, settings: SamplerSettings, *, n: int | None = None,
+             seed: int = 0, batch_size: int = 8, progress: bool = True, vae_only: bool = False) -> dict:
+    """Reconstruction figures and, unless vae_only, the realism of tiles generated for the first n
+    validation masks (default: all)."""
     val_idx, train_idx = store.indices("val"), store.indices("train")
     val = store.images(val_idx)
     figures, recon = reconstruction(gen, val)
@@ -50,14 +53,14 @@ def evaluate(gen: Generator, store: TileStore, args, vae_only: bool = False) -> 
     if vae_only:
         return result
     ceiling = metrics.realism(recon, val)  # generated tiles pass the same decoder: context for them
-    n = min(args.n or len(val_idx), len(val_idx))
+    n = min(n or len(val_idx), len(val_idx))
     masks = store.masks(val_idx[:n])
     start = time.perf_counter()
-    fake = generate_tiles(gen, masks, args.seed, args, progress=not args.no_progress)
+    fake = generate_tiles(gen, masks, settings, seed, batch_size, progress)
     seconds = time.perf_counter() - start
     floor = metrics.realism(store.images(train_idx), val)
-    result.update({"generated": n, "sampler": args.sampler,
-                   "steps": args.steps or diffusion.DEFAULT_STEPS[args.sampler], "guidance": args.guidance,
+    result.update({"generated": n, "sampler": settings.sampler,
+                   "steps": settings.steps_for(gen.schedule.timesteps), "guidance": settings.guidance,
                    "tiles_per_s": n / seconds, **metrics.realism(fake, val),
                    "floor_hist_w1": floor["hist_w1"], "floor_spectrum_dist": floor["spectrum_dist"],
                    "vae_hist_w1": ceiling["hist_w1"], "vae_spectrum_dist": ceiling["spectrum_dist"]})
@@ -97,12 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="RUN/generator.pt (or RUN/vae.pt with --vae-only)")
     add_data_flags(p)
     p.add_argument("--n", type=positive_int, help="generated tiles (default: one per validation tile)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--vae-only", action="store_true", help="reconstruction figures only")
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.add_argument("--no-progress", action="store_true")
-    add_sampler_flags(p)
+    add_run_flags(p)
     args = p.parse_args(argv)
+    settings = sampler_settings(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = precision.resolve(args.precision, device)
     if args.vae_only and checkpoint.load(args.checkpoint).get("format") == VAE_FORMAT:
@@ -111,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         gen = load_generator(args.checkpoint, device, dtype)
     store = resolve_real_store(source_from_args(args), args.checkpoint.parent)
-    result = evaluate(gen, store, args, args.vae_only)
+    result = evaluate(gen, store, settings, n=args.n, seed=args.seed, batch_size=args.batch_size,
+                      progress=not args.no_progress, vae_only=args.vae_only)
     print(format_result(result))
     if args.json:
         report = {"command": "python -m generation_torch.evaluate " + " ".join(argv or sys.argv[1:]),

@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shared.normalization import unnormalize
+
 
 def to_unit(x: torch.Tensor | np.ndarray) -> np.ndarray:
-    """[-1, 1] network space -> [0, 1] float32 for display."""
-    x = x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
-    return np.clip(x * 0.5 + 0.5, 0.0, 1.0)
+    """[-1, 1] network space (a tensor or an array) -> [0, 1] float32 for display."""
+    return unnormalize(x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else x)
 
 
 def pair_grid(left: np.ndarray, right: np.ndarray, columns: int = 4, gap: int = 4) -> np.ndarray:

@@ -9,12 +9,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from generation_torch.data import dihedral_np
 from shared.errors import UserError
 from shared.store import MANIFEST, TileStore
 from shared.tiff_io import read_mask_stack
-
-TILE = 256
+from shared.tiling import TILE, dihedral
 
 
 def load_mask_source(path: Path, split: str = "train") -> np.ndarray:
@@ -60,6 +58,6 @@ def varied_masks(source: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, lis
     origin = []
     for i in range(n):
         j, k = int(rng.integers(len(source))), int(rng.integers(8))
-        out[i] = elastic(dihedral_np(source[j], k), rng)
+        out[i] = elastic(dihedral(source[j], k), rng)
         origin.append({"mask_source_index": j, "dihedral": k})
     return out, origin

@@ -5,7 +5,8 @@ generator.pt keys (a plain dict, torch.save):
     format "emsynth-generator", version 2 (1: the denoiser took the mask at its input only; still loads),
     vae_config (VAEConfig as dict), vae_weights (VAE state_dict: encoder.* and decoder.*),
     unet_config (UNetConfig as dict), unet_weights (EMA denoiser state_dict),
-    diffusion {schedule, timesteps, prediction, cond_dropout}, latent_scale (float),
+    diffusion {schedule, timesteps, schedule_parameters (Schedule.to_config; older files lack the
+    parameters and get the schedule's defaults), prediction, cond_dropout}, latent_scale (float),
     latent_shape [C, h, w], tile_size, normalization (shared.normalization.metadata()),
     condition (text: the layout of the condition input), precision_trained,
     data {labelled, unlabelled}: the stores it learned from (path, train tiles, records hash), or None.
@@ -26,6 +27,8 @@ from generation_torch.vae import VAE
 from shared import diffusion
 from shared.errors import UserError
 from shared.normalization import metadata as norm_metadata
+from shared.sampling import SamplerSettings, TileNoise, tile_seeds
+from shared.tiling import TILE
 
 CONDITION_LAYOUT = ("cond (B, 2, h, w) float32: [0] mask area-averaged to latent resolution in [0, 1], "
                     "[1] 1 = conditioned; null condition (guidance) = all zeros")
@@ -43,46 +46,39 @@ class Generator:
 
     @property
     def latent_size(self) -> int:
-        return 256 // self.vae.cfg.downsample
+        return TILE // self.vae.cfg.downsample
 
     def model_fn(self, cond: torch.Tensor, guidance: float,
                  rescale: float = 0.0) -> Callable[[torch.Tensor, int], torch.Tensor]:
-        """model_fn(x, t) for shared.diffusion.sample, with classifier-free guidance: scale 1 runs the
-        conditional model only, 0 the unconditional one, else both in one batch (rescale: see
-        shared.diffusion.guided)."""
-        null = null_condition(cond)
-
-        def fn(x: torch.Tensor, t: int) -> torch.Tensor:
+        """model_fn(x, t) for shared.diffusion.sample with classifier-free guidance
+        (shared.diffusion.guided_model: the same batching as the onnxruntime sampler)."""
+        def denoise(x: torch.Tensor, c: torch.Tensor, t: int) -> torch.Tensor:
             with torch.no_grad(), precision.autocast(self.device, self.autocast):
-                if guidance == 1.0 or guidance == 0.0:
-                    c = cond if guidance == 1.0 else null
-                    return self.unet(x, c, torch.full((len(x),), float(t), device=x.device)).float()
-                tt = torch.full((2 * len(x),), float(t), device=x.device)
-                both = self.unet(torch.cat([x, x]), torch.cat([cond, null]), tt).float()
-            c_out, u_out = both.chunk(2)
-            return diffusion.guided(c_out, u_out, guidance, rescale)
+                return self.unet(x, c, torch.full((len(x),), float(t), device=x.device)).float()
 
-        return fn
+        return diffusion.guided_model(denoise, cond, null_condition(cond), guidance, rescale, torch.cat)
 
     @torch.no_grad()
-    def generate(self, masks: torch.Tensor, seeds: list[int], sampler: str = "ddim", steps: int | None = None,
-                 guidance: float = 2.0, eta: float = 0.0, unconditional: bool = False,
-                 guidance_rescale: float = 0.0) -> torch.Tensor:
-        """Images (B, 1, T, T) in [-1, 1] for masks (B, T, T) in {0, 1}; tile i uses its own seed, so a
-        tile does not depend on the batch it was drawn in."""
+    def generate(self, masks: torch.Tensor, settings: SamplerSettings | None = None, seed: int = 0,
+                 start: int = 0) -> torch.Tensor:
+        """Images (B, 1, T, T) in [-1, 1] for masks (B, T, T) in {0, 1}. Image k is tile start + k of a
+        request with `seed` and draws from that tile's own noise stream (shared.sampling, as the
+        onnxruntime sampler): it does not depend on the batch it was drawn in."""
+        settings = settings or SamplerSettings()
         self.vae.eval()
         self.unet.eval()
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        shape = (self.vae.cfg.latent_channels, self.latent_size, self.latent_size)
+        noise = TileNoise(tile_seeds(seed, start, len(masks)))
 
         def noise_fn(x: torch.Tensor) -> torch.Tensor:
-            return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(x.device)
+            return torch.from_numpy(noise.draw(x.shape[1:])).to(x.device)
 
+        shape = (self.vae.cfg.latent_channels, self.latent_size, self.latent_size)
+        x_T = torch.from_numpy(noise.draw(shape)).to(self.device)
         cond = mask_condition(masks.to(self.device), self.latent_size)
-        x_T = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
-        fn = self.model_fn(cond, 0.0 if unconditional else guidance, guidance_rescale)
-        z = diffusion.sample(fn, x_T, self.schedule, sampler, steps, eta=eta, prediction=self.prediction,
-                             noise_fn=noise_fn)
+        fn = self.model_fn(cond, settings.scale, settings.guidance_rescale)
+        steps = settings.steps_for(self.schedule.timesteps)
+        z = diffusion.sample(fn, x_T, self.schedule, settings.sampler, steps, eta=settings.eta,
+                             prediction=self.prediction, noise_fn=noise_fn)
         return self.decode(z)
 
     def decode(self, z_scaled: torch.Tensor) -> torch.Tensor:
@@ -93,14 +89,14 @@ class Generator:
 def product_dict(vae: VAE, unet: UNet, dcfg: DiffusionConfig, scale: float, trained_precision: str,
                  data: dict | None = None) -> dict:
     c = vae.cfg.latent_channels
-    size = 256 // vae.cfg.downsample
+    size = TILE // vae.cfg.downsample
     return {
         "format": checkpoint.GENERATOR_FORMAT, "version": 2,
         "vae_config": to_dict(vae.cfg), "vae_weights": vae.state_dict(),
         "unet_config": to_dict(unet.cfg), "unet_weights": unet.state_dict(),
-        "diffusion": {"schedule": dcfg.schedule, "timesteps": diffusion.TIMESTEPS,
+        "diffusion": {**diffusion.Schedule.make(dcfg.schedule).to_config(),
                       "prediction": dcfg.prediction, "cond_dropout": dcfg.cond_dropout},
-        "latent_scale": float(scale), "latent_shape": [c, size, size], "tile_size": 256,
+        "latent_scale": float(scale), "latent_shape": [c, size, size], "tile_size": TILE,
         "normalization": norm_metadata(), "condition": CONDITION_LAYOUT,
         "precision_trained": trained_precision, "data": data,
     }
@@ -114,7 +110,7 @@ def load_generator(path: Path, device: torch.device | None = None,
         vae = VAE(from_dict(VAEConfig, saved["vae_config"]))
         unet = UNet(unet_config(saved["unet_config"]))
         d = saved["diffusion"]
-        schedule = diffusion.Schedule.make(d["schedule"], int(d["timesteps"]))
+        schedule = diffusion.Schedule.from_config(d)
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path}: malformed generator checkpoint ({exc})") from None
     checkpoint.load_weights(vae, saved["vae_weights"], path, "VAE")

@@ -9,8 +9,6 @@ import torch
 
 from shared.errors import UserError
 
-CHOICES = ("auto", "fp32", "bf16", "fp16")
-
 
 def cpu_has_bf16() -> bool:
     """oneDNN's own check for fast bf16 kernels (avx512_bf16 / AMX); without them bf16 is emulated."""

@@ -13,25 +13,36 @@ loss, which a CPU budget cannot afford (SGD stays the default optimizer outside 
 
 from __future__ import annotations
 
-from typing import Any
+from generation_torch.config import (
+    DiffusionStage,
+    OptimConfig,
+    StageConfig,
+    Stages,
+    UNetConfig,
+    VAEConfig,
+    VAEStage,
+)
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {
-        "downsample": 8, "vae_channels": (16, 32, 64), "beta": 1e-5,
-        "vae_steps": 200, "vae_batch_size": 8, "vae_lr": 2e-3,
-        "unet_channels": (32, 64, 64), "unet_blocks": 1, "time_dims": (64, 128, 256), "heads": 2,
-        "diffusion_steps": 400, "diffusion_batch_size": 24, "diffusion_lr": 1e-3,
-        "optimizer": "adamw", "warmup_steps": 20, "ema_decay": 0.995, "patience": 30,
-    },
-    "real": {
-        "downsample": 4, "vae_channels": (48, 96), "beta": 1e-5,
-        "vae_steps": 3000, "vae_batch_size": 8, "vae_lr": 1e-3,
-        "unet_channels": (32, 64, 128, 128), "unet_blocks": 1, "time_dims": (192, 384, 768), "heads": 4,
-        "diffusion_steps": 3000, "diffusion_batch_size": 16, "diffusion_lr": 4e-4,
-        "optimizer": "adamw", "warmup_steps": 100, "ema_decay": 0.999, "patience": 15,
-        "vae_minutes": 35.0, "diffusion_minutes": 25.0,  # time boxes: about an hour on 2 CPU cores
-    },
-    "none": {},
+
+def adamw(lr: float, warmup_steps: int) -> OptimConfig:
+    return OptimConfig(optimizer="adamw", lr=lr, warmup_steps=warmup_steps)
+
+
+PRESETS: dict[str, Stages] = {
+    "quick": Stages(
+        VAEStage(VAEConfig(downsample=8, channels=(16, 32, 64)),
+                 StageConfig(steps=200, batch_size=8, patience=30, optim=adamw(2e-3, 20)), beta=1e-5),
+        DiffusionStage(UNetConfig(channels=(32, 64, 64), blocks=1, time_dims=(64, 128, 256), heads=2),
+                       StageConfig(steps=400, batch_size=24, patience=30, ema_decay=0.995,
+                                   optim=adamw(1e-3, 20)))),
+    "real": Stages(
+        VAEStage(VAEConfig(downsample=4, channels=(48, 96)),
+                 StageConfig(steps=3000, batch_size=8, patience=15, optim=adamw(1e-3, 100)), beta=1e-5,
+                 minutes=35.0),  # time boxes: about an hour on 2 CPU cores
+        DiffusionStage(UNetConfig(channels=(32, 64, 128, 128), blocks=1, time_dims=(192, 384, 768), heads=4),
+                       StageConfig(steps=3000, batch_size=16, patience=15, ema_decay=0.999,
+                                   optim=adamw(4e-4, 100)), minutes=25.0)),
+    "none": Stages(),
 }
 
 

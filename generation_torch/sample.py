@@ -2,13 +2,16 @@
 
     python -m generation_torch.sample --checkpoint RUN/generator.pt --masks-from STORE_OR_MASKS.tif
         --n 64 --out SYNTH_STORE [--sampler ddim --steps 50 --eta 0 --guidance 2 --seed 0 --batch-size 8]
+        [--guidance-rescale 0 --unconditional --precision auto --grid tiles.png]
 
 Each tile is drawn for a mask taken from the mask source and varied (dihedral + elastic), and stored
-with that mask and its provenance (checkpoint hash, seed, sampler, steps, guidance). Same seed, same tiles.
+with that mask and its provenance (checkpoint hash, seed, sampler, steps, guidance). Same seed, same
+tiles, whatever the batch size, and the same as `exporters.infer generate` draws (shared.sampling).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,70 +21,71 @@ import torch
 from tqdm import tqdm
 
 from generation_torch import checkpoint, grids, precision
+from generation_torch.config import PRECISIONS
 from generation_torch.masks import load_mask_source, varied_masks
 from generation_torch.pipeline import Generator, load_generator
 from shared import diffusion
-from shared.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_cli, unit_interval
+from shared.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_cli
 from shared.normalization import denormalize
+from shared.sampling import SamplerSettings, add_sampler_flags, settings_from_args, tile_seeds
 from shared.store import TileStore
+from shared.tiling import TILE
 
 
-def add_sampler_flags(p: ArgumentParser) -> None:
-    p.add_argument("--sampler", choices=diffusion.SAMPLERS, default="ddim",
-                   help="ddpm (1000 steps), ddim (50), dpmpp2m (DPM-Solver++ 2M, 20)")
-    p.add_argument("--steps", type=positive_int, help="sampler steps (default per sampler)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 = DDPM variance")
-    p.add_argument("--guidance", type=float, default=2.0,
-                   help="classifier-free guidance scale (1 = conditional only)")
-    p.add_argument("--guidance-rescale", type=unit_interval, default=0.0,
-                   help="0-1: rescale the guided prediction to the conditional one's std (tames the "
-                        "over-saturated contrast of large guidance; Lin et al. 2024 use 0.7); 0 = off")
-    p.add_argument("--unconditional", action="store_true", help="ignore the masks (null condition)")
-    p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--precision", choices=precision.CHOICES, default="auto")
+def add_run_flags(p: ArgumentParser) -> None:
+    """The sampler flags (shared.sampling) and how PyTorch runs them (sample and evaluate)."""
+    add_sampler_flags(p)
+    p.add_argument("--batch-size", type=positive_int, default=8, help="tiles per denoiser call (any: "
+                   "tiles do not depend on it)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto")
 
 
-def generate_tiles(gen: Generator, masks: np.ndarray, seed: int, args, progress: bool = True) -> np.ndarray:
-    """float32 (N, 256, 256) images in [-1, 1] for uint8 masks; tile i uses seed * 1_000_003 + i."""
-    steps = args.steps or diffusion.DEFAULT_STEPS[args.sampler]
-    if steps > diffusion.TIMESTEPS:
-        raise UserError(f"--steps must be <= {diffusion.TIMESTEPS}, got {steps}")
+def sampler_settings(args: argparse.Namespace) -> SamplerSettings:
+    """The sampler flags as settings, their steps checked against the schedule (at the CLI edge)."""
+    settings = settings_from_args(args)
+    try:
+        settings.steps_for(diffusion.TIMESTEPS)
+    except ValueError as exc:
+        raise UserError(f"--{exc}") from None
+    return settings
+
+
+def generate_tiles(gen: Generator, masks: np.ndarray, settings: SamplerSettings, seed: int = 0,
+                   batch_size: int = 8, progress: bool = True) -> np.ndarray:
+    """float32 (N, T, T) images in [-1, 1] for uint8 masks; tile i draws from its own noise stream
+    (seed * 1_000_003 + i, shared.sampling), so the batch size does not change them."""
     out = np.empty(masks.shape, np.float32)
-    batches = range(0, len(masks), args.batch_size)
-    for start in tqdm(batches, disable=not progress, desc="sample", unit="batch"):
-        m = torch.from_numpy(masks[start:start + args.batch_size].astype(np.float32))
-        seeds = [seed * 1_000_003 + i for i in range(start, start + len(m))]
-        images = gen.generate(m, seeds, args.sampler, steps, args.guidance, args.eta, args.unconditional,
-                              args.guidance_rescale)
-        out[start:start + len(m)] = images[:, 0].cpu().numpy()
+    for start in tqdm(range(0, len(masks), batch_size), disable=not progress, desc="sample", unit="batch"):
+        m = torch.from_numpy(masks[start:start + batch_size].astype(np.float32))
+        out[start:start + len(m)] = gen.generate(m, settings, seed, start)[:, 0].cpu().numpy()
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m generation_torch.sample", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, required=True, help="RUN/generator.pt")
-    p.add_argument("--masks-from", type=Path, required=True, help="tile store or TIFF stack of 256x256 masks")
+    p.add_argument("--masks-from", type=Path, required=True,
+                   help=f"tile store or TIFF stack of {TILE}x{TILE} masks")
     p.add_argument("--n", type=positive_int, required=True, help="tiles to generate")
     p.add_argument("--out", type=Path, required=True, help="synthetic tile store (created or appended to)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--grid", type=Path, help="also write a PNG of (up to 16) tiles beside their masks")
-    add_sampler_flags(p)
+    add_run_flags(p)
     args = p.parse_args(argv)
+    settings = sampler_settings(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gen = load_generator(args.checkpoint, device, precision.resolve(args.precision, device))
     source = load_mask_source(args.masks_from)
     masks, origins = varied_masks(source, args.n, args.seed)
-    images = generate_tiles(gen, masks, args.seed, args, not args.no_progress)
-    store = TileStore.open_or_create(args.out, 256, kind="synthetic")
-    steps = args.steps or diffusion.DEFAULT_STEPS[args.sampler]
+    images = generate_tiles(gen, masks, settings, args.seed, args.batch_size, not args.no_progress)
+    store = TileStore.open_or_create(args.out, TILE, kind="synthetic")
     provenance = {"source": "synthetic", "checkpoint": str(args.checkpoint),
-                  "checkpoint_sha256": checkpoint.file_hash(args.checkpoint), "sampler": args.sampler,
-                  "steps": steps, "eta": args.eta, "guidance": 0.0 if args.unconditional else args.guidance,
-                  "guidance_rescale": args.guidance_rescale,
+                  "checkpoint_sha256": checkpoint.file_hash(args.checkpoint), **settings.provenance(),
                   "mask_source": str(args.masks_from), "split": "train"}
-    records = [{**provenance, "seed": args.seed, "tile_seed": args.seed * 1_000_003 + i, **o}
-               for i, o in enumerate(origins)]
+    seeds = tile_seeds(args.seed, 0, args.n)
+    records = [{**provenance, "seed": args.seed, "tile_seed": s, **o}
+               for s, o in zip(seeds, origins, strict=True)]
     store.append(denormalize(images, np.uint8), masks, records)
     if args.grid:
         k = min(16, args.n)

@@ -12,13 +12,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from generation_torch import checkpoint, precision
-from generation_torch.config import DiffusionConfig, StageConfig, UNetConfig, VAEConfig, from_dict, to_dict
+from generation_torch.config import DiffusionStage, VAEConfig, VAEStage, from_dict, to_dict
 from generation_torch.data import (
     LatentCache,
     encode_all,
@@ -41,22 +41,6 @@ VAE_FORMAT = "emsynth-vae"
 CACHE_FORMAT = "emsynth-latent-cache"
 
 
-@dataclass(frozen=True)
-class VAEStage:
-    model: VAEConfig
-    train: StageConfig
-    beta: float = 1e-5
-    minutes: float | None = None     # time box (None: run all steps)
-
-
-@dataclass(frozen=True)
-class DiffusionStage:
-    model: UNetConfig
-    train: StageConfig
-    diffusion: DiffusionConfig
-    minutes: float | None = None
-
-
 Caches = tuple[LatentCache, LatentCache | None]  # (labelled, unlabelled)
 
 
@@ -75,7 +59,7 @@ def train_vae(store: TileStore, stage: VAEStage, ctx: LoopContext, unlabelled: T
     torch.manual_seed(ctx.seed)  # identical initial weights on every DDP rank
     vae = VAE(stage.model)
     train_images = images if extra is None else torch.cat([images, extra])
-    task = VAETask(vae, train_images, val_images, stage.beta, ctx.dist.device)
+    task = VAETask(vae, train_images, val_images, stage.beta, ctx.dist.device, stage.spectral_weight)
     state = fit(task, stage.train, ctx)
     out = ctx.run_dir / "vae.pt"
     if state.finished and ctx.dist.main and (state.trained > 0 or not out.exists()):

@@ -17,6 +17,7 @@ from generation_torch.pipeline import Generator
 from generation_torch.unet import UNet
 from generation_torch.vae import VAE, vae_loss
 from shared import diffusion
+from shared.sampling import SamplerSettings
 
 VAL_SEED = 1234  # validation draws the same t and noise every epoch, so epochs compare
 
@@ -28,6 +29,7 @@ class VAETask:
     val_images: torch.Tensor
     beta: float
     device: torch.device
+    spectral_weight: float = 0.0
     name: str = "vae"
     use_ema: bool = False
 
@@ -40,7 +42,7 @@ class VAETask:
         k = int(torch.randint(0, 8, (1,), generator=g))  # a random dihedral transform per batch
         x = dihedral(self.train_images[idx], k).to(self.device)
         recon, mean, logvar = model(x, generator=g)
-        loss, mse = vae_loss(x, recon, mean, logvar, self.beta)
+        loss, mse = vae_loss(x, recon, mean, logvar, self.beta, self.spectral_weight)
         return loss, {"train_mse": float(mse.detach())}
 
     def validate(self, model: nn.Module) -> float:
@@ -59,7 +61,8 @@ class VAETask:
         writer.add_image("vae/reconstructions", grid[None], step)
 
     def describe(self) -> dict:
-        return {"vae_config": to_dict(self.model.cfg), "beta": self.beta}
+        return {"vae_config": to_dict(self.model.cfg), "beta": self.beta,
+                "spectral_weight": self.spectral_weight}
 
 
 @dataclass
@@ -134,7 +137,7 @@ class DiffusionTask:
         full = self.val_masks[:4].float()
         gen = Generator(self.vae, model, self.schedule, self.dcfg.prediction, self.scale, self.device,
                         self.autocast)
-        images = gen.generate(full, seeds=list(range(len(full))), sampler="ddim", steps=20)
+        images = gen.generate(full, SamplerSettings("ddim", steps=20), seed=0)
         grid = grids.pair_grid(grids.to_unit(images[:, 0]), full.numpy(), columns=2)
         writer.add_image("diffusion/samples_beside_masks", grid[None], step)
 

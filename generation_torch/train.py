@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 import types
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from generation_torch import cli_args, precision
@@ -30,7 +31,7 @@ from shared.store import TileStore
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = cli_args.parser().parse_args(argv)
-    vae_stage, diff_stage = cli_args.stages_from_args(args)
+    stages = cli_args.stages_from_args(args)
     source = source_from_args(args)
     dist = setup(args.device)
     try:
@@ -47,15 +48,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx = LoopContext(out, dist, dtype, args.seed, args.resume, writer, args.stop_after, None,
                           not args.no_progress, args.visual_every)
         if dist.main:
-            print(f"data: {_describe(store, unlabelled)}; preset {args.preset}; precision "
+            print(f"data: {_describe(store, unlabelled)}; preset {cli_args.preset_name(args)}; precision "
                   f"{precision.name(dtype)}; {dist.world} process(es) on {dist.device}")
         vae_done = False
         if args.stage in ("vae", "all"):
-            ctx.max_minutes = vae_stage.minutes
-            vae_done = train_vae(store, vae_stage, ctx, unlabelled)
+            vae_ctx = replace(ctx, max_minutes=stages.vae.minutes)
+            vae_done = train_vae(store, stages.vae, vae_ctx, unlabelled)
         if args.stage == "diffusion" or (args.stage == "all" and vae_done):
-            ctx.max_minutes = diff_stage.minutes
-            train_diffusion(store, diff_stage, ctx, precision.name(dtype), unlabelled)
+            diff_ctx = replace(ctx, max_minutes=stages.diffusion.minutes)
+            train_diffusion(store, stages.diffusion, diff_ctx, precision.name(dtype), unlabelled)
         if writer is not None:
             writer.close()
     finally:

@@ -42,7 +42,7 @@ class Task(Protocol):
     def describe(self) -> dict: ...
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoopContext:
     run_dir: Path
     dist: Dist = field(default_factory=Dist)
@@ -66,6 +66,26 @@ class LoopState:
     finished: bool = False
 
 
+@dataclass
+class Trainables:
+    """What a stage trains and what --resume restores: the model, its optimizer state and averages."""
+
+    model: nn.Module                           # the module being trained (not wrapped)
+    opt: torch.optim.Optimizer
+    sched: Any                                 # a torch.optim.lr_scheduler
+    scaler: torch.amp.GradScaler
+    ema: EMA | None = None                     # the denoiser's weight average (validated, saved as best)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.model if self.ema is not None else self.model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None}
+
+
 def paths(ctx: LoopContext, name: str) -> tuple[Path, Path]:
     return ctx.run_dir / f"{name}_last.pt", ctx.run_dir / f"{name}_best.pt"
 
@@ -75,18 +95,18 @@ def fit(task: Task, cfg: StageConfig, ctx: LoopContext) -> LoopState:
     model = task.model.to(ctx.dist.device)
     wrapped = DistributedDataParallel(model) if ctx.dist.enabled else model
     opt = make_optimizer(model.parameters(), cfg.optim)
-    sched = make_scheduler(opt, cfg.optim, cfg.steps)
-    ema = EMA(model, cfg.ema_decay) if task.use_ema else None
-    scaler = precision.grad_scaler(ctx.dist.device, ctx.autocast)
+    parts = Trainables(model, opt, make_scheduler(opt, cfg.optim, cfg.steps),
+                       precision.grad_scaler(ctx.dist.device, ctx.autocast),
+                       EMA(model, cfg.ema_decay) if task.use_ema else None)
     state = LoopState()
     last_path, best_path = paths(ctx, task.name)
     if ctx.resume and last_path.exists():
-        state = _restore(last_path, task, model, opt, sched, ema, scaler)
+        state = _restore(last_path, task, parts)
         if state.finished and state.step < cfg.steps and state.bad_epochs < cfg.patience:
             state.finished = False  # a time box ended it early: --resume trains on to cfg.steps
     start_step = state.step
     if state.finished:
-        _load_best(best_path, task, model, ema)
+        _load_best(best_path, task, parts)
         return state
     per_epoch = cfg.steps_per_epoch or max(1, math.ceil(task.n_train / (cfg.batch_size * cfg.accumulate
                                                                           * ctx.dist.world)))
@@ -95,10 +115,10 @@ def fit(task: Task, cfg: StageConfig, ctx: LoopContext) -> LoopState:
     started, seen, t0 = time.monotonic(), 0, time.monotonic()
     while state.step < cfg.steps:
         g = torch.Generator().manual_seed(ctx.seed * 1_000_003 + ctx.dist.rank * 7_919 + state.step)
-        loss, logs = _train_step(task, wrapped, model, opt, scaler, g, cfg, ctx, state.step + 1)
-        sched.step()
-        if ema is not None:
-            ema.update(model)
+        loss, logs = _train_step(task, wrapped, model, opt, parts.scaler, g, cfg, ctx, state.step + 1)
+        parts.sched.step()
+        if parts.ema is not None:
+            parts.ema.update(model)
         state.step += 1
         seen += cfg.batch_size * cfg.accumulate * ctx.dist.world
         if state.step % cfg.log_every == 0 or state.step == cfg.steps:
@@ -109,7 +129,7 @@ def fit(task: Task, cfg: StageConfig, ctx: LoopContext) -> LoopState:
         bar.update(1)
         timed_out = ctx.max_minutes is not None and time.monotonic() - started > 60 * ctx.max_minutes
         epoch_end = state.step % per_epoch == 0 or state.step == cfg.steps or timed_out
-        if epoch_end and (_end_epoch(task, cfg, ctx, state, model, ema, opt, sched, scaler) or timed_out):
+        if epoch_end and (_end_epoch(task, cfg, ctx, state, parts) or timed_out):
             break
         if ctx.stop_after is not None and state.step >= ctx.stop_after:
             bar.close()
@@ -117,9 +137,9 @@ def fit(task: Task, cfg: StageConfig, ctx: LoopContext) -> LoopState:
     bar.close()
     state.finished = True
     state.trained = state.step - start_step
-    _load_best(best_path, task, model, ema)
+    _load_best(best_path, task, parts)
     if ctx.dist.main:
-        _save_last(last_path, task, model, opt, sched, ema, scaler, state)
+        _save_last(last_path, task, parts, state)
     barrier(ctx.dist)
     return state
 
@@ -151,11 +171,10 @@ def _train_step(task: Task, wrapped: nn.Module, model: nn.Module, opt: torch.opt
     return float(total), logs
 
 
-def _end_epoch(task: Task, cfg: StageConfig, ctx: LoopContext, state: LoopState, model: nn.Module,
-               ema: EMA | None, opt, sched, scaler) -> bool:
+def _end_epoch(task: Task, cfg: StageConfig, ctx: LoopContext, state: LoopState, parts: Trainables) -> bool:
     """Validate, keep the best, write the last checkpoint; True when patience has run out."""
     state.epoch += 1
-    eval_model = ema.model if ema is not None else model
+    eval_model = parts.eval_model
     eval_model.eval()
     with torch.no_grad(), precision.autocast(ctx.dist.device, ctx.autocast):
         val = task.validate(eval_model)
@@ -173,7 +192,7 @@ def _end_epoch(task: Task, cfg: StageConfig, ctx: LoopContext, state: LoopState,
             checkpoint.save(best_path, {"format": checkpoint.TRAINING_FORMAT, "stage": task.name,
                                         "weights": eval_model.state_dict(), "step": state.step,
                                         "val_loss": val, "config": task.describe()})
-        _save_last(last_path, task, model, opt, sched, ema, scaler, state)
+        _save_last(last_path, task, parts, state)
         if ctx.writer is not None:
             ctx.writer.add_scalar(f"{task.name}/val_loss", val, state.step)
             if ctx.visual_every > 0 and (state.epoch % ctx.visual_every == 0 or state.epoch == 1):
@@ -194,35 +213,32 @@ def _log_train(ctx: LoopContext, name: str, step: int, loss: float, logs: dict, 
         ctx.writer.add_scalar(f"{name}/{key}", value, step)
 
 
-def _save_last(path: Path, task: Task, model: nn.Module, opt, sched, ema: EMA | None, scaler,
-               state: LoopState) -> None:
+def _save_last(path: Path, task: Task, parts: Trainables, state: LoopState) -> None:
     checkpoint.save(path, {
-        "format": checkpoint.TRAINING_FORMAT, "stage": task.name, "model": model.state_dict(),
-        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-        "ema": ema.state_dict() if ema is not None else None, "scaler": scaler.state_dict(),
+        "format": checkpoint.TRAINING_FORMAT, "stage": task.name, **parts.state_dict(),
         "loop": {k: v for k, v in to_dict(state).items() if k != "trained"},
         "rng": torch.get_rng_state(), "config": task.describe()})
 
 
-def _restore(path: Path, task: Task, model: nn.Module, opt, sched, ema: EMA | None, scaler) -> LoopState:
+def _restore(path: Path, task: Task, parts: Trainables) -> LoopState:
     saved = checkpoint.load(path, checkpoint.TRAINING_FORMAT)
     if saved.get("stage") != task.name:
         raise UserError(f"{path}: holds a {saved.get('stage')!r} stage, not {task.name!r}")
-    checkpoint.load_weights(model, saved["model"], path, task.name)
-    opt.load_state_dict(saved["optimizer"])
-    sched.load_state_dict(saved["scheduler"])
-    if ema is not None and saved.get("ema") is not None:
-        ema.load_state_dict(saved["ema"])
-    scaler.load_state_dict(saved["scaler"])
+    checkpoint.load_weights(parts.model, saved["model"], path, task.name)
+    parts.opt.load_state_dict(saved["optimizer"])
+    parts.sched.load_state_dict(saved["scheduler"])
+    if parts.ema is not None and saved.get("ema") is not None:
+        parts.ema.load_state_dict(saved["ema"])
+    parts.scaler.load_state_dict(saved["scaler"])
     torch.set_rng_state(saved["rng"])
     return LoopState(**saved["loop"])
 
 
-def _load_best(path: Path, task: Task, model: nn.Module, ema: EMA | None) -> None:
+def _load_best(path: Path, task: Task, parts: Trainables) -> None:
     """Revert to the best validated weights (EMA weights for the denoiser)."""
     if not path.exists():
         return
     weights = checkpoint.load(path, checkpoint.TRAINING_FORMAT)["weights"]
-    checkpoint.load_weights(ema.model if ema is not None else model, weights, path, task.name)
-    if ema is not None:
-        model.load_state_dict(weights)
+    checkpoint.load_weights(parts.eval_model, weights, path, task.name)
+    if parts.ema is not None:
+        parts.model.load_state_dict(weights)

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from segmentation_tf.artifacts import save_model_atomic
+from shared.normalization import unnormalize
 
 
 class AtomicBestCheckpoint(keras.callbacks.Callback):
@@ -51,7 +52,7 @@ class ImagePanels(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         pred = np.asarray(self.model.predict_on_batch(self.x), np.float32)
         with self.writer.as_default():
-            tf.summary.image("panels/input", (self.x + 1.0) / 2.0, step=epoch, max_outputs=len(self.x))
+            tf.summary.image("panels/input", unnormalize(self.x), step=epoch, max_outputs=len(self.x))
             tf.summary.image("panels/truth", self.truth, step=epoch, max_outputs=len(self.x))
             tf.summary.image("panels/prediction", pred, step=epoch, max_outputs=len(self.x))
         self.writer.flush()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from segmentation_tf.scores import score
-from segmentation_tf.sidecar import add_inference_flags, read_sidecar, resolve_inference_flags
+from segmentation_tf.sidecar import add_inference_flags, inference_settings, read_sidecar
 from segmentation_tf.slices import store_slices
 from shared import normalization
 from shared.atomic import write_json_atomic
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the scores here")
     args = parser.parse_args(argv)
     meta = read_sidecar(args.model)
-    resolve_inference_flags(args, meta)
+    overlap, tta = inference_settings(meta, args.overlap, args.tta)
     images, masks = load_labelled(args)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from segmentation_tf.artifacts import load_segmenter  # imports TensorFlow
@@ -55,10 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     seg = load_segmenter(args.model)
     start = time.perf_counter()
-    probs = predict_stack(seg.model, images, seg.tile_size, args.overlap, args.tta, args.batch_size)
+    probs = predict_stack(seg.model, images, seg.tile_size, overlap, tta, args.batch_size)
     seconds = time.perf_counter() - start
     result = score(probs, masks, seg.threshold if args.threshold is None else args.threshold)
-    result.update({"model": str(args.model), "tta": args.tta, "overlap": args.overlap,
+    result.update({"model": str(args.model), "tta": tta, "overlap": overlap,
                    "seconds": seconds, "slices_per_s": len(images) / seconds})
     for s in result["slices"]:
         print(f"slice {s['slice']:>4}  IoU {s['iou']:.4f}  Dice {s['dice']:.4f}")

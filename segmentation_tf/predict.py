@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segmentation_tf.sidecar import add_inference_flags, read_sidecar, resolve_inference_flags
+from segmentation_tf.sidecar import add_inference_flags, inference_settings, read_sidecar
 from shared import normalization
 from shared.errors import ArgumentParser, UserError, positive_int, run_cli
 from shared.tiff_io import read_image_stack, write_stack
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.out.parent.is_dir():
         raise UserError(f"{args.out.parent}: output folder does not exist")
     meta = read_sidecar(args.model)
-    resolve_inference_flags(args, meta)
+    overlap, tta = inference_settings(meta, args.overlap, args.tta)
     images = normalization.normalize(read_image_stack(args.images))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from segmentation_tf.artifacts import load_segmenter  # imports TensorFlow
@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seg = load_segmenter(args.model)
     threshold = seg.threshold if args.threshold is None else args.threshold
     start = time.perf_counter()
-    probs = predict_stack(seg.model, images, seg.tile_size, args.overlap, args.tta, args.batch_size)
+    probs = predict_stack(seg.model, images, seg.tile_size, overlap, tta, args.batch_size)
     seconds = time.perf_counter() - start
     prob_path = Path(f"{args.out}_probability.tif")
     mask_path = Path(f"{args.out}_mask.tif")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import UserError, non_negative_int
+from shared.tiling import OVERLAP
 
 MODEL_NAME = "segmenter.keras"
 SIDECAR_NAME = "segmenter.json"
@@ -46,9 +47,12 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
                         help="8-fold flip/rotation averaging (default: as the threshold was calibrated)")
 
 
-def resolve_inference_flags(args: argparse.Namespace, meta: dict[str, Any]) -> None:
-    """Fill unset --overlap/--tta from the sidecar and check the overlap against the tile size."""
-    args.overlap = int(meta.get("recommended_overlap", 64)) if args.overlap is None else args.overlap
-    args.tta = bool(meta.get("recommended_tta", False)) if args.tta is None else args.tta
-    if args.overlap >= int(meta["tile_size"]):
+def inference_settings(meta: dict[str, Any], overlap: int | None = None, tta: bool | None = None
+                       ) -> tuple[int, bool]:
+    """(overlap, tta): the given values, else the sidecar's (those the threshold was calibrated with);
+    the overlap checked against the tile size."""
+    overlap = int(meta.get("recommended_overlap", OVERLAP)) if overlap is None else overlap
+    tta = bool(meta.get("recommended_tta", False)) if tta is None else tta
+    if overlap >= int(meta["tile_size"]):
         raise UserError(f"--overlap must be below the tile size {meta['tile_size']}")
+    return overlap, tta

@@ -14,10 +14,12 @@ where abar = 1 (clean data), so its last update returns the model's x0 estimate.
 
 API
     Schedule.make(kind, timesteps)          'linear' | 'cosine' -> betas, abar (float64 arrays)
-    q_sample(x0, noise, schedule, t)        forward noising for one integer t or an array of t
+    Schedule.to_config() / from_config(d)   the schedule as plain values (checkpoints, ONNX metadata)
+    q_sample(x0, noise, a, s)               forward noising, a = sqrt(abar_t), s = sqrt(1 - abar_t)
     split_prediction(pred, x_t, a, s, kind) model output ('eps' | 'v') -> (x0, eps)
     target_for(x0, noise, a, s, kind)       training target for 'eps' | 'v'
     guided(cond, uncond, scale, rescale)    classifier-free guidance (optionally std-rescaled)
+    guided_model(denoise, cond, null, ...)  model_fn with guidance: one or two condition halves per call
     sampler_timesteps(n, T)                 evenly spaced descending timesteps (DDPM, DDIM)
     logsnr_timesteps(n, schedule)           timesteps evenly spaced in log-SNR (DPM-Solver++)
     ddpm_step / ddim_step / dpmpp_2m_step   one update each
@@ -26,9 +28,10 @@ API
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,10 +47,10 @@ ModelFn = Callable[[Array, int], Array]
 NoiseFn = Callable[[Array], Array]  # returns standard normal noise shaped like its argument
 
 
-def linear_betas(timesteps: int = TIMESTEPS, start: float = 1e-4, end: float = 0.02) -> np.ndarray:
+def linear_betas(timesteps: int = TIMESTEPS, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
     """DDPM's linear schedule, scaled so other lengths keep the same total noise (Nichol & Dhariwal)."""
     scale = 1000.0 / timesteps
-    return np.linspace(scale * start, scale * end, timesteps, dtype=np.float64)
+    return np.linspace(scale * beta_start, scale * beta_end, timesteps, dtype=np.float64)
 
 
 def cosine_betas(timesteps: int = TIMESTEPS, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
@@ -59,6 +62,12 @@ def cosine_betas(timesteps: int = TIMESTEPS, s: float = 0.008, max_beta: float =
     return np.minimum(1.0 - f(t + 1) / f(t), max_beta)
 
 
+# the parameters of each schedule kind: the keyword arguments of its betas function
+SCHEDULE_PARAMETERS = {"linear": {"beta_start": 1e-4, "beta_end": 0.02},
+                       "cosine": {"s": 0.008, "max_beta": 0.999}}
+_BETAS = {"linear": linear_betas, "cosine": cosine_betas}
+
+
 @dataclass(frozen=True)
 class Schedule:
     """betas and their cumulative products for `timesteps` training steps (float64)."""
@@ -66,13 +75,34 @@ class Schedule:
     kind: str
     betas: np.ndarray
     alphas_cumprod: np.ndarray
+    parameters: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def make(cls, kind: str = "linear", timesteps: int = TIMESTEPS) -> Schedule:
+    def make(cls, kind: str = "linear", timesteps: int = TIMESTEPS, **parameters: float) -> Schedule:
+        """A schedule; `parameters` override SCHEDULE_PARAMETERS[kind] (e.g. beta_end for 'linear')."""
         if kind not in SCHEDULES:
             raise ValueError(f"unknown schedule {kind!r} (choose from {', '.join(SCHEDULES)})")
-        betas = linear_betas(timesteps) if kind == "linear" else cosine_betas(timesteps)
-        return cls(kind, betas, np.cumprod(1.0 - betas))
+        unknown = set(parameters) - set(SCHEDULE_PARAMETERS[kind])
+        if unknown:
+            raise ValueError(f"{kind} schedule has no parameter {', '.join(sorted(unknown))}")
+        params = {**SCHEDULE_PARAMETERS[kind], **{k: float(v) for k, v in parameters.items()}}
+        betas = _BETAS[kind](timesteps, **params)
+        return cls(kind, betas, np.cumprod(1.0 - betas), params)
+
+    def to_config(self) -> dict[str, object]:
+        """Everything that rebuilds this schedule, as plain values: the generator checkpoint's
+        "diffusion" entry and the ONNX metadata both hold exactly this."""
+        return {"schedule": self.kind, "timesteps": self.timesteps,
+                "schedule_parameters": dict(self.parameters)}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object]) -> Schedule:
+        """Inverse of to_config. Values may be strings (ONNX metadata_props: parameters as JSON);
+        configs written before schedule_parameters existed get the kind's defaults."""
+        params = config.get("schedule_parameters") or {}
+        if isinstance(params, str):
+            params = json.loads(params)
+        return cls.make(str(config["schedule"]), int(config["timesteps"]), **params)  # type: ignore[arg-type]
 
     @property
     def timesteps(self) -> int:
@@ -86,10 +116,6 @@ class Schedule:
         """(sqrt(abar[t]), sqrt(1 - abar[t])) for an integer or integer array t (float64)."""
         abar = self.alphas_cumprod[np.asarray(t)]
         return np.sqrt(abar), np.sqrt(1.0 - abar)
-
-    def metadata(self) -> dict[str, str]:
-        """What a client needs to rebuild this schedule (for checkpoints and ONNX metadata)."""
-        return {"schedule": self.kind, "timesteps": str(self.timesteps)}
 
 
 # -- forward process and parameterizations ------------------------------------------------------
@@ -127,6 +153,22 @@ def guided(cond: Array, uncond: Array, scale: float, rescale: float = 0.0) -> Ar
         return out
     ratio = per_sample_std(cond) / per_sample_std(out)
     return rescale * (out * ratio) + (1.0 - rescale) * out
+
+
+def guided_model(denoise: Callable[[Array, Array, int], Array], cond: Array, null: Array, scale: float,
+                 rescale: float, concat: Callable[[list[Array]], Array]) -> ModelFn:
+    """model_fn(x, t) for `sample` from denoise(x, cond, t): scale 1 runs the conditioned model only,
+    0 the null-conditioned one only, any other scale both halves in one batch, combined by `guided`.
+    concat joins arrays along the batch axis (np.concatenate or torch.cat)."""
+    both_cond = concat([cond, null]) if scale not in (0.0, 1.0) else None
+
+    def fn(x: Array, t: int) -> Array:
+        if both_cond is None:
+            return denoise(x, cond if scale == 1.0 else null, t)
+        both = denoise(concat([x, x]), both_cond, t)
+        return guided(both[:len(x)], both[len(x):], scale, rescale)
+
+    return fn
 
 
 def per_sample_std(x: Array) -> Array:

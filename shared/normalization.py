@@ -37,9 +37,15 @@ def normalize(pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
+def unnormalize(x: np.ndarray) -> np.ndarray:
+    """Network space [-1, 1] -> float32 in [0, 1] (clipped): the inverse of normalize up to the pixel
+    scale, e.g. for display."""
+    return np.clip(np.asarray(x, dtype=np.float32) * np.float32(STD) + np.float32(MEAN), 0.0, 1.0)
+
+
 def denormalize(x: np.ndarray, dtype: np.dtype = np.uint8) -> np.ndarray:
     """Network space [-1, 1] -> stored pixels of `dtype` (clipped, rounded)."""
-    unit = np.clip(np.asarray(x, dtype=np.float32) * STD + MEAN, 0.0, 1.0)
+    unit = unnormalize(x)
     if np.dtype(dtype) == np.float32:
         return unit.astype(np.float32)
     return np.rint(unit * pixel_scale(dtype)).astype(dtype)

@@ -4,18 +4,11 @@ padded by reflection; whole-slice inference uses overlapping windows blended wit
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
-TILE = 256
-
-
-@dataclass(frozen=True)
-class TileCoord:
-    slice: int
-    y: int
-    x: int
+TILE = 256     # tile side in pixels: the stores, the generator, the segmenter
+OVERLAP = 64   # default window overlap of whole-slice prediction (pixels)
 
 
 def grid_origins(size: int, tile: int, overlap: int = 0) -> list[int]:
@@ -25,10 +18,6 @@ def grid_origins(size: int, tile: int, overlap: int = 0) -> list[int]:
     step = tile - overlap
     n = max(1, -(-(size - overlap) // step)) if size > tile else 1
     return [i * step for i in range(n)]
-
-
-def padded_extent(size: int, tile: int, overlap: int = 0) -> int:
-    return grid_origins(size, tile, overlap)[-1] + tile
 
 
 def pad_reflect(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -83,7 +72,7 @@ def blend_window(tile: int, overlap: int) -> np.ndarray:
 
 
 def predict_tiled(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tile: int = TILE,
-                  overlap: int = 64, batch_size: int = 8) -> np.ndarray:
+                  overlap: int = OVERLAP, batch_size: int = 8) -> np.ndarray:
     """Run `predict` ((B, tile, tile) -> (B, tile, tile)) over overlapping windows of a whole (H, W)
     slice and blend the outputs; returns float32 (H, W)."""
     tiles, origins = tile_slice(image, tile, overlap)

@@ -24,6 +24,13 @@ def run_module(module: str, *args: object, timeout: float = 600, env: dict | Non
                           text=True, timeout=timeout, env=full_env)
 
 
+def assert_runs_without(code: str, modules: tuple[str, ...] = ("torch", "tensorflow", "keras")) -> None:
+    """Run `code` in a fresh interpreter from the repo root: it passes and leaves `modules` unimported."""
+    check = f"{code}\nimport sys\nbad = [m for m in {modules!r} if m in sys.modules]\nassert not bad, bad"
+    proc = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     """Exit 2, no traceback, the error on one line containing every needle."""
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)

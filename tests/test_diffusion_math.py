@@ -201,3 +201,23 @@ def test_guidance_rescale_is_the_same_formula_for_torch_tensors():
     want = diffusion.guided(cond, uncond, 5.0, 0.7)
     got = diffusion.guided(torch.from_numpy(cond), torch.from_numpy(uncond), 5.0, 0.7)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_schedule_config_round_trip_and_old_checkpoint_keys(kind):
+    import json
+
+    s = Schedule.make(kind)
+    config = s.to_config()
+    np.testing.assert_array_equal(Schedule.from_config(config).betas, s.betas)
+    as_metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}  # ONNX props
+    np.testing.assert_array_equal(Schedule.from_config(as_metadata).betas, s.betas)
+    old = {"schedule": kind, "timesteps": 1000, "prediction": "eps"}  # generator.pt before to_config
+    np.testing.assert_array_equal(Schedule.from_config(old).betas, s.betas)
+    with pytest.raises(ValueError, match="no parameter"):
+        Schedule.make(kind, beta=1.0)
+
+
+def test_schedule_parameters_change_the_betas():
+    s = Schedule.make("linear", beta_end=0.01)
+    assert s.betas[-1] == pytest.approx(0.01) and Schedule.from_config(s.to_config()).betas[-1] == s.betas[-1]

@@ -81,6 +81,7 @@ def test_onnxruntime_sampler_matches_pytorch_from_the_same_noise(exported, sampl
     from generation_torch.pipeline import load_generator
     from generation_torch.unet import mask_condition as torch_mask_condition
     from shared import diffusion
+    from shared.sampling import SamplerSettings
 
     ckpt, folder = exported
     masks = blob_masks(2)
@@ -91,23 +92,71 @@ def test_onnxruntime_sampler_matches_pytorch_from_the_same_noise(exported, sampl
     z = diffusion.sample(gen.model_fn(cond, guidance, rescale), torch.from_numpy(noise), gen.schedule,
                          sampler, steps, prediction=gen.prediction)
     want = gen.decode(z)[:, 0].numpy()
-    got = Generator(folder, device="cpu").generate(masks, sampler, steps, guidance, initial_noise=noise,
-                                                   guidance_rescale=rescale)
+    settings = SamplerSettings(sampler, steps, guidance=guidance, guidance_rescale=rescale)
+    got = Generator(folder, device="cpu").generate(masks, settings, initial_noise=noise)
     assert got.shape == (2, 256, 256)
     assert np.abs(got - want).max() <= 1e-3
 
 
 def test_sampling_is_deterministic_per_seed(exported):
     from exporters.runtime import Generator
+    from shared.sampling import SamplerSettings
 
     gen = Generator(exported[1], device="cpu")
     masks = blob_masks(2, seed=3)
-    a = gen.sample(masks, "ddim", 4, seed=7)
-    b = gen.sample(masks, "ddim", 4, seed=7)
-    c = gen.sample(masks, "ddim", 4, seed=8)
+    ddim = SamplerSettings("ddim", 4)
+    a = gen.sample(masks, ddim, seed=7)
+    b = gen.sample(masks, ddim, seed=7)
+    c = gen.sample(masks, ddim, seed=8)
     assert a.dtype == np.uint8 and np.array_equal(a, b) and not np.array_equal(a, c)
-    d = gen.sample(masks, "ddpm", 3, seed=7)  # stochastic sampler, seeded too
-    assert np.array_equal(d, gen.sample(masks, "ddpm", 3, seed=7))
+    ddpm = SamplerSettings("ddpm", 3)  # stochastic sampler, seeded too
+    assert np.array_equal(gen.sample(masks, ddpm, seed=7), gen.sample(masks, ddpm, seed=7))
+
+
+# a stochastic sampler with guidance and rescale: every random draw and both condition halves count
+STOCHASTIC = dict(sampler="ddim", steps=5, eta=1.0, guidance=3.0, guidance_rescale=0.5)
+
+
+def torch_tiles(ckpt, masks, settings, seed, batch_size):
+    from generation_torch.pipeline import load_generator
+    from generation_torch.sample import generate_tiles
+
+    return generate_tiles(load_generator(ckpt), masks, settings, seed, batch_size, progress=False)
+
+
+def ort_tiles(folder, masks, settings, seed, batch_size):
+    from exporters.runtime import Generator
+
+    gen = Generator(folder, device="cpu")
+    return np.concatenate([gen.generate(masks[s:s + batch_size], settings, seed, start=s)
+                           for s in range(0, len(masks), batch_size)])
+
+
+@pytest.mark.parametrize("path", [torch_tiles, ort_tiles], ids=["pytorch", "onnxruntime"])
+def test_tiles_do_not_depend_on_the_batch_size(exported, path):
+    from shared.sampling import SamplerSettings
+
+    ckpt, folder = exported
+    source = ckpt if path is torch_tiles else folder
+    masks, settings = blob_masks(5, seed=6), SamplerSettings(**STOCHASTIC)
+    whole = path(source, masks, settings, 4, 5)
+    for batch_size in (1, 3):
+        np.testing.assert_allclose(path(source, masks, settings, 4, batch_size), whole, atol=1e-5)
+    assert np.abs(path(source, masks, settings, 5, 5) - whole).max() > 1e-2  # another seed, other tiles
+
+
+@pytest.mark.parametrize("settings", [STOCHASTIC, dict(sampler="dpmpp2m", steps=4, guidance=2.0),
+                                      dict(sampler="ddpm", steps=3, unconditional=True)],
+                         ids=["ddim-eta1-guided", "dpmpp2m", "ddpm-unconditional"])
+def test_onnxruntime_and_pytorch_draw_the_same_tiles_for_a_seed(exported, settings):
+    """The same seed, sampler, steps and guidance give the same tiles by both paths, batched alike or not."""
+    from shared.sampling import SamplerSettings
+
+    ckpt, folder = exported
+    masks, settings = blob_masks(4, seed=2), SamplerSettings(**settings)
+    want = torch_tiles(ckpt, masks, settings, 3, 4)
+    for batch_size in (1, 3, 4):
+        assert np.abs(ort_tiles(folder, masks, settings, 3, batch_size) - want).max() <= 1e-3
 
 
 @pytest.mark.fault("onnxruntime layer",
@@ -115,14 +164,19 @@ def test_sampling_is_deterministic_per_seed(exported):
                    "the project's errors")
 def test_generator_runtime_bad_input(exported, tmp_path):
     from exporters.runtime import Generator, InputError, ModelFileError
+    from shared.sampling import SamplerSettings
 
     gen = Generator(exported[1], device="cpu")
     with pytest.raises(InputError, match=r"masks must be \(N, 256, 256\)"):
         gen.sample(np.zeros((2, 64, 64), np.uint8))
     with pytest.raises(InputError, match="steps must be in"):
-        gen.sample(blob_masks(1), steps=0)
-    with pytest.raises(InputError, match=r"guidance_rescale must be in \[0, 1\], got 1.5"):
-        gen.sample(blob_masks(1), guidance_rescale=1.5)
+        gen.sample(blob_masks(1), SamplerSettings(steps=1001))
+    with pytest.raises(InputError, match="seed must be >= 0"):
+        gen.sample(blob_masks(1), seed=-1)
+    with pytest.raises(ValueError, match="steps must be in"):
+        SamplerSettings(steps=0)
+    with pytest.raises(ValueError, match=r"guidance_rescale must be in \[0, 1\], got 1.5"):
+        SamplerSettings(guidance_rescale=1.5)
     with pytest.raises(InputError, match="NaN"):
         gen.sample(np.full((1, 256, 256), np.nan, np.float32))
     with pytest.raises(ModelFileError, match="no such folder"):
@@ -140,9 +194,23 @@ def test_infer_generate_cli(exported, tmp_path):
     written = tifffile.imread(tmp_path / "gen" / "masks.tif")
     assert images.shape == (4, 256, 256) and images.dtype == np.uint8
     assert np.array_equal(written[3], masks[0])  # masks are reused in order
+    from exporters.runtime import Generator
+    from shared.sampling import SamplerSettings
+
+    alone = Generator(exported[1], device="cpu").sample(written, SamplerSettings(steps=3), seed=0)
+    assert np.abs(alone.astype(int) - images).max() <= 1  # batches of 2 draw what one batch of 4 does
     bad = run_module("exporters.infer", "generate", "--model-dir", exported[1], "--masks",
                      tmp_path / "masks.tif", "--out", tmp_path / "g2", "--steps", "0")
     assert_one_line_error(bad, "--steps", ">= 1")
+
+
+def test_both_sample_commands_show_one_guidance_default():
+    from shared.sampling import GUIDANCE
+
+    for module, *sub in (("generation_torch.sample",), ("exporters.infer", "generate")):
+        proc = run_module(module, *sub, "--help")
+        assert proc.returncode == 0, proc.stderr
+        assert f"(default {GUIDANCE};" in " ".join(proc.stdout.split()), proc.stdout
 
 
 @pytest.mark.fault("export", "checkpoint of another format", "one-line error, nothing written")

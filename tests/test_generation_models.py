@@ -7,11 +7,11 @@ torch = pytest.importorskip("torch")
 
 from generation_torch import checkpoint, metrics, precision  # noqa: E402
 from generation_torch.config import UNetConfig, VAEConfig  # noqa: E402
-from generation_torch.data import dihedral, dihedral_np, encode_all, latent_scale  # noqa: E402
+from generation_torch.data import dihedral, encode_all, latent_scale  # noqa: E402
 from generation_torch.masks import elastic, varied_masks  # noqa: E402
 from generation_torch.unet import UNet, mask_condition, null_condition  # noqa: E402
 from generation_torch.vae import VAE, vae_loss  # noqa: E402
-from shared import diffusion  # noqa: E402
+from shared import diffusion, tiling  # noqa: E402
 from shared.errors import UserError  # noqa: E402
 
 
@@ -67,7 +67,7 @@ def test_dihedral_group():
     variants = {tuple(dihedral(x, k).flatten().tolist()) for k in range(8)}
     assert len(variants) == 8
     for k in range(8):
-        np.testing.assert_array_equal(dihedral(x, k).numpy(), dihedral_np(x.numpy(), k))
+        np.testing.assert_array_equal(dihedral(x, k).numpy(), tiling.dihedral(x.numpy(), k))
 
 
 def test_latent_cache_covers_all_transforms():

@@ -1,7 +1,5 @@
 """shared: imports, normalization, splits."""
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,18 +8,13 @@ from shared.errors import UserError
 from shared.normalization import denormalize, normalize, pixel_scale, to_unit
 from shared.splits import z_block_split
 
-from .conftest import ROOT
+from .conftest import assert_runs_without
 
 
 def test_importing_shared_imports_no_framework():
-    code = ("import sys, shared, shared.tiles, shared.store, shared.phantom, shared.sources, "
-            "shared.tiling, shared.splits, shared.tiff_io\n"
-            "import importlib.util\n"
-            "if importlib.util.find_spec('shared.diffusion'): import shared.diffusion\n"
-            "bad = [m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules]\n"
-            "assert not bad, bad")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    assert_runs_without("import shared, shared.tiles, shared.store, shared.phantom, shared.sources, "
+                        "shared.tiling, shared.splits, shared.tiff_io, shared.sampling, shared.presets, "
+                        "shared.diffusion")
 
 
 def test_normalize_hand_values():
@@ -70,3 +63,52 @@ def test_z_block_split_seed_moves_the_block():
 def test_z_block_split_refuses_empty_training():
     with pytest.raises(UserError, match="training slice"):
         z_block_split(2, 0.5, 0.5, 0)
+
+
+def test_presets_flag_over_preset_over_default_without_touching_the_preset():
+    from dataclasses import dataclass, field
+
+    from shared.presets import apply_flags
+
+    @dataclass(frozen=True)
+    class Optim:
+        lr: float = 0.1
+
+    @dataclass(frozen=True)
+    class Run:
+        steps: int = 10
+        warm: int = 1
+        optim: Optim = field(default_factory=Optim)
+
+    preset = Run(steps=20)
+    table = {"steps": ("steps", "warm"), "warm": "warm", "lr": "optim.lr"}
+    out = apply_flags(preset, table, {"steps": 5, "warm": None, "lr": 0.5, "other": 1})
+    assert out == Run(steps=5, warm=5, optim=Optim(0.5)) and preset == Run(steps=20)
+    assert apply_flags(preset, table, {"steps": 5, "warm": 2}).warm == 2  # later table entries win
+    with pytest.raises(KeyError, match="no field 'lrr'"):
+        apply_flags(preset, {"lr": "optim.lrr"}, {"lr": 1.0})
+
+
+def test_sampler_settings_defaults_and_tile_noise_streams():
+    from shared.sampling import GUIDANCE, SamplerSettings, TileNoise, tile_seeds
+
+    s = SamplerSettings()
+    assert s.guidance == GUIDANCE and s.steps_for(1000) == 50
+    assert SamplerSettings(unconditional=True).scale == 0
+    with pytest.raises(ValueError, match="steps must be in"):
+        SamplerSettings(steps=20).steps_for(10)
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        SamplerSettings("euler")
+    assert tile_seeds(2, 3, 2) == [2_000_009, 2_000_010]
+    whole = TileNoise(tile_seeds(1, 0, 4))
+    parts = [TileNoise(tile_seeds(1, 0, 1)), TileNoise(tile_seeds(1, 1, 3))]
+    for shape in ((2, 3), (5,)):  # successive draws stay per tile too
+        np.testing.assert_array_equal(whole.draw(shape), np.concatenate([p.draw(shape) for p in parts]))
+
+
+def test_unnormalize_inverts_normalize_to_unit_range():
+    from shared.normalization import unnormalize
+
+    pixels = np.array([0, 51, 255], np.uint8)
+    np.testing.assert_allclose(unnormalize(normalize(pixels)), to_unit(pixels), atol=1e-7)
+    assert unnormalize(np.array([-3.0, 3.0])).tolist() == [0.0, 1.0]

@@ -1,0 +1,102 @@
+"""How tiles are sampled, identically in PyTorch (generation_torch) and onnxruntime (exporters):
+the sampler settings with their one set of defaults and flags, and one seeded noise stream per tile.
+
+    settings = settings_from_args(args)            # at the CLI edge (after add_sampler_flags)
+    noise = TileNoise(tile_seeds(seed, start, n))  # tile i of a request draws from seed * 1_000_003 + i
+    x_T = noise.draw(latent_shape)                 # then noise.draw(...) again per stochastic step
+
+Each tile owns its generator (as NVlabs/edm's StackedRandomGenerator), so a tile is the same whatever
+batch it is drawn in and whichever path draws it. numpy draws the noise in both paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared import diffusion
+from shared.errors import positive_int, unit_interval
+
+# 2, not 1: the generators are trained with condition dropout for classifier-free guidance, and every
+# figure in the README (realism, ablation) was drawn at 2; at 1 tiles follow their masks even less.
+GUIDANCE = 2.0
+TILE_SEED_STRIDE = 1_000_003  # tile i of a request with seed s draws from s * stride + i
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    sampler: str = "ddim"
+    steps: int | None = None          # None: the sampler's default (diffusion.DEFAULT_STEPS)
+    eta: float = 0.0                  # DDIM noise: 0 deterministic, 1 = DDPM variance
+    guidance: float = GUIDANCE        # classifier-free guidance scale (1 = conditional model only)
+    guidance_rescale: float = 0.0     # 0-1, see diffusion.guided
+    unconditional: bool = False       # ignore the masks (null condition)
+
+    def __post_init__(self) -> None:
+        if self.sampler not in diffusion.SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(diffusion.SAMPLERS)}, got {self.sampler!r}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be in [1, {diffusion.TIMESTEPS}], got {self.steps}")
+        if not 0.0 <= self.guidance_rescale <= 1.0:
+            raise ValueError(f"guidance_rescale must be in [0, 1], got {self.guidance_rescale}")
+
+    def steps_for(self, timesteps: int) -> int:
+        """The steps to walk on a schedule of `timesteps` (the sampler's default when unset)."""
+        steps = diffusion.DEFAULT_STEPS[self.sampler] if self.steps is None else self.steps
+        if steps > timesteps:
+            raise ValueError(f"steps must be in [1, {timesteps}], got {steps}")
+        return steps
+
+    @property
+    def scale(self) -> float:
+        """The guidance scale actually applied: 0 (null condition only) when unconditional."""
+        return 0.0 if self.unconditional else self.guidance
+
+    def provenance(self) -> dict[str, object]:
+        """What a synthetic tile's record says about how it was drawn."""
+        return {"sampler": self.sampler, "steps": self.steps_for(diffusion.TIMESTEPS), "eta": self.eta,
+                "guidance": self.scale, "guidance_rescale": self.guidance_rescale}
+
+
+def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
+    """--sampler --steps --eta --guidance --guidance-rescale --unconditional (SamplerSettings defaults)."""
+    d = SamplerSettings()
+    steps = ", ".join(f"{k} {v}" for k, v in diffusion.DEFAULT_STEPS.items())
+    parser.add_argument("--sampler", choices=diffusion.SAMPLERS, default=d.sampler,
+                        help="ddpm, ddim, dpmpp2m (DPM-Solver++ 2M)")
+    parser.add_argument("--steps", type=positive_int, help=f"sampler steps (default: {steps})")
+    parser.add_argument("--eta", type=float, default=d.eta,
+                        help="DDIM noise: 0 deterministic, 1 = DDPM variance")
+    parser.add_argument("--guidance", type=float, default=d.guidance,
+                        help=f"classifier-free guidance scale (default {d.guidance}; 1 = conditional only)")
+    parser.add_argument("--guidance-rescale", type=unit_interval, default=d.guidance_rescale,
+                        help="0-1: rescale the guided prediction to the conditional one's std (tames the "
+                             "over-saturated contrast of large guidance; Lin et al. 2024 use 0.7); 0 = off")
+    parser.add_argument("--unconditional", action="store_true", help="ignore the masks (null condition)")
+
+
+def settings_from_args(args: argparse.Namespace) -> SamplerSettings:
+    return SamplerSettings(args.sampler, args.steps, args.eta, args.guidance, args.guidance_rescale,
+                           args.unconditional)
+
+
+def tile_seeds(seed: int, start: int, count: int) -> list[int]:
+    """The seeds of tiles start .. start + count - 1 of a request with `seed` (>= 0)."""
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    return [seed * TILE_SEED_STRIDE + i for i in range(start, start + count)]
+
+
+class TileNoise:
+    """Standard normal float32 noise with one numpy generator per tile: row i of every draw comes from
+    tile i's own stream."""
+
+    def __init__(self, seeds: Sequence[int]):
+        self.rngs = [np.random.default_rng(int(s)) for s in seeds]
+
+    def draw(self, shape: Sequence[int]) -> np.ndarray:
+        """(tiles, *shape) noise: the next `shape` draw of each tile's stream."""
+        return np.stack([rng.standard_normal(tuple(shape), dtype=np.float32) for rng in self.rngs])
