@@ -35,6 +35,7 @@ from bench.common import ROOT, machine
 from bench.stats import paired_interval, seeds_needed, t_interval
 from bench.synthetic_ablation import load_volume, make_store, run, synthetic_store, train_generator
 from shared.atomic import write_json_atomic
+from shared.sampling import SamplerSettings
 from shared.splits import z_block_split
 from shared.tiff_io import write_stack
 
@@ -61,7 +62,7 @@ class EvidenceConfig:
     # today's generator recipe (the baseline the next generator must beat)
     generator_flags: tuple[str, ...] = ("--preset", "real", "--vae-minutes", "4", "--diffusion-minutes", "8",
                                         "--steps-per-epoch", "50", "--visual-every", "0")
-    sample_flags: tuple[str, ...] = ("--sampler", "dpmpp2m", "--steps", "20", "--guidance", "12.0")
+    sampling: SamplerSettings = SamplerSettings("dpmpp2m", 20, guidance=12.0)
     test_fraction: float = 0.2
     val_fraction: float = 0.15
     slices_seed: int = 0                            # where the nested labelled runs start in the pool
@@ -75,12 +76,12 @@ PRESETS = {
         reference_flags=("--preset", "quick", "--epochs", "4"),
         generator_flags=("--preset", "quick", "--vae-steps", "100", "--diffusion-steps", "150",
                          "--visual-every", "0"),
-        sample_flags=("--sampler", "ddim", "--steps", "8", "--guidance", "3.0")),
+        sampling=SamplerSettings("ddim", 8, guidance=3.0)),
     "full": EvidenceConfig(
         seeds=tuple(range(8)), choice_seeds=3, n_synthetic=512,
         segmenter_flags=("--preset", "real", "--patience", "1000", "--time-limit", "100000"),
         generator_flags=("--preset", "real",),
-        sample_flags=("--sampler", "ddim", "--steps", "50", "--guidance", "2.0")),
+        sampling=SamplerSettings("ddim", 50, guidance=2.0)),
 }
 
 

@@ -31,6 +31,7 @@ from generation_torch.sample import generate_tiles
 from generation_torch.tasks import DiffusionTask
 from generation_torch.train_loop import LoopContext, _train_step
 from generation_torch.unet import mask_condition
+from shared.sampling import SamplerSettings
 from shared.store import TileStore
 
 
@@ -100,12 +101,11 @@ def sampling_rows(gen: Generator, store: TileStore, n: int) -> list[dict]:
              ("ddim", 50, None)]
     for sampler, steps, dtype in plans:
         gen.autocast = dtype
-        args = argparse.Namespace(sampler=sampler, steps=steps, guidance=2.0, eta=0.0, unconditional=False,
-                                  batch_size=n)
-        warm = argparse.Namespace(**{**vars(args), "steps": 2})  # oneDNN builds kernels per shape once
-        generate_tiles(gen, masks, 0, warm, progress=False)
+        settings = SamplerSettings(sampler, steps, guidance=2.0)
+        warm = SamplerSettings(sampler, 2, guidance=2.0)  # oneDNN builds kernels per shape once
+        generate_tiles(gen, masks, warm, 0, batch_size=n, progress=False)
         start = time.perf_counter()
-        fake = generate_tiles(gen, masks, 0, args, progress=False)
+        fake = generate_tiles(gen, masks, settings, 0, batch_size=n, progress=False)
         seconds = time.perf_counter() - start
         row = {"what": "sampling", "mode": f"{sampler}-{steps}", "precision": precision.name(dtype),
                "tiles_per_s": n / seconds, **metrics.realism(fake, real)}

@@ -28,6 +28,7 @@ from bench.flops import graph_flops, measured_sgemm_gflops, nominal_peak_gflops 
 from exporters.runtime import Generator, Segmenter, session_options  # noqa: E402
 from shared.normalization import normalize  # noqa: E402
 from shared.phantom import PhantomConfig, phantom_stack  # noqa: E402
+from shared.sampling import SamplerSettings  # noqa: E402
 from shared.tiff_io import read_pair  # noqa: E402
 from shared.tiling import tile_slice  # noqa: E402
 
@@ -133,7 +134,7 @@ def generator_rows(checkpoint: Path | None, workdir: Path, masks: np.ndarray, pe
         gen_torch.decode(z)
 
     def ort_run() -> None:
-        gen_ort.generate(masks, "ddim", steps, 1.0, initial_noise=noise)
+        gen_ort.generate(masks, SamplerSettings("ddim", steps, guidance=1.0), initial_noise=noise)
 
     c, h, w = gen_ort.latent_shape
     den = graph_flops(onnx.load(str(workdir / "gen_onnx" / "denoiser.onnx")),

@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +36,7 @@ import numpy as np
 from bench.common import EPFL, ROOT, machine
 from shared.atomic import write_json_atomic
 from shared.phantom import phantom_stack
+from shared.sampling import SamplerSettings, settings_to_flags
 from shared.splits import z_block_split
 from shared.store import TileStore
 from shared.tiff_io import read_pair, write_stack
@@ -59,7 +60,7 @@ class AblationConfig:
     generator_flags: tuple[str, ...] = ("--preset", "real", "--vae-minutes", "4", "--diffusion-minutes", "8",
                                         "--steps-per-epoch", "50", "--visual-every", "0")
     # guidance 2 drew tiles that ignored their masks (fidelity 0.003); 12 follows them (0.54, k = 2 judge)
-    sample_flags: tuple[str, ...] = ("--sampler", "dpmpp2m", "--steps", "20", "--guidance", "12.0")
+    sampling: SamplerSettings = SamplerSettings("dpmpp2m", 20, guidance=12.0)
     # a fixed step budget (8 x 25 steps of 8 tiles) for every k and ratio, so cells differ only in data
     segmenter_flags: tuple[str, ...] = ("--preset", "real", "--base-width", "8", "--epochs", "8",
                                         "--steps-per-epoch", "25", "--patience", "100",
@@ -71,7 +72,7 @@ class AblationConfig:
 class GeneratorRecipe(Protocol):
     """How a bench trains and samples its generators (AblationConfig, bench.evidence.EvidenceConfig)."""
     generator_flags: tuple[str, ...]
-    sample_flags: tuple[str, ...]
+    sampling: SamplerSettings
     n_synthetic: int
 
 
@@ -83,13 +84,13 @@ PRESETS = {
         ks=(2, 4), sweep_ratios=(), seeds=(0,), regimes=("strict",), n_synthetic=48,
         generator_flags=("--preset", "quick", "--vae-steps", "150", "--diffusion-steps", "300",
                          "--visual-every", "0"),
-        sample_flags=("--sampler", "dpmpp2m", "--steps", "15", "--guidance", "12.0"),
+        sampling=SamplerSettings("dpmpp2m", 15, guidance=12.0),
         segmenter_flags=("--preset", "quick", "--epochs", "6")),
     # the trainers' real presets (about 1.5 h per generator, 1 h per segmenter on 2 CPU cores): a GPU job
     "full": AblationConfig(
         sweep_ratios=(0.1, 0.2, 0.4, 0.5), n_synthetic=512, slices_per_seed=True,
         generator_flags=("--preset", "real"),
-        sample_flags=("--sampler", "ddim", "--steps", "50", "--guidance", "2.0"),
+        sampling=SamplerSettings("ddim", 50, guidance=2.0),
         segmenter_flags=("--preset", "real", "--time-limit", "20")),
 }
 
@@ -201,7 +202,7 @@ def synthetic_store(gen_dir: Path, checkpoint: Path, labelled: Path, cfg: Genera
         shutil.rmtree(out, ignore_errors=True)
         run(["generation_torch.sample", "--checkpoint", str(checkpoint), "--masks-from", str(labelled),
              "--n", str(cfg.n_synthetic), "--out", str(out), "--seed", str(seed), "--no-progress",
-             "--grid", str(gen_dir / "samples.png"), *cfg.sample_flags], log)
+             "--grid", str(gen_dir / "samples.png"), *settings_to_flags(cfg.sampling)], log)
     return out
 
 
@@ -356,8 +357,6 @@ def guidance_stores(work: Path, cfg: AblationConfig, log: Path, guidances=(2.0, 
     if not generator.exists():
         return []
     out = []
-    flags = list(cfg.sample_flags)
-    flags = flags[:flags.index("--guidance")] + flags[flags.index("--guidance") + 2:]
     for g in guidances:
         store = work / "guidance_sweep" / f"g{g:g}" / "synthetic"
         if not (store / "manifest.json").exists():
@@ -365,7 +364,7 @@ def guidance_stores(work: Path, cfg: AblationConfig, log: Path, guidances=(2.0, 
             store.parent.mkdir(parents=True, exist_ok=True)
             run(["generation_torch.sample", "--checkpoint", str(generator), "--masks-from",
                  str(work / "k2" / "labelled_store"), "--n", str(n), "--out", str(store), "--seed", "7",
-                 "--no-progress", *flags, "--guidance", str(g)], log)
+                 "--no-progress", *settings_to_flags(replace(cfg.sampling, guidance=g))], log)
         out.append(store)
     return out
 

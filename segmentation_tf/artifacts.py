@@ -22,6 +22,7 @@ from segmentation_tf.sidecar import FORMAT, MODEL_NAME, SIDECAR_NAME, model_path
 from shared import normalization
 from shared.atomic import atomic_path, write_json_atomic
 from shared.errors import UserError
+from shared.tiling import OVERLAP
 
 
 @dataclass
@@ -54,7 +55,8 @@ def float32_copy(model: keras.Model, config: UNetConfig) -> keras.Model:
 
 
 def save_segmenter(model: keras.Model, config: UNetConfig, run_dir: Path, threshold: float,
-                   tile_size: int, provenance: dict[str, Any], overlap: int = 64, tta: bool = False) -> Path:
+                   tile_size: int, provenance: dict[str, Any], overlap: int = OVERLAP,
+                   tta: bool = False) -> Path:
     """Write segmenter.keras + segmenter.json into run_dir; returns the model path. The saved graph is
     float32 (a mixed-precision model is rebuilt; a float32 one is saved as it is)."""
     path = run_dir / MODEL_NAME

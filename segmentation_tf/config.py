@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shared.tiling import OVERLAP
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -48,9 +50,9 @@ class TrainConfig:
     accumulate: int = 1               # gradient accumulation steps (1: update every batch)
     patience: int = 10                # EarlyStopping patience on val_iou, in epochs
     time_limit_minutes: float = 0.0   # stop after the epoch that crosses this wall time (0: none)
-    overlap: int = 64                 # whole-slice prediction window overlap for calibration
+    overlap: int = OVERLAP                 # whole-slice prediction window overlap for calibration
     tta: bool = False                 # 8-fold test-time augmentation during calibration
-    init_seed: int | None = None      # initial weights (None: the data seed)
+    init_seed: int = 0                # initial weights (--seed sets it and the data seed)
     synthetic_schedule: str = "mix"   # "mix": synthetic tiles in every batch; "pretrain": synthetic
     #                                   tiles alone first, then fine-tuning on real tiles alone
     pretrain_epochs: int = 0          # epochs of the synthetic phase (0: a third of --epochs, at least 1)

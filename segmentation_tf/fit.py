@@ -10,13 +10,13 @@ Flags left unset take the preset's value. Rerunning with the same --out resumes 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from segmentation_tf.config import AugmentConfig, DataConfig, TrainConfig, UNetConfig
+from segmentation_tf.config import DataConfig, TrainConfig
+from segmentation_tf.presets import FLAGS, PRESETS
 from shared.errors import (
     ArgumentParser,
     UserError,
@@ -26,36 +26,9 @@ from shared.errors import (
     positive_int,
     run_cli,
 )
+from shared.presets import apply_flags
 from shared.sources import add_data_flags, resolve_real_store, source_from_args
 from shared.store import TileStore
-
-PRESETS: dict[str, tuple[UNetConfig, DataConfig, TrainConfig]] = {
-    # minutes on a CPU: the phantom, a narrow net
-    "quick": (UNetConfig(base_width=8, depth=4),
-              DataConfig(batch_size=8, augment=AugmentConfig(gray=0.1)),
-              TrainConfig(epochs=8, learning_rate=2e-3, patience=10, overlap=32)),
-    # EPFL CA1 on 2 CPU cores in under an hour (see README: Segmenter)
-    "real": (UNetConfig(base_width=16, depth=4),
-             DataConfig(batch_size=8, random_crops=True,
-                        augment=AugmentConfig(elastic_sigma=6.0, elastic_grid=5, gray=0.15)),
-             TrainConfig(epochs=55, learning_rate=2e-3, patience=100, time_limit_minutes=50.0,
-                         overlap=128, tta=True)),
-}
-
-# flag -> (config section, field)
-OVERRIDES = {
-    "base_width": ("model", "base_width"), "depth": ("model", "depth"),
-    "batch_size": ("data", "batch_size"), "synthetic_ratio": ("data", "synthetic_ratio"),
-    "random_crops": ("data", "random_crops"), "weight_w0": ("data", "weight_w0"),
-    "weight_sigma": ("data", "weight_sigma"), "seed": ("data", "seed"), "crop": ("data", "crop"),
-    "elastic": ("augment", "elastic_sigma"), "gray": ("augment", "gray"),
-    "epochs": ("train", "epochs"), "steps_per_epoch": ("train", "steps_per_epoch"),
-    "lr": ("train", "learning_rate"), "schedule": ("train", "schedule"),
-    "accumulate": ("train", "accumulate"), "patience": ("train", "patience"),
-    "time_limit": ("train", "time_limit_minutes"), "overlap": ("train", "overlap"), "tta": ("train", "tta"),
-    "synthetic_weight": ("data", "synthetic_weight"), "synthetic_schedule": ("train", "synthetic_schedule"),
-    "pretrain_epochs": ("train", "pretrain_epochs"),
-}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -103,21 +76,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def configs(args: argparse.Namespace, preset: str) -> tuple[UNetConfig, DataConfig, TrainConfig]:
-    model, data, train = PRESETS[preset]
-    sections = {"model": {}, "data": {}, "augment": {}, "train": {"verbose": args.verbose}}
-    for flag, (section, name) in OVERRIDES.items():
-        if getattr(args, flag) is not None:
-            sections[section][name] = getattr(args, flag)
-    if args.data_seed is not None:
-        sections["train"]["init_seed"] = sections["data"].get("seed", data.seed)
-        sections["data"]["seed"] = args.data_seed
-    augment = dataclasses.replace(data.augment, **sections["augment"])
-    return (dataclasses.replace(model, **sections["model"]),
-            dataclasses.replace(data, augment=augment, **sections["data"]),
-            dataclasses.replace(train, **sections["train"]))
-
-
 def check_synthetic_plan(data: DataConfig, train: TrainConfig, synthetic_store: Path | None) -> None:
     """Refuse combinations of the synthetic-data flags that would train something other than asked."""
     pretrain = train.synthetic_schedule == "pretrain"
@@ -138,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     source = source_from_args(args)
     preset = args.preset or ("quick" if args.store is None and args.images is None else "real")
-    model_cfg, data_cfg, train_cfg = configs(args, preset)
+    run = apply_flags(PRESETS[preset], FLAGS, vars(args))
+    model_cfg, data_cfg, train_cfg = run.model, run.data, run.train
     check_synthetic_plan(data_cfg, train_cfg, args.synthetic_store)
     store = resolve_real_store(source, args.out)
     synthetic = TileStore(args.synthetic_store) if args.synthetic_store else None

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-from shared.tiling import predict_tiled, with_tta
+from shared.tiling import OVERLAP, predict_tiled, with_tta
 
 TileFn = Callable[[np.ndarray], np.ndarray]
 
@@ -27,7 +27,7 @@ def predict_tiles(model: keras.Model, tiles: np.ndarray, batch_size: int = 16) -
     return np.concatenate([predict(tiles[i:i + batch_size]) for i in range(0, len(tiles), batch_size)])
 
 
-def predict_slice(model: keras.Model, image: np.ndarray, tile: int, overlap: int = 64, tta: bool = False,
+def predict_slice(model: keras.Model, image: np.ndarray, tile: int, overlap: int = OVERLAP, tta: bool = False,
                   batch_size: int = 8) -> np.ndarray:
     """One normalized (H, W) slice -> (H, W) float32 foreground probability."""
     predict = model_fn(model)
@@ -37,8 +37,9 @@ def predict_slice(model: keras.Model, image: np.ndarray, tile: int, overlap: int
     return predict_tiled(predict, image, tile=tile, overlap=overlap, batch_size=batch_size)
 
 
-def predict_stack(model: keras.Model, images: np.ndarray, tile: int, overlap: int = 64, tta: bool = False,
-                  batch_size: int = 8, progress: Callable[[int], None] | None = None) -> np.ndarray:
+def predict_stack(model: keras.Model, images: np.ndarray, tile: int, overlap: int = OVERLAP,
+                  tta: bool = False, batch_size: int = 8,
+                  progress: Callable[[int], None] | None = None) -> np.ndarray:
     """(Z, H, W) normalized slices -> (Z, H, W) float32 probabilities."""
     out = np.empty(images.shape, np.float32)
     for z, image in enumerate(images):

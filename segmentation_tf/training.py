@@ -114,8 +114,7 @@ def run_phase(phase: Phase, inputs: RunInputs, strategy: tf.distribute.Strategy,
     val_ds = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(phase.data.batch_size)
     # --seed fixes the initial weights as well as the data stream, so two runs of one command (and the
     # cells of an ablation paired by seed) start from the same model
-    init_seed = phase.data.seed if phase.train.init_seed is None else phase.train.init_seed
-    keras.utils.set_random_seed(init_seed)
+    keras.utils.set_random_seed(phase.train.init_seed)
     with strategy.scope():
         model = compiled_model(inputs.model, phase.train, steps, tile_weighted(phase.data))
         if start_weights is not None:

@@ -83,6 +83,15 @@ def settings_from_args(args: argparse.Namespace) -> SamplerSettings:
                            args.unconditional)
 
 
+def settings_to_flags(settings: SamplerSettings) -> list[str]:
+    """The command-line flags that give these settings (the inverse of settings_from_args), for
+    benchmarks that run the CLIs as subprocesses."""
+    flags = ["--sampler", settings.sampler, "--eta", str(settings.eta), "--guidance", str(settings.guidance),
+             "--guidance-rescale", str(settings.guidance_rescale)]
+    flags += ["--steps", str(settings.steps)] if settings.steps is not None else []
+    return flags + (["--unconditional"] if settings.unconditional else [])
+
+
 def tile_seeds(seed: int, start: int, count: int) -> list[int]:
     """The seeds of tiles start .. start + count - 1 of a request with `seed` (>= 0)."""
     if seed < 0:

@@ -112,3 +112,17 @@ def test_unnormalize_inverts_normalize_to_unit_range():
     pixels = np.array([0, 51, 255], np.uint8)
     np.testing.assert_allclose(unnormalize(normalize(pixels)), to_unit(pixels), atol=1e-7)
     assert unnormalize(np.array([-3.0, 3.0])).tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("settings_kw", [{}, {"sampler": "dpmpp2m", "steps": 20, "guidance": 12.0},
+                                         {"sampler": "ddpm", "eta": 1.0, "guidance_rescale": 0.7,
+                                          "unconditional": True}])
+def test_sampler_flags_round_trip(settings_kw):
+    import argparse
+
+    from shared.sampling import SamplerSettings, add_sampler_flags, settings_from_args, settings_to_flags
+
+    parser = argparse.ArgumentParser()
+    add_sampler_flags(parser)
+    settings = SamplerSettings(**settings_kw)
+    assert settings_from_args(parser.parse_args(settings_to_flags(settings))) == settings
