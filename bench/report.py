@@ -20,7 +20,8 @@ SECTIONS = [
     ("bench_onnx_precision.json", "Reduced precision in onnxruntime (int8 on CPU)"),
     ("segmentation_epfl.json", "Segmenter quality on held-out real EPFL slices"),
     ("generator_epfl.json", "Generator quality on held-out real EPFL slices"),
-    ("synthetic_ablation.json", "Does synthetic data help? (synthetic-ratio ablation)"),
+    ("evidence.json", "The evidence instrument: real only vs generated pairs, paired over seeds"),
+    ("synthetic_ablation.json", "Does synthetic data help? (synthetic-ratio ablation, superseded)"),
     ("synthetic_variants.json", "What would make generated tiles help? (k = 2 variants)"),
     ("synthetic_variants_unseeded.json", "k = 2 variants, first run (unseeded weights, superseded)"),
     ("synthetic_ablation_guidance2.json", "Synthetic tiles that ignore their masks (guidance 2, superseded)"),
@@ -28,6 +29,8 @@ SECTIONS = [
 
 TABLE_TITLES = {
     "gains": "Paired gain of synthetic tiles: IoU(ratio) - IoU(real only), same slices and seed",
+    "rise": "Does real only rise with k? IoU(next k) - IoU(k), paired by seed, 95% t interval",
+    "noise_floor": "A/A noise floor: real only with another data stream - real only, paired by seed",
     "fidelity": "Mask fidelity: the whole-pool real-only segmenter on generated tiles vs their conditioning "
                 "masks, beside the same segmenter on held-out real test tiles",
 }
@@ -62,7 +65,16 @@ def section(path: Path, title: str) -> list[str]:
         if key in data:
             lines.append(f"- {key.replace('_', ' ')}: {cell(data[key]) if key != 'summary' else data[key]}")
     lines.append("")
-    for name in ("rows", "gains", "fidelity", "cells", "results"):
+    for key in ("reference", "cost"):
+        if isinstance(data.get(key), dict):
+            lines.append(f"- {key}: " + ", ".join(f"{k} {cell(v)}" for k, v in data[key].items()))
+    floor = data.get("noise_floor")
+    if isinstance(floor, dict) and floor.get("per_k"):
+        summary = {k: v for k, v in floor.items() if k != "per_k"}
+        figures = ", ".join(f"{k} {cell(v)}" for k, v in summary.items())
+        lines += ["", f"{TABLE_TITLES['noise_floor']}: {figures}", "", *table(floor["per_k"])]
+    lines.append("")
+    for name in ("rows", "rise", "gains", "fidelity", "cells", "results"):
         if isinstance(data.get(name), list) and data[name]:
             title = [f"{TABLE_TITLES[name]}:", ""] if name in TABLE_TITLES else []
             lines += title + table(data[name]) + [""]

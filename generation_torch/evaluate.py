@@ -6,7 +6,9 @@
 Prints the VAE reconstruction MSE and PSNR on the validation tiles (normalized [-1, 1] space), and the
 realism of tiles generated for the validation masks against the validation tiles (intensity-histogram
 Wasserstein distance, radially averaged power-spectrum distance), each beside the same figure between
-two disjoint real sets (training vs validation tiles: the floor).
+two disjoint real sets (training vs validation tiles: the floor), and a classifier two-sample test
+(generation_torch.two_sample: a CNN trained from scratch to tell generated from held-out real tiles;
+its accuracy on the half it did not train on, 0.5 = indistinguishable).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from generation_torch import checkpoint, metrics, precision
 from generation_torch.pipeline import Generator, load_generator
 from generation_torch.sample import add_run_flags, generate_tiles, sampler_settings
 from generation_torch.stages import VAE_FORMAT, load_vae
+from generation_torch.two_sample import TwoSampleConfig, two_sample_accuracy
 from shared.errors import ArgumentParser, non_negative_int, positive_int, run_cli
 from shared.sampling import SamplerSettings
 from shared.sources import add_data_flags, resolve_real_store, source_from_args
@@ -43,7 +46,8 @@ def reconstruction(gen: Generator, images: np.ndarray, batch_size: int = 16
 
 
 def evaluate(gen: Generator, store: TileStore, settings: SamplerSettings, *, n: int | None = None,
-             seed: int = 0, batch_size: int = 8, progress: bool = True, vae_only: bool = False) -> dict:
+             seed: int = 0, batch_size: int = 8, progress: bool = True, vae_only: bool = False,
+             c2st: bool = True) -> dict:
     """Reconstruction figures and, unless vae_only, the realism of tiles generated for the first n
     validation masks (default: all)."""
     val_idx, train_idx = store.indices("val"), store.indices("train")
@@ -64,6 +68,8 @@ def evaluate(gen: Generator, store: TileStore, settings: SamplerSettings, *, n: 
                    "tiles_per_s": n / seconds, **metrics.realism(fake, val),
                    "floor_hist_w1": floor["hist_w1"], "floor_spectrum_dist": floor["spectrum_dist"],
                    "vae_hist_w1": ceiling["hist_w1"], "vae_spectrum_dist": ceiling["spectrum_dist"]})
+    if c2st and n >= 4:
+        result.update(two_sample_accuracy(fake, val, TwoSampleConfig(seed=seed)))
     return result
 
 
@@ -80,6 +86,9 @@ def format_result(r: dict) -> str:
                   f"{r['floor_spectrum_dist']:>10.4f} {r['vae_spectrum_dist']:>10.4f}",
                   "  (real floor: training vs held-out real tiles; VAE recon: the held-out tiles through "
                   "encoder + decoder, what the decoder keeps of real texture)"]
+    if "c2st_accuracy" in r:
+        lines.append(f"  classifier two-sample accuracy {r['c2st_accuracy']:.3f} (95% {r['c2st_low']:.3f}-"
+                     f"{r['c2st_high']:.3f} on {r['c2st_tiles']} held-out tiles; 0.5 = indistinguishable)")
     return "\n".join(lines)
 
 
@@ -91,6 +100,9 @@ def report_rows(r: dict) -> list[dict]:
                   "real floor": r["floor_hist_w1"], "VAE reconstructions": r["vae_hist_w1"]},
                  {"figure": "radial power spectrum distance", "value": r["spectrum_dist"],
                   "real floor": r["floor_spectrum_dist"], "VAE reconstructions": r["vae_spectrum_dist"]}]
+    if "c2st_accuracy" in r:
+        rows.append({"figure": "classifier two-sample accuracy", "value": r["c2st_accuracy"],
+                     "real floor": 0.5})
     return rows
 
 
@@ -102,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n", type=positive_int, help="generated tiles (default: one per validation tile)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--vae-only", action="store_true", help="reconstruction figures only")
+    p.add_argument("--no-c2st", action="store_true", help="skip the classifier two-sample test")
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.add_argument("--no-progress", action="store_true")
     add_run_flags(p)
@@ -116,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         gen = load_generator(args.checkpoint, device, dtype)
     store = resolve_real_store(source_from_args(args), args.checkpoint.parent)
     result = evaluate(gen, store, settings, n=args.n, seed=args.seed, batch_size=args.batch_size,
-                      progress=not args.no_progress, vae_only=args.vae_only)
+                      progress=not args.no_progress, vae_only=args.vae_only, c2st=not args.no_c2st)
     print(format_result(result))
     if args.json:
         report = {"command": "python -m generation_torch.evaluate " + " ".join(argv or sys.argv[1:]),

@@ -122,7 +122,7 @@ def compose_masks(masks: np.ndarray, n: int, seed: int, config: ComposeConfig = 
             if obj.size and (where := place(canvas, blocked, obj, rng, config)) is not None:
                 placed.append({"from_tile": inst.tile, "y": where[0], "x": where[1], **how})
         out[k] = canvas
-        records.append({"mask_source": "composed", "layout_seed": seed, "layout_index": k,
+        records.append({"mask_layout": "composed", "layout_seed": seed, "layout_index": k,
                         "objects": placed})
     return out, records
 

@@ -59,5 +59,5 @@ def varied_masks(source: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, lis
     for i in range(n):
         j, k = int(rng.integers(len(source))), int(rng.integers(8))
         out[i] = elastic(dihedral(source[j], k), rng)
-        origin.append({"mask_source_index": j, "dihedral": k})
+        origin.append({"mask_layout": "labelled", "mask_source_index": j, "dihedral": k})
     return out, origin

@@ -1,11 +1,14 @@
 """Sample synthetic image + mask pairs into a tile store.
 
     python -m generation_torch.sample --checkpoint RUN/generator.pt --masks-from STORE_OR_MASKS.tif
-        --n 64 --out SYNTH_STORE [--sampler ddim --steps 50 --eta 0 --guidance 2 --seed 0 --batch-size 8]
+        --n 64 --out SYNTH_STORE [--mask-source labelled|composed]
+        [--sampler ddim --steps 50 --eta 0 --guidance 2 --seed 0 --batch-size 8]
         [--guidance-rescale 0 --unconditional --precision auto --grid tiles.png]
 
-Each tile is drawn for a mask taken from the mask source and varied (dihedral + elastic), and stored
-with that mask and its provenance (checkpoint hash, seed, sampler, steps, guidance). Same seed, same
+Each tile is drawn for a mask made from the mask source, and stored with that mask and its provenance
+(checkpoint hash, seed, sampler, steps, guidance, how the mask was made): --mask-source labelled
+varies a labelled mask (dihedral + elastic); composed places the labelled objects in new layouts
+(generation_torch.layouts), matching their count and size per tile. Same seed, same
 tiles, whatever the batch size, and the same as `exporters.infer generate` draws (shared.sampling).
 """
 
@@ -22,6 +25,7 @@ from tqdm import tqdm
 
 from generation_torch import checkpoint, grids, precision
 from generation_torch.config import PRECISIONS
+from generation_torch.layouts import compose_masks, layout_stats
 from generation_torch.masks import load_mask_source, varied_masks
 from generation_torch.pipeline import Generator, load_generator
 from shared import diffusion
@@ -61,6 +65,21 @@ def generate_tiles(gen: Generator, masks: np.ndarray, settings: SamplerSettings,
     return out
 
 
+def conditioning_masks(source: np.ndarray, kind: str, n: int, seed: int, path: Path
+                       ) -> tuple[np.ndarray, list[dict]]:
+    """n masks made from the labelled ones, and how each was made (one record per mask)."""
+    if kind == "labelled":
+        return varied_masks(source, n, seed)
+    try:
+        masks, records = compose_masks(source, n, seed)
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    before, after = layout_stats(source), layout_stats(masks)
+    keys = ("objects_per_tile_mean", "object_area_median", "foreground_fraction")
+    print("layouts  " + "  ".join(f"{k}: {before[k]:.3g} labelled / {after[k]:.3g} composed" for k in keys))
+    return masks, records
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m generation_torch.sample", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, required=True, help="RUN/generator.pt")
@@ -68,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help=f"tile store or TIFF stack of {TILE}x{TILE} masks")
     p.add_argument("--n", type=positive_int, required=True, help="tiles to generate")
     p.add_argument("--out", type=Path, required=True, help="synthetic tile store (created or appended to)")
+    p.add_argument("--mask-source", choices=("labelled", "composed"), default="labelled",
+                   help="labelled: varied labelled masks; composed: labelled objects in new layouts")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--grid", type=Path, help="also write a PNG of (up to 16) tiles beside their masks")
@@ -77,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gen = load_generator(args.checkpoint, device, precision.resolve(args.precision, device))
     source = load_mask_source(args.masks_from)
-    masks, origins = varied_masks(source, args.n, args.seed)
+    masks, origins = conditioning_masks(source, args.mask_source, args.n, args.seed, args.masks_from)
     images = generate_tiles(gen, masks, settings, args.seed, args.batch_size, not args.no_progress)
     store = TileStore.open_or_create(args.out, TILE, kind="synthetic")
     provenance = {"source": "synthetic", "checkpoint": str(args.checkpoint),

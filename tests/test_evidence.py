@@ -132,3 +132,19 @@ def test_the_instrument_calibrates_itself_first():
     assert [c.k for c in synthetic if c.arm == "images_plentiful"][:2] == [1, 1]  # low k first
     assert not [c for c in order if c.arm == "strict" and c.k == 0]
     assert len(order) == len(set(order))
+
+
+def test_the_results_page_shows_intervals_noise_floor_and_rise(tmp_path, monkeypatch):
+    from bench import report
+
+    images, masks = phantom_stack(10, seed=0, config=PhantomConfig(height=256, width=256))
+    monkeypatch.setattr(evidence, "load_volume", lambda: (images, masks, "phantom"))
+    monkeypatch.setattr(evidence, "run_cell", lambda cell, bench: _cell(
+        cell.k, cell.arm, cell.ratio, cell.seed, 0.6 + 0.05 * (cell.k == 0) + 0.001 * cell.seed))
+    results = tmp_path / "evidence.json"
+    evidence.main(["--preset", "quick", "--work", str(tmp_path / "w"), "--results", str(results),
+                   "--max-cells", "9"])
+    page = "\n".join(report.section(results, "evidence"))
+    assert "A/A noise floor" in page and "pooled_sd" in page
+    assert "k=1 -> all" in page and "| k | n | mean | sd | low | high |" in page
+    assert (tmp_path / "evidence.png").is_file()

@@ -169,6 +169,25 @@ def test_sample_is_deterministic_with_provenance(trained, tiny_store, tmp_path):
     assert proc.returncode == 0 and not np.array_equal(a.raw_images(a.indices()), d.raw_images(d.indices()))
 
 
+def test_sample_composed_layouts_record_how_each_mask_was_made(trained, tiny_store, tmp_path):
+    from scipy import ndimage
+
+    from shared.store import TileStore
+
+    proc = run_module("generation_torch.sample", "--checkpoint", trained / "generator.pt", "--masks-from",
+                      tiny_store, "--n", "4", "--steps", "2", "--no-progress", "--mask-source", "composed",
+                      "--out", tmp_path / "c")
+    assert proc.returncode == 0, proc.stderr
+    assert "labelled /" in proc.stdout and "composed" in proc.stdout  # statistics side by side
+    store = TileStore(tmp_path / "c")
+    for rec, mask in zip(store.records, store.masks(store.indices()), strict=True):
+        assert rec["mask_layout"] == "composed"
+        assert ndimage.label(mask, structure=np.ones((3, 3)))[1] >= len(rec["objects"])
+    labelled = run_module("generation_torch.sample", "--checkpoint", trained / "generator.pt", "--masks-from",
+                          tiny_store, "--n", "2", "--steps", "2", "--no-progress", "--out", tmp_path / "l")
+    assert labelled.returncode == 0 and TileStore(tmp_path / "l").records[0]["mask_layout"] == "labelled"
+
+
 def test_evaluate_prints_figures_beside_the_floor(trained, tiny_store, tmp_path):
     proc = run_module("generation_torch.evaluate", "--checkpoint", trained / "generator.pt",
                       "--store", tiny_store, "--steps", "3", "--sampler", "dpmpp2m",
@@ -179,6 +198,7 @@ def test_evaluate_prints_figures_beside_the_floor(trained, tiny_store, tmp_path)
     figures = json.loads((tmp_path / "e.json").read_text())
     assert figures["recon_mse"] > 0 and figures["floor_hist_w1"] >= 0 and figures["generated"] == 4
     assert figures["vae_spectrum_dist"] > 0 and "VAE recon" in proc.stdout
+    assert 0.0 <= figures["c2st_accuracy"] <= 1.0 and "two-sample accuracy" in proc.stdout
     vae_only = run_module("generation_torch.evaluate", "--checkpoint", trained / "vae.pt",
                           "--store", tiny_store, "--vae-only")
     assert vae_only.returncode == 0 and f"MSE {figures['recon_mse']:.5f}" in vae_only.stdout

@@ -45,7 +45,7 @@ def test_objects_never_overlap_or_touch(phantom_masks):
     # every placed object is its own component: overlapping or touching objects would merge (a
     # deformed object cut by the tile border may rarely show as two pieces, never as fewer)
     assert np.mean(found == placed) >= 0.9 and np.all(found >= placed)
-    assert all(r["mask_source"] == "composed" and r["layout_seed"] == 0 for r in records)
+    assert all(r["mask_layout"] == "composed" and r["layout_seed"] == 0 for r in records)
     assert all({"from_tile", "angle", "scale", "y", "x"} <= set(o) for r in records for o in r["objects"])
 
 
