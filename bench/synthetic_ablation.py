@@ -219,24 +219,45 @@ def segmenter_scores(seg_dir: Path, labelled: Path, synthetic: Path | None, rati
     return json.loads(scores.read_text())
 
 
-def run_cell(cell: Cell, work: Path, pool: list[int], split: dict, volume: tuple[np.ndarray, np.ndarray],
-             pool_store: Path, test: tuple[Path, Path], cfg: AblationConfig, log: Path) -> dict:
-    images, masks = volume
+@dataclass(frozen=True)
+class AblationRun:
+    """What every cell of one ablation run shares: config, scratch folder, volume, split, log."""
+    cfg: AblationConfig
+    work: Path
+    images: np.ndarray
+    masks: np.ndarray
+    split: dict
+    log: Path
+
+    @property
+    def pool(self) -> list[int]:
+        return self.split["train"]
+
+    @property
+    def test(self) -> tuple[Path, Path]:
+        return self.work / "test_images.tif", self.work / "test_masks.tif"
+
+    def store(self, name: str, slices: list[int]) -> Path:
+        return make_store(self.work / name, self.images, self.masks, slices, self.split["val"])
+
+
+def run_cell(cell: Cell, ctx: AblationRun) -> dict:
+    cfg, work, log = ctx.cfg, ctx.work, ctx.log
     start = time.time()
-    labelled = labelled_slices(pool, cell.k, cell.seed if cfg.slices_per_seed else 0)
-    slices_dir = work / (f"k{cell.k}_s{cell.seed}" if cfg.slices_per_seed else f"k{cell.k}")
-    slices_dir.mkdir(exist_ok=True)
-    labelled_store = make_store(slices_dir / "labelled_store", images, masks, labelled, split["val"])
+    labelled = labelled_slices(ctx.pool, cell.k, cell.seed if cfg.slices_per_seed else 0)
+    slices_dir = f"k{cell.k}_s{cell.seed}" if cfg.slices_per_seed else f"k{cell.k}"
+    (work / slices_dir).mkdir(exist_ok=True)
+    labelled_store = ctx.store(f"{slices_dir}/labelled_store", labelled)
     synthetic = None
     if cell.ratio > 0:
         gen_dir, gen_seed = generator_dir(work, cell, cfg)
-        ckpt = train_generator(gen_dir, gen_seed, cell.regime, labelled == pool, labelled_store, pool_store,
-                               work, cfg, log)
+        ckpt = train_generator(gen_dir, gen_seed, cell.regime, labelled == ctx.pool, labelled_store,
+                               ctx.store("pool_store", ctx.pool), work, cfg, log)
         synthetic = synthetic_store(gen_dir, ckpt, labelled_store, cfg, gen_seed, log)
     name = "real_only" if cell.ratio == 0 else f"seg_{cell.regime}_r{cell.ratio:g}"
     seg_dir = work / f"k{cell.k}_s{cell.seed}" / name
     seg_dir.parent.mkdir(exist_ok=True)
-    scores = segmenter_scores(seg_dir, labelled_store, synthetic, cell.ratio, test, cfg, cell.seed, log)
+    scores = segmenter_scores(seg_dir, labelled_store, synthetic, cell.ratio, ctx.test, cfg, cell.seed, log)
     return {**asdict(cell), "labelled_slices": labelled, "test_iou": scores["iou"],
             "test_dice": scores.get("dice"), "minutes": round((time.time() - start) / 60, 2)}
 
@@ -410,19 +431,18 @@ def main() -> None:
     results: dict = saved.get("results_by_cell", {})
     images, masks, source = load_volume()
     split = z_block_split(len(images), cfg.val_fraction, cfg.test_fraction, seed=0)
-    pool = split["train"]
-    test = (work / "test_images.tif", work / "test_masks.tif")
+    ctx = AblationRun(cfg, work, images, masks, split, work / "ablation.log")
+    test, log = ctx.test, ctx.log
     write_stack(test[0], images[split["test"]])
     write_stack(test[1], masks[split["test"]])
-    pool_store = make_store(work / "pool_store", images, masks, pool, split["val"])
-    log = work / "ablation.log"
+    ctx.store("pool_store", ctx.pool)
     todo = [c for c in cells(cfg) if c.key not in results]
-    print(f"{source}: test slices {split['test']}, val {split['val']}, pool {len(pool)}; "
+    print(f"{source}: test slices {split['test']}, val {split['val']}, pool {len(ctx.pool)}; "
           f"{len(results)} cells done, {len(todo)} to run (log: {log})", flush=True)
     for n, cell in enumerate([] if args.fidelity_only else todo):
         if args.max_cells and n >= args.max_cells:
             break
-        results[cell.key] = run_cell(cell, work, pool, split, (images, masks), pool_store, test, cfg, log)
+        results[cell.key] = run_cell(cell, ctx)
         write_results(results_path, results, saved.get("fidelity", []), name, cfg, source, split,
                       saved.get("note"))
         done = results[cell.key]
