@@ -1,2 +1,3 @@
-"""ONNX exports of both models (`torch_onnx`, `keras_onnx`) and the onnxruntime-only inference layer
-(`runtime`, `infer`). Importing this package, `runtime` or `infer` never imports torch or tensorflow."""
+"""ONNX exports of both models (`torch_onnx`, `keras_onnx`), the onnxruntime-only inference layer
+(`runtime`, `infer`), and the segmenter as a bioimage.io model package (`bioimageio`). Importing this
+package, `runtime` or `infer` never imports torch or tensorflow."""

@@ -22,6 +22,7 @@ ENTRY_POINTS = {
     "segmentation_tf.filter_synthetic": ["--judge", MISSING, "--store", MISSING, "--out", "/tmp/f"],
     "exporters.keras_onnx": ["--model", MISSING, "--out", "/tmp/emsynth-cli-test.onnx"],
     "exporters.torch_onnx": ["--checkpoint", f"{MISSING}.pt", "--out", "/tmp/emsynth-cli-test-onnx"],
+    "exporters.bioimageio": ["--model", f"{MISSING}.onnx", "--out", "/tmp/emsynth-cli-test-bioimageio"],
     "exporters.infer": ["segment", "--model", f"{MISSING}.onnx", "--images", f"{MISSING}.tif",
                         "--out", "/tmp/o"],
 }
