@@ -203,6 +203,44 @@ def run_cell(cell: Cell, bench: Bench) -> dict:
             "minutes": round((time.time() - start) / 60, 2)}
 
 
+def generator_figures(cell: Cell, bench: Bench) -> dict:
+    """How a cell's generator draws: mask fidelity judged by the real-only segmenter of the same k
+    slices (seed 0; the honest judge, a user has only those labels) beside that judge on held-out real
+    test tiles; realism against the test tiles (histogram W1, spectrum distance, classifier two-sample
+    accuracy) beside the floor of real pool tiles against them."""
+    from bench.synthetic_variants import fidelity, held_out_tile_store
+    from generation_torch.metrics import realism
+    from generation_torch.two_sample import two_sample_accuracy
+    from shared.store import TileStore
+
+    judge = bench.work / f"k{cell.k}_s{bench.cfg.seeds[0]}" / "real_only_r0"
+    synthetic = TileStore(bench.work / f"gen_k{cell.k}" / cell.arm / "synthetic")
+    test = held_out_tile_store(bench.test, bench.work)
+    pool = TileStore(bench.store(0))
+    generated, real = synthetic.images(synthetic.indices()), test.images(test.indices())
+    floor = realism(pool.images(pool.indices("train")), real)
+    return {"k": _k(cell.k), "regime": cell.arm, "tiles": len(synthetic),
+            "fidelity_iou": round(fidelity(synthetic, judge)["fidelity_iou"], 4),
+            "judge_on_real_test": round(fidelity(test, judge)["fidelity_iou"], 4),
+            **{k: round(v, 4) for k, v in realism(generated, real).items()},
+            "floor_hist_w1": round(floor["hist_w1"], 4),
+            "floor_spectrum_dist": round(floor["spectrum_dist"], 4),
+            "c2st_accuracy": round(two_sample_accuracy(generated, real)["c2st_accuracy"], 4)}
+
+
+def generators_to_measure(results: dict, measured: dict, bench: Bench) -> list[Cell]:
+    """One synthetic cell per (k, regime) whose generator has drawn and whose judge exists, not yet
+    measured."""
+    out = {}
+    for c in results.values():
+        cell = Cell(c["k"], c["arm"], c["ratio"], c["seed"])
+        key = f"k={cell.k}|{cell.arm}"
+        judge = bench.work / f"k{cell.k}_s{bench.cfg.seeds[0]}" / "real_only_r0" / "segmenter.json"
+        if cell.ratio > 0 and key not in measured and key not in out and judge.exists():
+            out[key] = cell
+    return list(out.values())
+
+
 # ---- the read-out -------------------------------------------------------------------------------
 
 def by_seed(results: dict, k: int, arm: str, ratio: float) -> dict[int, float]:
@@ -315,7 +353,8 @@ def plot(results: dict, cfg: EvidenceConfig, path: Path) -> None:
     plt.close(fig)
 
 
-def write_results(path: Path, results: dict, bench: Bench, name: str, source: str) -> None:
+def write_results(path: Path, results: dict, bench: Bench, name: str, source: str,
+                  generators: dict | None = None) -> None:
     cfg, layout = bench.cfg, bench.layout
     minutes = sum(c["minutes"] for c in results.values())
     seg_minutes = [c["minutes"] for c in results.values() if c["arm"] in ("real_only", "aa")]
@@ -335,7 +374,8 @@ def write_results(path: Path, results: dict, bench: Bench, name: str, source: st
                  "cpu": machine()["cpu"], "cores": machine()["cores"]},
         "rows": real_only_rows(results, cfg), "rise": rise_rows(results, cfg),
         "noise_floor": noise_floor(results, cfg), "reference": reference_row(results, cfg),
-        "gains": gain_rows(results, cfg), "results_by_cell": results, "figures": [f"{path.stem}.png"]})
+        "gains": gain_rows(results, cfg), "generators": list((generators or {}).values()),
+        "results_by_cell": results, "figures": [f"{path.stem}.png"]})
     if any(row["n"] >= 2 for row in real_only_rows(results, cfg)):
         plot(results, cfg, path.with_suffix(".png"))
 
@@ -353,7 +393,10 @@ def main(argv: list[str] | None = None) -> None:
                                                     else f"evidence_{args.preset}.json")
     work = args.work / args.preset
     work.mkdir(parents=True, exist_ok=True)
-    results = json.loads(results_path.read_text())["results_by_cell"] if results_path.is_file() else {}
+    saved = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    results = saved.get("results_by_cell", {})
+    generators = {f"k={0 if g['k'] == 'all' else g['k']}|{g['regime']}": g
+                  for g in saved.get("generators", [])}
     images, masks, source = load_volume()
     bench = Bench(cfg, work, images, masks, Layout.of(len(images), cfg), work / "evidence.log")
     write_stack(bench.test[0], images[bench.layout.test])
@@ -364,11 +407,13 @@ def main(argv: list[str] | None = None) -> None:
         cell = todo[0]
         print(f"[{len(results) + 1}/{len(results) + len(todo)}] {cell.key} ...", flush=True)
         results[cell.key] = run_cell(cell, bench)
-        write_results(results_path, results, bench, args.preset, source)
+        for gen_cell in generators_to_measure(results, generators, bench):
+            generators[f"k={gen_cell.k}|{gen_cell.arm}"] = generator_figures(gen_cell, bench)
+        write_results(results_path, results, bench, args.preset, source, generators)
         done += 1
         print(f"  test IoU {results[cell.key]['test_iou']:.4f}, val IoU {results[cell.key]['val_iou']:.4f} "
               f"({results[cell.key]['minutes']} min)", flush=True)
-    write_results(results_path, results, bench, args.preset, source)
+    write_results(results_path, results, bench, args.preset, source, generators)
     print(f"results in {results_path}")
 
 

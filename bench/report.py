@@ -31,6 +31,9 @@ TABLE_TITLES = {
     "gains": "Paired gain of synthetic tiles: IoU(ratio) - IoU(real only), same slices and seed",
     "rise": "Does real only rise with k? IoU(next k) - IoU(k), paired by seed, 95% t interval",
     "noise_floor": "A/A noise floor: real only with another data stream - real only, paired by seed",
+    "generators": "Each generator's tiles: mask fidelity (judge: the real-only segmenter of the same k "
+                  "slices) beside that judge on real test tiles; realism against the test tiles beside the "
+                  "real pool's floor; classifier two-sample accuracy (0.5: indistinguishable)",
     "fidelity": "Mask fidelity: the whole-pool real-only segmenter on generated tiles vs their conditioning "
                 "masks, beside the same segmenter on held-out real test tiles",
 }
@@ -74,7 +77,7 @@ def section(path: Path, title: str) -> list[str]:
         figures = ", ".join(f"{k} {cell(v)}" for k, v in summary.items())
         lines += ["", f"{TABLE_TITLES['noise_floor']}: {figures}", "", *table(floor["per_k"])]
     lines.append("")
-    for name in ("rows", "rise", "gains", "fidelity", "cells", "results"):
+    for name in ("rows", "rise", "gains", "generators", "fidelity", "cells", "results"):
         if isinstance(data.get(name), list) and data[name]:
             title = [f"{TABLE_TITLES[name]}:", ""] if name in TABLE_TITLES else []
             lines += title + table(data[name]) + [""]

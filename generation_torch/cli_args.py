@@ -11,7 +11,7 @@ from generation_torch.presets import PRESETS, default_preset
 from shared import diffusion
 from shared.errors import ArgumentParser, UserError, fraction, positive_float, positive_int
 from shared.presets import apply_flags
-from shared.sources import add_data_flags
+from shared.sources import DEFAULT_GENERATOR_RUN, add_data_flags
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -32,7 +32,7 @@ def parser() -> ArgumentParser:
                    help="tile store of extra images without labels (its masks are ignored): its train "
                         "tiles join the VAE's training and the null-condition rows of the denoiser")
     p.add_argument("--stage", choices=("vae", "diffusion", "all"), default="all")
-    p.add_argument("--out", type=Path, default=Path("runs/generator"),
+    p.add_argument("--out", type=Path, default=DEFAULT_GENERATOR_RUN,
                    help="run folder (default runs/generator)")
     p.add_argument("--preset", choices=tuple(PRESETS),
                    help="quick (phantom default) | real (data default) | none")

@@ -32,7 +32,8 @@ from shared import diffusion
 from shared.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_cli
 from shared.normalization import denormalize
 from shared.sampling import SamplerSettings, add_sampler_flags, settings_from_args, tile_seeds
-from shared.store import TileStore
+from shared.sources import DEFAULT_GENERATOR_RUN, DEFAULT_SYNTHETIC_STORE
+from shared.store import MANIFEST, TileStore
 from shared.tiling import TILE
 
 
@@ -65,6 +66,21 @@ def generate_tiles(gen: Generator, masks: np.ndarray, settings: SamplerSettings,
     return out
 
 
+def trained_on(ckpt: Path) -> Path:
+    """The labelled store a generator checkpoint learned from (its masks are the default source)."""
+    labelled = (checkpoint.load(ckpt, checkpoint.GENERATOR_FORMAT).get("data") or {}).get("labelled")
+    if not labelled or not Path(labelled["path"]).is_dir():
+        raise UserError(f"{ckpt}: the store it learned from is not recorded or gone; give --masks-from")
+    return Path(labelled["path"])
+
+
+def refuse_real_store(out: Path) -> None:
+    """Generated tiles never go into a store of real tiles (a trainer would take them for real)."""
+    if (out / MANIFEST).exists() and (kind := TileStore(out).manifest.kind) != "synthetic":
+        raise UserError(f"{out}: a {kind} tile store; generated tiles go to a synthetic store "
+                        "(another --out)")
+
+
 def conditioning_masks(source: np.ndarray, kind: str, n: int, seed: int, path: Path
                        ) -> tuple[np.ndarray, list[dict]]:
     """n masks made from the labelled ones, and how each was made (one record per mask)."""
@@ -82,11 +98,15 @@ def conditioning_masks(source: np.ndarray, kind: str, n: int, seed: int, path: P
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m generation_torch.sample", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, required=True, help="RUN/generator.pt")
-    p.add_argument("--masks-from", type=Path, required=True,
-                   help=f"tile store or TIFF stack of {TILE}x{TILE} masks")
-    p.add_argument("--n", type=positive_int, required=True, help="tiles to generate")
-    p.add_argument("--out", type=Path, required=True, help="synthetic tile store (created or appended to)")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_GENERATOR_RUN / "generator.pt",
+                   help="RUN/generator.pt (default: generation_torch.train's default run)")
+    p.add_argument("--masks-from", type=Path,
+                   help=f"tile store or TIFF stack of {TILE}x{TILE} masks (default: the labelled store the "
+                        "checkpoint learned from)")
+    p.add_argument("--n", type=positive_int, default=64, help="tiles to generate (default 64)")
+    p.add_argument("--out", type=Path, default=DEFAULT_SYNTHETIC_STORE,
+                   help="synthetic tile store, created or appended to (default: the one "
+                        "segmentation_tf.fit --synthetic-ratio reads by default)")
     p.add_argument("--mask-source", choices=("labelled", "composed"), default="labelled",
                    help="labelled: varied labelled masks; composed: labelled objects in new layouts")
     p.add_argument("--seed", type=non_negative_int, default=0)
@@ -97,13 +117,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = sampler_settings(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gen = load_generator(args.checkpoint, device, precision.resolve(args.precision, device))
-    source = load_mask_source(args.masks_from)
-    masks, origins = conditioning_masks(source, args.mask_source, args.n, args.seed, args.masks_from)
+    masks_from = args.masks_from or trained_on(args.checkpoint)
+    refuse_real_store(args.out)
+    source = load_mask_source(masks_from)
+    masks, origins = conditioning_masks(source, args.mask_source, args.n, args.seed, masks_from)
     images = generate_tiles(gen, masks, settings, args.seed, args.batch_size, not args.no_progress)
     store = TileStore.open_or_create(args.out, TILE, kind="synthetic")
     provenance = {"source": "synthetic", "checkpoint": str(args.checkpoint),
                   "checkpoint_sha256": checkpoint.file_hash(args.checkpoint), **settings.provenance(),
-                  "mask_source": str(args.masks_from), "split": "train"}
+                  "mask_source": str(masks_from), "split": "train"}
     seeds = tile_seeds(args.seed, 0, args.n)
     records = [{**provenance, "seed": args.seed, "tile_seed": s, **o}
                for s, o in zip(seeds, origins, strict=True)]

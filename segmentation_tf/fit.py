@@ -27,7 +27,7 @@ from shared.errors import (
     run_cli,
 )
 from shared.presets import apply_flags
-from shared.sources import add_data_flags, resolve_real_store, source_from_args
+from shared.sources import add_data_flags, default_synthetic_store, resolve_real_store, source_from_args
 from shared.store import TileStore
 
 
@@ -36,7 +36,9 @@ def parser() -> argparse.ArgumentParser:
     add_data_flags(p)
     p.add_argument("--out", type=Path, default=Path("runs/segmenter"), help="run folder")
     p.add_argument("--preset", choices=sorted(PRESETS), help="default: quick on the phantom, real otherwise")
-    p.add_argument("--synthetic-store", type=Path, help="synthetic tile store (generation_torch.sample)")
+    p.add_argument("--synthetic-store", type=Path,
+                   help="synthetic tile store (default with --synthetic-ratio: runs/synthetic_store, where "
+                        "generation_torch.sample writes by default)")
     p.add_argument("--synthetic-ratio", type=fraction, help="share of each batch that is synthetic, [0, 1)")
     p.add_argument("--synthetic-schedule", choices=("mix", "pretrain"),
                    help="mix (default): synthetic tiles in every batch; pretrain: synthetic tiles alone, "
@@ -82,6 +84,9 @@ def check_synthetic_plan(data: DataConfig, train: TrainConfig, synthetic_store: 
     if (data.synthetic_ratio > 0 or pretrain) and synthetic_store is None:
         raise UserError(f"{'--synthetic-schedule pretrain' if pretrain else '--synthetic-ratio > 0'} needs "
                         "--synthetic-store")
+    if synthetic_store is not None and not pretrain and data.synthetic_ratio == 0:
+        raise UserError(f"{synthetic_store}: a synthetic store without --synthetic-ratio would train on real "
+                        "tiles only; give --synthetic-ratio (e.g. 0.3) or --synthetic-schedule pretrain")
     if pretrain and data.synthetic_ratio > 0:
         raise UserError("--synthetic-schedule pretrain fine-tunes on real tiles alone: "
                         "drop --synthetic-ratio")
@@ -98,9 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     preset = args.preset or ("quick" if args.store is None and args.images is None else "real")
     run = apply_flags(PRESETS[preset], FLAGS, vars(args))
     model_cfg, data_cfg, train_cfg = run.model, run.data, run.train
-    check_synthetic_plan(data_cfg, train_cfg, args.synthetic_store)
+    synthetic_path = args.synthetic_store
+    wants_synthetic = data_cfg.synthetic_ratio > 0 or train_cfg.synthetic_schedule == "pretrain"
+    if synthetic_path is None and wants_synthetic:
+        synthetic_path = default_synthetic_store()  # the chain train -> sample -> fit needs no other flag
+    check_synthetic_plan(data_cfg, train_cfg, synthetic_path)
     store = resolve_real_store(source, args.out)
-    synthetic = TileStore(args.synthetic_store) if args.synthetic_store else None
+    synthetic = TileStore(synthetic_path) if synthetic_path else None
     if synthetic is not None and synthetic.tile_size != store.tile_size:
         raise UserError(f"{synthetic.path}: synthetic tiles are {synthetic.tile_size}x{synthetic.tile_size} "
                         f"but the real tiles are {store.tile_size}x{store.tile_size}")

@@ -12,6 +12,20 @@ from shared.phantom import PhantomConfig, write_phantom
 from shared.store import MANIFEST, TileStore
 from shared.tiles import BuildConfig, build_store
 
+# The default run folders that chain the three documented commands with no other flags:
+# generation_torch.train -> generation_torch.sample -> segmentation_tf.fit --synthetic-ratio R
+DEFAULT_GENERATOR_RUN = Path("runs/generator")
+DEFAULT_SYNTHETIC_STORE = Path("runs/synthetic_store")
+
+
+def default_synthetic_store() -> Path:
+    """The store `generation_torch.sample` writes by default; a one-line error naming the commands
+    that make it where it does not exist yet."""
+    if not (DEFAULT_SYNTHETIC_STORE / MANIFEST).exists():
+        raise UserError(f"no synthetic store at {DEFAULT_SYNTHETIC_STORE} (give --synthetic-store, or make "
+                        "it with: python -m generation_torch.train, then python -m generation_torch.sample)")
+    return DEFAULT_SYNTHETIC_STORE
+
 
 @dataclass(frozen=True)
 class DataSource:

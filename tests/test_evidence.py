@@ -148,3 +148,19 @@ def test_the_results_page_shows_intervals_noise_floor_and_rise(tmp_path, monkeyp
     assert "A/A noise floor" in page and "pooled_sd" in page
     assert "k=1 -> all" in page and "| k | n | mean | sd | low | high |" in page
     assert (tmp_path / "evidence.png").is_file()
+
+
+def test_each_generator_is_measured_once_and_only_with_its_own_judge(tmp_path):
+    from bench.evidence import generators_to_measure
+
+    cfg = EvidenceConfig(ks=(1, 2), seeds=(0, 1))
+    bench = Bench(cfg, tmp_path, np.zeros((1, 1, 1)), np.zeros((1, 1, 1)), Layout.of(27, cfg), tmp_path / "l")
+    results = {Cell(k, "images_plentiful", 0.3, s).key: _cell(k, "images_plentiful", 0.3, s, 0.5)
+               for k in (1, 2) for s in (0, 1)}
+    results[Cell(1, "real_only", 0.0, 0).key] = _cell(1, "real_only", 0.0, 0, 0.5)
+    assert generators_to_measure(results, {}, bench) == []  # no judge trained yet
+    (tmp_path / "k1_s0" / "real_only_r0").mkdir(parents=True)
+    (tmp_path / "k1_s0" / "real_only_r0" / "segmenter.json").write_text("{}")
+    todo = generators_to_measure(results, {}, bench)
+    assert [(c.k, c.arm) for c in todo] == [(1, "images_plentiful")]  # k = 2 waits for its own judge
+    assert generators_to_measure(results, {"k=1|images_plentiful": {}}, bench) == []

@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -186,6 +187,21 @@ def test_sample_composed_layouts_record_how_each_mask_was_made(trained, tiny_sto
     labelled = run_module("generation_torch.sample", "--checkpoint", trained / "generator.pt", "--masks-from",
                           tiny_store, "--n", "2", "--steps", "2", "--no-progress", "--out", tmp_path / "l")
     assert labelled.returncode == 0 and TileStore(tmp_path / "l").records[0]["mask_layout"] == "labelled"
+
+
+def test_sample_defaults_follow_train_and_real_stores_are_refused(trained, tiny_store, tmp_path):
+    from shared.store import TileStore
+
+    proc = run_module("generation_torch.sample", "--checkpoint", trained / "generator.pt", "--n", "2",
+                      "--steps", "2", "--no-progress", "--out", tmp_path / "d")
+    assert proc.returncode == 0, proc.stderr
+    # no --masks-from: the masks come from the labelled store the generator learned from
+    assert TileStore(tmp_path / "d").records[0]["mask_source"] == str(Path(tiny_store).resolve())
+    before = len(TileStore(tiny_store))
+    proc = run_module("generation_torch.sample", "--checkpoint", trained / "generator.pt", "--n", "2",
+                      "--steps", "2", "--no-progress", "--out", tiny_store)
+    assert_one_line_error(proc, "real tile store", "another --out")
+    assert len(TileStore(tiny_store)) == before
 
 
 def test_evaluate_prints_figures_beside_the_floor(trained, tiny_store, tmp_path):

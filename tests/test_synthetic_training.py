@@ -112,6 +112,7 @@ def test_weight_reaches_the_fit(tiny_store, tmp_path):  # noqa: F811
     (["--synthetic-schedule", "pretrain", "--synthetic-store", "SYN", "--synthetic-weight", "2"],
      "--synthetic-weight"),
     (["--pretrain-epochs", "2"], "--pretrain-epochs"),
+    (["--synthetic-store", "SYN"], "without --synthetic-ratio"),
 ])
 def test_nonsense_combinations_are_refused(tiny_store, tmp_path, flags, needle):  # noqa: F811
     syn = str(synthetic_copy(tiny_store / "store", tmp_path / "syn"))
