@@ -54,6 +54,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-per-epoch", type=positive_int,
                    help="optimizer steps per epoch (default: one pass over the real tiles)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate")
+    p.add_argument("--ema", type=fraction,
+                   help="momentum of a weight moving average that ends training (e.g. 0.99; default off)")
     p.add_argument("--schedule", choices=("cosine", "plateau"))
     p.add_argument("--accumulate", type=positive_int, help="gradient accumulation steps")
     p.add_argument("--patience", type=positive_int, help="early-stopping patience (epochs)")

@@ -44,5 +44,5 @@ FLAGS: dict[str, str | tuple[str, ...]] = {
     "schedule": "train.schedule", "accumulate": "train.accumulate", "patience": "train.patience",
     "time_limit": "train.time_limit_minutes", "overlap": "train.overlap", "tta": "train.tta",
     "synthetic_schedule": "train.synthetic_schedule", "pretrain_epochs": "train.pretrain_epochs",
-    "verbose": "train.verbose",
+    "verbose": "train.verbose", "ema": "train.ema_momentum",
 }

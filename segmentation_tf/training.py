@@ -55,7 +55,9 @@ def compiled_model(config: UNetConfig, train: TrainConfig, steps: int, tile_weig
                    ) -> keras.Model:
     model = build_unet(config)
     accumulate = train.accumulate if train.accumulate > 1 else None
-    optimizer = keras.optimizers.Adam(learning_rate(train, steps), gradient_accumulation_steps=accumulate)
+    ema = {"use_ema": True, "ema_momentum": train.ema_momentum} if train.ema_momentum > 0 else {}
+    optimizer = keras.optimizers.Adam(learning_rate(train, steps), gradient_accumulation_steps=accumulate,
+                                      **ema)
     model.compile(optimizer=optimizer, loss=BceJaccardLoss(tile_weights=tile_weights),
                   metrics=[ForegroundIoU(0.5), ForegroundDice(0.5)])
     return model

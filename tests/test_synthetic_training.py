@@ -108,7 +108,7 @@ def test_weight_reaches_the_fit(tiny_store, tmp_path):  # noqa: F811
     (["--synthetic-schedule", "pretrain"], "--synthetic-store"),
     (["--synthetic-schedule", "pretrain", "--synthetic-store", "SYN", "--synthetic-ratio", "0.3"],
      "drop --synthetic-ratio"),
-    (["--synthetic-weight", "0.5", "--synthetic-store", "SYN"], "--synthetic-weight"),
+    (["--synthetic-weight", "0.5"], "--synthetic-weight"),
     (["--synthetic-schedule", "pretrain", "--synthetic-store", "SYN", "--synthetic-weight", "2"],
      "--synthetic-weight"),
     (["--pretrain-epochs", "2"], "--pretrain-epochs"),
@@ -121,3 +121,36 @@ def test_nonsense_combinations_are_refused(tiny_store, tmp_path, flags, needle):
                       *flags, *TINY)
     assert_one_line_error(proc, needle)
     assert not (tmp_path / "r" / "segmenter.json").exists()
+
+
+def test_fit_reads_the_default_synthetic_store(tiny_store, tmp_path):  # noqa: F811
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    cmd = [sys.executable, "-m", "segmentation_tf.fit", "--store", str(tiny_store / "store"), "--out", "seg",
+           "--epochs", "1", "--synthetic-ratio", "0.5", *map(str, TINY)]
+    missing = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert missing.returncode == 2 and "python -m generation_torch.sample" in missing.stderr
+    (tmp_path / "runs").mkdir()
+    synthetic_copy(tiny_store / "store", tmp_path / "runs" / "synthetic_store")  # where sample writes
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta = json.loads((tmp_path / "seg" / "segmenter.json").read_text())
+    assert meta["provenance"]["synthetic_store"] == "runs/synthetic_store"
+
+
+def test_ema_ends_training_with_averaged_weights(tiny_store, tmp_path):  # noqa: F811
+    import keras
+
+    weights = {}
+    for name, flags in (("plain", []), ("ema", ["--ema", "0.9"])):
+        proc = run_module("segmentation_tf.fit", "--store", tiny_store / "store", "--out", tmp_path / name,
+                          "--epochs", "1", "--seed", "3", *flags, *TINY, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        weights[name] = keras.saving.load_model(tmp_path / name / "segmenter.keras").get_weights()
+    meta = json.loads((tmp_path / "ema" / "segmenter.json").read_text())
+    assert meta["provenance"]["train"]["ema_momentum"] == 0.9
+    # same seed, same batches: only the averaging differs, and it changes the saved weights
+    assert any(not np.allclose(a, b) for a, b in zip(weights["plain"], weights["ema"], strict=True))
