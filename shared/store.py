@@ -10,10 +10,8 @@ exclusive lock, so a reader only ever sees tiles whose chunk is complete.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import tifffile
+from filelock import FileLock, Timeout
 
 from shared import normalization as norm
 from shared.atomic import write_json_atomic
@@ -189,22 +188,17 @@ class TileStore:
 
     @contextmanager
     def _locked(self, timeout: float) -> Iterator[None]:
-        lock_path = self.path / ".lock"
-        with open(lock_path, "a+") as fh:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise UserError(f"{self.path}: store is locked by another writer "
-                                        f"(waited {timeout:.0f} s); try again when it finishes") from None
-                    time.sleep(0.05)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        """Exclusive writer lock on STORE/.lock (filelock: flock on POSIX, msvcrt on Windows)."""
+        lock = FileLock(self.path / ".lock", timeout=timeout, poll_interval=0.05)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise UserError(f"{self.path}: store is locked by another writer "
+                            f"(waited {timeout:.0f} s); try again when it finishes") from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     # -- summaries ------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
