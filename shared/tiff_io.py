@@ -13,6 +13,7 @@ import tifffile
 
 from shared.atomic import write_atomic
 from shared.errors import UserError
+from shared.pixel_size import PixelSize, from_tiff
 
 IMAGE_DTYPES = (np.uint8, np.uint16, np.float32)
 
@@ -106,16 +107,35 @@ def read_pair(images: str | os.PathLike, masks: str | os.PathLike) -> tuple[np.n
     return image_stack, mask_stack
 
 
-def write_stack(path: str | os.PathLike, stack: np.ndarray) -> None:
-    """Write (Z, H, W) as an uncompressed ImageJ stack (memory-mappable, opens in Fiji), atomically."""
+def read_pixel_size(path: str | os.PathLike) -> PixelSize | None:
+    """The pixel size a TIFF states (OME, ImageJ or resolution tags), None when it states none."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return from_tiff(tif)
+    except Exception:  # unreadable metadata is unknown metadata; the pixels are validated elsewhere
+        return None
+
+
+def write_stack(path: str | os.PathLike, stack: np.ndarray, pixel_size: PixelSize | None = None) -> None:
+    """Write (Z, H, W) as an uncompressed ImageJ stack (memory-mappable, opens in Fiji), atomically,
+    with its pixel size (resolution + ImageJ unit and spacing) when known."""
     stack = np.ascontiguousarray(stack)
     if stack.ndim == 2:
         stack = stack[None]
     if stack.ndim != 3:
         raise ValueError(f"expected (Z, H, W), got shape {stack.shape}")
 
+    metadata: dict = {"axes": "ZYX"}
+    resolution = None
+    if pixel_size is not None:
+        resolution = (1.0 / pixel_size.x, 1.0 / pixel_size.y)  # pixels per unit, as TIFF counts
+        metadata["unit"] = "nm"
+        if pixel_size.z:
+            metadata["spacing"] = pixel_size.z
+
     def write(tmp: Path) -> None:
-        tifffile.imwrite(tmp, stack, imagej=True, metadata={"axes": "ZYX"}, compression=None)
+        tifffile.imwrite(tmp, stack, imagej=True, metadata=metadata, resolution=resolution,
+                         compression=None)
 
     try:
         write_atomic(path, write)
