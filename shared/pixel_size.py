@@ -4,6 +4,7 @@ a mitochondrion looks like to the model). Unknown stays None, and None is never 
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import xml.etree.ElementTree as ET
@@ -57,6 +58,14 @@ def from_tiff(tif: tifffile.TiffFile) -> PixelSize | None:
     """The pixel size an open TIFF states: OME-XML, else ImageJ unit + resolution (+ spacing), else the
     TIFF resolution tags with their ResolutionUnit."""
     return _from_ome(tif) or _from_imagej(tif) or _from_tags(tif)
+
+
+def from_metadata(props: dict[str, str]) -> PixelSize | None:
+    """The pixel size in an ONNX file's metadata_props (exporters.keras_onnx writes it as JSON)."""
+    try:
+        return PixelSize.from_json(json.loads(props.get("pixel_size", "null")))
+    except ValueError:
+        return None
 
 
 def mismatch(model: PixelSize | None, data: PixelSize | None,
