@@ -3,6 +3,8 @@ checkpoints, logs of unattended runs, installation beyond Linux."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -106,3 +108,66 @@ def test_an_ambiguous_mask_says_what_was_assumed(tmp_path, capsys):
     assert read_mask_stack(tmp_path / "m.tif").sum() == 3 * 10 * 64
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "m.tif" in err[0] and "instance labels" in err[0]
+
+
+# -- images-only stores, and a redirected generator run -------------------------------------------------
+GEN_TINY = ["--preset", "none", "--optimizer", "adamw", "--vae-channels", "8,8,8", "--unet-channels", "8,16",
+            "--time-dims", "16,32,32", "--heads", "2", "--vae-batch-size", "2", "--diffusion-batch-size", "4",
+            "--steps-per-epoch", "1", "--warmup-steps", "1", "--precision", "fp32", "--steps", "3"]
+
+
+@pytest.fixture(scope="module")
+def stacks_5nm(tmp_path_factory):
+    """A 5 nm phantom stack (256 x 512, 5 slices) and its masks, as a microscope would write them."""
+    from shared.phantom import PhantomConfig, phantom_stack
+    from shared.pixel_size import PixelSize
+    from shared.tiff_io import write_stack
+
+    root = tmp_path_factory.mktemp("nm5")
+    images, masks = phantom_stack(5, seed=0, config=PhantomConfig(height=256, width=512))
+    write_stack(root / "images.tif", images, PixelSize(5.0, 5.0, 5.0))
+    write_stack(root / "masks.tif", masks * 255, PixelSize(5.0, 5.0, 5.0))
+    return root
+
+
+def test_images_only_store_trains_as_unlabelled_and_a_redirected_log_is_clean(stacks_5nm, tmp_path):
+    pytest.importorskip("torch")
+    import torch
+
+    from shared.store import MANIFEST
+
+    root = stacks_5nm
+    unlabelled = run_module("shared.tiles", "build", "--images", root / "images.tif", "--out", tmp_path / "u")
+    assert unlabelled.returncode == 0 and "images only" in unlabelled.stdout, unlabelled.stderr
+    real = run_module("shared.tiles", "build", "--images", root / "images.tif", "--masks", root / "masks.tif",
+                      "--val-fraction", "0.4", "--out", tmp_path / "real")
+    assert real.returncode == 0, real.stderr
+    manifest = json.loads((tmp_path / "u" / MANIFEST).read_text())
+    assert manifest["masks"] is False and not list((tmp_path / "u").glob("*masks.tif"))
+    log = tmp_path / "train.log"
+    with open(log, "w") as fh:  # as `nohup ... > train.log 2>&1`: no terminal anywhere
+        done = subprocess.run([sys.executable, "-m", "generation_torch.train", "--store", tmp_path / "real",
+                               "--unlabelled-store", tmp_path / "u", "--out", tmp_path / "run",
+                               *GEN_TINY], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, timeout=600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    text = log.read_text()
+    assert done.returncode == 0, text
+    assert "\r" not in text
+    for stage in ("vae", "diffusion"):
+        assert [line.split(" val ")[0] for line in text.splitlines() if line.startswith(f"{stage}: epoch")] \
+            == [f"{stage}: epoch {k} step {k}" for k in (1, 2, 3)]
+    assert "+ unlabelled" in text
+    saved = torch.load(tmp_path / "run" / "generator.pt", weights_only=True)
+    assert saved["data"]["pixel_size"] == {"x": 5.0, "y": 5.0, "z": 5.0, "unit": "nm"}
+    assert saved["data"]["unlabelled"]["tiles"] > 0
+    for name in ("vae_last.pt", "diffusion_last.pt", "latents.pt", "vae.pt"):  # all project checkpoints
+        torch.load(tmp_path / "run" / name, weights_only=True)
+
+
+@pytest.mark.parametrize("module", ["generation_torch.train", "segmentation_tf.fit"])
+def test_trainers_needing_masks_refuse_an_images_only_store(stacks_5nm, tmp_path, module):
+    proc = run_module("shared.tiles", "build", "--images", stacks_5nm / "images.tif", "--out", tmp_path / "u")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_module(module, "--store", tmp_path / "u", "--out", tmp_path / "run")
+    assert_one_line_error(proc, "images only", "--unlabelled-store")
+    assert not any((tmp_path / "run" / name).exists() for name in ("generator.pt", "segmenter.keras"))
