@@ -171,3 +171,96 @@ def test_trainers_needing_masks_refuse_an_images_only_store(stacks_5nm, tmp_path
     proc = run_module(module, "--store", tmp_path / "u", "--out", tmp_path / "run")
     assert_one_line_error(proc, "images only", "--unlabelled-store")
     assert not any((tmp_path / "run" / name).exists() for name in ("generator.pt", "segmenter.keras"))
+
+
+# -- pixel size through the segmenter, and TensorFlow's start-up lines ---------------------------------
+SEG_TINY = ["--preset", "quick", "--base-width", "4", "--depth", "2", "--batch-size", "4", "--overlap", "8",
+            "--precision", "float32", "--epochs", "1", "--steps-per-epoch", "2"]
+TF_NOISE = ("cuInit", "absl::InitializeLog", "oneDNN", "cuda drivers", "cpu_feature_guard")
+
+
+def run_quiet_env(module: str, *args) -> subprocess.CompletedProcess:
+    """run_module without the test suite's TF_CPP_MIN_LOG_LEVEL: as a user types it."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env=env)
+
+
+def test_pixel_size_round_trips_through_the_segmenter_and_a_mismatch_warns(tmp_path):
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("tf2onnx")
+    from exporters.onnx_io import read_metadata
+    from shared.phantom import PhantomConfig, phantom_stack
+    from shared.pixel_size import PixelSize, from_metadata
+    from shared.tiff_io import read_pixel_size, write_stack
+
+    nm5, nm10 = PixelSize(5.0, 5.0, 5.0), PixelSize(10.0, 10.0, 10.0)
+    images, masks = phantom_stack(6, seed=3, config=PhantomConfig(height=96, width=128))
+    write_stack(tmp_path / "images.tif", images, nm5)
+    write_stack(tmp_path / "masks.tif", masks * 255, nm5)
+    write_stack(tmp_path / "images10.tif", images, nm10)
+    proc = run_module("shared.tiles", "build", "--images", tmp_path / "images.tif", "--masks",
+                      tmp_path / "masks.tif", "--out", tmp_path / "store", "--tile", "32")
+    assert proc.returncode == 0 and "pixel size 5 nm" in proc.stdout, proc.stderr
+    proc = run_quiet_env("segmentation_tf.fit", "--store", tmp_path / "store", "--out", tmp_path / "seg",
+                         *SEG_TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not [n for n in TF_NOISE if n in proc.stderr], proc.stderr  # TensorFlow's start-up lines
+    assert json.loads((tmp_path / "seg" / "segmenter.json").read_text())["pixel_size"] == nm5.to_json()
+    proc = run_module("exporters.keras_onnx", "--model", tmp_path / "seg", "--out", tmp_path / "seg.onnx")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert from_metadata(read_metadata(tmp_path / "seg.onnx")) == nm5
+
+    proc = run_quiet_env("segmentation_tf.predict", "--model", tmp_path / "seg", "--images",
+                         tmp_path / "images.tif", "--out", tmp_path / "p5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr == ""  # same pixel size: no warning, and no TensorFlow start-up lines
+    for suffix in ("probability", "mask"):
+        assert read_pixel_size(tmp_path / f"p5_{suffix}.tif") == nm5
+    proc = run_module("segmentation_tf.predict", "--model", tmp_path / "seg", "--images",
+                      tmp_path / "images10.tif", "--out", tmp_path / "p10")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [line for line in proc.stderr.splitlines() if "pixel size" in line]
+    assert len(warnings) == 1 and "images10.tif" in warnings[0] and "10 x 10 x 10 nm" in warnings[0]
+    assert read_pixel_size(tmp_path / "p10_mask.tif") == nm10
+    proc = run_module("segmentation_tf.evaluate", "--model", tmp_path / "seg", "--images",
+                      tmp_path / "images10.tif", "--masks", tmp_path / "masks.tif")
+    assert proc.returncode == 0 and sum("pixel size" in line for line in proc.stderr.splitlines()) == 1
+
+
+def test_pixel_size_mismatch_rule():
+    from shared.pixel_size import PixelSize, mismatch
+
+    model = PixelSize(5.0, 5.0)
+    assert mismatch(model, PixelSize(6.0, 6.0)) is None  # within ~25%
+    assert "smaller" in mismatch(model, PixelSize(10.0, 10.0))
+    assert "larger" in mismatch(model, PixelSize(2.5, 2.5))
+    assert mismatch(None, PixelSize(10.0, 10.0)) is None and mismatch(model, None) is None
+
+
+@pytest.mark.parametrize("how", ["imagej-micron", "ome-um", "ome-nm", "tags-cm", "tags-72dpi", "none"])
+def test_pixel_size_is_read_from_the_metadata_microscopes_write(tmp_path, how):
+    from shared.pixel_size import PixelSize
+    from shared.tiff_io import read_pixel_size
+
+    data, path = np.zeros((3, 8, 8), np.uint8), tmp_path / "s.tif"
+    expected = PixelSize(5.0, 5.0, None)
+    if how == "imagej-micron":  # Fiji: pixels per micron, slice spacing in microns
+        tifffile.imwrite(path, data, imagej=True, resolution=(200, 200), metadata={"unit": "micron",
+                                                                                     "spacing": 0.01})
+        expected = PixelSize(5.0, 5.0, 10.0)
+    elif how.startswith("ome"):
+        unit = {"ome-um": {}, "ome-nm": {"PhysicalSizeXUnit": "nm", "PhysicalSizeYUnit": "nm"}}[how]
+        size = 0.005 if how == "ome-um" else 5.0
+        tifffile.imwrite(path, data, ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": size,
+                                                         "PhysicalSizeY": size, **unit})
+    elif how == "tags-cm":
+        tifffile.imwrite(path, data, photometric="minisblack", resolution=(2e6, 2e6),
+                         resolutionunit="CENTIMETER")
+    elif how == "tags-72dpi":  # an image editor's screen resolution is no calibration
+        tifffile.imwrite(path, data, photometric="minisblack", resolution=(72, 72), resolutionunit="INCH")
+        expected = None
+    else:
+        tifffile.imwrite(path, data, photometric="minisblack")
+        expected = None
+    assert read_pixel_size(path) == expected
