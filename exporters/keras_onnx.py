@@ -8,19 +8,16 @@ export (max abs difference <= 1e-4 on random tiles), and the file is written ato
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from exporters.onnx_io import finalize, save_atomic  # noqa: E402
-from shared import normalization  # noqa: E402
-from shared.errors import ArgumentParser, UserError, run_cli  # noqa: E402
-from shared.tiling import OVERLAP  # noqa: E402
+from exporters.onnx_io import finalize, save_atomic
+from shared import normalization
+from shared.errors import ArgumentParser, UserError, run_cli
+from shared.tiling import OVERLAP
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -39,6 +36,7 @@ def segmenter_metadata(sidecar: dict) -> dict[str, object]:
         "threshold": float(sidecar["threshold"]),
         "recommended_overlap": int(sidecar.get("recommended_overlap", OVERLAP)),
         "recommended_tta": bool(sidecar.get("recommended_tta", False)),
+        "pixel_size": sidecar.get("pixel_size"),  # shared.pixel_size JSON (nm), null when unknown
         "provenance": sidecar.get("provenance", {}),
     }
 
@@ -66,6 +64,9 @@ def parity(model, proto, tile: int, seed: int = 0) -> float:
 def export_segmenter(model_path: Path, out: Path, fp16: bool = False) -> tuple[Path, float]:
     if not Path(model_path).exists():  # before TensorFlow loads (seconds, and its log lines)
         raise UserError(f"{model_path}: no saved segmenter here")
+    from segmentation_tf.quiet import quiet_tensorflow
+
+    quiet_tensorflow()  # before segmentation_tf.artifacts imports TensorFlow: no start-up lines
     from segmentation_tf.artifacts import load_segmenter
 
     if not out.parent.is_dir():

@@ -7,6 +7,8 @@ needs. The product, RUN/generator.pt, holds what sampling and the ONNX exporter 
 from __future__ import annotations
 
 import hashlib
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +27,26 @@ def save(path: Path, obj: dict[str, Any]) -> None:
 
 
 def load(path: Path, expect_format: str | None = None) -> dict[str, Any]:
+    """A checkpoint of this project: tensors, numbers, strings, lists and dicts only. weights_only=True
+    so a shared file cannot run code on load (a pickle can name any function to call)."""
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"{path}: refused, it holds {_offending(exc)} besides tensors and plain values "
+                        "(loading it could run code); only checkpoints written by emsynth load") from None
     except Exception as exc:  # truncated files and foreign pickles raise many types
         raise UserError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:120]})") from None
     if not isinstance(obj, dict) or (expect_format and obj.get("format") != expect_format):
         raise UserError(f"{path}: not an {expect_format or 'emsynth'} checkpoint")
     return obj
+
+
+def _offending(exc: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler stopped at, e.g. 'GLOBAL posix.system'."""
+    found = re.search(r"GLOBAL [\w.]+", str(exc))
+    return found.group(0) if found else "objects"
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> None:

@@ -27,6 +27,7 @@ from generation_torch.pipeline import Generator, load_generator
 from generation_torch.sample import add_run_flags, generate_tiles, sampler_settings
 from generation_torch.stages import VAE_FORMAT, load_vae
 from generation_torch.two_sample import TwoSampleConfig, two_sample_accuracy
+from shared.console import on_terminal
 from shared.errors import ArgumentParser, non_negative_int, positive_int, run_cli
 from shared.sampling import SamplerSettings
 from shared.sources import add_data_flags, resolve_real_store, source_from_args
@@ -129,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         gen = load_generator(args.checkpoint, device, dtype)
     store = resolve_real_store(source_from_args(args), args.checkpoint.parent)
     result = evaluate(gen, store, settings, n=args.n, seed=args.seed, batch_size=args.batch_size,
-                      progress=not args.no_progress, vae_only=args.vae_only, c2st=not args.no_c2st)
+                      progress=not args.no_progress and on_terminal(), vae_only=args.vae_only,
+                      c2st=not args.no_c2st)
     print(format_result(result))
     if args.json:
         report = {"command": "python -m generation_torch.evaluate " + " ".join(argv or sys.argv[1:]),

@@ -9,7 +9,8 @@ generator.pt keys (a plain dict, torch.save):
     parameters and get the schedule's defaults), prediction, cond_dropout}, latent_scale (float),
     latent_shape [C, h, w], tile_size, normalization (shared.normalization.metadata()),
     condition (text: the layout of the condition input), precision_trained,
-    data {labelled, unlabelled}: the stores it learned from (path, train tiles, records hash), or None.
+    data {labelled, unlabelled, pixel_size}: the stores it learned from (path, train tiles, records
+    hash) and the labelled store's pixel size (shared.pixel_size JSON, nm; None: unknown), or None.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from generation_torch.vae import VAE
 from shared import diffusion
 from shared.errors import UserError
 from shared.normalization import metadata as norm_metadata
+from shared.pixel_size import PixelSize
 from shared.sampling import SamplerSettings, TileNoise, tile_seeds
 from shared.tiling import TILE
 
@@ -43,6 +45,7 @@ class Generator:
     latent_scale: float
     device: torch.device = torch.device("cpu")
     autocast: torch.dtype | None = None
+    pixel_size: PixelSize | None = None  # of the tiles it learned from (None: unknown)
 
     @property
     def latent_size(self) -> int:
@@ -115,5 +118,7 @@ def load_generator(path: Path, device: torch.device | None = None,
         raise UserError(f"{path}: malformed generator checkpoint ({exc})") from None
     checkpoint.load_weights(vae, saved["vae_weights"], path, "VAE")
     checkpoint.load_weights(unet, saved["unet_weights"], path, "denoiser")
+    data = saved.get("data") if isinstance(saved.get("data"), dict) else {}
+    pixel_size = PixelSize.from_json(data.get("pixel_size"))  # older checkpoints: unknown
     return Generator(vae.to(device).eval(), unet.to(device).eval(), schedule, d["prediction"],
-                     float(saved["latent_scale"]), device, autocast)
+                     float(saved["latent_scale"]), device, autocast, pixel_size)

@@ -29,6 +29,7 @@ from generation_torch.layouts import compose_masks, layout_stats
 from generation_torch.masks import load_mask_source, varied_masks
 from generation_torch.pipeline import Generator, load_generator
 from shared import diffusion
+from shared.console import on_terminal
 from shared.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_cli
 from shared.normalization import denormalize
 from shared.sampling import SamplerSettings, add_sampler_flags, settings_from_args, tile_seeds
@@ -121,8 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     refuse_real_store(args.out)
     source = load_mask_source(masks_from)
     masks, origins = conditioning_masks(source, args.mask_source, args.n, args.seed, masks_from)
-    images = generate_tiles(gen, masks, settings, args.seed, args.batch_size, not args.no_progress)
-    store = TileStore.open_or_create(args.out, TILE, kind="synthetic")
+    images = generate_tiles(gen, masks, settings, args.seed, args.batch_size,
+                            not args.no_progress and on_terminal())
+    store = TileStore.open_or_create(args.out, TILE, kind="synthetic", pixel_size=gen.pixel_size)
     provenance = {"source": "synthetic", "checkpoint": str(args.checkpoint),
                   "checkpoint_sha256": checkpoint.file_hash(args.checkpoint), **settings.provenance(),
                   "mask_source": str(masks_from), "split": "train"}

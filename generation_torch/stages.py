@@ -102,8 +102,9 @@ def train_diffusion(store: TileStore, stage: DiffusionStage, ctx: LoopContext, t
     state = fit(task, stage.train, ctx)
     out = ctx.run_dir / "generator.pt"
     if state.finished and ctx.dist.main:
+        pixel_size = store.pixel_size.to_json() if store.pixel_size else None
         checkpoint.save(out, product_dict(vae.cpu(), unet.cpu(), stage.diffusion, scale, trained_precision,
-                                          data=identity))
+                                          data={**identity, "pixel_size": pixel_size}))
         print(f"diffusion: best validation loss {state.best:.5f}; wrote {out}")
     barrier(ctx.dist)
     return out if state.finished else None

@@ -24,6 +24,7 @@ from generation_torch import cli_args, precision
 from generation_torch.distributed import barrier, setup, teardown
 from generation_torch.stages import train_diffusion, train_vae
 from generation_torch.train_loop import LoopContext
+from shared.console import on_terminal
 from shared.errors import run_cli
 from shared.sources import open_unlabelled_store, resolve_real_store, source_from_args
 from shared.store import TileStore
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dtype = precision.resolve(args.precision, dist.device)
         writer = _writer(out, dist.main)
         ctx = LoopContext(out, dist, dtype, args.seed, args.resume, writer, args.stop_after, None,
-                          not args.no_progress, args.visual_every)
+                          not args.no_progress and on_terminal(), args.visual_every)
         if dist.main:
             print(f"data: {_describe(store, unlabelled)}; preset {cli_args.preset_name(args)}; precision "
                   f"{precision.name(dtype)}; {dist.world} process(es) on {dist.device}")

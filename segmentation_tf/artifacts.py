@@ -1,6 +1,7 @@
 """The saved segmenter: RUN/segmenter.keras (the float32 model, uncompiled, so loading it needs no
 custom objects) and RUN/segmenter.json (calibrated threshold, tile size, depth, normalization,
-model config, training provenance). Both written atomically.
+model config, pixel size of the training data (nm, or null), training provenance). Both written
+atomically.
 
     from segmentation_tf.artifacts import load_segmenter
     seg = load_segmenter("runs/x")          # or the .keras path
@@ -22,6 +23,7 @@ from segmentation_tf.sidecar import FORMAT, MODEL_NAME, SIDECAR_NAME, model_path
 from shared import normalization
 from shared.atomic import atomic_path, write_json_atomic
 from shared.errors import UserError
+from shared.pixel_size import PixelSize
 from shared.tiling import OVERLAP
 
 
@@ -56,7 +58,7 @@ def float32_copy(model: keras.Model, config: UNetConfig) -> keras.Model:
 
 def save_segmenter(model: keras.Model, config: UNetConfig, run_dir: Path, threshold: float,
                    tile_size: int, provenance: dict[str, Any], overlap: int = OVERLAP,
-                   tta: bool = False) -> Path:
+                   tta: bool = False, pixel_size: PixelSize | None = None) -> Path:
     """Write segmenter.keras + segmenter.json into run_dir; returns the model path. The saved graph is
     float32 (a mixed-precision model is rebuilt; a float32 one is saved as it is)."""
     path = run_dir / MODEL_NAME
@@ -65,6 +67,7 @@ def save_segmenter(model: keras.Model, config: UNetConfig, run_dir: Path, thresh
     meta = {"format": FORMAT, "version": 1, "threshold": float(threshold), "tile_size": int(tile_size),
             "depth": config.depth, "recommended_overlap": int(overlap), "recommended_tta": bool(tta),
             "model": asdict(config), "normalization": normalization.metadata(),
+            "pixel_size": pixel_size.to_json() if pixel_size else None,
             "input": "NHWC float32, normalized to [-1, 1]; H, W divisible by 2**depth",
             "output": "NHWC float32 sigmoid foreground (mitochondria) probability",
             "provenance": provenance}

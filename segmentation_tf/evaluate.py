@@ -7,7 +7,6 @@ and overall (pooled over all pixels), at the calibrated threshold.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -15,14 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
+from segmentation_tf.quiet import quiet_tensorflow
 from segmentation_tf.scores import score
-from segmentation_tf.sidecar import add_inference_flags, inference_settings, read_sidecar
+from segmentation_tf.sidecar import add_inference_flags, inference_settings, model_pixel_size, read_sidecar
 from segmentation_tf.slices import store_slices
 from shared import normalization
 from shared.atomic import write_json_atomic
 from shared.errors import ArgumentParser, UserError, positive_int, run_cli
+from shared.pixel_size import PixelSize, warn_mismatch
 from shared.store import TileStore
-from shared.tiff_io import read_pair
+from shared.tiff_io import read_pair, read_pixel_size
 
 
 def load_labelled(args) -> tuple[np.ndarray, np.ndarray]:
@@ -32,6 +33,13 @@ def load_labelled(args) -> tuple[np.ndarray, np.ndarray]:
         raise UserError("give --images and --masks, or --store (with --split)")
     images, masks = read_pair(args.images, args.masks)
     return normalization.normalize(images), masks
+
+
+def data_pixel_size(args) -> tuple[PixelSize | None, str]:
+    """The evaluated data's pixel size and where it comes from."""
+    if args.store is not None:
+        return TileStore(args.store).pixel_size, str(args.store)
+    return read_pixel_size(args.images), str(args.images)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = read_sidecar(args.model)
     overlap, tta = inference_settings(meta, args.overlap, args.tta)
     images, masks = load_labelled(args)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warn_mismatch(model_pixel_size(meta), *data_pixel_size(args))
+    quiet_tensorflow()  # before any TensorFlow import: no start-up lines
     from segmentation_tf.artifacts import load_segmenter  # imports TensorFlow
     from segmentation_tf.inference import predict_stack
 

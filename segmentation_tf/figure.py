@@ -7,13 +7,13 @@ coloured) and the training curves from RUN/log.csv.
 from __future__ import annotations
 
 import csv
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from segmentation_tf.quiet import quiet_tensorflow
 from segmentation_tf.scores import iou
 from segmentation_tf.sidecar import read_sidecar
 from segmentation_tf.slices import store_slices
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     read_sidecar(args.model)
     images, masks = store_slices(TileStore(args.store), args.split)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()  # before any TensorFlow import: no start-up lines
     import matplotlib
 
     matplotlib.use("Agg")

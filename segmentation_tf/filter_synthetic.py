@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segmentation_tf.quiet import quiet_tensorflow
 from segmentation_tf.scores import per_tile_iou
 from segmentation_tf.sidecar import read_sidecar
 from shared.errors import ArgumentParser, UserError, positive_int, run_cli, unit_interval
@@ -51,8 +52,8 @@ def write_filtered(store: TileStore, keep: np.ndarray, scores: np.ndarray, out: 
     shutil.rmtree(tmp, ignore_errors=True)
     kept = np.sort(keep)  # store order, so tiles stay next to their neighbours from the same batch
     records = [{**store.records[int(i)], "judge_iou": float(scores[i]), **extra} for i in kept]
-    TileStore.create(tmp, store.tile_size, kind="synthetic").append(store.raw_images(kept), store.masks(kept),
-                                                                   records)
+    filtered = TileStore.create(tmp, store.tile_size, kind="synthetic", pixel_size=store.pixel_size)
+    filtered.append(store.raw_images(kept), store.masks(kept), records)
     tmp.rename(out)
 
 
@@ -73,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"{args.out}: already exists (choose a new folder)")
     if not args.out.parent.is_dir():
         raise UserError(f"{args.out.parent}: output folder does not exist")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()  # before any TensorFlow import: no start-up lines
     probs, threshold = judge_probabilities(args.judge, store)
     scores = per_tile_iou(probs, store.masks(store.indices()), threshold)
     keep = chosen_tiles(scores, args.min_iou, args.keep)

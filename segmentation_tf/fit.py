@@ -10,13 +10,13 @@ Flags left unset take the preset's value. Rerunning with the same --out resumes 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from segmentation_tf.config import DataConfig, TrainConfig
 from segmentation_tf.presets import FLAGS, PRESETS
+from segmentation_tf.quiet import quiet_tensorflow
 from shared.errors import (
     ArgumentParser,
     UserError,
@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if data_cfg.crop > store.tile_size or data_cfg.crop % 2 ** model_cfg.depth:
         raise UserError(f"--crop {data_cfg.crop} must be at most the tile size {store.tile_size} and "
                         f"divisible by 2**depth = {2 ** model_cfg.depth}")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()  # before any TensorFlow import: no start-up lines
     from segmentation_tf.precision import apply_policy, choose_strategy  # imports TensorFlow
     from segmentation_tf.training import RunInputs, fit
 

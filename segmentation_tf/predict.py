@@ -8,7 +8,6 @@ threshold.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -16,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from segmentation_tf.sidecar import add_inference_flags, inference_settings, read_sidecar
+from segmentation_tf.quiet import quiet_tensorflow
+from segmentation_tf.sidecar import add_inference_flags, inference_settings, model_pixel_size, read_sidecar
 from shared import normalization
 from shared.errors import ArgumentParser, UserError, positive_int, run_cli
-from shared.tiff_io import read_image_stack, write_stack
+from shared.pixel_size import warn_mismatch
+from shared.tiff_io import read_image_stack, read_pixel_size, write_stack
 
 
 def binary_mask(probs: np.ndarray, threshold: float) -> np.ndarray:
@@ -41,7 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = read_sidecar(args.model)
     overlap, tta = inference_settings(meta, args.overlap, args.tta)
     images = normalization.normalize(read_image_stack(args.images))
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    pixel_size = read_pixel_size(args.images)  # the outputs lie on the input's grid
+    warn_mismatch(model_pixel_size(meta), pixel_size, str(args.images))
+    quiet_tensorflow()  # before any TensorFlow import: no start-up lines
     from segmentation_tf.artifacts import load_segmenter  # imports TensorFlow
     from segmentation_tf.inference import predict_stack
 
@@ -52,8 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     prob_path = Path(f"{args.out}_probability.tif")
     mask_path = Path(f"{args.out}_mask.tif")
-    write_stack(prob_path, probs)
-    write_stack(mask_path, binary_mask(probs, threshold))
+    write_stack(prob_path, probs, pixel_size)
+    write_stack(mask_path, binary_mask(probs, threshold), pixel_size)
     print(f"{len(images)} slices in {seconds:.1f} s (threshold {threshold:.2f}) -> {prob_path}, {mask_path}")
     return 0
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import UserError, non_negative_int
+from shared.pixel_size import PixelSize
 from shared.tiling import OVERLAP
 
 MODEL_NAME = "segmenter.keras"
@@ -37,6 +38,11 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "threshold" not in meta:
         raise UserError(f"{sidecar}: not a segmenter sidecar")
     return meta
+
+
+def model_pixel_size(meta: dict[str, Any]) -> PixelSize | None:
+    """The pixel size the segmenter was trained at (None: unknown, e.g. older sidecars)."""
+    return PixelSize.from_json(meta.get("pixel_size"))
 
 
 def add_inference_flags(parser: argparse.ArgumentParser) -> None:

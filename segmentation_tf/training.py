@@ -154,7 +154,7 @@ def fit(inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str) -> dic
     calibration = calibrate(model, store, inputs.train)
     provenance = provenance_of(inputs, policy, strategy, history, train_seconds, calibration)
     save_segmenter(model, inputs.model, run_dir, calibration["threshold"], store.tile_size, provenance,
-                   inputs.train.overlap, inputs.train.tta)
+                   inputs.train.overlap, inputs.train.tta, store.pixel_size)
     write_json_atomic(run_dir / "train_summary.json", provenance)
     print(f"validation IoU {calibration['iou']:.4f} / Dice {calibration['dice']:.4f} at the calibrated "
           f"threshold {calibration['threshold']:.2f} (IoU {calibration['iou_at_0.5']:.4f} at 0.5); "

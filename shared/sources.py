@@ -75,6 +75,9 @@ def resolve_real_store(source: DataSource, workdir: Path) -> TileStore:
                                  seed=source.split_seed)
             build_store(images, masks, target, config)
         store = TileStore(target)
+    if not store.has_masks:
+        raise UserError(f"{store.path}: images only (built without --masks), and training needs masks; "
+                        "pass it as --unlabelled-store, or rebuild it with --masks")
     for split in ("train", "val"):
         if len(store.indices(split)) == 0:
             raise UserError(f"{store.path}: no '{split}' tiles after the split")

@@ -1,8 +1,10 @@
 """The tile store: a folder both trainers read, that Fiji or napari can open.
 
-    STORE/manifest.json                one record per tile (source, slice, y, x, split, provenance)
+    STORE/manifest.json                one record per tile (source, slice, y, x, split, provenance),
+                                       and the pixel size of the source stack (nm, or null: unknown)
     STORE/chunk-00000-images.tif       uncompressed (Z, 256, 256) stacks, memory-mapped on read
-    STORE/chunk-00000-masks.tif        uint8 {0, 1}, same Z
+    STORE/chunk-00000-masks.tif        uint8 {0, 1}, same Z (absent in an images-only store:
+                                       manifest "masks": false, chunk "masks": "")
 
 Appends write a new chunk pair (temp + rename) and then the manifest (temp + rename) under an
 exclusive lock, so a reader only ever sees tiles whose chunk is complete.
@@ -10,10 +12,8 @@ exclusive lock, so a reader only ever sees tiles whose chunk is complete.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,10 +22,12 @@ from typing import Any
 
 import numpy as np
 import tifffile
+from filelock import FileLock, Timeout
 
 from shared import normalization as norm
 from shared.atomic import write_json_atomic
 from shared.errors import UserError
+from shared.pixel_size import PixelSize
 from shared.tiff_io import write_stack
 
 MANIFEST = "manifest.json"
@@ -48,9 +50,13 @@ class Manifest:
     chunks: list[Chunk] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
     kind: str = "real"  # "real" or "synthetic"
+    has_masks: bool = True  # False: images only (unlabelled), usable where masks are ignored
+    pixel_size: PixelSize | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "kind": self.kind, "tile_size": self.tile_size,
+        return {"format": FORMAT, "version": VERSION, "kind": self.kind, "masks": self.has_masks,
+                "tile_size": self.tile_size,
+                "pixel_size": self.pixel_size.to_json() if self.pixel_size else None,
                 "normalization": norm.metadata(), "chunks": [vars(c) for c in self.chunks],
                 "records": self.records}
 
@@ -67,7 +73,8 @@ class TileStore:
 
     # -- creation -------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | os.PathLike, tile_size: int = 256, kind: str = "real") -> TileStore:
+    def create(cls, path: str | os.PathLike, tile_size: int = 256, kind: str = "real",
+               has_masks: bool = True, pixel_size: PixelSize | None = None) -> TileStore:
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise UserError(f"{path}: exists and is not a directory")
@@ -76,17 +83,19 @@ class TileStore:
         if not path.parent.exists():
             raise UserError(f"{path.parent}: output folder does not exist")
         path.mkdir(exist_ok=True)
-        write_json_atomic(path / MANIFEST, Manifest(tile_size=tile_size, kind=kind).to_json())
+        manifest = Manifest(tile_size=tile_size, kind=kind, has_masks=has_masks, pixel_size=pixel_size)
+        write_json_atomic(path / MANIFEST, manifest.to_json())
         return cls(path)
 
     @classmethod
-    def open_or_create(cls, path: str | os.PathLike, tile_size: int = 256, kind: str = "real") -> TileStore:
+    def open_or_create(cls, path: str | os.PathLike, tile_size: int = 256, kind: str = "real",
+                       pixel_size: PixelSize | None = None) -> TileStore:
         if (Path(path) / MANIFEST).exists():
             store = cls(path)
             if store.tile_size != tile_size:
                 raise UserError(f"{path}: store holds {store.tile_size}px tiles, not {tile_size}px")
             return store
-        return cls.create(path, tile_size, kind)
+        return cls.create(path, tile_size, kind, pixel_size=pixel_size)
 
     # -- reading --------------------------------------------------------------------------
     @property
@@ -96,6 +105,14 @@ class TileStore:
     @property
     def tile_size(self) -> int:
         return self.manifest.tile_size
+
+    @property
+    def has_masks(self) -> bool:
+        return self.manifest.has_masks
+
+    @property
+    def pixel_size(self) -> PixelSize | None:
+        return self.manifest.pixel_size
 
     def __len__(self) -> int:
         return len(self.records)
@@ -115,6 +132,8 @@ class TileStore:
 
     def masks(self, idx: Sequence[int] | np.ndarray) -> np.ndarray:
         """uint8 {0, 1} masks, shape (N, T, T)."""
+        if not self.has_masks:
+            raise UserError(f"{self.path}: an images-only store (built without --masks) has no masks")
         return self._gather(idx, 1)
 
     def _gather(self, idx: Sequence[int] | np.ndarray, which: int, normalized: bool = False) -> np.ndarray:
@@ -139,11 +158,11 @@ class TileStore:
         kinds = {self.manifest.chunks[int(c)].dtype for c in np.unique(chunks)}
         return np.dtype(kinds.pop()) if len(kinds) == 1 else np.dtype(np.float32)
 
-    def _chunk(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+    def _chunk(self, c: int) -> tuple[np.ndarray, np.ndarray | None]:
         if c not in self._maps:
             chunk = self.manifest.chunks[c]
             self._maps[c] = (self._open_stack(chunk.images, chunk.count),
-                             self._open_stack(chunk.masks, chunk.count))
+                             self._open_stack(chunk.masks, chunk.count) if chunk.masks else None)
         return self._maps[c]
 
     def _open_stack(self, name: str, count: int) -> np.ndarray:
@@ -166,61 +185,61 @@ class TileStore:
         return data
 
     # -- appending ------------------------------------------------------------------------
-    def append(self, images: np.ndarray, masks: np.ndarray, records: list[dict[str, Any]],
+    def append(self, images: np.ndarray, masks: np.ndarray | None, records: list[dict[str, Any]],
                lock_timeout: float = 60.0) -> list[int]:
-        """Add tiles (stored pixels, e.g. uint8) + {0,1} masks + one record each; returns their indices."""
+        """Add tiles (stored pixels, e.g. uint8) + {0,1} masks (None in an images-only store) + one record
+        each; returns their indices."""
         _check_append(self, images, masks, records)
         with self._locked(lock_timeout):
             self.manifest = _load_manifest(self.path)  # another writer may have appended meanwhile
             n = len(self.manifest.chunks)
             while (self.path / _chunk_name(n, "images")).exists():  # leftovers of a crashed append
                 n += 1
-            chunk = Chunk(_chunk_name(n, "images"), _chunk_name(n, "masks"), len(images), str(images.dtype))
-            write_stack(self.path / chunk.images, images)
-            write_stack(self.path / chunk.masks, masks.astype(np.uint8))
+            chunk = Chunk(_chunk_name(n, "images"), _chunk_name(n, "masks") if masks is not None else "",
+                          len(images), str(images.dtype))
+            write_stack(self.path / chunk.images, images, self.pixel_size)
+            if masks is not None:
+                write_stack(self.path / chunk.masks, masks.astype(np.uint8), self.pixel_size)
             start = len(self.manifest.records)
             c = len(self.manifest.chunks)
             new = [{**rec, "chunk": c, "index": k} for k, rec in enumerate(records)]
             updated = Manifest(self.tile_size, [*self.manifest.chunks, chunk],
-                               [*self.manifest.records, *new], self.manifest.kind)
+                               [*self.manifest.records, *new], self.manifest.kind, self.has_masks,
+                               self.pixel_size)
             write_json_atomic(self.path / MANIFEST, updated.to_json())
         self.__init__(self.path)
         return list(range(start, start + len(records)))
 
     @contextmanager
     def _locked(self, timeout: float) -> Iterator[None]:
-        lock_path = self.path / ".lock"
-        with open(lock_path, "a+") as fh:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise UserError(f"{self.path}: store is locked by another writer "
-                                        f"(waited {timeout:.0f} s); try again when it finishes") from None
-                    time.sleep(0.05)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        """Exclusive writer lock on STORE/.lock (filelock: flock on POSIX, msvcrt on Windows)."""
+        lock = FileLock(self.path / ".lock", timeout=timeout, poll_interval=0.05)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise UserError(f"{self.path}: store is locked by another writer "
+                            f"(waited {timeout:.0f} s); try again when it finishes") from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     # -- summaries ------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         """Counts per split, foreground fraction and intensity statistics (normalized space)."""
         out: dict[str, Any] = {"path": str(self.path), "kind": self.manifest.kind, "tiles": len(self),
-                               "tile_size": self.tile_size, "splits": {}}
+                               "tile_size": self.tile_size, "masks": self.has_masks,
+                               "pixel_size": self.pixel_size.to_json() if self.pixel_size else None,
+                               "splits": {}}
         groups: dict[str, list[int]] = {}
         for i, r in enumerate(self.records):
             groups.setdefault(str(r.get("split", "(none)")), []).append(i)
         for split, idx in sorted(groups.items()):
-            masks = self.masks(idx)
             imgs = self.images(idx)
             slices = {(str(r.get("file")), str(r.get("slice"))) for r in (self.records[i] for i in idx)}
             out["splits"][split] = {
                 "tiles": len(idx), "slices": len(slices),
-                "foreground_fraction": float(masks.mean()),
+                "foreground_fraction": float(self.masks(idx).mean()) if self.has_masks else None,
                 "mean": float(imgs.mean()), "std": float(imgs.std()),
                 "min": float(imgs.min()), "max": float(imgs.max()),
             }
@@ -231,11 +250,15 @@ def _chunk_name(n: int, what: str) -> str:
     return f"chunk-{n:05d}-{what}.tif"
 
 
-def _check_append(store: TileStore, images: np.ndarray, masks: np.ndarray, records: list[dict]) -> None:
+def _check_append(store: TileStore, images: np.ndarray, masks: np.ndarray | None, records: list[dict]
+                  ) -> None:
     t = store.tile_size
     if images.ndim != 3 or images.shape[1:] != (t, t):
         raise UserError(f"{store.path}: tiles must be (N, {t}, {t}), got {images.shape}")
-    if masks.shape != images.shape:
+    if (masks is None) == store.has_masks:
+        raise UserError(f"{store.path}: " + ("tiles need masks in this store" if store.has_masks
+                                             else "an images-only store takes no masks"))
+    if masks is not None and masks.shape != images.shape:
         raise UserError(f"{store.path}: masks {masks.shape} do not match tiles {images.shape}")
     if len(records) != len(images):
         raise UserError(f"{store.path}: {len(records)} records for {len(images)} tiles")
@@ -291,4 +314,8 @@ def _parse_manifest(data: dict) -> Manifest:
         if not ok or not 0 <= r["chunk"] < len(chunks) or not 0 <= r["index"] < chunks[r["chunk"]].count:
             raise ValueError(f"record points outside its chunk: {str(r)[:80]}")
     kind = data.get("kind", "real")
-    return Manifest(tile, chunks, records, kind if isinstance(kind, str) else "real")
+    has_masks = data.get("masks", True)  # stores written before images-only ones have masks
+    if not isinstance(has_masks, bool) or (has_masks and not all(c.masks for c in chunks)):
+        raise ValueError(f"masks {has_masks!r} disagrees with the chunks")
+    return Manifest(tile, chunks, records, kind if isinstance(kind, str) else "real", has_masks,
+                    PixelSize.from_json(data.get("pixel_size")))

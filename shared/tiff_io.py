@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import tifffile
 
 from shared.atomic import write_atomic
 from shared.errors import UserError
+from shared.pixel_size import PixelSize, from_tiff
 
 IMAGE_DTYPES = (np.uint8, np.uint16, np.float32)
 
@@ -36,23 +38,60 @@ def read_image_stack(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_mask_stack(path: str | os.PathLike) -> np.ndarray:
-    """Read a mask stack as (Z, H, W) uint8 in {0, 1}, whatever the encoding (0/255, 0/1, anti-aliased)."""
+    """Read a mask stack as (Z, H, W) uint8 in {0, 1}, whatever the encoding: 0/1, 0/255, anti-aliased
+    edges, or instance labels (napari Labels, MitoEM ids, ilastik objects: foreground = label > 0)."""
     path = Path(path)
     stack = _to_zyx(_read_raw(path), path)
     if stack.dtype.kind == "f":
         _check_finite(stack, path)
-    return binarize(stack)
+    return binarize(stack, path)
 
 
-def binarize(mask: np.ndarray) -> np.ndarray:
-    """Foreground = above half the stack's maximum, so 0/1, 0/255 and anti-aliased edges all work."""
+def binarize(mask: np.ndarray, source: str | os.PathLike | None = None) -> np.ndarray:
+    """Foreground of a whole stack as uint8 {0, 1}: above half the maximum for anti-aliased binary masks,
+    label > 0 otherwise (so every instance id survives). When the encoding is a guess, one line on stderr
+    names `source` and what was assumed."""
     mask = np.asarray(mask)
-    if mask.dtype == bool:
-        return mask.astype(np.uint8)
-    top = float(mask.max()) if mask.size else 0.0
-    if top <= 0:
-        return np.zeros(mask.shape, np.uint8)
-    return (mask.astype(np.float32) > 0.5 * top).astype(np.uint8)
+    encoding, note = mask_encoding(mask)
+    if note:
+        print(f"note: {source or 'mask'}: {note}", file=sys.stderr)
+    if encoding == "antialiased":
+        return (mask.astype(np.float32) > 0.5 * float(mask.max())).astype(np.uint8)
+    return (mask > 0).astype(np.uint8)
+
+
+def mask_encoding(mask: np.ndarray) -> tuple[str, str]:
+    """("binary" | "antialiased" | "labels", a note when that is a guess, else "").
+
+    Anti-aliased binary masks reach full scale (255, 65535, 1.0) and most of their foreground sits
+    there, edges in between; label images number their objects 1..N, each id a share of the foreground.
+    """
+    if mask.dtype == bool or mask.size == 0:
+        return "binary", ""
+    if mask.dtype.kind == "f" and not np.array_equal(mask, np.floor(mask)):
+        return "antialiased", ""  # fractional values: a soft mask, never ids
+    values, counts = _foreground_histogram(mask)
+    if len(values) <= 1:
+        return "binary", ""
+    top_share = counts[-1] / counts.sum()
+    full_scale = float(values[-1]) == (float(np.iinfo(mask.dtype).max) if mask.dtype.kind in "ui" else 1.0)
+    if full_scale and top_share >= 0.5:
+        return "antialiased", ""
+    if full_scale or top_share >= 0.5:
+        return "labels", (f"{len(values)} foreground values, read as instance labels (foreground = "
+                          f"label > 0); an anti-aliased binary mask would have most pixels at full scale")
+    return "labels", ""
+
+
+def _foreground_histogram(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values > 0 (ascending) and their pixel counts; bincount for 8/16-bit (fast on big
+    stacks), unique otherwise."""
+    if mask.dtype in (np.uint8, np.uint16):
+        counts = np.bincount(mask.ravel(), minlength=2)[1:]
+        values = np.flatnonzero(counts) + 1
+        return values, counts[values - 1]
+    values, counts = np.unique(mask[mask > 0], return_counts=True)
+    return values, counts
 
 
 def read_pair(images: str | os.PathLike, masks: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -68,16 +107,35 @@ def read_pair(images: str | os.PathLike, masks: str | os.PathLike) -> tuple[np.n
     return image_stack, mask_stack
 
 
-def write_stack(path: str | os.PathLike, stack: np.ndarray) -> None:
-    """Write (Z, H, W) as an uncompressed ImageJ stack (memory-mappable, opens in Fiji), atomically."""
+def read_pixel_size(path: str | os.PathLike) -> PixelSize | None:
+    """The pixel size a TIFF states (OME, ImageJ or resolution tags), None when it states none."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return from_tiff(tif)
+    except Exception:  # unreadable metadata is unknown metadata; the pixels are validated elsewhere
+        return None
+
+
+def write_stack(path: str | os.PathLike, stack: np.ndarray, pixel_size: PixelSize | None = None) -> None:
+    """Write (Z, H, W) as an uncompressed ImageJ stack (memory-mappable, opens in Fiji), atomically,
+    with its pixel size (resolution + ImageJ unit and spacing) when known."""
     stack = np.ascontiguousarray(stack)
     if stack.ndim == 2:
         stack = stack[None]
     if stack.ndim != 3:
         raise ValueError(f"expected (Z, H, W), got shape {stack.shape}")
 
+    metadata: dict = {"axes": "ZYX"}
+    resolution = None
+    if pixel_size is not None:
+        resolution = (1.0 / pixel_size.x, 1.0 / pixel_size.y)  # pixels per unit, as TIFF counts
+        metadata["unit"] = "nm"
+        if pixel_size.z:
+            metadata["spacing"] = pixel_size.z
+
     def write(tmp: Path) -> None:
-        tifffile.imwrite(tmp, stack, imagej=True, metadata={"axes": "ZYX"}, compression=None)
+        tifffile.imwrite(tmp, stack, imagej=True, metadata=metadata, resolution=resolution,
+                         compression=None)
 
     try:
         write_atomic(path, write)

@@ -1,6 +1,7 @@
 """Tile-store command line.
 
     python -m shared.tiles build --images STACK.tif --masks MASKS.tif --out STORE
+    python -m shared.tiles build --images STACK.tif --out STORE     (images only: an unlabelled store)
     python -m shared.tiles info STORE
 """
 
@@ -20,7 +21,7 @@ from shared.atomic import umask_value
 from shared.errors import ArgumentParser, UserError, fraction, positive_int, run_cli
 from shared.splits import labels_by_slice, z_block_split
 from shared.store import TileStore
-from shared.tiff_io import read_pair
+from shared.tiff_io import read_image_stack, read_pair, read_pixel_size
 from shared.tiling import TILE, tile_slice
 
 
@@ -32,37 +33,42 @@ class BuildConfig:
     seed: int = 0
 
 
-def tile_stack(images: np.ndarray, masks: np.ndarray, source: str, split_of: dict[int, str],
-               tile: int = TILE) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """All slices of a stack -> tiles, masks and one manifest record per tile."""
+def tile_stack(images: np.ndarray, masks: np.ndarray | None, source: str, split_of: dict[int, str],
+               tile: int = TILE) -> tuple[np.ndarray, np.ndarray | None, list[dict]]:
+    """All slices of a stack -> tiles, masks (None without) and one manifest record per tile."""
     all_images, all_masks, records = [], [], []
     for z in range(images.shape[0]):
         tiles, origins = tile_slice(images[z], tile)
-        mask_tiles, _ = tile_slice(masks[z], tile)
         all_images.append(tiles)
-        all_masks.append(mask_tiles)
+        if masks is not None:
+            all_masks.append(tile_slice(masks[z], tile)[0])
         records += [{"source": "real", "file": source, "slice": z, "y": y, "x": x,
                      "height": int(images.shape[1]), "width": int(images.shape[2]), "split": split_of[z]}
                     for y, x in origins]
-    return np.concatenate(all_images), np.concatenate(all_masks), records
+    return np.concatenate(all_images), np.concatenate(all_masks) if all_masks else None, records
 
 
-def build_store(images_path: Path, masks_path: Path, out: Path, config: BuildConfig = BuildConfig()
+def build_store(images_path: Path, masks_path: Path | None, out: Path, config: BuildConfig = BuildConfig()
                 ) -> TileStore:
     """Validate the stacks, split by z blocks, tile, and write a new store at `out` atomically
-    (built in a temp folder beside it, renamed at the end: bad input leaves nothing behind)."""
+    (built in a temp folder beside it, renamed at the end: bad input leaves nothing behind).
+    No masks_path: an images-only store (for --unlabelled-store)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: output exists and is not empty")
     if not out.parent.is_dir():
         raise UserError(f"{out.parent}: output folder does not exist")
-    images, masks = read_pair(images_path, masks_path)
+    if masks_path is None:
+        images, masks = read_image_stack(images_path), None
+    else:
+        images, masks = read_pair(images_path, masks_path)
     split = z_block_split(images.shape[0], config.val_fraction, config.test_fraction, config.seed)
     tiles, mask_tiles, records = tile_stack(images, masks, str(images_path), labels_by_slice(split),
                                             config.tile)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o777 & ~umask_value())
     try:
-        store = TileStore.create(tmp, config.tile)
+        store = TileStore.create(tmp, config.tile, has_masks=masks is not None,
+                                 pixel_size=read_pixel_size(images_path))
         store.append(tiles, mask_tiles, records)
         if out.exists():
             out.rmdir()
@@ -75,11 +81,14 @@ def build_store(images_path: Path, masks_path: Path, out: Path, config: BuildCon
 
 def format_summary(summary: dict) -> str:
     lines = [f"{summary['path']}: {summary['tiles']} {summary['kind']} tiles of "
-             f"{summary['tile_size']}x{summary['tile_size']}",
+             f"{summary['tile_size']}x{summary['tile_size']}"
+             + ("" if summary.get("masks", True) else " (images only: no masks)")
+             + (f", pixel size {summary['pixel_size']['x']:g} nm" if summary.get("pixel_size") else ""),
              f"{'split':<6} {'tiles':>6} {'slices':>6} {'fg frac':>8} {'mean':>7} {'std':>6} "
              f"{'min':>6} {'max':>6}"]
     for name, s in summary["splits"].items():
-        lines.append(f"{name:<6} {s['tiles']:>6} {s['slices']:>6} {s['foreground_fraction']:>8.4f} "
+        fg = "-" if s["foreground_fraction"] is None else f"{s['foreground_fraction']:.4f}"
+        lines.append(f"{name:<6} {s['tiles']:>6} {s['slices']:>6} {fg:>8} "
                      f"{s['mean']:>7.3f} {s['std']:>6.3f} {s['min']:>6.2f} {s['max']:>6.2f}")
     lines.append("(intensities in the normalized [-1, 1] space)")
     return "\n".join(lines)
@@ -88,9 +97,10 @@ def format_summary(summary: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m shared.tiles", description="Build and inspect tile stores.")
     sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="ingest an image stack + mask stack into a new store")
+    build = sub.add_parser("build", help="ingest an image stack (+ mask stack) into a new store")
     build.add_argument("--images", type=Path, required=True, help="image TIFF stack")
-    build.add_argument("--masks", type=Path, required=True, help="mask TIFF stack (same shape)")
+    build.add_argument("--masks", type=Path, help="mask TIFF stack (same shape); without it an images-only "
+                       "store for --unlabelled-store")
     build.add_argument("--out", type=Path, required=True, help="new store folder")
     build.add_argument("--val-fraction", type=fraction, default=BuildConfig.val_fraction)
     build.add_argument("--test-fraction", type=fraction, default=BuildConfig.test_fraction)
