@@ -1,9 +1,9 @@
 """Segment whole slices of any size: overlapping windows blended, optional 8-fold test-time
-augmentation; writes a float32 probability stack and a uint8 mask stack (0/255) at the calibrated
-threshold.
+augmentation; writes a float32 probability stack and a uint8 mask stack (0/255, foreground where
+probability >= the calibrated threshold) in the layout every segment command shares (shared.outputs).
 
-    python -m segmentation_tf.predict --model RUN --images STACK.tif --out PREFIX [--tta]
-      -> PREFIX_probability.tif, PREFIX_mask.tif
+    python -m segmentation_tf.predict --model RUN --images STACK.tif --out DIR [--tta]
+      -> DIR/probability.tif, DIR/mask.tif
 """
 
 from __future__ import annotations
@@ -13,32 +13,26 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from segmentation_tf.quiet import quiet_tensorflow
 from segmentation_tf.sidecar import add_inference_flags, inference_settings, model_pixel_size, read_sidecar
 from shared import normalization
-from shared.errors import ArgumentParser, UserError, positive_int, run_cli
+from shared.errors import ArgumentParser, positive_int, run_cli
+from shared.outputs import output_folder, write_segmentation
 from shared.pixel_size import warn_mismatch
-from shared.tiff_io import read_image_stack, read_pixel_size, write_stack
-
-
-def binary_mask(probs: np.ndarray, threshold: float) -> np.ndarray:
-    """uint8 0/255 (visible in Fiji) where probability >= threshold."""
-    return np.where(probs >= threshold, 255, 0).astype(np.uint8)
+from shared.tiff_io import read_image_stack, read_pixel_size
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m segmentation_tf.predict", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="run folder or segmenter.keras")
     parser.add_argument("--images", type=Path, required=True, help="image TIFF stack (any slice size)")
-    parser.add_argument("--out", type=Path, required=True, help="output prefix")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output folder: probability.tif + mask.tif (created; its parent must exist)")
     add_inference_flags(parser)
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--threshold", type=float, help="override the calibrated threshold")
     args = parser.parse_args(argv)
-    if not args.out.parent.is_dir():
-        raise UserError(f"{args.out.parent}: output folder does not exist")
+    output_folder(args.out)
     meta = read_sidecar(args.model)
     overlap, tta = inference_settings(meta, args.overlap, args.tta)
     images = normalization.normalize(read_image_stack(args.images))
@@ -53,10 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     probs = predict_stack(seg.model, images, seg.tile_size, overlap, tta, args.batch_size)
     seconds = time.perf_counter() - start
-    prob_path = Path(f"{args.out}_probability.tif")
-    mask_path = Path(f"{args.out}_mask.tif")
-    write_stack(prob_path, probs, pixel_size)
-    write_stack(mask_path, binary_mask(probs, threshold), pixel_size)
+    prob_path, mask_path = write_segmentation(args.out, probs, threshold, pixel_size)
     print(f"{len(images)} slices in {seconds:.1f} s (threshold {threshold:.2f}) -> {prob_path}, {mask_path}")
     return 0
 

@@ -109,8 +109,8 @@ def test_predict_and_evaluate_use_the_calibrated_threshold(trained, tiny_store, 
     proc = run_module("segmentation_tf.predict", "--model", run, "--images", tiny_store / "images.tif",
                       "--out", tmp_path / "pred", "--overlap", "8", "--tta")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    prob = tifffile.imread(tmp_path / "pred_probability.tif")
-    mask = tifffile.imread(tmp_path / "pred_mask.tif")
+    prob = tifffile.imread(tmp_path / "pred" / "probability.tif")
+    mask = tifffile.imread(tmp_path / "pred" / "mask.tif")
     assert prob.shape == mask.shape == (6, 96, 128) and prob.dtype == np.float32
     assert np.array_equal(mask > 0, prob >= threshold)
     out = tmp_path / "scores.json"

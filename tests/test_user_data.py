@@ -216,13 +216,13 @@ def test_pixel_size_round_trips_through_the_segmenter_and_a_mismatch_warns(tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr == ""  # same pixel size: no warning, and no TensorFlow start-up lines
     for suffix in ("probability", "mask"):
-        assert read_pixel_size(tmp_path / f"p5_{suffix}.tif") == nm5
+        assert read_pixel_size(tmp_path / "p5" / f"{suffix}.tif") == nm5
     proc = run_module("segmentation_tf.predict", "--model", tmp_path / "seg", "--images",
                       tmp_path / "images10.tif", "--out", tmp_path / "p10")
     assert proc.returncode == 0, proc.stderr[-3000:]
     warnings = [line for line in proc.stderr.splitlines() if "pixel size" in line]
     assert len(warnings) == 1 and "images10.tif" in warnings[0] and "10 x 10 x 10 nm" in warnings[0]
-    assert read_pixel_size(tmp_path / "p10_mask.tif") == nm10
+    assert read_pixel_size(tmp_path / "p10" / "mask.tif") == nm10
     proc = run_module("segmentation_tf.evaluate", "--model", tmp_path / "seg", "--images",
                       tmp_path / "images10.tif", "--masks", tmp_path / "masks.tif")
     assert proc.returncode == 0 and sum("pixel size" in line for line in proc.stderr.splitlines()) == 1
