@@ -322,6 +322,17 @@ class VolumeOutput:
                            "emsynth": {**record, "complete": True}})
 
 
+def create_image(path: str | os.PathLike, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...],
+                 pixel_size: PixelSize) -> object:
+    """A new single-level OME-Zarr image (NGFF 0.4) with an empty array "0" for the caller to fill."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="w-", zarr_format=2)
+    array = _create_level(root, "0", shape, chunks, dtype)
+    root.attrs.update(_multiscales_attrs(Path(path).name, 1, pixel_size, "mean"))
+    return array
+
+
 def _create_level(group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str):
     return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
                               chunk_key_encoding={"name": "v2", "separator": "/"})  # NGFF 0.4 wants '/'

@@ -67,7 +67,8 @@ def plan_chunks(shape: Sequence[int], chunk: Sequence[int], tile: int) -> tuple[
     for axis, (n, c) in enumerate(zip(shape, chunk, strict=True)):
         sizes = [c] * (n // c) + ([n % c] if n % c else [])
         if axis > 0 and len(sizes) > 1 and sizes[-1] < tile:
-            sizes[-2] += sizes.pop()
+            tail = sizes.pop()
+            sizes[-1] += tail  # starts stay multiples of c: no two chunks share a zarr chunk
         planned.append(tuple(sizes))
     return tuple(planned)
 
