@@ -81,7 +81,8 @@ def segment_volume(args) -> None:
         pixel_size=pixel)
     size = summary["pixel_size"]
     print(f"wrote {args.out} ({volume.shape[0]} slices of {volume.shape[2]}x{volume.shape[1]}; "
-          f"{summary['written']} chunks written, {summary['skipped']} already done; pixel size "
+          f"{summary['written']} chunks written, {summary['skipped']} already done; chunks in "
+          f"{summary['seconds']:.1f} s; pixel size "
           f"{'x'.join(f'{v:g}' for v in size['zyx'])} {size['unit'] or '(no unit)'})")
 
 
