@@ -117,22 +117,32 @@ def test_chunked_prediction_equals_in_memory_seams_included(setup, tmp_path, tta
 
 
 def test_local_cluster_of_two_processes_matches_single_process(setup, tmp_path):
+    """--scheduler processes (a LocalCluster the command starts) and the address of a running cluster
+    (here a LocalCluster of 2 worker processes started by the test) give the single-process output."""
+    from distributed import LocalCluster
+
+    from exporters.volume_io import VolumeOutput
+
     common = ["segment", "--model", setup["model"], "--images", setup["input"], "--chunk", "1,150,200",
               "--probability-dtype", "float32", "--device", "cpu"]
     single = run_module("exporters.infer", *common, "--out", tmp_path / "one.ome.zarr", timeout=120)
     assert single.returncode == 0, single.stderr
-    cluster = run_module("exporters.infer", *common, "--out", tmp_path / "two.ome.zarr", "--scheduler",
-                         "processes", "--workers", "2", timeout=180)
-    assert cluster.returncode == 0, cluster.stderr
-    one, two = level0(tmp_path / "one.ome.zarr"), level0(tmp_path / "two.ome.zarr")
-    assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
-    assert np.abs(two[0] - setup["want"]).max() <= 1e-5
-    from exporters.volume_io import VolumeOutput
-
-    markers = VolumeOutput(tmp_path / "two.ome.zarr").markers()
-    pids = {m["pid"] for m in markers}
-    assert len(markers) == 6 and 1 <= len(pids) <= 2  # the chunks ran in the cluster's worker processes
-    assert len({m["session"] for m in markers}) == len(pids)  # one ONNX session per process, not per chunk
+    one = level0(tmp_path / "one.ome.zarr")
+    assert np.abs(one[0] - setup["want"]).max() <= 1e-5
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        for name, flags in [("processes", ["--scheduler", "processes", "--workers", "2"]),
+                            ("address", ["--scheduler", cluster.scheduler_address])]:
+            run = run_module("exporters.infer", *common, "--out", tmp_path / f"{name}.ome.zarr", *flags,
+                             timeout=180)
+            assert run.returncode == 0, run.stderr
+            two = level0(tmp_path / f"{name}.ome.zarr")
+            assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1]), name
+            markers = VolumeOutput(tmp_path / f"{name}.ome.zarr").markers()
+            pids = {m["pid"] for m in markers}
+            assert len(markers) == 6 and 1 <= len(pids) <= 2  # ran in the cluster's worker processes
+            assert len({m["session"] for m in markers}) == len(pids)  # one ONNX session per process
+        worker_pids = {w.process.pid for w in cluster.workers.values()}  # the nannies' worker processes
+        assert pids <= worker_pids  # the address run's chunks ran on the test's cluster
 
 
 SLOW_RUN = """
