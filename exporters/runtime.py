@@ -24,8 +24,9 @@ import onnxruntime as ort
 from exporters import metadata as meta
 from shared import diffusion
 from shared.normalization import denormalize, normalize
+from shared.outputs import foreground_mask
 from shared.sampling import SamplerSettings, TileNoise, tile_seeds
-from shared.tiling import OVERLAP, TILE, predict_tiled, with_tta
+from shared.tiling import OVERLAP, TILE, predict_box, predict_tiled, with_tta
 
 log = logging.getLogger("emsynth.runtime")
 CUDA = "CUDAExecutionProvider"
@@ -176,19 +177,37 @@ class Segmenter:
         feed = np.ascontiguousarray(tiles[..., None], dtype=self.dtype)
         return run(self.session, {self.input_name: feed})[0][..., 0].astype(np.float32)
 
+    def settings(self, tta: bool | None = None, overlap: int | None = None) -> tuple[bool, int]:
+        """(tta, overlap), each defaulting to what the threshold was calibrated with (file metadata)."""
+        tta = self.metadata.get("recommended_tta", "false") == "true" if tta is None else tta
+        overlap = int(self.metadata.get("recommended_overlap", OVERLAP)) if overlap is None else overlap
+        return tta, overlap
+
     def predict(self, image: np.ndarray, tta: bool | None = None, overlap: int | None = None,
                 batch_size: int = 8) -> np.ndarray:
         """Foreground probability (H, W) float32 of one slice (uint8/uint16, or float32 in [0, 1]).
         tta and overlap default to the settings the threshold was calibrated with (file metadata)."""
         x = normalize(check_slice(image))
-        tta = self.metadata.get("recommended_tta", "false") == "true" if tta is None else tta
-        overlap = int(self.metadata.get("recommended_overlap", OVERLAP)) if overlap is None else overlap
-        fn = with_tta(self.predict_tiles) if tta else self.predict_tiles
-        return predict_tiled(fn, x, self.tile, overlap, batch_size)
+        tta, overlap = self.settings(tta, overlap)
+        return predict_tiled(self.tile_predictor(tta), x, self.tile, overlap, batch_size)
+
+    def predict_box(self, block: np.ndarray, block_start: tuple[int, int], shape: tuple[int, int],
+                    box: tuple[tuple[int, int], tuple[int, int]], tta: bool | None = None,
+                    overlap: int | None = None, batch_size: int = 8) -> np.ndarray:
+        """Probabilities of `box` ((y0, y1), (x0, x1)) of a `shape` slice from `block`, its pixels from
+        `block_start` on: the values predict() gives on the whole slice there (shared.tiling.predict_box)."""
+        x = normalize(check_slice(block, "block"))
+        tta, overlap = self.settings(tta, overlap)
+        return predict_box(self.tile_predictor(tta), x, block_start, shape, box, self.tile, overlap,
+                           batch_size)
+
+    def tile_predictor(self, tta: bool) -> Callable[[np.ndarray], np.ndarray]:
+        return with_tta(self.predict_tiles) if tta else self.predict_tiles
 
     def segment(self, image: np.ndarray, tta: bool | None = None, overlap: int | None = None) -> np.ndarray:
-        """Binary mask (H, W) uint8 at the threshold calibrated in training (stored in the file)."""
-        return (self.predict(image, tta, overlap) > self.threshold).astype(np.uint8)
+        """Mask (H, W) uint8 0/255 at the threshold calibrated in training (stored in the file), the
+        encoding and comparison of every segment command (shared.outputs)."""
+        return foreground_mask(self.predict(image, tta, overlap), self.threshold)
 
 
 # -- generator ----------------------------------------------------------------------------------

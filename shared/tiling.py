@@ -75,18 +75,49 @@ def predict_tiled(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray
                   overlap: int = OVERLAP, batch_size: int = 8) -> np.ndarray:
     """Run `predict` ((B, tile, tile) -> (B, tile, tile)) over overlapping windows of a whole (H, W)
     slice and blend the outputs; returns float32 (H, W)."""
-    tiles, origins = tile_slice(image, tile, overlap)
+    whole = ((0, image.shape[0]), (0, image.shape[1]))
+    return predict_box(predict, image, (0, 0), image.shape, whole, tile, overlap, batch_size)
+
+
+def reflect_index(index: np.ndarray, size: int) -> np.ndarray:
+    """Source pixel of each (possibly out-of-range) index under numpy's 'reflect' padding (edge not
+    repeated, reflections repeated for pads longer than the axis): the indices pad_reflect reads."""
+    if size == 1:
+        return np.zeros_like(index)
+    period = 2 * (size - 1)
+    folded = np.abs(index) % period
+    return np.where(folded < size, folded, period - folded)
+
+
+def predict_box(predict: Callable[[np.ndarray], np.ndarray], block: np.ndarray, block_start: tuple[int, int],
+                shape: tuple[int, int], box: tuple[tuple[int, int], tuple[int, int]], tile: int = TILE,
+                overlap: int = 64, batch_size: int = 8) -> np.ndarray:
+    """Blended prediction of `box` ((y0, y1), (x0, x1)) of an (H, W) = `shape` slice, from `block`, the
+    slice's pixels starting at `block_start`. The windows are those of the whole slice's grid (the ones
+    predict_tiled uses), blended in the same order, so cutting a slice into boxes gives predict_tiled's
+    values box by box: this is what lets a volume be predicted chunk by chunk without seams.
+
+    `block` must hold every pixel those windows read (their reflected sources past the slice's end)."""
+    (y0, y1), (x0, x1) = box
+    ys = [o for o in grid_origins(shape[0], tile, overlap) if o < y1 and o + tile > y0]
+    xs = [o for o in grid_origins(shape[1], tile, overlap) if o < x1 and o + tile > x0]
+    rows = reflect_index(np.arange(ys[0], ys[-1] + tile), shape[0]) - block_start[0]
+    cols = reflect_index(np.arange(xs[0], xs[-1] + tile), shape[1]) - block_start[1]
+    if rows.min() < 0 or cols.min() < 0 or rows.max() >= block.shape[0] or cols.max() >= block.shape[1]:
+        raise ValueError(f"block of shape {block.shape} at {block_start} does not cover the windows of "
+                         f"box {box}")
+    padded = block[np.ix_(rows, cols)]  # the windows' pixels, reflected where they pass the slice's end
+    origins = [(y - ys[0], x - xs[0]) for y in ys for x in xs]  # row-major, as predict_tiled blends them
     weight = blend_window(tile, overlap)
-    height = origins[-1][0] + tile
-    width = max(x for _, x in origins) + tile
-    total = np.zeros((height, width), np.float32)
-    norm = np.zeros((height, width), np.float32)
-    for start in range(0, len(tiles), batch_size):
-        out = np.asarray(predict(tiles[start:start + batch_size]), np.float32)
-        for k, (y, x) in enumerate(origins[start:start + batch_size]):
+    total = np.zeros(padded.shape, np.float32)
+    norm = np.zeros(padded.shape, np.float32)
+    for start in range(0, len(origins), batch_size):
+        batch = origins[start:start + batch_size]
+        out = np.asarray(predict(np.stack([padded[y:y + tile, x:x + tile] for y, x in batch])), np.float32)
+        for k, (y, x) in enumerate(batch):
             total[y:y + tile, x:x + tile] += out[k] * weight
             norm[y:y + tile, x:x + tile] += weight
-    return (total / norm)[: image.shape[0], : image.shape[1]]
+    return (total / norm)[y0 - ys[0]:y1 - ys[0], x0 - xs[0]:x1 - xs[0]]
 
 
 def dihedral(tiles: np.ndarray, k: int) -> np.ndarray:

@@ -89,3 +89,25 @@ def test_tta_of_an_equivariant_predictor_is_exact_and_of_a_biased_one_averages()
     ramp = np.arange(8, dtype=np.float32)[None, None, :].repeat(8, axis=1)
     out = with_tta(lambda t: t * 0 + ramp)(x)  # a predictor that ignores its input: averages to const
     np.testing.assert_allclose(out, np.full_like(out, ramp.mean()), rtol=1e-6)
+
+
+def test_predict_box_pieces_equal_the_whole_slice_prediction():
+    """A slice predicted box by box from blocks with a halo (as a volume's chunks are) equals
+    predict_tiled on the whole slice, seams and reflected borders included."""
+    from shared.tiling import predict_box
+
+    rng = np.random.default_rng(0)
+
+    def nonlinear(b):  # depends on the whole tile, so any change of window would show
+        return np.tanh(b * b.mean(axis=(1, 2), keepdims=True))
+
+    image = rng.random((150, 230)).astype(np.float32)
+    want = predict_tiled(nonlinear, image, 64, 16, 4)
+    got = np.zeros_like(want)
+    for y0, y1 in [(0, 70), (70, 150)]:
+        for x0, x1 in [(0, 64), (64, 170), (170, 230)]:
+            by, bx = max(0, y0 - 64), max(0, x0 - 64)
+            block = image[by:y1 + 64, bx:x1 + 64]
+            box = ((y0, y1), (x0, x1))
+            got[y0:y1, x0:x1] = predict_box(nonlinear, block, (by, bx), image.shape, box, 64, 16, 3)
+    assert np.array_equal(got, want)
