@@ -205,3 +205,24 @@ def test_int8_export_runs_and_stays_close(exported, tmp_path):
     fp32 = Segmenter(exported, device="cpu").predict(image)
     int8 = Segmenter(path, device="cpu").predict(image)
     assert np.abs(fp32 - int8).mean() < 0.05
+
+
+def test_both_segment_commands_write_the_same_outputs(tmp_path, tiny_segmenter, exported):
+    """segmentation_tf.predict (Keras) and exporters.infer segment (onnxruntime): one layout, one
+    encoding, one comparison, the same probabilities."""
+    import tifffile
+
+    stack = np.random.default_rng(5).integers(0, 256, (2, 70, 90), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "in.tif", stack, photometric="minisblack")
+    for module, model, out in (("segmentation_tf.predict", tiny_segmenter, "keras"),
+                               ("exporters.infer", exported, "ort")):
+        sub = ["segment"] if module == "exporters.infer" else []
+        proc = run_module(module, *sub, "--model", model, "--images", tmp_path / "in.tif", "--out",
+                          tmp_path / out, "--overlap", "16", "--no-tta")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    prob = {o: tifffile.imread(tmp_path / o / "probability.tif") for o in ("keras", "ort")}
+    mask = {o: tifffile.imread(tmp_path / o / "mask.tif") for o in ("keras", "ort")}
+    assert np.abs(prob["keras"] - prob["ort"]).max() <= 1e-4
+    assert mask["keras"].dtype == mask["ort"].dtype == np.uint8 and set(np.unique(mask["ort"])) <= {0, 255}
+    decided = np.abs(prob["ort"] - 0.37) > 1e-4  # pixels the 1e-4 tolerance cannot flip
+    assert np.array_equal(mask["keras"][decided], mask["ort"][decided])
