@@ -34,6 +34,8 @@ def load(path: Path, expect_format: str | None = None) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "GLOBAL" not in str(exc):  # not a refused object: the bytes are no pickle at all
+            raise UserError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:120]})") from None
         raise UserError(f"{path}: refused, it holds {_offending(exc)} besides tensors and plain values "
                         "(loading it could run code); only checkpoints written by emsynth load") from None
     except Exception as exc:  # truncated files and foreign pickles raise many types
