@@ -5,6 +5,7 @@ real   the EPFL CA1 subset (264 training tiles) on 2 CPU cores, about an hour (V
        cache ~2 min, diffusion 25 min, by time boxes; see README).
        Downsampling 4 (latent 4x64x64): at 8 the 4x32x32 latent cannot carry these noisy images to
        the required reconstruction MSE <= 0.005 (a linear 16x compression alone is at 0.0066).
+full   a GPU run to convergence: wider and deeper models, many more steps, no time boxes.
 none   the plain defaults (SGD with momentum + cosine schedule).
 
 Both presets pick AdamW: for these small models SGD + momentum needed many more steps to the same
@@ -42,6 +43,15 @@ PRESETS: dict[str, Stages] = {
         DiffusionStage(UNetConfig(channels=(32, 64, 128, 128), blocks=1, time_dims=(192, 384, 768), heads=4),
                        StageConfig(steps=3000, batch_size=16, patience=15, ema_decay=0.999,
                                    optim=adamw(4e-4, 100)), minutes=25.0)),
+    # a GPU: the real preset's architecture wider and deeper, trained to convergence (no time boxes;
+    # hours on one GPU, days on 2 CPU cores)
+    "full": Stages(
+        VAEStage(VAEConfig(downsample=4, channels=(64, 128)),
+                 StageConfig(steps=40000, batch_size=16, patience=20, optim=adamw(1e-3, 500)), beta=1e-5),
+        DiffusionStage(UNetConfig(channels=(64, 128, 256, 256), blocks=2, time_dims=(256, 512, 1024),
+                                  heads=8),
+                       StageConfig(steps=100000, batch_size=32, patience=30, ema_decay=0.9999,
+                                   optim=adamw(2e-4, 1000)))),
     "none": Stages(),
 }
 

@@ -1,7 +1,7 @@
 """Train the generator: VAE, then the mask-conditioned latent DDPM on cached latents.
 
     python -m generation_torch.train [--store STORE | --images I.tif --masks M.tif] [--stage all]
-        [--unlabelled-store STORE] [--out runs/generator] [--preset quick|real|none] [--resume] [...]
+        [--unlabelled-store STORE] [--out runs/generator] [--preset quick|real|full|none] [--resume] [...]
 
 With no data flags: the built-in phantom and the quick preset (minutes on 2 CPU cores).
 Images plentiful, labels scarce: --unlabelled-store adds its train images (masks ignored) to the VAE's
