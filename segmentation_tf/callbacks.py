@@ -79,15 +79,17 @@ class TimeLimit(keras.callbacks.Callback):
 
 
 def standard_callbacks(run_dir: Path, patience: int, val_x: np.ndarray, val_y: np.ndarray,
-                       time_limit_minutes: float = 0.0, plateau: bool = False
+                       time_limit_minutes: float = 0.0, plateau: bool = False, restore_best: bool = True
                        ) -> list[keras.callbacks.Callback]:
     """BackupAndRestore first, so an epoch is only logged once its state is safe."""
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
         keras.callbacks.TerminateOnNaN(),
         AtomicBestCheckpoint(run_dir / "best.keras"),
+        # Keras restores the best epoch at the end of every fit, stopped early or not (and after a
+        # weight average was applied): restore_best=False keeps the last (or averaged) weights
         keras.callbacks.EarlyStopping(monitor="val_iou", mode="max", patience=patience,
-                                      restore_best_weights=True),
+                                      restore_best_weights=restore_best),
         keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0),
         ImagePanels(run_dir / "tensorboard", val_x, val_y),
         keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),

@@ -53,6 +53,8 @@ class TrainConfig:
     overlap: int = OVERLAP                 # whole-slice prediction window overlap for calibration
     tta: bool = False                 # 8-fold test-time augmentation during calibration
     init_seed: int = 0                # initial weights (--seed sets it and the data seed)
+    restore_best: bool = True         # end with the best validation epoch's weights (Keras restores
+    #                                   them at the end of every fit); False: the last weights
     ema_momentum: float = 0.0         # > 0: keep an exponential moving average of the weights and
     #                                   end training with it (lowers the run-to-run spread; 0: off)
     synthetic_schedule: str = "mix"   # "mix": synthetic tiles in every batch; "pretrain": synthetic

@@ -55,7 +55,10 @@ def parser() -> argparse.ArgumentParser:
                    help="optimizer steps per epoch (default: one pass over the real tiles)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate")
     p.add_argument("--ema", type=fraction,
-                   help="momentum of a weight moving average that ends training (e.g. 0.99; default off)")
+                   help="momentum of a weight moving average that ends training (e.g. 0.99; default off; "
+                        "needs --no-restore-best, else the best epoch's weights replace it)")
+    p.add_argument("--restore-best", action=argparse.BooleanOptionalAction,
+                   help="end with the best validation epoch's weights (default) or the last ones")
     p.add_argument("--schedule", choices=("cosine", "plateau"))
     p.add_argument("--accumulate", type=positive_int, help="gradient accumulation steps")
     p.add_argument("--patience", type=positive_int, help="early-stopping patience (epochs)")
@@ -110,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if synthetic_path is None and wants_synthetic:
         synthetic_path = default_synthetic_store()  # the chain train -> sample -> fit needs no other flag
     check_synthetic_plan(data_cfg, train_cfg, synthetic_path)
+    if train_cfg.ema_momentum > 0 and train_cfg.restore_best:
+        raise UserError("--ema needs --no-restore-best: the best epoch's raw weights would replace the "
+                        "average")
     store = resolve_real_store(source, args.out)
     synthetic = TileStore(synthetic_path) if synthetic_path else None
     if synthetic is not None and synthetic.tile_size != store.tile_size:

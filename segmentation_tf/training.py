@@ -126,7 +126,8 @@ def run_phase(phase: Phase, inputs: RunInputs, strategy: tf.distribute.Strategy,
           f"{strategy.num_replicas_in_sync} replica(s); "
           f"{steps} steps/epoch of {n_real} {kind} + {n_syn} synthetic tiles")
     callbacks = standard_callbacks(phase.folder, phase.train.patience, val_x, val_y,
-                                   phase.train.time_limit_minutes, phase.train.schedule == "plateau")
+                                   phase.train.time_limit_minutes, phase.train.schedule == "plateau",
+                                   phase.train.restore_best)
     start = time.perf_counter()
     history = model.fit(train_ds, epochs=phase.train.epochs, steps_per_epoch=steps, validation_data=val_ds,
                         callbacks=callbacks, verbose=phase.train.verbose)

@@ -145,7 +145,7 @@ def test_ema_ends_training_with_averaged_weights(tiny_store, tmp_path):  # noqa:
     import keras
 
     weights = {}
-    for name, flags in (("plain", []), ("ema", ["--ema", "0.9"])):
+    for name, flags in (("plain", ["--no-restore-best"]), ("ema", ["--ema", "0.9", "--no-restore-best"])):
         proc = run_module("segmentation_tf.fit", "--store", tiny_store / "store", "--out", tmp_path / name,
                           "--epochs", "1", "--seed", "3", *flags, *TINY, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
@@ -154,3 +154,6 @@ def test_ema_ends_training_with_averaged_weights(tiny_store, tmp_path):  # noqa:
     assert meta["provenance"]["train"]["ema_momentum"] == 0.9
     # same seed, same batches: only the averaging differs, and it changes the saved weights
     assert any(not np.allclose(a, b) for a, b in zip(weights["plain"], weights["ema"], strict=True))
+    refused = run_module("segmentation_tf.fit", "--store", tiny_store / "store", "--out", tmp_path / "r",
+                         "--ema", "0.9", *TINY)
+    assert_one_line_error(refused, "--no-restore-best")
