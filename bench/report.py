@@ -23,6 +23,7 @@ SECTIONS = [
     ("segmentation_epfl.json", "Segmenter quality on held-out real EPFL slices"),
     ("generator_epfl.json", "Generator quality on held-out real EPFL slices"),
     ("evidence.json", "The evidence instrument: real only vs generated pairs, paired over seeds"),
+    ("evidence_final.json", "The evidence instrument, final weights + EMA 0.99 (variance candidate)"),
     ("synthetic_ablation.json", "Does synthetic data help? (synthetic-ratio ablation, superseded)"),
     ("synthetic_variants.json", "What would make generated tiles help? (k = 2 variants)"),
     ("synthetic_variants_unseeded.json", "k = 2 variants, first run (unseeded weights, superseded)"),
