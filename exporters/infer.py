@@ -36,16 +36,6 @@ from shared.pixel_size import from_metadata, warn_mismatch
 from shared.sampling import add_sampler_flags, settings_from_args
 from shared.tiff_io import read_image_stack, read_mask_stack, read_pixel_size, write_stack
 
-
-def output_dir(path: Path) -> Path:
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{path}: exists and is not a directory")
-    if not path.parent.is_dir():
-        raise UserError(f"{path.parent}: output folder does not exist")
-    path.mkdir(exist_ok=True)
-    return path
-
-
 VOLUME_FLAGS = ("chunk", "workers", "scheduler", "levels", "probability_dtype")
 
 
@@ -112,7 +102,7 @@ def generate(args: argparse.Namespace) -> None:
                         f"{model.tile}x{model.tile} tiles")
     n = args.n or len(masks)
     chosen = masks[np.arange(n) % len(masks)]
-    out = output_dir(args.out)
+    out = output_folder(args.out)
     settings = settings_from_args(args)
     images = []
     for start in tqdm(range(0, n, args.batch_size), desc="generate", unit="batch"):
