@@ -1,7 +1,7 @@
 """Checkpoint files, always written atomically (temp + rename): a crash never leaves half a file.
 
 Training checkpoints (RUN/vae_last.pt, RUN/vae_best.pt, RUN/diffusion_*.pt) hold everything --resume
-needs. The product, RUN/generator.pt, holds what sampling and the ONNX exporter need (see README).
+needs. The product, RUN/generator.pt, holds what sampling and the ONNX exporter need (see docs/generator.md).
 """
 
 from __future__ import annotations

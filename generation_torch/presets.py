@@ -2,7 +2,7 @@
 
 quick  the built-in phantom on 2 CPU cores: VAE + diffusion + sampling in a few minutes.
 real   the EPFL CA1 subset (264 training tiles) on 2 CPU cores, about an hour (VAE 35 min, latent
-       cache ~2 min, diffusion 25 min, by time boxes; see README).
+       cache ~2 min, diffusion 25 min, by time boxes; see docs/generator.md).
        Downsampling 4 (latent 4x64x64): at 8 the 4x32x32 latent cannot carry these noisy images to
        the required reconstruction MSE <= 0.005 (a linear 16x compression alone is at 0.0066).
 full   a GPU run to convergence: wider and deeper models, many more steps, no time boxes.

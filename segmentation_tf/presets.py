@@ -3,7 +3,7 @@ Explicit flags always win: flag > preset > dataclass default, through shared.pre
 the same mechanism the generator's trainer uses.
 
 quick  the built-in phantom on 2 CPU cores: a narrow net, minutes.
-real   EPFL CA1 on 2 CPU cores in under an hour (see README: Segmenter).
+real   EPFL CA1 on 2 CPU cores in under an hour (see docs/segmenter.md).
 """
 
 from __future__ import annotations
