@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from exporters.runtime import Generator, InputError, ModelFileError, Segmenter
+from shared.console import on_terminal
 from shared.errors import (
     ArgumentParser,
     UserError,
@@ -88,8 +89,9 @@ def segment(args) -> None:
     output_folder(args.out)
     pixel_size = read_pixel_size(args.images) if args.images.is_file() else None
     warn_mismatch(from_metadata(model.metadata), pixel_size, str(args.images))
+    quiet = len(stack) < 2 or not on_terminal()  # no bar in a redirected log
     probs = np.stack([model.predict(s, tta=args.tta, overlap=args.overlap)
-                      for s in tqdm(stack, desc="segment", unit="slice", disable=len(stack) < 2)])
+                      for s in tqdm(stack, desc="segment", unit="slice", disable=quiet)])
     prob_path, mask_path = write_segmentation(args.out, probs, model.threshold, pixel_size)
     print(f"wrote {prob_path} and {mask_path} ({len(stack)} slices, threshold {model.threshold:.3f})")
 
@@ -105,7 +107,7 @@ def generate(args: argparse.Namespace) -> None:
     out = output_folder(args.out)
     settings = settings_from_args(args)
     images = []
-    for start in tqdm(range(0, n, args.batch_size), desc="generate", unit="batch"):
+    for start in tqdm(range(0, n, args.batch_size), desc="generate", unit="batch", disable=not on_terminal()):
         images.append(model.sample(chosen[start:start + args.batch_size], settings, args.seed, start))
     write_stack(out / "images.tif", np.concatenate(images))
     write_stack(out / "masks.tif", chosen.astype(np.uint8))

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from exporters.runtime import InputError, Segmenter
 from exporters.volume_io import PixelSize, Volume, VolumeOutput, file_digest
+from shared.console import on_terminal
 from shared.errors import UserError
 
 DEFAULT_CHUNK = (4, 2048, 2048)  # 4 slices; whole slices up to 2048 px, so most volumes need no y/x halo
@@ -164,7 +165,8 @@ class _ChunkProgress(Callback):
 
 def run_tasks(tasks: list, name: str, scheduler: str, workers: int, total: int) -> None:
     """Run the chunk tasks with a progress bar over chunks (those already done count as done)."""
-    with tqdm(total=total, initial=total - len(tasks), desc="segment", unit="chunk") as bar:
+    with tqdm(total=total, initial=total - len(tasks), desc="segment", unit="chunk",
+              disable=not on_terminal()) as bar:
         if not tasks:
             return
         if scheduler == "threads":
