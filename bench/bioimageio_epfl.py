@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from bench.common import ROOT, print_table, write_json
+from bench.common import ROOT, print_table, shown, shown_command, write_json
 from segmentation_tf.scores import score
 from segmentation_tf.slices import store_slices
 from shared.errors import ArgumentParser, UserError, positive_float, run_cli
@@ -167,9 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         import bioimageio.spec
 
         write_json(args.json, {
-            "command": "python -m bench.bioimageio_epfl " + " ".join(map(str, argv or sys.argv[1:])),
-            "model": str(args.model), "store": str(args.store), "split": args.split,
-            "slices": [{"file": f, "z": z} for f, z in keys], "tta": False, "overlap": overlap,
+            "command": shown_command("bench.bioimageio_epfl", list(map(str, argv or sys.argv[1:]))),
+            "model": shown(args.model), "store": shown(args.store), "split": args.split,
+            "slices": [{"file": shown(f), "z": z} for f, z in keys], "tta": False, "overlap": overlap,
             "package": settings, "versions": {"bioimageio.core": bioimageio.core.__version__,
                                               "bioimageio.spec": bioimageio.spec.__version__},
             "results": rows})

@@ -14,6 +14,21 @@ ROOT = Path(__file__).resolve().parents[1]
 EPFL = ROOT.parent / "shared" / "data" / "epfl_ca1_subset"
 
 
+def shown(path: str | os.PathLike) -> str:
+    """A path as published in docs/: relative to the checkout, the shared data beside it as
+    ../shared/..., anything else as <scratch>/NAME (this machine's folders mean nothing to a reader)."""
+    p = Path(path).resolve()
+    for base, prefix in ((ROOT, ""), (ROOT.parent / "shared", "../shared/")):
+        if p.is_relative_to(base):
+            return prefix + str(p.relative_to(base))
+    return f"<scratch>/{p.name}"
+
+
+def shown_command(module: str, argv: list[str]) -> str:
+    """The command line with every absolute path argument shown as `shown` shows it."""
+    return " ".join(["python -m", module, *(shown(a) if a.startswith("/") else a for a in argv)])
+
+
 def machine() -> dict[str, str | int]:
     cpu = "unknown"
     try:

@@ -164,3 +164,13 @@ def test_each_generator_is_measured_once_and_only_with_its_own_judge(tmp_path):
     todo = generators_to_measure(results, {}, bench)
     assert [(c.k, c.arm) for c in todo] == [(1, "images_plentiful")]  # k = 2 waits for its own judge
     assert generators_to_measure(results, {"k=1|images_plentiful": {}}, bench) == []
+
+
+def test_published_paths_name_no_folder_of_this_machine():
+    from bench.common import ROOT, shown, shown_command
+
+    assert shown(ROOT / "docs" / "x.json") == "docs/x.json"
+    assert shown(ROOT.parent / "shared" / "data" / "a.tif") == "../shared/data/a.tif"
+    assert shown("/tmp/some_scratch/seg_run") == "<scratch>/seg_run"
+    assert shown_command("bench.x", ["--model", "/tmp/s/run", "--json", "docs/x.json"]) == \
+        "python -m bench.x --model <scratch>/run --json docs/x.json"
