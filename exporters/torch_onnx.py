@@ -22,6 +22,7 @@ from torch import nn
 
 from exporters.onnx_io import finalize, save_atomic
 from shared import diffusion, normalization
+from shared.digest import file_digest
 from shared.errors import ArgumentParser, UserError, run_cli
 from shared.tiling import TILE
 
@@ -111,7 +112,7 @@ def export_generator(checkpoint: Path, out: Path) -> dict[str, float]:
         raise UserError(f"{out.parent}: output folder does not exist")
     saved = ckpt.load(checkpoint, ckpt.GENERATOR_FORMAT)
     gen = load_generator(checkpoint)
-    props = {**generator_metadata(saved), "source_checkpoint_sha256_16": ckpt.file_hash(checkpoint)}
+    props = {**generator_metadata(saved), "source_checkpoint_sha256_16": file_digest(checkpoint)}
     parts = {
         "vae_encoder": (EncoderPart(gen.vae), ["image"], ["mean", "logvar"]),
         "vae_decoder": (DecoderPart(gen.vae), ["latent"], ["image"]),

@@ -8,7 +8,6 @@ multiscales metadata is written last, so an interrupted run never looks like a f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -230,13 +229,6 @@ def _tiff_pixel_size(path: Path) -> PixelSize:
         return PixelSize((float(ij.get("spacing", x)), float(y), float(x)), unit)
 
 
-def file_digest(path: Path) -> str:
-    """Short sha256 of a file: a resumed run must use the model the chunks already written came from."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 # -- output -------------------------------------------------------------------------------------

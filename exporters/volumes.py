@@ -29,8 +29,9 @@ from dask.callbacks import Callback
 from tqdm import tqdm
 
 from exporters.runtime import InputError, Segmenter
-from exporters.volume_io import PixelSize, Volume, VolumeOutput, file_digest
+from exporters.volume_io import PixelSize, Volume, VolumeOutput
 from shared.console import on_terminal
+from shared.digest import file_digest
 from shared.errors import UserError
 
 DEFAULT_CHUNK = (4, 2048, 2048)  # 4 slices; whole slices up to 2048 px, so most volumes need no y/x halo

@@ -6,7 +6,6 @@ needs. The product, RUN/generator.pt, holds what sampling and the ONNX exporter 
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 from pathlib import Path
@@ -65,10 +64,3 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, w
     model.load_state_dict(state)
 
 
-def file_hash(path: Path) -> str:
-    """sha256 of a checkpoint file, first 16 hex digits (provenance of synthetic tiles)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]

@@ -46,6 +46,7 @@ class Generator:
     device: torch.device = torch.device("cpu")
     autocast: torch.dtype | None = None
     pixel_size: PixelSize | None = None  # of the tiles it learned from (None: unknown)
+    labelled_store: Path | None = None   # the store whose masks it learned (None: not recorded)
 
     @property
     def latent_size(self) -> int:
@@ -120,5 +121,7 @@ def load_generator(path: Path, device: torch.device | None = None,
     checkpoint.load_weights(unet, saved["unet_weights"], path, "denoiser")
     data = saved.get("data") if isinstance(saved.get("data"), dict) else {}
     pixel_size = PixelSize.from_json(data.get("pixel_size"))  # older checkpoints: unknown
+    labelled = (data.get("labelled") or {}).get("path")
     return Generator(vae.to(device).eval(), unet.to(device).eval(), schedule, d["prediction"],
-                     float(saved["latent_scale"]), device, autocast, pixel_size)
+                     float(saved["latent_scale"]), device, autocast, pixel_size,
+                     Path(labelled) if labelled else None)

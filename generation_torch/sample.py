@@ -23,13 +23,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from generation_torch import checkpoint, grids, precision
+from generation_torch import grids, precision
 from generation_torch.config import PRECISIONS
 from generation_torch.layouts import compose_masks, layout_stats
 from generation_torch.masks import load_mask_source, varied_masks
 from generation_torch.pipeline import Generator, load_generator
 from shared import diffusion
 from shared.console import on_terminal
+from shared.digest import file_digest
 from shared.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_cli
 from shared.normalization import denormalize
 from shared.sampling import SamplerSettings, add_sampler_flags, settings_from_args, tile_seeds
@@ -67,12 +68,11 @@ def generate_tiles(gen: Generator, masks: np.ndarray, settings: SamplerSettings,
     return out
 
 
-def trained_on(ckpt: Path) -> Path:
-    """The labelled store a generator checkpoint learned from (its masks are the default source)."""
-    labelled = (checkpoint.load(ckpt, checkpoint.GENERATOR_FORMAT).get("data") or {}).get("labelled")
-    if not labelled or not Path(labelled["path"]).is_dir():
+def trained_on(gen: Generator, ckpt: Path) -> Path:
+    """The labelled store a generator learned from (its masks are the default source)."""
+    if gen.labelled_store is None or not gen.labelled_store.is_dir():
         raise UserError(f"{ckpt}: the store it learned from is not recorded or gone; give --masks-from")
-    return Path(labelled["path"])
+    return gen.labelled_store
 
 
 def refuse_real_store(out: Path) -> None:
@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = sampler_settings(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gen = load_generator(args.checkpoint, device, precision.resolve(args.precision, device))
-    masks_from = args.masks_from or trained_on(args.checkpoint)
+    masks_from = args.masks_from or trained_on(gen, args.checkpoint)
     refuse_real_store(args.out)
     source = load_mask_source(masks_from)
     masks, origins = conditioning_masks(source, args.mask_source, args.n, args.seed, masks_from)
@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             not args.no_progress and on_terminal())
     store = TileStore.open_or_create(args.out, TILE, kind="synthetic", pixel_size=gen.pixel_size)
     provenance = {"source": "synthetic", "checkpoint": str(args.checkpoint),
-                  "checkpoint_sha256": checkpoint.file_hash(args.checkpoint), **settings.provenance(),
+                  "checkpoint_sha256": file_digest(args.checkpoint), **settings.provenance(),
                   "mask_source": str(masks_from), "split": "train"}
     seeds = tile_seeds(args.seed, 0, args.n)
     records = [{**provenance, "seed": args.seed, "tile_seed": s, **o}

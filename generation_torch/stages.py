@@ -34,6 +34,7 @@ from generation_torch.train_loop import LoopContext, fit
 from generation_torch.unet import UNet
 from generation_torch.vae import VAE
 from shared import diffusion
+from shared.digest import file_digest
 from shared.errors import UserError
 from shared.store import TileStore
 
@@ -147,7 +148,7 @@ def _encode(vae: VAE, images: torch.Tensor, masks: torch.Tensor | None, ctx: Loo
 
 def _save_cache(path: Path, vae_path: Path, identity: dict, caches: Caches) -> None:
     labelled, unlabelled = caches
-    checkpoint.save(path, {"format": CACHE_FORMAT, "vae": checkpoint.file_hash(vae_path), "data": identity,
+    checkpoint.save(path, {"format": CACHE_FORMAT, "vae": file_digest(vae_path), "data": identity,
                            **labelled.to_dict(), "unlabelled": unlabelled.to_dict() if unlabelled else None})
 
 
@@ -157,7 +158,7 @@ def _load_cache(path: Path, vae_path: Path, identity: dict) -> Caches | None:
     if not path.exists():
         return None
     saved = checkpoint.load(path, CACHE_FORMAT)
-    if saved.get("vae") != checkpoint.file_hash(vae_path) or saved.get("data") != identity:
+    if saved.get("vae") != file_digest(vae_path) or saved.get("data") != identity:
         return None
     extra = saved.get("unlabelled")
     return LatentCache.from_dict(saved), (LatentCache.from_dict(extra) if extra is not None else None)

@@ -16,6 +16,22 @@ def epfl_dir() -> Path:
     return EPFL
 
 
+def phantom_store(root: Path, slices: int, height: int, width: int, tile: int,
+                  val_fraction: float = 0.2) -> Path:
+    """Phantom stacks root/images.tif + root/masks.tif (0/255) and the tile store root/store built
+    from them; returns root."""
+    from shared.phantom import PhantomConfig, phantom_stack
+    from shared.tiff_io import write_stack
+    from shared.tiles import BuildConfig, build_store
+
+    images, masks = phantom_stack(slices, seed=3, config=PhantomConfig(height=height, width=width))
+    write_stack(root / "images.tif", images)
+    write_stack(root / "masks.tif", masks * 255)
+    build_store(root / "images.tif", root / "masks.tif", root / "store",
+                BuildConfig(tile=tile, val_fraction=val_fraction))
+    return root
+
+
 def run_module(module: str, *args: object, timeout: float = 600, env: dict | None = None
                ) -> subprocess.CompletedProcess:
     """Run `python -m module args` from the repo root, capturing text output."""

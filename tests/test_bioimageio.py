@@ -6,7 +6,7 @@ import socket
 import numpy as np
 import pytest
 
-from .conftest import assert_one_line_error, run_module
+from .conftest import assert_one_line_error, phantom_store, run_module
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("tf2onnx")
@@ -22,15 +22,8 @@ def tiny_run(tmp_path_factory):
 
     from segmentation_tf.artifacts import save_segmenter
     from segmentation_tf.model import UNetConfig, build_unet
-    from shared.phantom import PhantomConfig, phantom_stack
-    from shared.tiff_io import write_stack
-    from shared.tiles import BuildConfig, build_store
 
-    root = tmp_path_factory.mktemp("bioimageio")
-    images, masks = phantom_stack(5, seed=3, config=PhantomConfig(height=128, width=128))
-    write_stack(root / "images.tif", images)
-    write_stack(root / "masks.tif", masks * 255)
-    build_store(root / "images.tif", root / "masks.tif", root / "store", BuildConfig(tile=TILE))
+    root = phantom_store(tmp_path_factory.mktemp("bioimageio"), 5, 128, 128, tile=TILE)
     keras.utils.set_random_seed(0)
     config = UNetConfig(base_width=4, depth=3)
     (root / "run").mkdir()

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from .conftest import ROOT, assert_one_line_error, run_module
+from .conftest import ROOT, assert_one_line_error, phantom_store, run_module
 
 pytest.importorskip("tensorflow")
 
@@ -22,17 +22,7 @@ TINY = ["--preset", "quick", "--base-width", "4", "--depth", "2", "--batch-size"
 
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory):
-    from shared.phantom import PhantomConfig, phantom_stack
-    from shared.tiff_io import write_stack
-    from shared.tiles import BuildConfig, build_store
-
-    root = tmp_path_factory.mktemp("seg_cli")
-    images, masks = phantom_stack(6, seed=3, config=PhantomConfig(height=96, width=128))
-    write_stack(root / "images.tif", images)
-    write_stack(root / "masks.tif", masks * 255)
-    build_store(root / "images.tif", root / "masks.tif", root / "store",
-                BuildConfig(tile=32, val_fraction=0.2))
-    return root
+    return phantom_store(tmp_path_factory.mktemp("seg_cli"), 6, 96, 128, tile=32)
 
 
 @pytest.fixture(scope="module")
