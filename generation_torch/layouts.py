@@ -50,11 +50,8 @@ def instances(masks: np.ndarray, config: ComposeConfig = ComposeConfig()) -> lis
     return out
 
 
-def objects_per_tile(masks: np.ndarray, config: ComposeConfig = ComposeConfig()) -> np.ndarray:
-    counts = np.zeros(len(masks), np.int64)
-    for inst in instances(masks, config):
-        counts[inst.tile] += 1
-    return counts
+def objects_per_tile(found: list[Instance], tiles: int) -> np.ndarray:
+    return np.bincount([inst.tile for inst in found], minlength=tiles).astype(np.int64)
 
 
 def transformed(patch: np.ndarray, rng: np.random.Generator, config: ComposeConfig
@@ -108,7 +105,7 @@ def compose_masks(masks: np.ndarray, n: int, seed: int, config: ComposeConfig = 
         raise ValueError("the labelled masks hold no object of at least "
                          f"{config.min_area} pixels to compose new layouts from")
     whole = [i for i in bank if i.interior] or bank
-    counts = objects_per_tile(masks, config)
+    counts = objects_per_tile(bank, len(masks))
     rng = np.random.default_rng(seed)
     out = np.zeros((n, *masks.shape[1:]), np.uint8)
     records = []
@@ -130,8 +127,9 @@ def compose_masks(masks: np.ndarray, n: int, seed: int, config: ComposeConfig = 
 def layout_stats(masks: np.ndarray, config: ComposeConfig = ComposeConfig()) -> dict[str, float]:
     """Objects per tile, object area and foreground fraction: what composed layouts must match."""
     masks = np.asarray(masks) > 0
-    areas = [int(i.patch.sum()) for i in instances(masks, config)]
-    counts = objects_per_tile(masks, config)
+    found = instances(masks, config)
+    areas = [int(i.patch.sum()) for i in found]
+    counts = objects_per_tile(found, len(masks))
     return {"tiles": len(masks), "objects_per_tile_mean": float(counts.mean()),
             "objects_per_tile_std": float(counts.std()),
             "object_area_median": float(np.median(areas)) if areas else 0.0,
