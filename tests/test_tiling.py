@@ -111,3 +111,17 @@ def test_predict_box_pieces_equal_the_whole_slice_prediction():
             box = ((y0, y1), (x0, x1))
             got[y0:y1, x0:x1] = predict_box(nonlinear, block, (by, bx), image.shape, box, 64, 16, 3)
     assert np.array_equal(got, want)
+
+
+def test_border_windows_read_the_slice_mirrored_by_half_the_overlap():
+    """The first window starts half an overlap before the slice (mirrored context, as bioimageio.core
+    pads by its halo) and the windows cover the slice padded so on both sides."""
+    from shared.tiling import window_origins
+
+    image = np.arange(100 * 90, dtype=np.float32).reshape(100, 90)
+    seen = []
+    predict_tiled(lambda b: seen.extend(b) or b, image, tile=64, overlap=16, batch_size=50)
+    padded = np.pad(image, ((8, 60), (8, 60)), mode="reflect")  # slice coordinate y is padded[y + 8]
+    assert window_origins(100, 64, 16) == [-8, 40, 88] and window_origins(90, 64, 16) == [-8, 40]
+    assert np.array_equal(seen[0], padded[:64, :64])
+    assert np.array_equal(seen[-1], padded[96:160, 48:112])
