@@ -98,8 +98,9 @@ def runtime_probabilities(package: Path, raw: np.ndarray, overlap: int, tmp: Pat
 
 
 def band_ious(probs: np.ndarray, masks: np.ndarray, threshold: float, width: int) -> dict[str, float]:
-    """IoU inside the slices and in the `width`-pixel band along their borders, where the two tilers
-    differ: both mirror the slice by the halo there since the tiler pads its borders (before: 0.47 vs 0.51)."""
+    """IoU inside the slices and in the `width`-pixel band along their borders, where the tilers once
+    differed (bioimageio.core mirrored the slice by the halo, the project's tiler did not: 0.47 vs 0.51
+    in the band); both mirror it now."""
     band = np.zeros(probs.shape[1:], bool)
     band[:width], band[-width:], band[:, :width], band[:, -width:] = True, True, True, True
     return {"iou_interior": score(probs[:, ~band], masks[:, ~band], threshold)["iou"],

@@ -32,7 +32,7 @@ from shared.errors import (
     positive_int,
     run_cli,
 )
-from shared.outputs import output_folder, write_segmentation
+from shared.outputs import add_instances_flag, output_folder, write_segmentation
 from shared.pixel_size import from_metadata, warn_mismatch
 from shared.sampling import add_sampler_flags, settings_from_args
 from shared.tiff_io import read_image_stack, read_mask_stack, read_pixel_size, write_stack
@@ -80,6 +80,9 @@ def segment_volume(args) -> None:
 
 def segment(args) -> None:
     if is_ome_zarr(args.out):
+        if args.instances != "none":  # objects crossing chunks would need a global relabelling pass
+            raise UserError(f"--instances: only for a TIFF output folder, not {args.out} (an OME-Zarr "
+                            "volume is labelled chunk by chunk)")
         return segment_volume(args)
     given = [f"--{f.replace('_', '-')}" for f in VOLUME_FLAGS if getattr(args, f) is not None]
     if given:
@@ -92,8 +95,8 @@ def segment(args) -> None:
     quiet = len(stack) < 2 or not on_terminal()  # no bar in a redirected log
     probs = np.stack([model.predict(s, tta=args.tta, overlap=args.overlap)
                       for s in tqdm(stack, desc="segment", unit="slice", disable=quiet)])
-    prob_path, mask_path = write_segmentation(args.out, probs, model.threshold, pixel_size)
-    print(f"wrote {prob_path} and {mask_path} ({len(stack)} slices, threshold {model.threshold:.3f})")
+    written = write_segmentation(args.out, probs, model.threshold, pixel_size, args.instances)
+    print(f"wrote {', '.join(map(str, written))} ({len(stack)} slices, threshold {model.threshold:.3f})")
 
 
 def generate(args: argparse.Namespace) -> None:
@@ -131,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seg.add_argument("--model", type=Path, required=True)
     seg.add_argument("--images", type=Path, required=True)
     seg.add_argument("--out", type=Path, required=True)
+    add_instances_flag(seg)
     seg.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                      help="average the 8 flips/rotations (default: as calibrated, from the file)")
     seg.add_argument("--overlap", type=non_negative_int, default=None,

@@ -2,8 +2,8 @@
 augmentation; writes a float32 probability stack and a uint8 mask stack (0/255, foreground where
 probability >= the calibrated threshold) in the layout every segment command shares (shared.outputs).
 
-    python -m segmentation_tf.predict --model RUN --images STACK.tif --out DIR [--tta]
-      -> DIR/probability.tif, DIR/mask.tif
+    python -m segmentation_tf.predict --model RUN --images STACK.tif --out DIR [--tta] [--instances 3d]
+      -> DIR/probability.tif, DIR/mask.tif [, DIR/instances.tif]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from segmentation_tf.quiet import quiet_tensorflow
 from segmentation_tf.sidecar import add_inference_flags, inference_settings, model_pixel_size, read_sidecar
 from shared import normalization
 from shared.errors import ArgumentParser, positive_int, run_cli
-from shared.outputs import output_folder, write_segmentation
+from shared.outputs import add_instances_flag, output_folder, write_segmentation
 from shared.pixel_size import warn_mismatch
 from shared.tiff_io import read_image_stack, read_pixel_size
 
@@ -31,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_inference_flags(parser)
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--threshold", type=float, help="override the calibrated threshold")
+    add_instances_flag(parser)
     args = parser.parse_args(argv)
     output_folder(args.out)
     meta = read_sidecar(args.model)
@@ -47,8 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     probs = predict_stack(seg.model, images, seg.tile_size, overlap, tta, args.batch_size)
     seconds = time.perf_counter() - start
-    prob_path, mask_path = write_segmentation(args.out, probs, threshold, pixel_size)
-    print(f"{len(images)} slices in {seconds:.1f} s (threshold {threshold:.2f}) -> {prob_path}, {mask_path}")
+    written = write_segmentation(args.out, probs, threshold, pixel_size, args.instances)
+    print(f"{len(images)} slices in {seconds:.1f} s (threshold {threshold:.2f}) -> "
+          f"{', '.join(map(str, written))}")
     return 0
 
 

@@ -133,9 +133,17 @@ def write_stack(path: str | os.PathLike, stack: np.ndarray, pixel_size: PixelSiz
         if pixel_size.z:
             metadata["spacing"] = pixel_size.z
 
+    imagej = stack.dtype not in (np.uint32, np.int32)  # ImageJ stacks hold 8/16-bit ints and float32
+
     def write(tmp: Path) -> None:
-        tifffile.imwrite(tmp, stack, imagej=True, metadata=metadata, resolution=resolution,
-                         compression=None)
+        if imagej:
+            tifffile.imwrite(tmp, stack, imagej=True, metadata=metadata, resolution=resolution,
+                             compression=None)
+        else:  # a plain multi-page TIFF for exact 32-bit ids (label images past 65535 objects): the
+            #    pixel size goes in the resolution tags, per centimetre (no z spacing there)
+            per_cm = None if pixel_size is None else (1e7 / pixel_size.x, 1e7 / pixel_size.y)
+            tifffile.imwrite(tmp, stack, resolution=per_cm, resolutionunit="CENTIMETER" if per_cm else None,
+                             compression=None)
 
     try:
         write_atomic(path, write)

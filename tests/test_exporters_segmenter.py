@@ -218,7 +218,7 @@ def test_both_segment_commands_write_the_same_outputs(tmp_path, tiny_segmenter, 
                                ("exporters.infer", exported, "ort")):
         sub = ["segment"] if module == "exporters.infer" else []
         proc = run_module(module, *sub, "--model", model, "--images", tmp_path / "in.tif", "--out",
-                          tmp_path / out, "--overlap", "16", "--no-tta")
+                          tmp_path / out, "--overlap", "16", "--no-tta", "--instances", "3d")
         assert proc.returncode == 0, proc.stderr[-2000:]
     prob = {o: tifffile.imread(tmp_path / o / "probability.tif") for o in ("keras", "ort")}
     mask = {o: tifffile.imread(tmp_path / o / "mask.tif") for o in ("keras", "ort")}
@@ -226,3 +226,7 @@ def test_both_segment_commands_write_the_same_outputs(tmp_path, tiny_segmenter, 
     assert mask["keras"].dtype == mask["ort"].dtype == np.uint8 and set(np.unique(mask["ort"])) <= {0, 255}
     decided = np.abs(prob["ort"] - 0.37) > 1e-4  # pixels the 1e-4 tolerance cannot flip
     assert np.array_equal(mask["keras"][decided], mask["ort"][decided])
+    from shared.outputs import instance_labels
+
+    for o in ("keras", "ort"):  # instances.tif: the mask's 3-D objects, beside it
+        assert np.array_equal(tifffile.imread(tmp_path / o / "instances.tif"), instance_labels(mask[o], "3d"))
