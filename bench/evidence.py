@@ -17,14 +17,21 @@ Arms, all paired by seed (a seed fixes the segmenter's initial weights and its r
 - images_plentiful (primary regime): the generator's VAE and null-condition branch learn from every
   pool image, the mask-conditioned denoiser from the k labelled slices; ratios 0.1, 0.2, 0.3.
 - strict: the generator sees only the k labelled slices; ratio 0.3.
-The ratio a user would pick is chosen on the validation block (mean validation IoU over the choice
-seeds), never on the test block. Every gain is a mean paired difference with a 95% t interval.
+Recipes (how the pairs are made and used): "today" is the recipe the earlier ablation measured (the
+mask enters the denoiser at its input only, guidance 12, the labelled masks); the levers of the
+generator issue add up in a ladder, each rung one more lever, at ratio 0.3 on every seed for k = 1
+and 2: "spade" (the mask at every level, guidance 2), "texture" (+ the VAE's spectrum loss),
+"levers" (+ composed mask layouts), "levers_pretrain" (+ synthetic pre-training, then real
+fine-tuning). The ratio, and the arm a user would pick, are chosen on the validation block (mean
+validation IoU over seeds), never on the test block. Every gain is a mean paired difference with a
+95% t interval.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -33,13 +40,44 @@ import numpy as np
 
 from bench.common import ROOT, machine
 from bench.stats import paired_interval, seeds_needed, t_interval
-from bench.synthetic_ablation import load_volume, make_store, run, synthetic_store, train_generator
+from bench.synthetic_ablation import load_volume, make_store, run
 from shared.atomic import write_json_atomic
-from shared.sampling import SamplerSettings
+from shared.sampling import SamplerSettings, settings_to_flags
 from shared.splits import z_block_split
 from shared.tiff_io import write_stack
 
 AA_OFFSET = 1000  # the A/A arm's data seed is seed + AA_OFFSET
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way of making and using generated pairs. Recipes naming the same `generator` share its
+    training (same flags), those naming the same `vae` share the pool VAE."""
+    name: str
+    generator: str = "today"                          # folder of the trained generator
+    vae: str = "plain"                                # folder of the pool VAE
+    vae_flags: tuple[str, ...] = ()                   # generation_torch.train flags of the VAE stage
+    denoiser_flags: tuple[str, ...] = ("--no-mask-every-level",)  # ... of the diffusion stage
+    sampling: SamplerSettings = SamplerSettings("dpmpp2m", 20, guidance=12.0)
+    mask_source: str = "labelled"                     # generation_torch.sample --mask-source
+    fit_flags: tuple[str, ...] = ()                   # segmentation_tf.fit flags of its synthetic arms
+
+    @property
+    def store(self) -> str:
+        """Folder of the drawn tiles inside the generator's folder (recipes drawing alike share it)."""
+        s = self.sampling
+        return f"synthetic_{self.mask_source}_{s.sampler}{s.steps}_g{s.guidance:g}"
+
+
+TODAY = Recipe("today")
+SPADE = Recipe("spade", generator="spade", denoiser_flags=("--mask-every-level",),
+               sampling=SamplerSettings("dpmpp2m", 20, guidance=2.0))
+# the spectrum loss's weight: the term is ~0.1-0.2 on blurred reconstructions against an MSE of ~0.005,
+# so 0.02 makes them comparable without letting texture outbid the MSE goal (<= 0.005, reported)
+TEXTURE = replace(SPADE, name="texture", generator="spade_texture", vae="spectral",
+                  vae_flags=("--spectral-weight", "0.02"))
+LEVERS = replace(TEXTURE, name="levers", mask_source="composed")
+LEVERS_PRETRAIN = replace(LEVERS, name="levers_pretrain", fit_flags=("--synthetic-schedule", "pretrain"))
 
 
 @dataclass(frozen=True)
@@ -59,13 +97,23 @@ class EvidenceConfig:
                                         "--tta")
     # the reference a user gets from the documented command, on the same blocks
     reference_flags: tuple[str, ...] = ("--preset", "real", "--time-limit", "100000")
-    # today's generator recipe (the baseline the next generator must beat)
+    # every recipe's generator budget (its own flags come on top)
     generator_flags: tuple[str, ...] = ("--preset", "real", "--vae-minutes", "4", "--diffusion-minutes", "8",
                                         "--steps-per-epoch", "50", "--visual-every", "0")
-    sampling: SamplerSettings = SamplerSettings("dpmpp2m", 20, guidance=12.0)
+    recipes: tuple[Recipe, ...] = (TODAY, SPADE, TEXTURE, LEVERS, LEVERS_PRETRAIN)  # the first: baseline
+    main_recipe: str = "levers"                     # every generator lever: first after calibration, every k
+    lever_ks: tuple[int, ...] = (1, 2)              # where the ladder's rungs run
+    lever_ratio: float = 0.3
     test_fraction: float = 0.2
     val_fraction: float = 0.15
     slices_seed: int = 0                            # where the nested labelled runs start in the pool
+
+    def recipe(self, name: str) -> Recipe:
+        return next(r for r in self.recipes if r.name == name)
+
+    @property
+    def baseline(self) -> str:
+        return self.recipes[0].name
 
 
 STANDARD = EvidenceConfig()
@@ -76,19 +124,26 @@ PRESETS = {
     # validation epoch's (Keras restores that epoch at the end of every fit: a noisy pick at k = 1,
     # epochs 5 and 8 of 20 in the first A/A pair); a candidate for a lower noise floor
     "final": replace(STANDARD, segmenter_flags=(*STANDARD.segmenter_flags, "--no-restore-best", "--ema",
-                                                "0.99")),
+                                                "0.99"),
+                     # the generator preset a user runs (about an hour per k on 2 cores: the pool VAE
+                     # 35 min once per VAE recipe, the denoiser 25 min per k), so levers are judged
+                     # on generators a user would train, not on 12-minute ones
+                     generator_flags=("--preset", "real", "--visual-every", "0")),
     "quick": EvidenceConfig(
         ks=(1, 0), seeds=(0, 1), choice_seeds=1, ratios=(0.3,), n_synthetic=32,
         segmenter_flags=("--preset", "quick", "--epochs", "3", "--steps-per-epoch", "10", "--no-tta"),
         reference_flags=("--preset", "quick", "--epochs", "4"),
         generator_flags=("--preset", "quick", "--vae-steps", "100", "--diffusion-steps", "150",
                          "--visual-every", "0"),
-        sampling=SamplerSettings("ddim", 8, guidance=3.0)),
+        recipes=(replace(TODAY, sampling=SamplerSettings("ddim", 8, guidance=3.0)),
+                 replace(LEVERS, sampling=SamplerSettings("ddim", 8, guidance=2.0))),
+        lever_ks=(1,)),
     "full": EvidenceConfig(
         seeds=tuple(range(8)), choice_seeds=3, n_synthetic=512,
         segmenter_flags=("--preset", "real", "--patience", "1000", "--time-limit", "100000"),
-        generator_flags=("--preset", "real",),
-        sampling=SamplerSettings("ddim", 50, guidance=2.0)),
+        generator_flags=("--preset", "full",),
+        recipes=tuple(replace(r, sampling=replace(r.sampling, sampler="ddim", steps=50))
+                      for r in (TODAY, SPADE, TEXTURE, LEVERS, LEVERS_PRETRAIN))),
 }
 
 
@@ -98,10 +153,12 @@ class Cell:
     arm: str        # real_only, aa, images_plentiful, strict, reference
     ratio: float
     seed: int
+    recipe: str = "today"  # how its generated pairs are made and used (synthetic arms)
 
     @property
     def key(self) -> str:
-        return f"k={self.k}|{self.arm}|r={self.ratio:g}|seed={self.seed}"
+        tail = f"|{self.recipe}" if self.ratio > 0 and self.recipe != "today" else ""
+        return f"k={self.k}|{self.arm}|r={self.ratio:g}|seed={self.seed}{tail}"
 
 
 @dataclass(frozen=True)
@@ -126,28 +183,48 @@ class Layout:
 
 
 def chosen_ratio(results: dict, k: int, cfg: EvidenceConfig) -> float | None:
-    """The images-plentiful ratio with the best mean validation IoU over the choice seeds (None until
-    every ratio has run on them)."""
+    """The images-plentiful ratio of the baseline recipe with the best mean validation IoU over the
+    choice seeds (None until every ratio has run on them)."""
     seeds = cfg.seeds[:cfg.choice_seeds]
-    val = {r: [results.get(Cell(k, "images_plentiful", r, s).key, {}).get("val_iou") for s in seeds]
-           for r in cfg.ratios}
+    val = {r: [results.get(Cell(k, "images_plentiful", r, s, cfg.baseline).key, {}).get("val_iou")
+               for s in seeds] for r in cfg.ratios}
     if any(v is None for vs in val.values() for v in vs):
         return None
     return max(cfg.ratios, key=lambda r: (np.mean(val[r]), r))
 
 
 def cells(cfg: EvidenceConfig, results: dict) -> list[Cell]:
-    """Every cell in the order that answers soonest: real-only and A/A per seed across k (the
-    instrument's own calibration; the reference run after the first seed), then per k (low k first)
-    the images-plentiful arms (every ratio on the choice seeds, 0.3 and the chosen ratio on every
-    seed), then strict."""
-    out = [Cell(k, arm, 0.0, s) for s in cfg.seeds for k in cfg.ks for arm in ("real_only", "aa")]
-    out.insert(2 * len(cfg.ks), Cell(0, "reference", 0.0, cfg.seeds[0]))  # after the first seed's round
+    """Every cell in the order that answers soonest. The instrument's own calibration first: real only
+    and A/A per seed at the ladder's k, then the main recipe there (each generator trains once and its
+    seeds follow, so a session finishes what it starts), then the other k's calibration with the
+    reference run after the first seed's round; then per k the baseline's ratios (every ratio on the
+    choice seeds, the highest and the chosen one on every seed), the ladder's rungs, the main recipe
+    at the other k, strict last."""
+    lever_ks = [k for k in cfg.ks if k in cfg.lever_ks]
+    other_ks = [k for k in cfg.ks if k not in cfg.lever_ks]
+    main = cfg.recipe(cfg.main_recipe) if cfg.main_recipe in {r.name for r in cfg.recipes} else None
+
+    def calibration(ks: list[int]) -> list[Cell]:
+        return [Cell(k, arm, 0.0, s) for s in cfg.seeds for k in ks for arm in ("real_only", "aa")]
+
+    def recipe_arm(k: int, recipe: Recipe) -> list[Cell]:
+        return [Cell(k, "images_plentiful", cfg.lever_ratio, s, recipe.name) for s in cfg.seeds]
+
+    out = calibration(lever_ks)
+    out += [c for k in lever_ks if main for c in recipe_arm(k, main)]
+    rest = calibration(other_ks)
+    rest.insert(2 * len(other_ks), Cell(0, "reference", 0.0, cfg.seeds[0]))  # after the first seed's round
+    out += rest
+    base = cfg.baseline
     for k in cfg.ks:
-        out += [Cell(k, "images_plentiful", r, s) for s in cfg.seeds[:cfg.choice_seeds] for r in cfg.ratios]
+        out += [Cell(k, "images_plentiful", r, s, base) for s in cfg.seeds[:cfg.choice_seeds]
+                for r in cfg.ratios]
         full = {max(cfg.ratios), chosen_ratio(results, k, cfg) or max(cfg.ratios)}
-        out += [Cell(k, "images_plentiful", r, s) for r in sorted(full) for s in cfg.seeds]
-    out += [Cell(k, "strict", cfg.strict_ratio, s) for k in cfg.ks if k != 0 for s in cfg.seeds]
+        out += [Cell(k, "images_plentiful", r, s, base) for r in sorted(full) for s in cfg.seeds]
+    for k in lever_ks:
+        out += [c for r in cfg.recipes[1:] for c in recipe_arm(k, r)]
+    out += [c for k in other_ks if main for c in recipe_arm(k, main)]
+    out += [Cell(k, "strict", cfg.strict_ratio, s, base) for k in cfg.ks if k != 0 for s in cfg.seeds]
     return list(dict.fromkeys(out))
 
 
@@ -172,13 +249,42 @@ class Bench:
         labelled = self.layout.labelled(k, self.cfg)
         return make_store(folder / "labelled_store", self.images, self.masks, labelled, self.layout.val)
 
+    def generator_dir(self, cell: Cell) -> Path:
+        """One generator per k, regime and recipe generator (recipes with the same flags share it)."""
+        return self.work / f"gen_k{cell.k}" / f"{cell.arm}_{self.cfg.recipe(cell.recipe).generator}"
+
+    def synthetic_dir(self, cell: Cell) -> Path:
+        return self.generator_dir(cell) / self.cfg.recipe(cell.recipe).store
+
     def generator(self, cell: Cell) -> Path:
-        """Train (or reuse) the cell's generator and draw its synthetic store (one per k and regime)."""
-        gen_dir = self.work / f"gen_k{cell.k}" / cell.arm
-        regime = "images_plentiful" if cell.k == 0 else cell.arm
-        ckpt = train_generator(gen_dir, 0, regime, cell.k == 0, self.store(cell.k), self.store(0), self.work,
-                               self.cfg, self.log)
-        return synthetic_store(gen_dir, ckpt, self.store(cell.k), self.cfg, 0, self.log)
+        """Train (or reuse) the cell's generator and draw its synthetic store. images_plentiful: the
+        recipe's VAE on every pool image (one per VAE recipe, shared by every k), then the denoiser on
+        the labelled tiles with its null-condition branch on every pool image; strict (k > 0): both
+        stages on the labelled tiles only. On the whole pool the two regimes coincide."""
+        recipe, gen_dir = self.cfg.recipe(cell.recipe), self.generator_dir(cell)
+        checkpoint = gen_dir / "generator.pt"
+        common = [*self.cfg.generator_flags, "--seed", "0", "--no-progress"]
+        if not checkpoint.exists() and cell.arm == "strict" and cell.k != 0:
+            run(["generation_torch.train", "--store", str(self.store(cell.k)), "--out", str(gen_dir), *common,
+                 *recipe.vae_flags, *recipe.denoiser_flags], self.log)
+        elif not checkpoint.exists():
+            vae_dir = self.work / f"pool_vae_{recipe.vae}"
+            if not (vae_dir / "vae.pt").exists():
+                run(["generation_torch.train", "--store", str(self.store(0)), "--stage", "vae", "--out",
+                     str(vae_dir), *common, *recipe.vae_flags], self.log)
+            gen_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(vae_dir / "vae.pt", gen_dir / "vae.pt")
+            run(["generation_torch.train", "--store", str(self.store(cell.k)), "--unlabelled-store",
+                 str(self.store(0)), "--stage", "diffusion", "--out", str(gen_dir), *common,
+                 *recipe.denoiser_flags], self.log)
+        out = self.synthetic_dir(cell)
+        if not (out / "manifest.json").exists():
+            shutil.rmtree(out, ignore_errors=True)  # a crash mid-append leaves a partial store
+            run(["generation_torch.sample", "--checkpoint", str(checkpoint), "--masks-from",
+                 str(self.store(cell.k)), "--mask-source", recipe.mask_source, "--n",
+                 str(self.cfg.n_synthetic), "--out", str(out), "--seed", "0", "--no-progress", "--grid",
+                 str(out.with_suffix(".png")), *settings_to_flags(recipe.sampling)], self.log)
+        return out
 
 
 def segmenter_flags(cell: Cell, cfg: EvidenceConfig, synthetic: Path | None) -> list[str]:
@@ -188,14 +294,16 @@ def segmenter_flags(cell: Cell, cfg: EvidenceConfig, synthetic: Path | None) -> 
     if cell.arm == "aa":
         flags += ["--data-seed", str(cell.seed + AA_OFFSET)]
     if synthetic is not None:
-        flags += ["--synthetic-store", str(synthetic), "--synthetic-ratio", str(cell.ratio)]
+        flags += ["--synthetic-store", str(synthetic), "--synthetic-ratio", str(cell.ratio),
+                  *cfg.recipe(cell.recipe).fit_flags]
     return flags
 
 
 def run_cell(cell: Cell, bench: Bench) -> dict:
     start = time.time()
     synthetic = bench.generator(cell) if cell.ratio > 0 else None
-    seg_dir = bench.work / f"k{cell.k}_s{cell.seed}" / f"{cell.arm}_r{cell.ratio:g}"
+    tail = f"_{cell.recipe}" if cell.ratio > 0 and cell.recipe != "today" else ""
+    seg_dir = bench.work / f"k{cell.k}_s{cell.seed}" / f"{cell.arm}_r{cell.ratio:g}{tail}"
     if not (seg_dir / "segmenter.json").exists():
         run(["segmentation_tf.fit", "--store", str(bench.store(cell.k)), "--out", str(seg_dir), "--verbose",
              "0", *segmenter_flags(cell, bench.cfg, synthetic)], bench.log)
@@ -210,38 +318,50 @@ def run_cell(cell: Cell, bench: Bench) -> dict:
             "minutes": round((time.time() - start) / 60, 2)}
 
 
+def generator_key(cell: Cell) -> str:
+    return f"k={cell.k}|{cell.arm}|{cell.recipe}"
+
+
 def generator_figures(cell: Cell, bench: Bench) -> dict:
     """How a cell's generator draws: mask fidelity judged by the real-only segmenter of the same k
     slices (seed 0; the honest judge, a user has only those labels) beside that judge on held-out real
     test tiles; realism against the test tiles (histogram W1, spectrum distance, classifier two-sample
-    accuracy) beside the floor of real pool tiles against them."""
+    accuracy) beside the floor of real pool tiles against them; the VAE's reconstruction of the test
+    tiles (MSE goal <= 0.005)."""
     from bench.synthetic_variants import fidelity, held_out_tile_store
+    from generation_torch.evaluate import reconstruction
     from generation_torch.metrics import realism
+    from generation_torch.pipeline import load_generator
     from generation_torch.two_sample import two_sample_accuracy
     from shared.store import TileStore
 
     judge = bench.work / f"k{cell.k}_s{bench.cfg.seeds[0]}" / "real_only_r0"
-    synthetic = TileStore(bench.work / f"gen_k{cell.k}" / cell.arm / "synthetic")
+    synthetic = TileStore(bench.synthetic_dir(cell))
     test = held_out_tile_store(bench.test, bench.work)
     pool = TileStore(bench.store(0))
     generated, real = synthetic.images(synthetic.indices()), test.images(test.indices())
     floor = realism(pool.images(pool.indices("train")), real)
-    return {"k": _k(cell.k), "regime": cell.arm, "tiles": len(synthetic),
+    recon, recon_tiles = reconstruction(load_generator(bench.generator_dir(cell) / "generator.pt"), real)
+    recipe = bench.cfg.recipe(cell.recipe)
+    return {"k": _k(cell.k), "regime": cell.arm, "recipe": cell.recipe, "tiles": len(synthetic),
+            "guidance": recipe.sampling.guidance, "mask_source": recipe.mask_source,
             "fidelity_iou": round(fidelity(synthetic, judge)["fidelity_iou"], 4),
             "judge_on_real_test": round(fidelity(test, judge)["fidelity_iou"], 4),
             **{k: round(v, 4) for k, v in realism(generated, real).items()},
             "floor_hist_w1": round(floor["hist_w1"], 4),
             "floor_spectrum_dist": round(floor["spectrum_dist"], 4),
-            "c2st_accuracy": round(two_sample_accuracy(generated, real)["c2st_accuracy"], 4)}
+            "c2st_accuracy": round(two_sample_accuracy(generated, real)["c2st_accuracy"], 4),
+            "vae_recon_mse": round(recon["recon_mse"], 5),
+            "vae_recon_spectrum_dist": round(realism(recon_tiles, real)["spectrum_dist"], 4)}
 
 
 def generators_to_measure(results: dict, measured: dict, bench: Bench) -> list[Cell]:
-    """One synthetic cell per (k, regime) whose generator has drawn and whose judge exists, not yet
-    measured."""
+    """One synthetic cell per (k, regime, recipe) whose generator has drawn and whose judge exists,
+    not yet measured."""
     out = {}
     for c in results.values():
-        cell = Cell(c["k"], c["arm"], c["ratio"], c["seed"])
-        key = f"k={cell.k}|{cell.arm}"
+        cell = Cell(c["k"], c["arm"], c["ratio"], c["seed"], c.get("recipe", "today"))
+        key = generator_key(cell)
         judge = bench.work / f"k{cell.k}_s{bench.cfg.seeds[0]}" / "real_only_r0" / "segmenter.json"
         if cell.ratio > 0 and key not in measured and key not in out and judge.exists():
             out[key] = cell
@@ -250,9 +370,11 @@ def generators_to_measure(results: dict, measured: dict, bench: Bench) -> list[C
 
 # ---- the read-out -------------------------------------------------------------------------------
 
-def by_seed(results: dict, k: int, arm: str, ratio: float) -> dict[int, float]:
-    return {c["seed"]: c["test_iou"] for c in results.values()
-            if c["k"] == k and c["arm"] == arm and c["ratio"] == ratio}
+def by_seed(results: dict, k: int, arm: str, ratio: float, recipe: str = "today",
+            figure: str = "test_iou") -> dict[int, float]:
+    return {c["seed"]: c[figure] for c in results.values()
+            if c["k"] == k and c["arm"] == arm and c["ratio"] == ratio
+            and (ratio == 0 or c.get("recipe", "today") == recipe)}
 
 
 def _k(k: int) -> int | str:
@@ -304,20 +426,42 @@ def noise_floor(results: dict, cfg: EvidenceConfig, target: float = 0.01) -> dic
             "met": sd <= target, "seeds_for_0.03": seeds_needed(sd, 0.03)}
 
 
+def synthetic_arms(k: int, cfg: EvidenceConfig) -> list[tuple[str, float, str]]:
+    """(arm, ratio, recipe) of every synthetic arm the grid runs at k."""
+    arms = [("images_plentiful", r, cfg.baseline) for r in cfg.ratios]
+    ladder = cfg.recipes[1:] if k in cfg.lever_ks else [r for r in cfg.recipes if r.name == cfg.main_recipe]
+    arms += [("images_plentiful", cfg.lever_ratio, r.name) for r in ladder]
+    return arms + ([("strict", cfg.strict_ratio, cfg.baseline)] if k != 0 else [])
+
+
+def chosen_arm(results: dict, k: int, cfg: EvidenceConfig) -> tuple[float, str] | None:
+    """The images-plentiful (ratio, recipe) a user would pick: the best mean validation IoU among the
+    arms run on every seed (None until one has)."""
+    full = {(r, rec): by_seed(results, k, arm, r, rec, "val_iou") for arm, r, rec in synthetic_arms(k, cfg)
+            if arm == "images_plentiful"}
+    full = {a: v for a, v in full.items() if len(v) == len(cfg.seeds)}
+    return max(full, key=lambda a: float(np.mean(list(full[a].values())))) if full else None
+
+
 def gain_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
-    """Synthetic arm - real only, paired by seed, with which ratio the validation block chose."""
+    """Synthetic arm - real only, paired by seed; which baseline ratio and which arm the validation
+    block chose; the share of the gap between real only at k and real only on the whole pool closed."""
     rows = []
+    pool = by_seed(results, 0, "real_only", 0.0)
     for k in cfg.ks:
         base = by_seed(results, k, "real_only", 0.0)
-        choice = chosen_ratio(results, k, cfg)
-        arms = [("images_plentiful", r) for r in cfg.ratios]
-        arms += [("strict", cfg.strict_ratio)] if k != 0 else []
-        for arm, ratio in arms:
-            gain = paired_interval(by_seed(results, k, arm, ratio), base)
+        ratio_choice, arm_choice = chosen_ratio(results, k, cfg), chosen_arm(results, k, cfg)
+        gap = (float(np.mean(list(pool.values())) - np.mean(list(base.values())))
+               if pool and base and k else None)
+        for arm, ratio, recipe in synthetic_arms(k, cfg):
+            gain = paired_interval(by_seed(results, k, arm, ratio, recipe), base)
             if gain and gain["n"] >= 2:
-                chosen = arm == "images_plentiful" and ratio == choice
-                rows.append({"k": _k(k), "arm": arm, "ratio": ratio, "validation_chosen": chosen,
-                             **_rounded(gain), "ci_above_0": bool(gain["low"] > 0)})
+                plentiful = arm == "images_plentiful"
+                rows.append({"k": _k(k), "arm": arm, "recipe": recipe, "ratio": ratio,
+                             "ratio_chosen": plentiful and recipe == cfg.baseline and ratio == ratio_choice,
+                             "validation_chosen": plentiful and (ratio, recipe) == arm_choice,
+                             **_rounded(gain), "ci_above_0": bool(gain["low"] > 0),
+                             **({"gap_closed": round(gain["mean"] / gap, 2)} if gap and gap > 0 else {})})
     return rows
 
 
@@ -341,11 +485,14 @@ def plot(results: dict, cfg: EvidenceConfig, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ks = sorted(cfg.ks, key=lambda k: k or 10**6)
     x_of = {k: i for i, k in enumerate(ks)}
-    arms = [("real_only", 0.0, "real only"), ("strict", cfg.strict_ratio, "strict")]
-    arms += [("images_plentiful", r, f"images plentiful, ratio {r:g}") for r in cfg.ratios]
-    for arm, ratio, label in arms:
+    base = cfg.baseline
+    arms = [("real_only", 0.0, base, "real only"), ("strict", cfg.strict_ratio, base, f"strict, {base}")]
+    arms += [("images_plentiful", r, base, f"images plentiful, {base}, ratio {r:g}") for r in cfg.ratios]
+    arms += [("images_plentiful", cfg.lever_ratio, r.name, f"images plentiful, {r.name}, ratio "
+              f"{cfg.lever_ratio:g}") for r in cfg.recipes[1:]]
+    for arm, ratio, recipe, label in arms:
         pts = [(x_of[k], t_interval(list(v.values()))) for k in ks
-               if len(v := by_seed(results, k, arm, ratio)) >= 2]
+               if len(v := by_seed(results, k, arm, ratio, recipe)) >= 2]
         if not pts:
             continue
         xs = [p[0] for p in pts]
@@ -402,7 +549,7 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     saved = json.loads(results_path.read_text()) if results_path.is_file() else {}
     results = saved.get("results_by_cell", {})
-    generators = {f"k={0 if g['k'] == 'all' else g['k']}|{g['regime']}": g
+    generators = {f"k={0 if g['k'] == 'all' else g['k']}|{g['regime']}|{g.get('recipe', 'today')}": g
                   for g in saved.get("generators", [])}
     images, masks, source = load_volume()
     bench = Bench(cfg, work, images, masks, Layout.of(len(images), cfg), work / "evidence.log")
@@ -415,7 +562,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[{len(results) + 1}/{len(results) + len(todo)}] {cell.key} ...", flush=True)
         results[cell.key] = run_cell(cell, bench)
         for gen_cell in generators_to_measure(results, generators, bench):
-            generators[f"k={gen_cell.k}|{gen_cell.arm}"] = generator_figures(gen_cell, bench)
+            generators[generator_key(gen_cell)] = generator_figures(gen_cell, bench)
         write_results(results_path, results, bench, args.preset, source, generators)
         done += 1
         print(f"  test IoU {results[cell.key]['test_iou']:.4f}, val IoU {results[cell.key]['val_iou']:.4f} "

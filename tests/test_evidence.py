@@ -4,6 +4,7 @@ themselves run in `python -m bench.evidence`, not here)."""
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -121,17 +122,59 @@ def test_a_rerun_skips_finished_cells(tmp_path, monkeypatch):
     assert saved["slices"]["test"] and not set(saved["slices"]["test"]) & set(saved["slices"]["pool"])
 
 
-def test_the_instrument_calibrates_itself_first():
+def test_the_instrument_calibrates_itself_first_then_answers_with_the_main_recipe():
     cfg = EvidenceConfig(ks=(1, 2, 0), seeds=(0, 1), choice_seeds=1, ratios=(0.2, 0.3))
     order = cells(cfg, {})
-    assert order[:7] == [Cell(1, "real_only", 0.0, 0), Cell(1, "aa", 0.0, 0), Cell(2, "real_only", 0.0, 0),
-                         Cell(2, "aa", 0.0, 0), Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0),
-                         Cell(0, "reference", 0.0, 0)]
-    synthetic = [c for c in order if c.ratio > 0]
-    assert order.index(synthetic[0]) == 7 + 6  # after every real-only and A/A cell
-    assert [c.k for c in synthetic if c.arm == "images_plentiful"][:2] == [1, 1]  # low k first
+    calib = [Cell(k, arm, 0.0, s) for s in (0, 1) for k in (1, 2) for arm in ("real_only", "aa")]
+    assert order[:8] == calib  # real only and A/A at the ladder's k, every seed
+    main = [Cell(k, "images_plentiful", 0.3, s, "levers") for k in (1, 2) for s in (0, 1)]
+    assert order[8:12] == main  # each generator's seeds follow it
+    assert order[12:15] == [Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0), Cell(0, "reference", 0.0, 0)]
+    rungs = [c for c in order if c.recipe in ("spade", "texture", "levers_pretrain")]
+    assert {c.k for c in rungs} == {1, 2} and len(rungs) == 3 * 2 * 2  # the ladder at k = 1, 2 only
+    assert Cell(0, "images_plentiful", 0.3, 0, "levers") in order  # the main recipe on the whole pool too
+    assert order.index(Cell(1, "images_plentiful", 0.2, 0)) > order.index(Cell(0, "reference", 0.0, 0))
     assert not [c for c in order if c.arm == "strict" and c.k == 0]
     assert len(order) == len(set(order))
+
+
+def test_recipes_share_generators_and_stores_only_when_their_flags_agree(tmp_path):
+    from bench.evidence import LEVERS, LEVERS_PRETRAIN, SPADE, TEXTURE, TODAY, segmenter_flags
+
+    assert LEVERS.generator == TEXTURE.generator != SPADE.generator != TODAY.generator
+    assert TEXTURE.vae == LEVERS.vae != SPADE.vae == TODAY.vae  # the spectrum loss trains its own VAE
+    assert LEVERS.store == LEVERS_PRETRAIN.store != TEXTURE.store  # composed vs labelled masks
+    assert "--no-mask-every-level" in TODAY.denoiser_flags and SPADE.sampling.guidance == 2.0
+    cfg = EvidenceConfig()
+    bench = Bench(cfg, tmp_path, np.zeros((1, 1, 1)), np.zeros((1, 1, 1)), Layout.of(27, cfg), tmp_path / "l")
+    cell = Cell(1, "images_plentiful", 0.3, 2, "levers_pretrain")
+    assert bench.synthetic_dir(cell) == bench.synthetic_dir(replace(cell, recipe="levers"))
+    flags = segmenter_flags(cell, cfg, tmp_path / "syn")
+    assert flags[-6:] == ["--synthetic-store", str(tmp_path / "syn"), "--synthetic-ratio", "0.3",
+                          "--synthetic-schedule", "pretrain"]
+    assert cell.key == "k=1|images_plentiful|r=0.3|seed=2|levers_pretrain"
+    assert Cell(1, "images_plentiful", 0.3, 2).key == "k=1|images_plentiful|r=0.3|seed=2"  # older keys
+
+
+def test_the_users_arm_is_chosen_on_validation_and_gap_closed_by_hand():
+    from bench.evidence import chosen_arm
+
+    cfg = EvidenceConfig(ks=(1, 0), seeds=(0, 1), ratios=(0.3,), lever_ks=(1,))
+    results = {}
+    for s in (0, 1):
+        results[Cell(1, "real_only", 0.0, s).key] = _cell(1, "real_only", 0.0, s, 0.70 + 0.02 * s)
+        results[Cell(0, "real_only", 0.0, s).key] = _cell(0, "real_only", 0.0, s, 0.80 + 0.02 * s)
+        # today: better on test, worse on validation; levers: the other way round
+        results[Cell(1, "images_plentiful", 0.3, s).key] = {**_cell(1, "images_plentiful", 0.3, s, 0.76),
+                                                           "val_iou": 0.5}
+        lev = Cell(1, "images_plentiful", 0.3, s, "levers")
+        results[lev.key] = {**_cell(1, "images_plentiful", 0.3, s, 0.74 + 0.02 * s), "val_iou": 0.6,
+                            "recipe": "levers"}
+    assert chosen_arm(results, 1, cfg) == (0.3, "levers")
+    rows = {r["recipe"]: r for r in gain_rows(results, cfg) if r["k"] == 1}
+    assert rows["levers"]["validation_chosen"] and not rows["today"]["validation_chosen"]
+    # gain +0.04 on both seeds, gap pool - k = 0.81 - 0.71 = 0.10: 0.4 of the gap
+    assert rows["levers"]["mean"] == pytest.approx(0.04) and rows["levers"]["gap_closed"] == 0.4
 
 
 def test_the_results_page_shows_intervals_noise_floor_and_rise(tmp_path, monkeypatch):
@@ -163,7 +206,7 @@ def test_each_generator_is_measured_once_and_only_with_its_own_judge(tmp_path):
     (tmp_path / "k1_s0" / "real_only_r0" / "segmenter.json").write_text("{}")
     todo = generators_to_measure(results, {}, bench)
     assert [(c.k, c.arm) for c in todo] == [(1, "images_plentiful")]  # k = 2 waits for its own judge
-    assert generators_to_measure(results, {"k=1|images_plentiful": {}}, bench) == []
+    assert generators_to_measure(results, {"k=1|images_plentiful|today": {}}, bench) == []
 
 
 def test_published_paths_name_no_folder_of_this_machine():
