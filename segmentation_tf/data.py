@@ -91,8 +91,9 @@ def synthetic_pool(store: TileStore, config: DataConfig) -> Pool:
     return tile_pool(store, idx, config)
 
 
-def window_stream(pool: Pool, tile: int, config: DataConfig, seed: int) -> tf.data.Dataset:
-    """An endless stream of augmented (tile, tile, C) windows from a pool."""
+def window_stream(pool: Pool, tile: int, config: DataConfig, seed: int, skip: int = 0) -> tf.data.Dataset:
+    """An endless stream of augmented (tile, tile, C) windows from a pool, from its `skip`-th window on
+    (each window is a pure function of its seed pair, so skipping seeds costs no augmentation)."""
     data = tf.constant(pool.data)
     extents = tf.constant(pool.extents)
     aug = config.augment
@@ -100,7 +101,7 @@ def window_stream(pool: Pool, tile: int, config: DataConfig, seed: int) -> tf.da
     def window(pair):
         return random_window(data, extents, tile, aug, pair)
 
-    seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+    seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True).skip(skip)
     return seeds.map(window, num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -114,13 +115,17 @@ def with_tile_weight(batch: tf.Tensor, weight: float) -> tf.Tensor:
     return tf.concat([batch, tf.fill(tf.concat([tf.shape(batch)[:-1], [1]], 0), weight)], axis=-1)
 
 
-def training_dataset(real: Pool, synthetic: Pool | None, tile: int, config: DataConfig) -> tf.data.Dataset:
-    """Endless batches of n_real real + n_syn synthetic windows (in that order), prefetched; with a
+def training_dataset(real: Pool, synthetic: Pool | None, tile: int, config: DataConfig,
+                     skip_batches: int = 0) -> tf.data.Dataset:
+    """Endless batches of n_real real + n_syn synthetic windows (in that order), prefetched, from the
+    `skip_batches`-th batch on (a resumed run continues its stream instead of repeating it); with a
     synthetic weight W != 1 the target gains a tile-weight channel (1 real, W synthetic)."""
     n_real, n_syn = batch_composition(config.batch_size, config.synthetic_ratio)
-    batches = window_stream(real, tile, config, config.seed).batch(n_real, drop_remainder=True)
+    batches = window_stream(real, tile, config, config.seed, skip_batches * n_real).batch(
+        n_real, drop_remainder=True)
     if n_syn:
-        syn = window_stream(synthetic, tile, config, config.seed + 1).batch(n_syn, drop_remainder=True)
+        syn = window_stream(synthetic, tile, config, config.seed + 1, skip_batches * n_syn).batch(
+            n_syn, drop_remainder=True)
         if tile_weighted(config):
             weight = config.synthetic_weight
             batches = tf.data.Dataset.zip(batches, syn).map(

@@ -4,6 +4,7 @@ calibrate the threshold on whole validation slices and save the segmenter."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -101,6 +102,15 @@ def phases(inputs: RunInputs) -> list[Phase]:
             Phase(inputs.run_dir, real_only, False, inputs.train)]
 
 
+def resumed_epochs(folder: Path) -> int:
+    """Epochs a killed fit of this folder finished (BackupAndRestore's record; 0 for a fresh run)."""
+    meta = folder / "backup" / "training_metadata.json"
+    try:
+        return int(json.loads(meta.read_text())["epoch"]) if meta.is_file() else 0
+    except (ValueError, KeyError, TypeError):
+        return 0  # unreadable: Keras itself will then start over
+
+
 def run_phase(phase: Phase, inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str,
               start_weights: Path | None) -> tuple[keras.Model, Any, float]:
     """model.fit of one phase from the seeded initial weights (or a previous phase's weights)."""
@@ -111,7 +121,8 @@ def run_phase(phase: Phase, inputs: RunInputs, strategy: tf.distribute.Strategy,
     synthetic = pipeline.synthetic_pool(inputs.synthetic, phase.data) if phase.data.synthetic_ratio else None
     n_real, n_syn = pipeline.batch_composition(phase.data.batch_size, phase.data.synthetic_ratio)
     steps = phase.train.steps_per_epoch or pipeline.steps_per_epoch(pool.tiles, n_real)
-    train_ds = pipeline.training_dataset(pool, synthetic, phase.data.crop or tile, phase.data)
+    done = resumed_epochs(phase.folder)
+    train_ds = pipeline.training_dataset(pool, synthetic, phase.data.crop or tile, phase.data, done * steps)
     val_x, val_y = pipeline.validation_arrays(inputs.store, phase.data)
     val_ds = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(phase.data.batch_size)
     # --seed fixes the initial weights as well as the data stream, so two runs of one command (and the

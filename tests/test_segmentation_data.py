@@ -151,3 +151,30 @@ def test_epfl_windows_are_aligned(epfl_dir, tmp_path):
     aug = AugmentConfig(elastic_sigma=6.0, gray=0.15)
     for w in windows(pool, 256, aug, n=4):
         assert set(np.unique(w[..., 1])) <= {0.0, 1.0} and w.shape == (256, 256, 2)
+
+
+def test_a_resumed_stream_continues_where_the_killed_run_stopped():
+    """skip_batches = epochs done * steps gives the batches an uninterrupted run would have drawn next
+    (not the first ones again), real and synthetic alike."""
+    config = DataConfig(batch_size=5, synthetic_ratio=0.4, augment=AugmentConfig(gray=0.2, elastic_sigma=3.0))
+    pools = (structured_pool(), structured_pool(size=80))
+    whole = [x.numpy() for x, _ in training_dataset(*pools, 32, config).take(7)]
+    resumed = [x.numpy() for x, _ in training_dataset(*pools, 32, config, skip_batches=4).take(3)]
+    for got, want in zip(resumed, whole[4:], strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(resumed[0], whole[0])
+
+
+def test_resumed_epochs_reads_the_backup_keras_wrote(tmp_path):
+    import keras
+
+    from segmentation_tf.training import resumed_epochs
+
+    assert resumed_epochs(tmp_path) == 0
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"), delete_checkpoint=False)
+    model.fit(np.zeros((4, 2)), np.zeros((4, 1)), epochs=3, verbose=0, callbacks=[backup])
+    assert resumed_epochs(tmp_path) == 3
+    (tmp_path / "backup" / "training_metadata.json").write_text("{broken")
+    assert resumed_epochs(tmp_path) == 0
