@@ -196,34 +196,33 @@ def chosen_ratio(results: dict, k: int, cfg: EvidenceConfig) -> float | None:
 def cells(cfg: EvidenceConfig, results: dict) -> list[Cell]:
     """Every cell in the order that answers soonest. The instrument's own calibration first: real only
     and A/A per seed at the ladder's k, then the main recipe there (each generator trains once and its
-    seeds follow, so a session finishes what it starts), then the other k's calibration with the
-    reference run after the first seed's round; then per k the baseline's ratios (every ratio on the
-    choice seeds, the highest and the chosen one on every seed), the ladder's rungs, the main recipe
-    at the other k, strict last."""
+    seeds follow, so a session finishes what it starts), then the ladder's other rungs (its bottom
+    rung: the baseline at the ladder's ratio), then the other k's calibration with the reference run
+    after the first seed's round and the main recipe there; then per k the baseline's ratio choice
+    (every ratio on the choice seeds, the highest and the chosen one on every seed); strict last."""
     lever_ks = [k for k in cfg.ks if k in cfg.lever_ks]
     other_ks = [k for k in cfg.ks if k not in cfg.lever_ks]
-    main = cfg.recipe(cfg.main_recipe) if cfg.main_recipe in {r.name for r in cfg.recipes} else None
+    names = {r.name for r in cfg.recipes}
+    main = [cfg.recipe(cfg.main_recipe)] if cfg.main_recipe in names else []
 
     def calibration(ks: list[int]) -> list[Cell]:
         return [Cell(k, arm, 0.0, s) for s in cfg.seeds for k in ks for arm in ("real_only", "aa")]
 
-    def recipe_arm(k: int, recipe: Recipe) -> list[Cell]:
-        return [Cell(k, "images_plentiful", cfg.lever_ratio, s, recipe.name) for s in cfg.seeds]
+    def recipe_arms(ks: list[int], recipes: list[Recipe]) -> list[Cell]:
+        return [Cell(k, "images_plentiful", cfg.lever_ratio, s, r.name) for r in recipes for k in ks
+                for s in cfg.seeds]
 
-    out = calibration(lever_ks)
-    out += [c for k in lever_ks if main for c in recipe_arm(k, main)]
+    out = calibration(lever_ks) + recipe_arms(lever_ks, main)
+    out += recipe_arms(lever_ks, [r for r in cfg.recipes if r not in main])  # the baseline, then rungs
     rest = calibration(other_ks)
     rest.insert(2 * len(other_ks), Cell(0, "reference", 0.0, cfg.seeds[0]))  # after the first seed's round
-    out += rest
+    out += rest + recipe_arms(other_ks, main)
     base = cfg.baseline
     for k in cfg.ks:
         out += [Cell(k, "images_plentiful", r, s, base) for s in cfg.seeds[:cfg.choice_seeds]
                 for r in cfg.ratios]
         full = {max(cfg.ratios), chosen_ratio(results, k, cfg) or max(cfg.ratios)}
         out += [Cell(k, "images_plentiful", r, s, base) for r in sorted(full) for s in cfg.seeds]
-    for k in lever_ks:
-        out += [c for r in cfg.recipes[1:] for c in recipe_arm(k, r)]
-    out += [c for k in other_ks if main for c in recipe_arm(k, main)]
     out += [Cell(k, "strict", cfg.strict_ratio, s, base) for k in cfg.ks if k != 0 for s in cfg.seeds]
     return list(dict.fromkeys(out))
 

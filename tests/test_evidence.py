@@ -129,11 +129,12 @@ def test_the_instrument_calibrates_itself_first_then_answers_with_the_main_recip
     assert order[:8] == calib  # real only and A/A at the ladder's k, every seed
     main = [Cell(k, "images_plentiful", 0.3, s, "levers") for k in (1, 2) for s in (0, 1)]
     assert order[8:12] == main  # each generator's seeds follow it
-    assert order[12:15] == [Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0), Cell(0, "reference", 0.0, 0)]
-    rungs = [c for c in order if c.recipe in ("spade", "texture", "levers_pretrain")]
-    assert {c.k for c in rungs} == {1, 2} and len(rungs) == 3 * 2 * 2  # the ladder at k = 1, 2 only
-    assert Cell(0, "images_plentiful", 0.3, 0, "levers") in order  # the main recipe on the whole pool too
-    assert order.index(Cell(1, "images_plentiful", 0.2, 0)) > order.index(Cell(0, "reference", 0.0, 0))
+    ladder = [Cell(k, "images_plentiful", 0.3, s, r) for r in ("today", "spade", "texture", "levers_pretrain")
+              for k in (1, 2) for s in (0, 1)]
+    assert order[12:28] == ladder  # the other rungs at k = 1, 2 only, the baseline first
+    assert order[28:31] == [Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0), Cell(0, "reference", 0.0, 0)]
+    assert order.index(Cell(0, "images_plentiful", 0.3, 0, "levers")) < order.index(
+        Cell(1, "images_plentiful", 0.2, 0))  # the main recipe on the whole pool before the ratio sweep
     assert not [c for c in order if c.arm == "strict" and c.k == 0]
     assert len(order) == len(set(order))
 
