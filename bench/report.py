@@ -22,8 +22,10 @@ SECTIONS = [
     ("bioimageio_epfl.json", "The bioimage.io package through bioimageio.core vs segmentation_tf.evaluate"),
     ("segmentation_epfl.json", "Segmenter quality on held-out real EPFL slices"),
     ("generator_epfl.json", "Generator quality on held-out real EPFL slices"),
-    ("evidence.json", "The evidence instrument: real only vs generated pairs, paired over seeds"),
-    ("evidence_final.json", "The evidence instrument, final weights + EMA 0.99 (variance candidate)"),
+    ("evidence.json",
+     "The evidence instrument, standard preset (restore-best, before the border-mirroring tiler; superseded)"),
+    ("evidence_final.json",
+     "The evidence instrument (--preset final: last weights + EMA 0.99; generator recipes)"),
     ("synthetic_ablation.json", "Does synthetic data help? (synthetic-ratio ablation, superseded)"),
     ("synthetic_variants.json", "What would make generated tiles help? (k = 2 variants)"),
     ("synthetic_variants_unseeded.json", "k = 2 variants, first run (unseeded weights, superseded)"),
@@ -31,7 +33,8 @@ SECTIONS = [
 ]
 
 TABLE_TITLES = {
-    "gains": "Paired gain of synthetic tiles: IoU(ratio) - IoU(real only), same slices and seed",
+    "gains": "Paired gain of synthetic tiles per recipe: IoU(arm) - IoU(real only), same slices and seed; "
+             "gap_closed: the gain over (real only on the whole pool - real only at k)",
     "rise": "Does real only rise with k? IoU(next k) - IoU(k), paired by seed, 95% t interval",
     "noise_floor": "A/A noise floor: real only with another data stream - real only, paired by seed",
     "generators": "Each generator's tiles: mask fidelity (judge: the real-only segmenter of the same k "
