@@ -23,7 +23,7 @@ SECTIONS = [
     ("segmentation_epfl.json", "Segmenter quality on held-out real EPFL slices"),
     ("generator_epfl.json", "Generator quality on held-out real EPFL slices"),
     ("evidence.json",
-     "The evidence instrument, standard preset (restore-best, before the border-mirroring tiler; superseded)"),
+     "The evidence instrument, standard preset (restore-best; before the border-mirroring tiler)"),
     ("evidence_final.json",
      "The evidence instrument (--preset final: last weights + EMA 0.99; generator recipes)"),
     ("synthetic_ablation.json", "Does synthetic data help? (synthetic-ratio ablation, superseded)"),
