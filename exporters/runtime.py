@@ -26,6 +26,7 @@ from shared import diffusion
 from shared.normalization import denormalize, normalize
 from shared.outputs import foreground_mask
 from shared.sampling import SamplerSettings, TileNoise, tile_seeds
+from shared.texture import TEXTURE_FILE, add_texture
 from shared.tiling import OVERLAP, TILE, predict_box, predict_tiled, with_tta
 
 log = logging.getLogger("emsynth.runtime")
@@ -229,6 +230,8 @@ class Generator:
         self.latent_shape = tuple(json.loads(self.metadata["latent_shape"]))
         self.tile = int(self.metadata.get("tile_size", TILE))
         self.names = [i.name for i in self.denoiser.get_inputs()]
+        spectrum = self.folder / TEXTURE_FILE  # absent in exports of older generators
+        self.texture_spectrum = np.load(spectrum, allow_pickle=False) if spectrum.is_file() else None
 
     def denoise(self, x: np.ndarray, cond: np.ndarray, t: int) -> np.ndarray:
         """One denoiser call: model output for latents x (B, C, h, w) at integer timestep t."""
@@ -255,6 +258,9 @@ class Generator:
         initial_noise (N, C, h, w), if given, replaces the streams' first draw (x_T)."""
         settings = settings or SamplerSettings()
         masks = check_masks(masks, self.tile)
+        if settings.texture and self.texture_spectrum is None:
+            raise InputError(f"{self.folder}: no {TEXTURE_FILE} (exported from a generator trained before "
+                             "the texture spectrum was measured): draw with texture 0")
         try:
             steps = settings.steps_for(self.schedule.timesteps)
             noise = TileNoise(tile_seeds(seed, start, len(masks)))
@@ -268,7 +274,7 @@ class Generator:
         fn = self.model_fn(cond, settings.scale, settings.guidance_rescale)
         latents = diffusion.sample(fn, x_T, self.schedule, settings.sampler, steps, eta=settings.eta,
                                    prediction=self.prediction, noise_fn=lambda a: noise.draw(a.shape[1:]))
-        return self.decode(latents)
+        return add_texture(self.decode(latents), self.texture_spectrum, settings.texture, noise)
 
     def sample(self, masks: np.ndarray, settings: SamplerSettings | None = None, seed: int = 0,
                start: int = 0) -> np.ndarray:

@@ -22,8 +22,10 @@ from torch import nn
 
 from exporters.onnx_io import finalize, save_atomic
 from shared import diffusion, normalization
+from shared.atomic import write_atomic
 from shared.digest import file_digest
 from shared.errors import ArgumentParser, UserError, run_cli
+from shared.texture import TEXTURE_FILE
 from shared.tiling import TILE
 
 OPSET = 18
@@ -102,6 +104,11 @@ def quiet_exporter() -> None:
     warnings.filterwarnings("ignore", message=".*axis name.*")
 
 
+def save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # a handle: np.save would append ".npy" to the temporary name
+        np.save(fh, array, allow_pickle=False)
+
+
 def export_generator(checkpoint: Path, out: Path) -> dict[str, float]:
     from generation_torch import checkpoint as ckpt
     from generation_torch.pipeline import load_generator
@@ -131,6 +138,11 @@ def export_generator(checkpoint: Path, out: Path) -> dict[str, float]:
     out.mkdir(exist_ok=True)
     for name, proto in protos.items():  # written only once every part passed its parity check
         save_atomic(proto, out / f"{name}.onnx")
+    spectrum = out / TEXTURE_FILE
+    if gen.texture_spectrum is not None:  # the decoder's residual power (shared.texture), for --texture
+        write_atomic(spectrum, lambda tmp: save_npy(tmp, gen.texture_spectrum))
+    elif spectrum.exists():
+        spectrum.unlink()  # a stale one from another checkpoint
     return diffs
 
 

@@ -10,7 +10,9 @@ generator.pt keys (a plain dict, torch.save):
     latent_shape [C, h, w], tile_size, normalization (shared.normalization.metadata()),
     condition (text: the layout of the condition input), precision_trained,
     data {labelled, unlabelled, pixel_size}: the stores it learned from (path, train tiles, records
-    hash) and the labelled store's pixel size (shared.pixel_size JSON, nm; None: unknown), or None.
+    hash) and the labelled store's pixel size (shared.pixel_size JSON, nm; None: unknown), or None,
+    texture_spectrum (T, T//2 + 1) float32 tensor: the power spectrum of the VAE's residuals on
+    training tiles (shared.texture; older files lack it and cannot draw with --texture).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from generation_torch import checkpoint, precision
@@ -30,6 +33,7 @@ from shared.errors import UserError
 from shared.normalization import metadata as norm_metadata
 from shared.pixel_size import PixelSize
 from shared.sampling import SamplerSettings, TileNoise, tile_seeds
+from shared.texture import add_texture, residual_spectrum
 from shared.tiling import TILE
 
 CONDITION_LAYOUT = ("cond (B, 2, h, w) float32: [0] mask area-averaged to latent resolution in [0, 1], "
@@ -47,6 +51,7 @@ class Generator:
     autocast: torch.dtype | None = None
     pixel_size: PixelSize | None = None  # of the tiles it learned from (None: unknown)
     labelled_store: Path | None = None   # the store whose masks it learned (None: not recorded)
+    texture_spectrum: np.ndarray | None = None  # the decoder's residual power (None: not measured)
 
     @property
     def latent_size(self) -> int:
@@ -69,6 +74,9 @@ class Generator:
         request with `seed` and draws from that tile's own noise stream (shared.sampling, as the
         onnxruntime sampler): it does not depend on the batch it was drawn in."""
         settings = settings or SamplerSettings()
+        if settings.texture and self.texture_spectrum is None:
+            raise UserError("this generator has no texture spectrum (trained before it was measured): "
+                            "draw with --texture 0 or retrain its diffusion stage")
         self.vae.eval()
         self.unet.eval()
         noise = TileNoise(tile_seeds(seed, start, len(masks)))
@@ -83,15 +91,29 @@ class Generator:
         steps = settings.steps_for(self.schedule.timesteps)
         z = diffusion.sample(fn, x_T, self.schedule, settings.sampler, steps, eta=settings.eta,
                              prediction=self.prediction, noise_fn=noise_fn)
-        return self.decode(z)
+        images = self.decode(z)
+        if not settings.texture:
+            return images
+        textured = add_texture(images[:, 0].cpu().numpy(), self.texture_spectrum, settings.texture, noise)
+        return torch.from_numpy(textured)[:, None].to(images.device)
 
     def decode(self, z_scaled: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), precision.autocast(self.device, self.autocast):
             return self.vae.decoder(z_scaled / self.latent_scale).float().clamp(-1.0, 1.0)
 
 
+@torch.no_grad()
+def decoder_residual_spectrum(vae: VAE, images: torch.Tensor, batch_size: int = 16) -> np.ndarray:
+    """shared.texture.residual_spectrum of (N, 1, T, T) tiles against decode(posterior mean)."""
+    vae.eval()
+    device = next(vae.parameters()).device
+    recon = [vae.decoder(vae.encode(images[i:i + batch_size].to(device))[0]).float().clamp(-1, 1).cpu()
+             for i in range(0, len(images), batch_size)]
+    return residual_spectrum(images[:, 0].float().numpy(), torch.cat(recon)[:, 0].numpy())
+
+
 def product_dict(vae: VAE, unet: UNet, dcfg: DiffusionConfig, scale: float, trained_precision: str,
-                 data: dict | None = None) -> dict:
+                 data: dict | None = None, texture_spectrum: np.ndarray | None = None) -> dict:
     c = vae.cfg.latent_channels
     size = TILE // vae.cfg.downsample
     return {
@@ -103,6 +125,7 @@ def product_dict(vae: VAE, unet: UNet, dcfg: DiffusionConfig, scale: float, trai
         "latent_scale": float(scale), "latent_shape": [c, size, size], "tile_size": TILE,
         "normalization": norm_metadata(), "condition": CONDITION_LAYOUT,
         "precision_trained": trained_precision, "data": data,
+        **({"texture_spectrum": torch.from_numpy(texture_spectrum)} if texture_spectrum is not None else {}),
     }
 
 
@@ -122,6 +145,8 @@ def load_generator(path: Path, device: torch.device | None = None,
     data = saved.get("data") if isinstance(saved.get("data"), dict) else {}
     pixel_size = PixelSize.from_json(data.get("pixel_size"))  # older checkpoints: unknown
     labelled = (data.get("labelled") or {}).get("path")
+    spectrum = saved.get("texture_spectrum")
     return Generator(vae.to(device).eval(), unet.to(device).eval(), schedule, d["prediction"],
                      float(saved["latent_scale"]), device, autocast, pixel_size,
-                     Path(labelled) if labelled else None)
+                     Path(labelled) if labelled else None,
+                     None if spectrum is None else spectrum.float().numpy())

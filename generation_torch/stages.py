@@ -28,7 +28,7 @@ from generation_torch.data import (
     store_identity,
 )
 from generation_torch.distributed import barrier
-from generation_torch.pipeline import product_dict
+from generation_torch.pipeline import decoder_residual_spectrum, product_dict
 from generation_torch.tasks import DiffusionTask, VAETask
 from generation_torch.train_loop import LoopContext, fit
 from generation_torch.unet import UNet
@@ -104,11 +104,21 @@ def train_diffusion(store: TileStore, stage: DiffusionStage, ctx: LoopContext, t
     out = ctx.run_dir / "generator.pt"
     if state.finished and ctx.dist.main:
         pixel_size = store.pixel_size.to_json() if store.pixel_size else None
-        checkpoint.save(out, product_dict(vae.cpu(), unet.cpu(), stage.diffusion, scale, trained_precision,
-                                          data={**identity, "pixel_size": pixel_size}))
+        spectrum = decoder_residual_spectrum(vae.cpu(), texture_tiles(store, unlabelled))
+        checkpoint.save(out, product_dict(vae, unet.cpu(), stage.diffusion, scale, trained_precision,
+                                          data={**identity, "pixel_size": pixel_size},
+                                          texture_spectrum=spectrum))
         print(f"diffusion: best validation loss {state.best:.5f}; wrote {out}")
     barrier(ctx.dist)
     return out if state.finished else None
+
+
+def texture_tiles(store: TileStore, unlabelled: TileStore | None, n: int = 256) -> torch.Tensor:
+    """Up to n training tiles (labelled, then unlabelled) whose VAE residuals give the texture spectrum."""
+    images = load_images(store, "train")
+    if unlabelled is not None and len(images) < n:
+        images = torch.cat([images, load_images(unlabelled, "train")])
+    return images[:n]
 
 
 def _cached_or_encoded(vae: VAE, vae_path: Path, identity: dict, store: TileStore,

@@ -57,6 +57,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = _parse(text, float, "a number")
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def fraction(text: str) -> float:
     """A number in [0, 1)."""
     value = _parse(text, float, "a number")

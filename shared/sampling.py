@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shared import diffusion
-from shared.errors import positive_int, unit_interval
+from shared.errors import non_negative_float, positive_int, unit_interval
 
 # 2, not 1: the generators are trained with condition dropout for classifier-free guidance, and every
 # figure in the README (realism, ablation) was drawn at 2; at 1 tiles follow their masks even less.
@@ -34,6 +34,8 @@ class SamplerSettings:
     guidance: float = GUIDANCE        # classifier-free guidance scale (1 = conditional model only)
     guidance_rescale: float = 0.0     # 0-1, see diffusion.guided
     unconditional: bool = False       # ignore the masks (null condition)
+    texture: float = 0.0              # share of the decoder's residual power added back (shared.texture;
+    #                                   0: the decoded mean, 1: all of it)
 
     def __post_init__(self) -> None:
         if self.sampler not in diffusion.SAMPLERS:
@@ -42,6 +44,8 @@ class SamplerSettings:
             raise ValueError(f"steps must be in [1, {diffusion.TIMESTEPS}], got {self.steps}")
         if not 0.0 <= self.guidance_rescale <= 1.0:
             raise ValueError(f"guidance_rescale must be in [0, 1], got {self.guidance_rescale}")
+        if self.texture < 0:
+            raise ValueError(f"texture must be >= 0, got {self.texture}")
 
     def steps_for(self, timesteps: int) -> int:
         """The steps to walk on a schedule of `timesteps` (the sampler's default when unset)."""
@@ -58,7 +62,7 @@ class SamplerSettings:
     def provenance(self) -> dict[str, object]:
         """What a synthetic tile's record says about how it was drawn."""
         return {"sampler": self.sampler, "steps": self.steps_for(diffusion.TIMESTEPS), "eta": self.eta,
-                "guidance": self.scale, "guidance_rescale": self.guidance_rescale}
+                "guidance": self.scale, "guidance_rescale": self.guidance_rescale, "texture": self.texture}
 
 
 def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
@@ -76,11 +80,14 @@ def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
                         help="0-1: rescale the guided prediction to the conditional one's std (tames the "
                              "over-saturated contrast of large guidance; Lin et al. 2024 use 0.7); 0 = off")
     parser.add_argument("--unconditional", action="store_true", help="ignore the masks (null condition)")
+    parser.add_argument("--texture", type=non_negative_float, default=d.texture,
+                        help="add back this share of the texture the VAE decoder cannot predict (noise "
+                             "with the spectrum of its training residuals; 1 = all of it, 0 = off)")
 
 
 def settings_from_args(args: argparse.Namespace) -> SamplerSettings:
     return SamplerSettings(args.sampler, args.steps, args.eta, args.guidance, args.guidance_rescale,
-                           args.unconditional)
+                           args.unconditional, args.texture)
 
 
 def settings_to_flags(settings: SamplerSettings) -> list[str]:
@@ -89,6 +96,7 @@ def settings_to_flags(settings: SamplerSettings) -> list[str]:
     flags = ["--sampler", settings.sampler, "--eta", str(settings.eta), "--guidance", str(settings.guidance),
              "--guidance-rescale", str(settings.guidance_rescale)]
     flags += ["--steps", str(settings.steps)] if settings.steps is not None else []
+    flags += ["--texture", str(settings.texture)] if settings.texture else []
     return flags + (["--unconditional"] if settings.unconditional else [])
 
 

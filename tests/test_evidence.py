@@ -129,10 +129,10 @@ def test_the_instrument_calibrates_itself_first_then_answers_with_the_main_recip
     assert order[:8] == calib  # real only and A/A at the ladder's k, every seed
     main = [Cell(k, "images_plentiful", 0.3, s, "levers") for k in (1, 2) for s in (0, 1)]
     assert order[8:12] == main  # each generator's seeds follow it
-    ladder = [Cell(k, "images_plentiful", 0.3, s, r) for r in ("today", "spade", "texture", "levers_pretrain")
-              for k in (1, 2) for s in (0, 1)]
-    assert order[12:28] == ladder  # the other rungs at k = 1, 2 only, the baseline first
-    assert order[28:31] == [Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0), Cell(0, "reference", 0.0, 0)]
+    rungs = ("today", "spade", "texture", "levers_pretrain", "spectral_vae")
+    ladder = [Cell(k, "images_plentiful", 0.3, s, r) for r in rungs for k in (1, 2) for s in (0, 1)]
+    assert order[12:32] == ladder  # the other rungs at k = 1, 2 only, the baseline first
+    assert order[32:35] == [Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0), Cell(0, "reference", 0.0, 0)]
     assert order.index(Cell(0, "images_plentiful", 0.3, 0, "levers")) < order.index(
         Cell(1, "images_plentiful", 0.2, 0))  # the main recipe on the whole pool before the ratio sweep
     assert not [c for c in order if c.arm == "strict" and c.k == 0]
@@ -140,11 +140,12 @@ def test_the_instrument_calibrates_itself_first_then_answers_with_the_main_recip
 
 
 def test_recipes_share_generators_and_stores_only_when_their_flags_agree(tmp_path):
-    from bench.evidence import LEVERS, LEVERS_PRETRAIN, SPADE, TEXTURE, TODAY, segmenter_flags
+    from bench.evidence import LEVERS, LEVERS_PRETRAIN, SPADE, SPECTRAL, TEXTURE, TODAY, segmenter_flags
 
-    assert LEVERS.generator == TEXTURE.generator != SPADE.generator != TODAY.generator
-    assert TEXTURE.vae == LEVERS.vae != SPADE.vae == TODAY.vae  # the spectrum loss trains its own VAE
-    assert LEVERS.store == LEVERS_PRETRAIN.store != TEXTURE.store  # composed vs labelled masks
+    assert LEVERS.generator == TEXTURE.generator == SPADE.generator != TODAY.generator
+    assert SPECTRAL.vae != SPADE.vae == TODAY.vae == LEVERS.vae  # the spectrum loss trains its own VAE
+    assert LEVERS.store == LEVERS_PRETRAIN.store != TEXTURE.store != SPADE.store  # masks; texture
+    assert TEXTURE.sampling.texture == 1.0 and "_t1" in TEXTURE.store
     assert "--no-mask-every-level" in TODAY.denoiser_flags and SPADE.sampling.guidance == 2.0
     cfg = EvidenceConfig()
     bench = Bench(cfg, tmp_path, np.zeros((1, 1, 1)), np.zeros((1, 1, 1)), Layout.of(27, cfg), tmp_path / "l")

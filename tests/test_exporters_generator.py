@@ -9,7 +9,7 @@ from .conftest import assert_one_line_error, run_module
 torch = pytest.importorskip("torch")
 
 
-def tiny_checkpoint(path):
+def tiny_checkpoint(path, texture=True):
     from generation_torch import checkpoint
     from generation_torch.config import DiffusionConfig, UNetConfig, VAEConfig
     from generation_torch.pipeline import product_dict
@@ -20,7 +20,10 @@ def tiny_checkpoint(path):
     vae = VAE(VAEConfig(channels=(8, 16, 16)))
     unet = UNet(UNetConfig(channels=(16, 32, 32), time_dims=(32, 64, 64), heads=2))
     torch.nn.init.normal_(unet.head[-1].weight, std=0.05)  # the zero-initialized head would hide errors
-    checkpoint.save(path, product_dict(vae, unet, DiffusionConfig(schedule="cosine"), 0.8, "float32"))
+    fy, fx = np.meshgrid(np.fft.fftfreq(256), np.fft.rfftfreq(256), indexing="ij")
+    spectrum = (0.02 * np.hypot(fy, fx)).astype(np.float32)  # residual power rising with frequency
+    checkpoint.save(path, product_dict(vae, unet, DiffusionConfig(schedule="cosine"), 0.8, "float32",
+                                       texture_spectrum=spectrum if texture else None))
     return path
 
 
@@ -114,7 +117,7 @@ def test_sampling_is_deterministic_per_seed(exported):
 
 
 # a stochastic sampler with guidance and rescale: every random draw and both condition halves count
-STOCHASTIC = dict(sampler="ddim", steps=5, eta=1.0, guidance=3.0, guidance_rescale=0.5)
+STOCHASTIC = dict(sampler="ddim", steps=5, eta=1.0, guidance=3.0, guidance_rescale=0.5, texture=0.8)
 
 
 def torch_tiles(ckpt, masks, settings, seed, batch_size):
@@ -219,3 +222,28 @@ def test_export_refuses_foreign_checkpoint(tmp_path):
     proc = run_module("exporters.torch_onnx", "--checkpoint", tmp_path / "x.pt", "--out", tmp_path / "o")
     assert_one_line_error(proc, "x.pt")
     assert not (tmp_path / "o").exists()
+
+
+def test_texture_adds_the_residual_spectrum_by_both_paths_and_needs_one(exported, tmp_path):
+    """--texture adds noise of the decoder's residual spectrum (high frequencies here) after decoding,
+    the same by PyTorch and onnxruntime; a generator without a spectrum refuses it in one line."""
+    from exporters.runtime import Generator, InputError
+    from shared.errors import UserError
+    from shared.sampling import SamplerSettings
+
+    ckpt, folder = exported
+    masks = blob_masks(3, seed=4)
+    plain, textured = (torch_tiles(ckpt, masks, SamplerSettings("ddim", 3, texture=t), 1, 3) for t in (0, 1))
+    added = np.fft.rfft2(textured - plain)
+    assert np.abs(added[..., 100:, 50:]).mean() > 3 * np.abs(added[..., :8, :8]).mean()  # high-pass, as S
+    ort = ort_tiles(folder, masks, SamplerSettings("ddim", 3, texture=1), 1, 2)
+    assert np.abs(ort - textured).max() <= 1e-3
+    bare = tiny_checkpoint(tmp_path / "bare.pt", texture=False)
+    with pytest.raises(UserError, match="no texture spectrum"):
+        torch_tiles(bare, masks, SamplerSettings("ddim", 2, texture=1), 0, 3)
+    proc = run_module("exporters.torch_onnx", "--checkpoint", bare, "--out", tmp_path / "bare")
+    assert proc.returncode == 0 and not (tmp_path / "bare" / "texture_spectrum.npy").exists()
+    with pytest.raises(InputError, match="texture_spectrum.npy"):
+        Generator(tmp_path / "bare", device="cpu").generate(masks, SamplerSettings("ddim", 2, texture=1))
+    bare_tiles = Generator(tmp_path / "bare", device="cpu").generate(masks, SamplerSettings("ddim", 2))
+    assert bare_tiles.shape == (3, 256, 256)

@@ -68,6 +68,10 @@ def test_train_writes_products_and_tensorboard(trained):
         assert (trained / name).is_file(), name
     gen = load_generator(trained / "generator.pt")
     assert gen.latent_scale > 0 and gen.schedule.timesteps == 1000
+    # the decoder's residual spectrum, measured on the training tiles: positive, and its mean is the
+    # reconstruction error's variance (a barely trained VAE: far from 0)
+    assert gen.texture_spectrum.shape == (256, 129) and gen.texture_spectrum.min() >= 0
+    assert 0.01 < gen.texture_spectrum.mean() < 2.0
     acc = EventAccumulator(str(trained / "tb"), size_guidance={"images": 0}).Reload()
     scalars, images = set(acc.Tags()["scalars"]), set(acc.Tags()["images"])
     for tag in ("vae/train_loss", "vae/val_loss", "vae/lr", "vae/train_mse", "vae/samples_per_s",
