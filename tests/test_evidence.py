@@ -5,6 +5,7 @@ themselves run in `python -m bench.evidence`, not here)."""
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,3 +220,38 @@ def test_published_paths_name_no_folder_of_this_machine():
     assert shown("/tmp/some_scratch/seg_run") == "<scratch>/seg_run"
     assert shown_command("bench.x", ["--model", "/tmp/s/run", "--json", "docs/x.json"]) == \
         "python -m bench.x --model <scratch>/run --json docs/x.json"
+
+
+def test_each_recipe_trains_and_draws_with_its_own_flags(tmp_path, monkeypatch):
+    """The commands a recipe's cell runs: the VAE stage gets only VAE flags and runs once per VAE
+    recipe; the denoiser stage only denoiser flags; sampling the recipe's masks, guidance, texture."""
+    from bench.evidence import SPECTRAL
+
+    cfg = EvidenceConfig(ks=(1, 0))
+    images, masks = phantom_stack(12, seed=0, config=PhantomConfig(height=256, width=256))
+    bench = Bench(cfg, tmp_path, images, masks, Layout.of(len(images), cfg), tmp_path / "log")
+    calls = []
+
+    def fake_run(args, log):
+        calls.append(args)
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        product = {"generation_torch.sample": "manifest.json"}.get(args[0])
+        product = product or ("vae.pt" if "vae" in args else "generator.pt")
+        (out / product).write_text("{}")
+
+    monkeypatch.setattr(evidence, "run", fake_run)
+    for recipe in ("levers", "texture", "spectral_vae"):
+        bench.generator(Cell(1, "images_plentiful", 0.3, 0, recipe))
+    stages = [(c[c.index("--stage") + 1], c) for c in calls if c[0] == "generation_torch.train"]
+    vaes = [c for stage, c in stages if stage == "vae"]
+    assert len(vaes) == 2 and "--spectral-weight" in vaes[1] and "--spectral-weight" not in vaes[0]
+    denoisers = [c for stage, c in stages if stage == "diffusion"]
+    assert len(denoisers) == 2  # levers and texture share the spade generator; spectral_vae has its own
+    assert all("--mask-every-level" in c and "--spectral-weight" not in c for c in denoisers)
+    samples = [c for c in calls if c[0] == "generation_torch.sample"]
+    assert len(samples) == 3
+    assert samples[0][samples[0].index("--mask-source") + 1] == "composed"
+    assert samples[0][samples[0].index("--texture") + 1] == "1.0"
+    assert samples[2][samples[2].index("--mask-source") + 1] == "labelled" and "--texture" not in samples[2]
+    assert SPECTRAL.sampling.guidance == 2.0 == float(samples[2][samples[2].index("--guidance") + 1])
