@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -41,9 +40,9 @@ import numpy as np
 
 from bench.common import ROOT, machine
 from bench.stats import paired_interval, seeds_needed, t_interval
-from bench.synthetic_ablation import load_volume, make_store, run
+from bench.synthetic_ablation import load_volume, make_store, run, synthetic_store, train_generator
 from shared.atomic import write_json_atomic
-from shared.sampling import SamplerSettings, settings_to_flags
+from shared.sampling import SamplerSettings
 from shared.splits import z_block_split
 from shared.tiff_io import write_stack
 
@@ -267,29 +266,12 @@ class Bench:
         the labelled tiles with its null-condition branch on every pool image; strict (k > 0): both
         stages on the labelled tiles only. On the whole pool the two regimes coincide."""
         recipe, gen_dir = self.cfg.recipe(cell.recipe), self.generator_dir(cell)
-        checkpoint = gen_dir / "generator.pt"
-        common = [*self.cfg.generator_flags, "--seed", "0", "--no-progress"]
-        if not checkpoint.exists() and cell.arm == "strict" and cell.k != 0:
-            run(["generation_torch.train", "--store", str(self.store(cell.k)), "--out", str(gen_dir), *common,
-                 *recipe.vae_flags, *recipe.denoiser_flags], self.log)
-        elif not checkpoint.exists():
-            vae_dir = self.work / f"pool_vae_{recipe.vae}"
-            if not (vae_dir / "vae.pt").exists():
-                run(["generation_torch.train", "--store", str(self.store(0)), "--stage", "vae", "--out",
-                     str(vae_dir), *common, *recipe.vae_flags], self.log)
-            gen_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(vae_dir / "vae.pt", gen_dir / "vae.pt")
-            run(["generation_torch.train", "--store", str(self.store(cell.k)), "--unlabelled-store",
-                 str(self.store(0)), "--stage", "diffusion", "--out", str(gen_dir), *common,
-                 *recipe.denoiser_flags], self.log)
-        out = self.synthetic_dir(cell)
-        if not (out / "manifest.json").exists():
-            shutil.rmtree(out, ignore_errors=True)  # a crash mid-append leaves a partial store
-            run(["generation_torch.sample", "--checkpoint", str(checkpoint), "--masks-from",
-                 str(self.store(cell.k)), "--mask-source", recipe.mask_source, "--n",
-                 str(self.cfg.n_synthetic), "--out", str(out), "--seed", "0", "--no-progress", "--grid",
-                 str(out.with_suffix(".png")), *settings_to_flags(recipe.sampling)], self.log)
-        return out
+        labelled, pool = self.store(cell.k), self.store(0)
+        checkpoint = train_generator(gen_dir, 0, cell.arm, cell.k == 0, labelled, pool, self.work, self.cfg,
+                                     self.log, vae_dir=self.work / f"pool_vae_{recipe.vae}",
+                                     vae_flags=recipe.vae_flags, denoiser_flags=recipe.denoiser_flags)
+        return synthetic_store(gen_dir, checkpoint, labelled, self.cfg, recipe.sampling, 0, self.log,
+                               out=self.synthetic_dir(cell), mask_source=recipe.mask_source)
 
 
 def segmenter_flags(cell: Cell, cfg: EvidenceConfig, synthetic: Path | None) -> list[str]:

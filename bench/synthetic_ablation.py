@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -72,7 +73,6 @@ class AblationConfig:
 class GeneratorRecipe(Protocol):
     """How a bench trains and samples its generators (AblationConfig, bench.evidence.EvidenceConfig)."""
     generator_flags: tuple[str, ...]
-    sampling: SamplerSettings
     n_synthetic: int
 
 
@@ -171,38 +171,44 @@ def generator_dir(work: Path, cell: Cell, cfg: AblationConfig) -> tuple[Path, in
 
 
 def train_generator(gen_dir: Path, seed: int, regime: str, covers_pool: bool, labelled: Path, pool: Path,
-                    work: Path, cfg: GeneratorRecipe, log: Path) -> Path:
-    """strict: VAE + denoiser on the labelled tiles. images_plentiful: one VAE per seed on every pool
-    image (shared by all k), then the denoiser on the labelled tiles, its null-condition branch on all
-    pool images (`--unlabelled-store`). A strict run whose labelled tiles are the whole pool is the
-    same thing, so it takes the same path."""
+                    work: Path, cfg: GeneratorRecipe, log: Path, *, vae_dir: Path | None = None,
+                    vae_flags: Sequence[str] = (), denoiser_flags: Sequence[str] = ()) -> Path:
+    """strict: VAE + denoiser on the labelled tiles. images_plentiful: one VAE on every pool image
+    (`vae_dir`, default one per seed; shared by all k), then the denoiser on the labelled tiles, its
+    null-condition branch on all pool images (`--unlabelled-store`). A strict run whose labelled tiles
+    are the whole pool is the same thing, so it takes the same path. `vae_flags` and `denoiser_flags`
+    go to their own stage only."""
     product = gen_dir / "generator.pt"
     if product.exists():
         return product
     common = [*cfg.generator_flags, "--seed", str(seed), "--no-progress"]
     if regime == "strict" and not covers_pool:
-        run(["generation_torch.train", "--store", str(labelled), "--out", str(gen_dir), *common], log)
+        run(["generation_torch.train", "--store", str(labelled), "--out", str(gen_dir), *common, *vae_flags,
+             *denoiser_flags], log)
         return product
-    pool_vae = work / f"pool_vae_s{seed}"
+    pool_vae = vae_dir or work / f"pool_vae_s{seed}"
     if not (pool_vae / "vae.pt").exists():
         run(["generation_torch.train", "--store", str(pool), "--stage", "vae", "--out", str(pool_vae),
-             *common], log)
+             *common, *vae_flags], log)
     gen_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(pool_vae / "vae.pt", gen_dir / "vae.pt")
     run(["generation_torch.train", "--store", str(labelled), "--unlabelled-store", str(pool),
-         "--stage", "diffusion", "--out", str(gen_dir), *common], log)
+         "--stage", "diffusion", "--out", str(gen_dir), *common, *denoiser_flags], log)
     return product
 
 
-def synthetic_store(gen_dir: Path, checkpoint: Path, labelled: Path, cfg: GeneratorRecipe, seed: int,
-                    log: Path) -> Path:
-    out = gen_dir / "synthetic"
+def synthetic_store(gen_dir: Path, checkpoint: Path, labelled: Path, cfg: GeneratorRecipe,
+                    sampling: SamplerSettings, seed: int, log: Path, *, out: Path | None = None,
+                    mask_source: str = "labelled") -> Path:
+    """Draw cfg.n_synthetic tiles into `out` (default GEN/synthetic, its grid GEN/samples.png)."""
+    grid = gen_dir / "samples.png" if out is None else out.with_suffix(".png")
+    out = out or gen_dir / "synthetic"
     if not (out / "manifest.json").exists():
         # a crash mid-append leaves a partial store: start it again
         shutil.rmtree(out, ignore_errors=True)
         run(["generation_torch.sample", "--checkpoint", str(checkpoint), "--masks-from", str(labelled),
-             "--n", str(cfg.n_synthetic), "--out", str(out), "--seed", str(seed), "--no-progress",
-             "--grid", str(gen_dir / "samples.png"), *settings_to_flags(cfg.sampling)], log)
+             "--mask-source", mask_source, "--n", str(cfg.n_synthetic), "--out", str(out), "--seed",
+             str(seed), "--no-progress", "--grid", str(grid), *settings_to_flags(sampling)], log)
     return out
 
 
@@ -253,7 +259,7 @@ def run_cell(cell: Cell, ctx: AblationRun) -> dict:
         gen_dir, gen_seed = generator_dir(work, cell, cfg)
         ckpt = train_generator(gen_dir, gen_seed, cell.regime, labelled == ctx.pool, labelled_store,
                                ctx.store("pool_store", ctx.pool), work, cfg, log)
-        synthetic = synthetic_store(gen_dir, ckpt, labelled_store, cfg, gen_seed, log)
+        synthetic = synthetic_store(gen_dir, ckpt, labelled_store, cfg, cfg.sampling, gen_seed, log)
     name = "real_only" if cell.ratio == 0 else f"seg_{cell.regime}_r{cell.ratio:g}"
     seg_dir = work / f"k{cell.k}_s{cell.seed}" / name
     seg_dir.parent.mkdir(exist_ok=True)

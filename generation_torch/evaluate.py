@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from generation_torch import checkpoint, metrics, precision
-from generation_torch.pipeline import Generator, load_generator
+from generation_torch.pipeline import Generator, load_generator, reconstruct
 from generation_torch.sample import add_run_flags, generate_tiles, sampler_settings
 from generation_torch.stages import VAE_FORMAT, load_vae
 from generation_torch.two_sample import TwoSampleConfig, two_sample_accuracy
@@ -37,11 +37,7 @@ from shared.store import TileStore
 def reconstruction(gen: Generator, images: np.ndarray, batch_size: int = 16
                    ) -> tuple[dict[str, float], np.ndarray]:
     """MSE/PSNR of decode(posterior mean) against the input tiles, and the reconstructions."""
-    out = np.empty(images.shape, np.float32)
-    for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[start:start + batch_size])[:, None].to(gen.device)
-        with torch.no_grad(), precision.autocast(gen.device, gen.autocast):
-            out[start:start + len(x)] = gen.vae.decoder(gen.vae.encode(x)[0]).float()[:, 0].cpu().numpy()
+    out = reconstruct(gen.vae, images, batch_size, gen.device, gen.autocast)
     value = metrics.mse(out, images)
     return {"recon_mse": value, "recon_psnr": metrics.psnr(value)}, out
 

@@ -103,13 +103,23 @@ class Generator:
 
 
 @torch.no_grad()
-def decoder_residual_spectrum(vae: VAE, images: torch.Tensor, batch_size: int = 16) -> np.ndarray:
-    """shared.texture.residual_spectrum of (N, 1, T, T) tiles against decode(posterior mean)."""
+def reconstruct(vae: VAE, images: np.ndarray, batch_size: int = 16, device: torch.device | None = None,
+                autocast: torch.dtype | None = None) -> np.ndarray:
+    """decode(posterior mean) of (N, T, T) tiles in [-1, 1]: float32 (N, T, T), unclamped."""
     vae.eval()
-    device = next(vae.parameters()).device
-    recon = [vae.decoder(vae.encode(images[i:i + batch_size].to(device))[0]).float().clamp(-1, 1).cpu()
-             for i in range(0, len(images), batch_size)]
-    return residual_spectrum(images[:, 0].float().numpy(), torch.cat(recon)[:, 0].numpy())
+    device = device or next(vae.parameters()).device
+    out = np.empty(images.shape, np.float32)
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))[:, None].to(device)
+        with precision.autocast(device, autocast):
+            out[start:start + len(x)] = vae.decoder(vae.encode(x)[0]).float()[:, 0].cpu().numpy()
+    return out
+
+
+def decoder_residual_spectrum(vae: VAE, images: np.ndarray) -> np.ndarray:
+    """shared.texture.residual_spectrum of (N, T, T) tiles against their reconstructions, clamped to
+    [-1, 1] as generated tiles are."""
+    return residual_spectrum(images, np.clip(reconstruct(vae, images), -1.0, 1.0))
 
 
 def product_dict(vae: VAE, unet: UNet, dcfg: DiffusionConfig, scale: float, trained_precision: str,

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from generation_torch import checkpoint, precision
@@ -113,12 +114,13 @@ def train_diffusion(store: TileStore, stage: DiffusionStage, ctx: LoopContext, t
     return out if state.finished else None
 
 
-def texture_tiles(store: TileStore, unlabelled: TileStore | None, n: int = 256) -> torch.Tensor:
-    """Up to n training tiles (labelled, then unlabelled) whose VAE residuals give the texture spectrum."""
+def texture_tiles(store: TileStore, unlabelled: TileStore | None, n: int = 256) -> np.ndarray:
+    """Up to n (N, T, T) training tiles (labelled, then unlabelled) whose VAE residuals give the
+    texture spectrum."""
     images = load_images(store, "train")
     if unlabelled is not None and len(images) < n:
         images = torch.cat([images, load_images(unlabelled, "train")])
-    return images[:n]
+    return images[:n, 0].numpy()
 
 
 def _cached_or_encoded(vae: VAE, vae_path: Path, identity: dict, store: TileStore,

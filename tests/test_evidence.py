@@ -240,7 +240,9 @@ def test_each_recipe_trains_and_draws_with_its_own_flags(tmp_path, monkeypatch):
         product = product or ("vae.pt" if "vae" in args else "generator.pt")
         (out / product).write_text("{}")
 
-    monkeypatch.setattr(evidence, "run", fake_run)
+    from bench import synthetic_ablation
+
+    monkeypatch.setattr(synthetic_ablation, "run", fake_run)  # the generator helpers evidence shares
     for recipe in ("levers", "texture", "spectral_vae"):
         bench.generator(Cell(1, "images_plentiful", 0.3, 0, recipe))
     stages = [(c[c.index("--stage") + 1], c) for c in calls if c[0] == "generation_torch.train"]
