@@ -82,6 +82,10 @@ LEVERS_PRETRAIN = replace(LEVERS, name="levers_pretrain", fit_flags=("--syntheti
 # term is ~0.1-0.2 on blurred reconstructions against an MSE of ~0.005, so 0.02 makes them comparable
 SPECTRAL = replace(SPADE, name="spectral_vae", generator="spade_spectral", vae="spectral",
                    vae_flags=("--spectral-weight", "0.02"))
+# the SPADE denoiser trained with Min-SNR-5 loss weights (noisy timesteps, where the layout is decided,
+# weigh as much as nearly clean ones): the first SPADE generator ignored its masks at guidance 2
+MINSNR = replace(SPADE, name="minsnr", generator="spade_minsnr",
+                 denoiser_flags=("--mask-every-level", "--min-snr-gamma", "5"))
 
 
 @dataclass(frozen=True)
@@ -94,18 +98,20 @@ class EvidenceConfig:
     n_synthetic: int = 128
     # a fixed step budget (no time limit: a cell must not depend on the machine's speed); 128 px crops
     # of whole slices cost a quarter of 256 px tiles per step, and predictions still run on 256 px
-    # windows with overlap and 8-fold TTA (both lower the seed-to-seed spread)
+    # windows with overlap and 8-fold TTA (both lower the seed-to-seed spread). One precision on every
+    # machine, so arms paired by seed differ only in their data: bf16 (2.2x faster on AMX Xeons,
+    # 0.8x on the EPYCs) rather than float32 or "auto", which would pair bf16 arms with float32 ones
     segmenter_flags: tuple[str, ...] = ("--preset", "real", "--base-width", "16", "--crop", "128",
                                         "--batch-size", "16", "--epochs", "20", "--steps-per-epoch", "40",
                                         "--patience", "1000", "--time-limit", "100000", "--overlap", "64",
-                                        "--tta")
+                                        "--tta", "--precision", "mixed_bfloat16")
     # the reference a user gets from the documented command, on the same blocks
     reference_flags: tuple[str, ...] = ("--preset", "real", "--time-limit", "100000")
     # every recipe's generator budget (its own flags come on top)
     generator_flags: tuple[str, ...] = ("--preset", "real", "--vae-minutes", "4", "--diffusion-minutes", "8",
                                         "--steps-per-epoch", "50", "--visual-every", "0")
     # the first is the baseline
-    recipes: tuple[Recipe, ...] = (TODAY, SPADE, TEXTURE, LEVERS, LEVERS_PRETRAIN, SPECTRAL)
+    recipes: tuple[Recipe, ...] = (TODAY, SPADE, TEXTURE, LEVERS, LEVERS_PRETRAIN, SPECTRAL, MINSNR)
     main_recipe: str = "levers"                     # every generator lever: first after calibration, every k
     lever_ks: tuple[int, ...] = (1, 2)              # where the ladder's rungs run
     lever_ratio: float = 0.3
@@ -148,7 +154,7 @@ PRESETS = {
         segmenter_flags=("--preset", "real", "--patience", "1000", "--time-limit", "100000"),
         generator_flags=("--preset", "full",),
         recipes=tuple(replace(r, sampling=replace(r.sampling, sampler="ddim", steps=50))
-                      for r in (TODAY, SPADE, TEXTURE, LEVERS, LEVERS_PRETRAIN, SPECTRAL))),
+                      for r in (TODAY, SPADE, TEXTURE, LEVERS, LEVERS_PRETRAIN, SPECTRAL, MINSNR))),
 }
 
 
@@ -260,18 +266,26 @@ class Bench:
     def synthetic_dir(self, cell: Cell) -> Path:
         return self.generator_dir(cell) / self.cfg.recipe(cell.recipe).store
 
-    def generator(self, cell: Cell) -> Path:
-        """Train (or reuse) the cell's generator and draw its synthetic store. images_plentiful: the
-        recipe's VAE on every pool image (one per VAE recipe, shared by every k), then the denoiser on
-        the labelled tiles with its null-condition branch on every pool image; strict (k > 0): both
-        stages on the labelled tiles only. On the whole pool the two regimes coincide."""
-        recipe, gen_dir = self.cfg.recipe(cell.recipe), self.generator_dir(cell)
-        labelled, pool = self.store(cell.k), self.store(0)
-        checkpoint = train_generator(gen_dir, 0, cell.arm, cell.k == 0, labelled, pool, self.work, self.cfg,
-                                     self.log, vae_dir=self.work / f"pool_vae_{recipe.vae}",
-                                     vae_flags=recipe.vae_flags, denoiser_flags=recipe.denoiser_flags)
-        return synthetic_store(gen_dir, checkpoint, labelled, self.cfg, recipe.sampling, 0, self.log,
-                               out=self.synthetic_dir(cell), mask_source=recipe.mask_source)
+    def checkpoint(self, cell: Cell) -> Path:
+        """Train (or reuse) the cell's generator. images_plentiful: the recipe's VAE on every pool image
+        (one per VAE recipe, shared by every k), then the denoiser on the labelled tiles with its
+        null-condition branch on every pool image; strict (k > 0): both stages on the labelled tiles
+        only. On the whole pool the two regimes coincide."""
+        recipe = self.cfg.recipe(cell.recipe)
+        return train_generator(self.generator_dir(cell), 0, cell.arm, cell.k == 0, self.store(cell.k),
+                               self.store(0), self.work, self.cfg, self.log,
+                               vae_dir=self.work / f"pool_vae_{recipe.vae}", vae_flags=recipe.vae_flags,
+                               denoiser_flags=recipe.denoiser_flags)
+
+    def generator(self, cell: Cell, sampling: SamplerSettings | None = None) -> Path:
+        """The cell's synthetic store, drawn by its trained generator (with the recipe's sampling
+        unless another is given)."""
+        recipe = self.cfg.recipe(cell.recipe)
+        if sampling is not None:
+            recipe = replace(recipe, sampling=sampling)
+        out = self.generator_dir(cell) / recipe.store
+        return synthetic_store(self.generator_dir(cell), self.checkpoint(cell), self.store(cell.k), self.cfg,
+                               recipe.sampling, 0, self.log, out=out, mask_source=recipe.mask_source)
 
 
 def segmenter_flags(cell: Cell, cfg: EvidenceConfig, synthetic: Path | None) -> list[str]:
@@ -302,7 +316,8 @@ def run_cell(cell: Cell, bench: Bench) -> dict:
     return {**asdict(cell), "labelled_slices": bench.layout.labelled(cell.k, bench.cfg),
             "test_iou": json.loads(scores_path.read_text())["iou"], "val_iou": summary["calibration"]["iou"],
             "train_minutes": round(summary["train_seconds_this_process"] / 60, 2),
-            "minutes": round((time.time() - start) / 60, 2)}
+            "minutes": round((time.time() - start) / 60, 2), "cpu": machine()["cpu"],
+            "precision": summary["policy"]}
 
 
 def generator_key(cell: Cell) -> str:
@@ -494,12 +509,20 @@ def plot(results: dict, cfg: EvidenceConfig, path: Path) -> None:
     plt.close(fig)
 
 
+def cost_by_cpu(results: dict) -> list[dict]:
+    """Minutes spent per CPU model (2 cores each): in all, and per real-only or A/A cell."""
+    rows = []
+    for cpu in sorted({c.get("cpu", "AMD EPYC") for c in results.values()}):  # unmarked cells: EPYC
+        own = [c for c in results.values() if c.get("cpu", "AMD EPYC") == cpu]
+        seg = [c["minutes"] for c in own if c["arm"] in ("real_only", "aa")]
+        rows.append({"cpu": cpu, "cells": len(own), "minutes": round(sum(c["minutes"] for c in own), 1),
+                     "minutes_per_real_only_cell": round(float(np.mean(seg)), 2) if seg else None})
+    return rows
+
+
 def write_results(path: Path, results: dict, bench: Bench, name: str, source: str,
-                  generators: dict | None = None) -> None:
+                  generators: dict | None = None, note: str | None = None) -> None:
     cfg, layout = bench.cfg, bench.layout
-    minutes = sum(c["minutes"] for c in results.values())
-    seg_minutes = [c["minutes"] for c in results.values() if c["arm"] in ("real_only", "aa")]
-    per_cell = round(float(np.mean(seg_minutes)), 2) if seg_minutes else None
     todo = len([c for c in cells(cfg, results) if c.key not in results])
     write_json_atomic(path, {
         "machine": machine(), "command": f"python -m bench.evidence --preset {name}", "source": source,
@@ -510,13 +533,11 @@ def write_results(path: Path, results: dict, bench: Bench, name: str, source: st
                 "<= 0.01; whole-pool budget within 0.02 of --preset real; then: synthetic gains with 95% "
                 "intervals",
         "cells_done": f"{len(results)} of {len(results) + todo}",
-        "cost": {"cpu_minutes_so_far": round(minutes, 1),
-                 "mean_minutes_per_real_only_cell": per_cell,
-                 "cpu": machine()["cpu"], "cores": machine()["cores"]},
+        "cost": cost_by_cpu(results),
         "rows": real_only_rows(results, cfg), "rise": rise_rows(results, cfg),
         "noise_floor": noise_floor(results, cfg), "reference": reference_row(results, cfg),
         "gains": gain_rows(results, cfg), "generators": list((generators or {}).values()),
-        "results_by_cell": results, "figures": [f"{path.stem}.png"]})
+        "results_by_cell": results, "figures": [f"{path.stem}.png"], **({"note": note} if note else {})})
     if any(row["n"] >= 2 for row in real_only_rows(results, cfg)):
         plot(results, cfg, path.with_suffix(".png"))
 
@@ -550,11 +571,11 @@ def main(argv: list[str] | None = None) -> None:
         results[cell.key] = run_cell(cell, bench)
         for gen_cell in generators_to_measure(results, generators, bench):
             generators[generator_key(gen_cell)] = generator_figures(gen_cell, bench)
-        write_results(results_path, results, bench, args.preset, source, generators)
+        write_results(results_path, results, bench, args.preset, source, generators, saved.get("note"))
         done += 1
         print(f"  test IoU {results[cell.key]['test_iou']:.4f}, val IoU {results[cell.key]['val_iou']:.4f} "
               f"({results[cell.key]['minutes']} min)", flush=True)
-    write_results(results_path, results, bench, args.preset, source, generators)
+    write_results(results_path, results, bench, args.preset, source, generators, saved.get("note"))
     print(f"results in {results_path}")
 
 

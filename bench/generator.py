@@ -48,7 +48,7 @@ class EncodePerStepTask(DiffusionTask):
         with torch.no_grad():
             mean, logvar = self.vae.encode(x)
         z0 = self.scale * (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=g))
-        x_t, t, target = self.noisy_batch(z0.float(), g)
+        x_t, t, target, _ = self.noisy_batch(z0.float(), g)
         cond = mask_condition(dihedral(self.masks[idx], k), z0.shape[-1])
         pred = model(x_t, cond, t.float())
         return F.mse_loss(pred.float(), target), {}

@@ -40,6 +40,7 @@ TABLE_TITLES = {
     "generators": "Each generator's tiles: mask fidelity (judge: the real-only segmenter of the same k "
                   "slices) beside that judge on real test tiles; realism against the test tiles beside the "
                   "real pool's floor; classifier two-sample accuracy (0.5: indistinguishable)",
+    "cost": "Cost so far per CPU model (2 cores)",
     "fidelity": "Mask fidelity: the whole-pool real-only segmenter on generated tiles vs their conditioning "
                 "masks, beside the same segmenter on held-out real test tiles",
 }
@@ -83,7 +84,7 @@ def section(path: Path, title: str) -> list[str]:
         figures = ", ".join(f"{k} {cell(v)}" for k, v in summary.items())
         lines += ["", f"{TABLE_TITLES['noise_floor']}: {figures}", "", *table(floor["per_k"])]
     lines.append("")
-    for name in ("rows", "rise", "gains", "generators", "fidelity", "cells", "results"):
+    for name in ("rows", "rise", "gains", "generators", "fidelity", "cost", "cells", "results"):
         if isinstance(data.get(name), list) and data[name]:
             title = [f"{TABLE_TITLES[name]}:", ""] if name in TABLE_TITLES else []
             lines += title + table(data[name]) + [""]

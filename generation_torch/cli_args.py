@@ -70,6 +70,9 @@ def parser() -> ArgumentParser:
     d.add_argument("--schedule", choices=diffusion.SCHEDULES)
     d.add_argument("--prediction", choices=diffusion.PREDICTIONS)
     d.add_argument("--cond-dropout", type=fraction, help="share of null conditions in training (0.1-0.2)")
+    d.add_argument("--min-snr-gamma", type=positive_float,
+                   help="weight the loss by min(SNR, gamma) / SNR (Min-SNR; 5 is usual): noisy timesteps, "
+                        "where the mask's layout is decided, are learned sooner")
     d.add_argument("--unet-channels", type=int_list, help="widths per level, e.g. 64,128,128")
     d.add_argument("--unet-blocks", type=positive_int)
     d.add_argument("--time-dims", type=int_list, help="sinusoid,hidden,out of the timestep MLP")
@@ -99,7 +102,8 @@ FLAGS: dict[str, str | tuple[str, ...]] = {
     "spectral_weight": "vae.spectral_weight",
     "vae_batch_size": "vae.train.batch_size", "vae_lr": "vae.train.optim.lr", "vae_minutes": "vae.minutes",
     "schedule": "diffusion.diffusion.schedule", "prediction": "diffusion.diffusion.prediction",
-    "cond_dropout": "diffusion.diffusion.cond_dropout", "unet_channels": "diffusion.model.channels",
+    "cond_dropout": "diffusion.diffusion.cond_dropout", "min_snr_gamma": "diffusion.diffusion.min_snr_gamma",
+    "unet_channels": "diffusion.model.channels",
     "unet_blocks": "diffusion.model.blocks", "time_dims": "diffusion.model.time_dims",
     "heads": "diffusion.model.heads", "diffusion_steps": "diffusion.train.steps",
     "mask_every_level": "diffusion.model.mask_every_level",

@@ -61,6 +61,7 @@ class DiffusionConfig:
     schedule: str = "linear"
     prediction: str = "eps"                        # "eps" or "v"
     cond_dropout: float = 0.15                     # share of training samples with the null condition
+    min_snr_gamma: float | None = None             # Min-SNR-gamma loss weights (None: uniform)
 
 
 @dataclass(frozen=True)

@@ -91,13 +91,15 @@ class DiffusionTask:
         return len(self.cache)
 
     def noisy_batch(self, z0: torch.Tensor, g: torch.Generator
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, t, target) for clean scaled latents z0 with t and noise drawn from g."""
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t, t, target, loss weight per sample) for clean scaled latents z0, t and noise from g."""
         t = torch.randint(0, self.schedule.timesteps, (len(z0),), generator=g)
         noise = torch.randn(z0.shape, generator=g)
         a, s = (c[t][:, None, None, None] for c in self._coef)
         x_t = diffusion.q_sample(z0, noise, a, s)
-        return x_t, t, diffusion.target_for(z0, noise, a, s, self.dcfg.prediction)
+        weight = diffusion.loss_weight(a[:, 0, 0, 0], s[:, 0, 0, 0], self.dcfg.prediction,
+                                       self.dcfg.min_snr_gamma)
+        return x_t, t, diffusion.target_for(z0, noise, a, s, self.dcfg.prediction), torch.as_tensor(weight)
 
     def batch(self, g: torch.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(z0, cond): rows given the null condition (so classifier-free guidance works at sampling)
@@ -114,9 +116,10 @@ class DiffusionTask:
 
     def loss(self, model: nn.Module, g: torch.Generator, batch_size: int) -> tuple[torch.Tensor, dict]:
         z0, cond = self.batch(g, batch_size)
-        x_t, t, target = self.noisy_batch(z0, g)
+        x_t, t, target, weight = self.noisy_batch(z0, g)
         pred = model(x_t.to(self.device), cond.to(self.device), t.float().to(self.device))
-        return F.mse_loss(pred.float(), target.to(self.device)), {}
+        per_sample = (pred.float() - target.to(self.device)).square().mean(dim=(1, 2, 3))
+        return (weight.to(self.device) * per_sample).mean(), {}
 
     def validate(self, model: nn.Module) -> float:
         g = torch.Generator().manual_seed(VAL_SEED)
@@ -124,7 +127,7 @@ class DiffusionTask:
         for start in range(0, len(self.val_cache), 32):
             rows = torch.arange(start, min(start + 32, len(self.val_cache)))
             z0 = self.scale * self.val_cache.mean[rows]
-            x_t, t, target = self.noisy_batch(z0, g)
+            x_t, t, target, _ = self.noisy_batch(z0, g)  # validation stays the plain MSE
             pred = model(x_t.to(self.device), self.val_cache.cond[rows].to(self.device),
                          t.float().to(self.device))
             total += float(F.mse_loss(pred.float(), target.to(self.device), reduction="sum"))

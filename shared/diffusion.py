@@ -133,6 +133,22 @@ def target_for(x0: Array, noise: Array, a: float | Array, s: float | Array, kind
     raise ValueError(f"unknown prediction {kind!r} (choose from {', '.join(PREDICTIONS)})")
 
 
+def loss_weight(a: float | Array, s: float | Array, kind: str, gamma: float | None) -> float | Array:
+    """Per-sample weight of the denoising loss: 1 (uniform), or Min-SNR-gamma (Hang et al. 2023):
+    min(SNR, gamma) / SNR for eps targets, min(SNR, gamma) / (SNR + 1) for v, with SNR = a^2 / s^2.
+    It stops the many nearly clean timesteps from dominating the gradient, so the noisy ones, where
+    the layout (where the mask's objects go) is decided, are learned sooner."""
+    if gamma is None:
+        return 1.0
+    snr = (a * a) / (s * s)
+    clipped = 0.5 * (snr + gamma - abs(snr - gamma))  # min(snr, gamma) with arithmetic only
+    if kind == "eps":
+        return clipped / snr
+    if kind == "v":
+        return clipped / (snr + 1.0)
+    raise ValueError(f"unknown prediction {kind!r} (choose from {', '.join(PREDICTIONS)})")
+
+
 def split_prediction(pred: Array, x_t: Array, a: float, s: float, kind: str) -> tuple[Array, Array]:
     """Model output -> (x0 estimate, eps estimate), using a^2 + s^2 = 1."""
     if kind == "eps":

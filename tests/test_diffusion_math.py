@@ -221,3 +221,16 @@ def test_schedule_config_round_trip_and_old_checkpoint_keys(kind):
 def test_schedule_parameters_change_the_betas():
     s = Schedule.make("linear", beta_end=0.01)
     assert s.betas[-1] == pytest.approx(0.01) and Schedule.from_config(s.to_config()).betas[-1] == s.betas[-1]
+
+
+def test_min_snr_loss_weights_against_hand_computed_values():
+    torch = pytest.importorskip("torch")
+    # SNR = a^2 / s^2: 0.8 / 0.2 = 4 (below gamma 5) and 0.99 / 0.01 = 99 (above it)
+    a, s = np.sqrt([0.8, 0.99]), np.sqrt([0.2, 0.01])
+    np.testing.assert_allclose(diffusion.loss_weight(a, s, "eps", 5.0), [1.0, 5 / 99], rtol=1e-12)
+    np.testing.assert_allclose(diffusion.loss_weight(a, s, "v", 5.0), [4 / 5, 5 / 100], rtol=1e-12)
+    got = diffusion.loss_weight(torch.from_numpy(a), torch.from_numpy(s), "eps", 5.0)
+    np.testing.assert_allclose(got.numpy(), [1.0, 5 / 99], rtol=1e-12)
+    assert diffusion.loss_weight(a, s, "eps", None) == 1.0  # uniform: the plain MSE
+    with pytest.raises(ValueError, match="unknown prediction"):
+        diffusion.loss_weight(a, s, "x0", 5.0)

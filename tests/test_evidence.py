@@ -130,10 +130,10 @@ def test_the_instrument_calibrates_itself_first_then_answers_with_the_main_recip
     assert order[:8] == calib  # real only and A/A at the ladder's k, every seed
     main = [Cell(k, "images_plentiful", 0.3, s, "levers") for k in (1, 2) for s in (0, 1)]
     assert order[8:12] == main  # each generator's seeds follow it
-    rungs = ("today", "spade", "texture", "levers_pretrain", "spectral_vae")
+    rungs = ("today", "spade", "texture", "levers_pretrain", "spectral_vae", "minsnr")
     ladder = [Cell(k, "images_plentiful", 0.3, s, r) for r in rungs for k in (1, 2) for s in (0, 1)]
-    assert order[12:32] == ladder  # the other rungs at k = 1, 2 only, the baseline first
-    assert order[32:35] == [Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0), Cell(0, "reference", 0.0, 0)]
+    assert order[12:36] == ladder  # the other rungs at k = 1, 2 only, the baseline first
+    assert order[36:39] == [Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0), Cell(0, "reference", 0.0, 0)]
     assert order.index(Cell(0, "images_plentiful", 0.3, 0, "levers")) < order.index(
         Cell(1, "images_plentiful", 0.2, 0))  # the main recipe on the whole pool before the ratio sweep
     assert not [c for c in order if c.arm == "strict" and c.k == 0]
@@ -257,3 +257,15 @@ def test_each_recipe_trains_and_draws_with_its_own_flags(tmp_path, monkeypatch):
     assert samples[0][samples[0].index("--texture") + 1] == "1.0"
     assert samples[2][samples[2].index("--mask-source") + 1] == "labelled" and "--texture" not in samples[2]
     assert SPECTRAL.sampling.guidance == 2.0 == float(samples[2][samples[2].index("--guidance") + 1])
+
+
+def test_generator_levers_choose_the_lowest_guidance_that_follows_the_masks():
+    from bench.generator_levers import chosen_guidance
+
+    def row(recipe, guidance, share, fid):
+        return {"k": 1, "recipe": recipe, "guidance": guidance, "fidelity_share": share, "fidelity_iou": fid}
+
+    rows = [row("spade", 5.0, 0.95, 0.6), row("spade", 2.0, 0.5, 0.3), row("spade", 3.0, 0.91, 0.58),
+            row("minsnr", 2.0, 0.2, 0.1), row("minsnr", 3.0, 0.4, 0.25), row("minsnr", 5.0, 0.3, 0.2)]
+    # spade reaches 0.9 of the judge at 3 and 5: the lower wins; minsnr never does: its most faithful
+    assert chosen_guidance(rows) == {"k=1|minsnr": 3.0, "k=1|spade": 3.0}

@@ -47,6 +47,37 @@ def test_unet_condition_and_guidance_paths():
     assert out_c.shape == x.shape and not torch.allclose(out_c, out_u)
 
 
+def test_min_snr_weights_reach_the_diffusion_loss():
+    from generation_torch.cli_args import parser, stages_from_args
+    from generation_torch.config import DiffusionConfig
+    from generation_torch.data import LatentCache
+    from generation_torch.tasks import DiffusionTask
+
+    args = parser().parse_args(["--preset", "quick", "--min-snr-gamma", "5"])
+    assert stages_from_args(args).diffusion.diffusion.min_snr_gamma == 5.0
+    unet = UNet(UNetConfig(channels=(16, 32), time_dims=(16, 32, 32), heads=2))
+    torch.nn.init.normal_(unet.head[-1].weight, std=0.1)
+    cache = LatentCache(torch.randn(6, 4, 8, 8), torch.full((6, 4, 8, 8), 0.1), torch.ones(6, 2, 8, 8))
+    schedule = diffusion.Schedule.make("linear")
+
+    def loss(gamma):
+        task = DiffusionTask(unet, cache, cache, schedule, DiffusionConfig(min_snr_gamma=gamma), 1.0, None,
+                             torch.device("cpu"))
+        return float(task.loss(unet, torch.Generator().manual_seed(0), 4)[0].detach())
+
+    # by hand: the same draws (batch, then t and noise), each sample's MSE times min(SNR, 5) / SNR
+    task = DiffusionTask(unet, cache, cache, schedule, DiffusionConfig(), 1.0, None, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    z0, cond = task.batch(g, 4)
+    x_t, t, target, _ = task.noisy_batch(z0, g)
+    per_sample = (unet(x_t, cond, t.float()) - target).square().mean(dim=(1, 2, 3))
+    snr = schedule.alphas_cumprod[t.numpy()] / (1 - schedule.alphas_cumprod[t.numpy()])
+    weights = np.minimum(snr, 5.0) / snr
+    assert loss(None) == pytest.approx(float(per_sample.mean()), rel=1e-5)
+    assert loss(5.0) == pytest.approx(float((per_sample.detach().numpy() * weights).mean()), rel=1e-5)
+    assert loss(5.0) < loss(None)  # weights are <= 1
+
+
 def test_torch_and_numpy_share_the_update_maths():
     sch = diffusion.Schedule.make("cosine")
     rng = np.random.default_rng(0)
