@@ -44,7 +44,7 @@ from bench.synthetic_ablation import load_volume, make_store, run, synthetic_sto
 from shared.atomic import write_json_atomic
 from shared.sampling import SamplerSettings
 from shared.splits import z_block_split
-from shared.tiff_io import write_stack
+from shared.tiff_io import read_mask_stack, write_stack
 
 AA_OFFSET = 1000  # the A/A arm's data seed is seed + AA_OFFSET
 
@@ -61,6 +61,9 @@ class Recipe:
     sampling: SamplerSettings = SamplerSettings("dpmpp2m", 20, guidance=12.0)
     mask_source: str = "labelled"                     # generation_torch.sample --mask-source
     fit_flags: tuple[str, ...] = ()                   # segmentation_tf.fit flags of its synthetic arms
+    # the denoiser's conditioned rows also learn from the unlabelled pool slices, with the masks that
+    # the real-only segmenter of the same k slices (seed 0) predicts for them (pseudo-labels)
+    pseudo_masks: bool = False
 
     @property
     def store(self) -> str:
@@ -86,6 +89,9 @@ SPECTRAL = replace(SPADE, name="spectral_vae", generator="spade_spectral", vae="
 # weigh as much as nearly clean ones): the first SPADE generator ignored its masks at guidance 2
 MINSNR = replace(SPADE, name="minsnr", generator="spade_minsnr",
                  denoiser_flags=("--mask-every-level", "--min-snr-gamma", "5"))
+# images plentiful, labels scarce, taken further: the k slices' real-only segmenter labels the other
+# pool slices, and the denoiser's conditioned branch learns from all of them (18x the pairs at k = 1)
+PSEUDO = replace(SPADE, name="pseudo", generator="spade_pseudo", pseudo_masks=True)
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,7 @@ class EvidenceConfig:
     generator_flags: tuple[str, ...] = ("--preset", "real", "--vae-minutes", "4", "--diffusion-minutes", "8",
                                         "--steps-per-epoch", "50", "--visual-every", "0")
     # the first is the baseline
-    recipes: tuple[Recipe, ...] = (TODAY, SPADE, TEXTURE, LEVERS, LEVERS_PRETRAIN, SPECTRAL, MINSNR)
+    recipes: tuple[Recipe, ...] = (TODAY, SPADE, TEXTURE, LEVERS, LEVERS_PRETRAIN, SPECTRAL, MINSNR, PSEUDO)
     main_recipe: str = "levers"                     # every generator lever: first after calibration, every k
     lever_ks: tuple[int, ...] = (1, 2)              # where the ladder's rungs run
     lever_ratio: float = 0.3
@@ -154,7 +160,8 @@ PRESETS = {
         segmenter_flags=("--preset", "real", "--patience", "1000", "--time-limit", "100000"),
         generator_flags=("--preset", "full",),
         recipes=tuple(replace(r, sampling=replace(r.sampling, sampler="ddim", steps=50))
-                      for r in (TODAY, SPADE, TEXTURE, LEVERS, LEVERS_PRETRAIN, SPECTRAL, MINSNR))),
+                      for r in (TODAY, SPADE, TEXTURE, LEVERS, LEVERS_PRETRAIN, SPECTRAL, MINSNR,
+                                PSEUDO))),
 }
 
 
@@ -266,16 +273,42 @@ class Bench:
     def synthetic_dir(self, cell: Cell) -> Path:
         return self.generator_dir(cell) / self.cfg.recipe(cell.recipe).store
 
+    def judge(self, k: int) -> Path:
+        """The real-only segmenter of the k labelled slices, seed 0 (the grid's own cell)."""
+        return self.work / f"k{k}_s{self.cfg.seeds[0]}" / "real_only_r0"
+
+    def pseudo_store(self, k: int) -> Path:
+        """The pool with real masks on the k labelled slices and, on the other pool slices, the masks
+        that the k slices' real-only segmenter predicts (never a test slice; validation keeps its
+        real masks for early stopping)."""
+        folder = self.work / f"k{k}" / "pseudo"
+        store = folder / "store"
+        if (store / "manifest.json").exists():
+            return store
+        if not (self.judge(k) / "segmenter.json").exists():
+            run_cell(Cell(k, "real_only", 0.0, self.cfg.seeds[0]), self)
+        labelled = self.layout.labelled(k, self.cfg)
+        unlabelled = [z for z in self.layout.pool if z not in labelled]
+        folder.mkdir(parents=True, exist_ok=True)
+        write_stack(folder / "unlabelled.tif", self.images[unlabelled])
+        run(["segmentation_tf.predict", "--model", str(self.judge(k)), "--images",
+             str(folder / "unlabelled.tif"), "--out", str(folder / "predicted")], self.log)
+        masks = self.masks.copy()
+        masks[unlabelled] = read_mask_stack(folder / "predicted" / "mask.tif")
+        return make_store(store, self.images, masks, self.layout.pool, self.layout.val)
+
     def checkpoint(self, cell: Cell) -> Path:
         """Train (or reuse) the cell's generator. images_plentiful: the recipe's VAE on every pool image
-        (one per VAE recipe, shared by every k), then the denoiser on the labelled tiles with its
-        null-condition branch on every pool image; strict (k > 0): both stages on the labelled tiles
-        only. On the whole pool the two regimes coincide."""
+        (one per VAE recipe, shared by every k), then the denoiser on the labelled tiles (with a
+        pseudo-labelled pool for recipes that ask) and its null-condition branch on every pool image;
+        strict (k > 0): both stages on the labelled tiles only. On the whole pool the two regimes
+        coincide."""
         recipe = self.cfg.recipe(cell.recipe)
-        return train_generator(self.generator_dir(cell), 0, cell.arm, cell.k == 0, self.store(cell.k),
-                               self.store(0), self.work, self.cfg, self.log,
-                               vae_dir=self.work / f"pool_vae_{recipe.vae}", vae_flags=recipe.vae_flags,
-                               denoiser_flags=recipe.denoiser_flags)
+        pseudo = recipe.pseudo_masks and cell.arm == "images_plentiful" and cell.k != 0
+        labelled = self.pseudo_store(cell.k) if pseudo else self.store(cell.k)
+        return train_generator(self.generator_dir(cell), 0, cell.arm, cell.k == 0, labelled, self.store(0),
+                               self.work, self.cfg, self.log, vae_dir=self.work / f"pool_vae_{recipe.vae}",
+                               vae_flags=recipe.vae_flags, denoiser_flags=recipe.denoiser_flags)
 
     def generator(self, cell: Cell, sampling: SamplerSettings | None = None) -> Path:
         """The cell's synthetic store, drawn by its trained generator (with the recipe's sampling
@@ -337,7 +370,7 @@ def generator_figures(cell: Cell, bench: Bench) -> dict:
     from generation_torch.two_sample import two_sample_accuracy
     from shared.store import TileStore
 
-    judge = bench.work / f"k{cell.k}_s{bench.cfg.seeds[0]}" / "real_only_r0"
+    judge = bench.judge(cell.k)
     synthetic = TileStore(bench.synthetic_dir(cell))
     test = held_out_tile_store(bench.test, bench.work)
     pool = TileStore(bench.store(0))
@@ -364,7 +397,7 @@ def generators_to_measure(results: dict, measured: dict, bench: Bench) -> list[C
     for c in results.values():
         cell = Cell(c["k"], c["arm"], c["ratio"], c["seed"], c.get("recipe", "today"))
         key = generator_key(cell)
-        judge = bench.work / f"k{cell.k}_s{bench.cfg.seeds[0]}" / "real_only_r0" / "segmenter.json"
+        judge = bench.judge(cell.k) / "segmenter.json"
         if cell.ratio > 0 and key not in measured and key not in out and judge.exists():
             out[key] = cell
     return list(out.values())

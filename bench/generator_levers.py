@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = {(r["k"], r["recipe"], r["guidance"]): r for r in saved.get("rows", [])}
     judge_cell = Cell(args.k, "real_only", 0.0, cfg.seeds[0])
     run_cell(judge_cell, bench)  # the grid's own cell: trained once, reused by the grid
-    judge = work / f"k{args.k}_s{cfg.seeds[0]}" / "real_only_r0"
+    judge = bench.judge(args.k)
     floors = real_figures(bench, judge)
     for name in names:
         for guidance in (float(g) for g in args.guidances.split(",")):

@@ -130,10 +130,10 @@ def test_the_instrument_calibrates_itself_first_then_answers_with_the_main_recip
     assert order[:8] == calib  # real only and A/A at the ladder's k, every seed
     main = [Cell(k, "images_plentiful", 0.3, s, "levers") for k in (1, 2) for s in (0, 1)]
     assert order[8:12] == main  # each generator's seeds follow it
-    rungs = ("today", "spade", "texture", "levers_pretrain", "spectral_vae", "minsnr")
+    rungs = ("today", "spade", "texture", "levers_pretrain", "spectral_vae", "minsnr", "pseudo")
     ladder = [Cell(k, "images_plentiful", 0.3, s, r) for r in rungs for k in (1, 2) for s in (0, 1)]
-    assert order[12:36] == ladder  # the other rungs at k = 1, 2 only, the baseline first
-    assert order[36:39] == [Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0), Cell(0, "reference", 0.0, 0)]
+    assert order[12:40] == ladder  # the other rungs at k = 1, 2 only, the baseline first
+    assert order[40:43] == [Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0), Cell(0, "reference", 0.0, 0)]
     assert order.index(Cell(0, "images_plentiful", 0.3, 0, "levers")) < order.index(
         Cell(1, "images_plentiful", 0.2, 0))  # the main recipe on the whole pool before the ratio sweep
     assert not [c for c in order if c.arm == "strict" and c.k == 0]
@@ -269,3 +269,53 @@ def test_generator_levers_choose_the_lowest_guidance_that_follows_the_masks():
             row("minsnr", 2.0, 0.2, 0.1), row("minsnr", 3.0, 0.4, 0.25), row("minsnr", 5.0, 0.3, 0.2)]
     # spade reaches 0.9 of the judge at 3 and 5: the lower wins; minsnr never does: its most faithful
     assert chosen_guidance(rows) == {"k=1|minsnr": 3.0, "k=1|spade": 3.0}
+
+
+def test_pseudo_labels_cover_only_unlabelled_pool_slices_and_reach_only_the_denoiser(tmp_path, monkeypatch):
+    """The pseudo recipe: the k slices' judge predicts the other pool slices (never a validation or
+    test slice); the denoiser's store holds real masks on the labelled and validation slices and the
+    predictions elsewhere; the VAE and the drawn masks are unchanged."""
+    from bench import synthetic_ablation
+    from shared.tiff_io import read_image_stack, write_stack
+
+    cfg = EvidenceConfig(ks=(1, 0))
+    images, masks = phantom_stack(12, seed=0, config=PhantomConfig(height=256, width=256))
+    bench = Bench(cfg, tmp_path, images, masks, Layout.of(len(images), cfg), tmp_path / "log")
+    bench.judge(1).mkdir(parents=True)
+    (bench.judge(1) / "segmenter.json").write_text("{}")
+    calls = []
+
+    def fake_run(args, log):
+        calls.append(args)
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        if args[0] == "segmentation_tf.predict":  # the judge "predicts" all foreground
+            n = len(read_image_stack(args[args.index("--images") + 1]))
+            write_stack(out / "mask.tif", np.ones((n, 256, 256), np.uint8))
+            return
+        product = {"generation_torch.sample": "manifest.json"}.get(args[0])
+        (out / (product or ("vae.pt" if "vae" in args else "generator.pt"))).write_text("{}")
+
+    monkeypatch.setattr(synthetic_ablation, "run", fake_run)
+    monkeypatch.setattr(evidence, "run", fake_run)
+    bench.generator(Cell(1, "images_plentiful", 0.3, 0, "pseudo"))
+    predict = [c for c in calls if c[0] == "segmentation_tf.predict"]
+    assert len(predict) == 1 and Path(predict[0][predict[0].index("--model") + 1]) == bench.judge(1)
+    labelled, layout = bench.layout.labelled(1, cfg), bench.layout
+    unlabelled = [z for z in layout.pool if z not in labelled]
+    assert len(read_image_stack(predict[0][predict[0].index("--images") + 1])) == len(unlabelled)
+    store = TileStore(bench.pseudo_store(1))
+    slices = {r["slice"] for r in store.records}
+    assert slices == set(layout.pool) | set(layout.val) and not slices & set(layout.test)
+    for z in slices:
+        idx = [i for i, r in enumerate(store.records) if r["slice"] == z]
+        got = store.masks(np.array(idx))
+        if z in unlabelled:
+            assert got.all()  # the prediction
+        else:
+            assert (got.sum() > 0) and not got.all()  # the real phantom masks (labelled or validation)
+    stages = {c[c.index("--stage") + 1]: c for c in calls if c[0] == "generation_torch.train"}
+    assert Path(stages["diffusion"][stages["diffusion"].index("--store") + 1]) == bench.pseudo_store(1)
+    assert Path(stages["vae"][stages["vae"].index("--store") + 1]) == bench.store(0)
+    sample = next(c for c in calls if c[0] == "generation_torch.sample")
+    assert Path(sample[sample.index("--masks-from") + 1]) == bench.store(1)  # masks from labelled slices
