@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -40,7 +41,14 @@ import numpy as np
 
 from bench.common import ROOT, machine
 from bench.stats import paired_interval, seeds_needed, t_interval
-from bench.synthetic_ablation import load_volume, make_store, run, synthetic_store, train_generator
+from bench.synthetic_ablation import (
+    load_volume,
+    make_store,
+    run,
+    synthetic_store,
+    train_generator,
+    trained_vae,
+)
 from shared.atomic import write_json_atomic
 from shared.sampling import SamplerSettings
 from shared.splits import z_block_split
@@ -64,6 +72,9 @@ class Recipe:
     # the denoiser's conditioned rows also learn from the unlabelled pool slices, with the masks that
     # the real-only segmenter of the same k slices (seed 0) predicts for them (pseudo-labels)
     pseudo_masks: bool = False
+    # minutes of an unconditional denoiser (--cond-dropout 1) pre-trained on every pool image once,
+    # that each k's denoiser then starts from (--init-denoiser); 0: from random weights
+    pool_denoiser_minutes: float = 0.0
 
     @property
     def store(self) -> str:
@@ -92,6 +103,10 @@ MINSNR = replace(SPADE, name="minsnr", generator="spade_minsnr",
 # images plentiful, labels scarce, taken further: the k slices' real-only segmenter labels the other
 # pool slices, and the denoiser's conditioned branch learns from all of them (18x the pairs at k = 1)
 PSEUDO = replace(SPADE, name="pseudo", generator="spade_pseudo", pseudo_masks=True)
+# images plentiful, the other way: the denoiser first learns EM from every pool image (60 min, no mask:
+# shared by every k), then each k's conditioned training starts from it
+POOL_PRETRAINED = replace(SPADE, name="pool_pretrained", generator="spade_pool_pretrained",
+                          pool_denoiser_minutes=60.0)
 
 
 @dataclass(frozen=True)
@@ -117,7 +132,8 @@ class EvidenceConfig:
     generator_flags: tuple[str, ...] = ("--preset", "real", "--vae-minutes", "4", "--diffusion-minutes", "8",
                                         "--steps-per-epoch", "50", "--visual-every", "0")
     # the first is the baseline
-    recipes: tuple[Recipe, ...] = (TODAY, SPADE, TEXTURE, LEVERS, LEVERS_PRETRAIN, SPECTRAL, MINSNR, PSEUDO)
+    recipes: tuple[Recipe, ...] = (TODAY, SPADE, TEXTURE, LEVERS, LEVERS_PRETRAIN, SPECTRAL, MINSNR, PSEUDO,
+                                   POOL_PRETRAINED)
     main_recipe: str = "levers"                     # every generator lever: first after calibration, every k
     lever_ks: tuple[int, ...] = (1, 2)              # where the ladder's rungs run
     lever_ratio: float = 0.3
@@ -161,7 +177,7 @@ PRESETS = {
         generator_flags=("--preset", "full",),
         recipes=tuple(replace(r, sampling=replace(r.sampling, sampler="ddim", steps=50))
                       for r in (TODAY, SPADE, TEXTURE, LEVERS, LEVERS_PRETRAIN, SPECTRAL, MINSNR,
-                                PSEUDO))),
+                                PSEUDO, POOL_PRETRAINED))),
 }
 
 
@@ -306,9 +322,29 @@ class Bench:
         recipe = self.cfg.recipe(cell.recipe)
         pseudo = recipe.pseudo_masks and cell.arm == "images_plentiful" and cell.k != 0
         labelled = self.pseudo_store(cell.k) if pseudo else self.store(cell.k)
+        flags = recipe.denoiser_flags
+        if recipe.pool_denoiser_minutes and cell.arm == "images_plentiful":
+            flags = (*flags, "--init-denoiser", str(self.pool_denoiser(recipe)))
         return train_generator(self.generator_dir(cell), 0, cell.arm, cell.k == 0, labelled, self.store(0),
                                self.work, self.cfg, self.log, vae_dir=self.work / f"pool_vae_{recipe.vae}",
-                               vae_flags=recipe.vae_flags, denoiser_flags=recipe.denoiser_flags)
+                               vae_flags=recipe.vae_flags, denoiser_flags=flags)
+
+    def pool_denoiser(self, recipe: Recipe) -> Path:
+        """An unconditional denoiser trained on every pool image (--cond-dropout 1: no mask reaches it;
+        the validation block's masks only score it), on the recipe's pool VAE; once per recipe."""
+        folder = self.work / f"pool_denoiser_{recipe.generator}"
+        product = folder / "generator.pt"
+        if product.exists():
+            return product
+        common = [*self.cfg.generator_flags, "--seed", "0", "--no-progress"]
+        vae = trained_vae(self.work / f"pool_vae_{recipe.vae}", self.store(0), common, recipe.vae_flags,
+                          self.log)
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(vae, folder / "vae.pt")
+        run(["generation_torch.train", "--store", str(self.store(0)), "--stage", "diffusion", "--out",
+             str(folder), *common, *recipe.denoiser_flags, "--cond-dropout", "1",
+             "--diffusion-minutes", f"{recipe.pool_denoiser_minutes:g}"], self.log)
+        return product
 
     def generator(self, cell: Cell, sampling: SamplerSettings | None = None) -> Path:
         """The cell's synthetic store, drawn by its trained generator (with the recipe's sampling

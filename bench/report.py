@@ -26,6 +26,8 @@ SECTIONS = [
      "The evidence instrument, standard preset (restore-best; before the border-mirroring tiler)"),
     ("evidence_final.json",
      "The evidence instrument (--preset final: last weights + EMA 0.99; generator recipes)"),
+    ("generator_levers.json",
+     "Generator levers on the validation block: mask fidelity and realism per guidance"),
     ("synthetic_ablation.json", "Does synthetic data help? (synthetic-ratio ablation, superseded)"),
     ("synthetic_variants.json", "What would make generated tiles help? (k = 2 variants)"),
     ("synthetic_variants_unseeded.json", "k = 2 variants, first run (unseeded weights, superseded)"),

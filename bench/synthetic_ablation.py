@@ -186,22 +186,28 @@ def train_generator(gen_dir: Path, seed: int, regime: str, covers_pool: bool, la
         run(["generation_torch.train", "--store", str(labelled), "--out", str(gen_dir), *common, *vae_flags,
              *denoiser_flags], log)
         return product
-    pool_vae = vae_dir or work / f"pool_vae_s{seed}"
-    if not (pool_vae / "vae.pt").exists():
-        run(["generation_torch.train", "--store", str(pool), "--stage", "vae", "--out", str(pool_vae),
-             *common, *vae_flags], log)
+    pool_vae = trained_vae(vae_dir or work / f"pool_vae_s{seed}", pool, common, vae_flags, log)
     gen_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(pool_vae / "vae.pt", gen_dir / "vae.pt")
+    shutil.copyfile(pool_vae, gen_dir / "vae.pt")
     run(["generation_torch.train", "--store", str(labelled), "--unlabelled-store", str(pool),
          "--stage", "diffusion", "--out", str(gen_dir), *common, *denoiser_flags], log)
     return product
+
+
+def trained_vae(vae_dir: Path, pool: Path, common: Sequence[str], vae_flags: Sequence[str], log: Path
+                ) -> Path:
+    """vae_dir/vae.pt, trained on the pool's images when absent."""
+    if not (vae_dir / "vae.pt").exists():
+        run(["generation_torch.train", "--store", str(pool), "--stage", "vae", "--out", str(vae_dir),
+             *common, *vae_flags], log)
+    return vae_dir / "vae.pt"
 
 
 def synthetic_store(gen_dir: Path, checkpoint: Path, labelled: Path, cfg: GeneratorRecipe,
                     sampling: SamplerSettings, seed: int, log: Path, *, out: Path | None = None,
                     mask_source: str = "labelled") -> Path:
     """Draw cfg.n_synthetic tiles into `out` (default GEN/synthetic, its grid GEN/samples.png)."""
-    grid = gen_dir / "samples.png" if out is None else out.with_suffix(".png")
+    grid = gen_dir / "samples.png" if out is None else out.parent / f"{out.name}.png"  # g1.5: not g1.png
     out = out or gen_dir / "synthetic"
     if not (out / "manifest.json").exists():
         # a crash mid-append leaves a partial store: start it again

@@ -9,7 +9,7 @@ from pathlib import Path
 from generation_torch.config import PRECISIONS, Stages
 from generation_torch.presets import PRESETS, default_preset
 from shared import diffusion
-from shared.errors import ArgumentParser, UserError, fraction, positive_float, positive_int
+from shared.errors import ArgumentParser, UserError, fraction, positive_float, positive_int, unit_interval
 from shared.presets import apply_flags
 from shared.sources import DEFAULT_GENERATOR_RUN, add_data_flags
 
@@ -32,6 +32,9 @@ def parser() -> ArgumentParser:
                    help="tile store of extra images without labels (its masks are ignored): its train "
                         "tiles join the VAE's training and the null-condition rows of the denoiser")
     p.add_argument("--stage", choices=("vae", "diffusion", "all"), default="all")
+    p.add_argument("--init-denoiser", type=Path, metavar="GENERATOR",
+                   help="start the denoiser from this generator.pt's (same VAE, same denoiser shape), e.g. "
+                        "one pre-trained on every unlabelled image with --cond-dropout 1")
     p.add_argument("--out", type=Path, default=DEFAULT_GENERATOR_RUN,
                    help="run folder (default runs/generator)")
     p.add_argument("--preset", choices=tuple(PRESETS),
@@ -69,7 +72,9 @@ def parser() -> ArgumentParser:
     d = p.add_argument_group("diffusion")
     d.add_argument("--schedule", choices=diffusion.SCHEDULES)
     d.add_argument("--prediction", choices=diffusion.PREDICTIONS)
-    d.add_argument("--cond-dropout", type=fraction, help="share of null conditions in training (0.1-0.2)")
+    d.add_argument("--cond-dropout", type=unit_interval,
+                   help="share of null conditions in training (0.1-0.2; 1: an unconditional denoiser that "
+                        "learns from every image, to start others from with --init-denoiser)")
     d.add_argument("--min-snr-gamma", type=positive_float,
                    help="weight the loss by min(SNR, gamma) / SNR (Min-SNR; 5 is usual): noisy timesteps, "
                         "where the mask's layout is decided, are learned sooner")

@@ -8,6 +8,10 @@ real   the EPFL CA1 subset (264 training tiles) on 2 CPU cores, about an hour (V
 full   a GPU run to convergence: wider and deeper models, many more steps, no time boxes.
 none   the plain defaults (SGD with momentum + cosine schedule).
 
+The denoiser's epoch is 50 steps in the real preset, not one pass: a few labelled slices are only
+96 latents (12 tiles x 8 flips), and validating and checkpointing every 6 steps cost a third of the
+time box and let patience run out after 90 steps.
+
 Both presets pick AdamW: for these small models SGD + momentum needed many more steps to the same
 loss, which a CPU budget cannot afford (SGD stays the default optimizer outside the presets).
 """
@@ -41,8 +45,8 @@ PRESETS: dict[str, Stages] = {
                  StageConfig(steps=3000, batch_size=8, patience=15, optim=adamw(1e-3, 100)), beta=1e-5,
                  minutes=35.0),  # time boxes: about an hour on 2 CPU cores
         DiffusionStage(UNetConfig(channels=(32, 64, 128, 128), blocks=1, time_dims=(192, 384, 768), heads=4),
-                       StageConfig(steps=3000, batch_size=16, patience=15, ema_decay=0.999,
-                                   optim=adamw(4e-4, 100)), minutes=25.0)),
+                       StageConfig(steps=3000, batch_size=16, steps_per_epoch=50, patience=15,
+                                   ema_decay=0.999, optim=adamw(4e-4, 100)), minutes=25.0)),
     # a GPU: the real preset's architecture wider and deeper, trained to convergence (no time boxes;
     # hours on one GPU, days on 2 CPU cores)
     "full": Stages(

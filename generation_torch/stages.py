@@ -29,7 +29,7 @@ from generation_torch.data import (
     store_identity,
 )
 from generation_torch.distributed import barrier
-from generation_torch.pipeline import decoder_residual_spectrum, product_dict
+from generation_torch.pipeline import decoder_residual_spectrum, load_generator, product_dict
 from generation_torch.tasks import DiffusionTask, VAETask
 from generation_torch.train_loop import LoopContext, fit
 from generation_torch.unet import UNet
@@ -85,9 +85,9 @@ def load_vae(path: Path) -> tuple[VAE, float]:
 
 
 def train_diffusion(store: TileStore, stage: DiffusionStage, ctx: LoopContext, trained_precision: str,
-                    unlabelled: TileStore | None = None) -> Path | None:
+                    unlabelled: TileStore | None = None, init: Path | None = None) -> Path | None:
     """Train the denoiser: conditioned on the labelled tiles' masks; the null condition also learns
-    from the unlabelled images."""
+    from the unlabelled images. `init`: a generator.pt whose denoiser it starts from."""
     vae_path = ctx.run_dir / "vae.pt"
     vae, scale = load_vae(vae_path)
     vae.to(ctx.dist.device)
@@ -98,6 +98,8 @@ def train_diffusion(store: TileStore, stage: DiffusionStage, ctx: LoopContext, t
     model_cfg = replace(stage.model, in_channels=vae.cfg.latent_channels)
     torch.manual_seed(ctx.seed + 1)
     unet = UNet(model_cfg)
+    if init is not None:
+        initial_denoiser(unet, vae, init)
     schedule = diffusion.Schedule.make(stage.diffusion.schedule)
     task = DiffusionTask(unet, cache, val_cache, schedule, stage.diffusion, scale, vae, ctx.dist.device,
                          ctx.autocast, val_masks=val_masks[:, 0], unlabelled=extra)
@@ -112,6 +114,22 @@ def train_diffusion(store: TileStore, stage: DiffusionStage, ctx: LoopContext, t
         print(f"diffusion: best validation loss {state.best:.5f}; wrote {out}")
     barrier(ctx.dist)
     return out if state.finished else None
+
+
+def initial_denoiser(unet: UNet, vae: VAE, path: Path) -> None:
+    """Load the denoiser weights of generator `path` into `unet`: its latents must come from the same
+    VAE (else the weights denoise another latent space) and its denoiser must have the same shape."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such generator checkpoint (--init-denoiser)")
+    source = load_generator(path)
+    theirs, ours = source.vae.state_dict(), vae.state_dict()
+    if theirs.keys() != ours.keys() or any(not torch.equal(theirs[k], ours[k].cpu()) for k in ours):
+        raise UserError(f"{path}: trained on another VAE than this run's vae.pt; --init-denoiser needs "
+                        "the same VAE (copy that VAE into the run folder)")
+    if source.unet.cfg != unet.cfg:
+        raise UserError(f"{path}: its denoiser is shaped {source.unet.cfg}, this run's is {unet.cfg}")
+    unet.load_state_dict(source.unet.state_dict())
+    print(f"diffusion: starts from the denoiser of {path}")
 
 
 def texture_tiles(store: TileStore, unlabelled: TileStore | None, n: int = 256) -> np.ndarray:

@@ -57,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             vae_done = train_vae(store, stages.vae, vae_ctx, unlabelled)
         if args.stage == "diffusion" or (args.stage == "all" and vae_done):
             diff_ctx = replace(ctx, max_minutes=stages.diffusion.minutes)
-            train_diffusion(store, stages.diffusion, diff_ctx, precision.name(dtype), unlabelled)
+            train_diffusion(store, stages.diffusion, diff_ctx, precision.name(dtype), unlabelled,
+                            args.init_denoiser)
         if writer is not None:
             writer.close()
     finally:

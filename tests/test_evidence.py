@@ -130,10 +130,11 @@ def test_the_instrument_calibrates_itself_first_then_answers_with_the_main_recip
     assert order[:8] == calib  # real only and A/A at the ladder's k, every seed
     main = [Cell(k, "images_plentiful", 0.3, s, "levers") for k in (1, 2) for s in (0, 1)]
     assert order[8:12] == main  # each generator's seeds follow it
-    rungs = ("today", "spade", "texture", "levers_pretrain", "spectral_vae", "minsnr", "pseudo")
+    rungs = ("today", "spade", "texture", "levers_pretrain", "spectral_vae", "minsnr", "pseudo",
+             "pool_pretrained")
     ladder = [Cell(k, "images_plentiful", 0.3, s, r) for r in rungs for k in (1, 2) for s in (0, 1)]
-    assert order[12:40] == ladder  # the other rungs at k = 1, 2 only, the baseline first
-    assert order[40:43] == [Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0), Cell(0, "reference", 0.0, 0)]
+    assert order[12:44] == ladder  # the other rungs at k = 1, 2 only, the baseline first
+    assert order[44:47] == [Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0), Cell(0, "reference", 0.0, 0)]
     assert order.index(Cell(0, "images_plentiful", 0.3, 0, "levers")) < order.index(
         Cell(1, "images_plentiful", 0.2, 0))  # the main recipe on the whole pool before the ratio sweep
     assert not [c for c in order if c.arm == "strict" and c.k == 0]
@@ -319,3 +320,34 @@ def test_pseudo_labels_cover_only_unlabelled_pool_slices_and_reach_only_the_deno
     assert Path(stages["vae"][stages["vae"].index("--store") + 1]) == bench.store(0)
     sample = next(c for c in calls if c[0] == "generation_torch.sample")
     assert Path(sample[sample.index("--masks-from") + 1]) == bench.store(1)  # masks from labelled slices
+
+
+def test_pool_pretrained_denoiser_trains_once_without_masks_and_starts_every_k(tmp_path, monkeypatch):
+    from bench import synthetic_ablation
+
+    cfg = EvidenceConfig(ks=(1, 2, 0))
+    images, masks = phantom_stack(12, seed=0, config=PhantomConfig(height=256, width=256))
+    bench = Bench(cfg, tmp_path, images, masks, Layout.of(len(images), cfg), tmp_path / "log")
+    calls = []
+
+    def fake_run(args, log):
+        calls.append(args)
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        product = {"generation_torch.sample": "manifest.json"}.get(args[0])
+        (out / (product or ("vae.pt" if "vae" in args else "generator.pt"))).write_text("{}")
+
+    monkeypatch.setattr(synthetic_ablation, "run", fake_run)
+    monkeypatch.setattr(evidence, "run", fake_run)
+    for k in (1, 2):
+        bench.generator(Cell(k, "images_plentiful", 0.3, 0, "pool_pretrained"))
+    denoisers = [c for c in calls if c[0] == "generation_torch.train" and "diffusion" in c]
+    pool, per_k = denoisers[0], denoisers[1:]
+    assert Path(pool[pool.index("--store") + 1]) == bench.store(0)
+    assert pool[pool.index("--cond-dropout") + 1] == "1" and "--init-denoiser" not in pool
+    assert pool[-2:] == ["--diffusion-minutes", "60"]  # after the grid's own time box: the last flag wins
+    assert len(per_k) == 2  # the pool denoiser trained once, both k start from it
+    for k, c in zip((1, 2), per_k, strict=True):
+        assert Path(c[c.index("--store") + 1]) == bench.store(k) and "--cond-dropout" not in c
+        assert Path(c[c.index("--init-denoiser") + 1]) == Path(pool[pool.index("--out") + 1]) / "generator.pt"
+    assert len([c for c in calls if "vae" in c]) == 1  # one pool VAE

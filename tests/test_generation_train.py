@@ -254,3 +254,38 @@ def test_bad_input_is_one_line_exit_2(trained, tiny_store, tmp_path):
     proc = run_module("generation_torch.sample", "--checkpoint", trained / "vae.pt", "--masks-from",
                       tiny_store, "--n", "1", "--out", tmp_path / "s4")
     assert_one_line_error(proc, "emsynth-generator")
+
+
+def test_init_denoiser_starts_from_another_run_with_the_same_vae(trained, tiny_store, tmp_path):
+    """--init-denoiser: the new run's denoiser starts from the given generator's (here: unchanged at a
+    vanishing learning rate, an unconditional --cond-dropout 1 run); another VAE or another denoiser
+    shape is a one-line error."""
+    from generation_torch.pipeline import load_generator
+
+    run = tmp_path / "init"
+    run.mkdir()
+    shutil.copyfile(trained / "vae.pt", run / "vae.pt")
+    proc = run_module("generation_torch.train", "--store", tiny_store, "--out", run, "--stage", "diffusion",
+                      "--init-denoiser", trained / "generator.pt", "--steps", "1", "--cond-dropout", "1",
+                      *TINY, "--diffusion-lr", "1e-12")
+    assert proc.returncode == 0, proc.stderr
+    assert "starts from the denoiser of" in proc.stdout
+    before, after = load_generator(trained / "generator.pt").unet, load_generator(run / "generator.pt").unet
+    for (name, a), b in zip(before.state_dict().items(), after.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=0, msg=name)
+    other = tmp_path / "other_vae"
+    assert run_module("generation_torch.train", "--store", tiny_store, "--out", other, "--stage", "vae",
+                      "--steps", "1", "--seed", "5", *TINY).returncode == 0
+    proc = run_module("generation_torch.train", "--store", tiny_store, "--out", other, "--stage", "diffusion",
+                      "--init-denoiser", trained / "generator.pt", "--steps", "1", *TINY)
+    assert_one_line_error(proc, "another VAE")
+    shape = tmp_path / "shape"
+    shape.mkdir()
+    shutil.copyfile(trained / "vae.pt", shape / "vae.pt")
+    proc = run_module("generation_torch.train", "--store", tiny_store, "--out", shape, "--stage", "diffusion",
+                      "--init-denoiser", shape / "missing.pt", *TINY)
+    assert_one_line_error(proc, "no such generator checkpoint")
+    proc = run_module("generation_torch.train", "--store", tiny_store, "--out", shape, "--stage", "diffusion",
+                      "--init-denoiser", trained / "generator.pt", "--steps", "1", *TINY,
+                      "--unet-channels", "8,8")
+    assert_one_line_error(proc, "shaped")
