@@ -17,6 +17,25 @@ from shared.phantom import PhantomConfig, phantom_stack
 from shared.store import TileStore
 
 
+def fake_trainers(calls: list):
+    """A stand-in for bench's `run`: records each command and writes the product its caller checks for
+    (a predicted mask stack of all foreground for segmentation_tf.predict)."""
+    from shared.tiff_io import read_image_stack, write_stack
+
+    def fake_run(args, log):
+        calls.append(args)
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        if args[0] == "segmentation_tf.predict":
+            n = len(read_image_stack(args[args.index("--images") + 1]))
+            write_stack(out / "mask.tif", np.ones((n, 256, 256), np.uint8))
+            return
+        product = {"generation_torch.sample": "manifest.json"}.get(args[0])
+        (out / (product or ("vae.pt" if "vae" in args else "generator.pt"))).write_text("{}")
+
+    return fake_run
+
+
 def test_t_interval_matches_the_hand_computed_student_interval():
     got = t_interval([0.1, 0.3, 0.2])
     # mean 0.2, sample sd 0.1, t_{2, 0.975} = 4.302653: half-width 4.302653 * 0.1 / sqrt(3)
@@ -233,13 +252,7 @@ def test_each_recipe_trains_and_draws_with_its_own_flags(tmp_path, monkeypatch):
     bench = Bench(cfg, tmp_path, images, masks, Layout.of(len(images), cfg), tmp_path / "log")
     calls = []
 
-    def fake_run(args, log):
-        calls.append(args)
-        out = Path(args[args.index("--out") + 1])
-        out.mkdir(parents=True, exist_ok=True)
-        product = {"generation_torch.sample": "manifest.json"}.get(args[0])
-        product = product or ("vae.pt" if "vae" in args else "generator.pt")
-        (out / product).write_text("{}")
+    fake_run = fake_trainers(calls)
 
     from bench import synthetic_ablation
 
@@ -277,7 +290,7 @@ def test_pseudo_labels_cover_only_unlabelled_pool_slices_and_reach_only_the_deno
     test slice); the denoiser's store holds real masks on the labelled and validation slices and the
     predictions elsewhere; the VAE and the drawn masks are unchanged."""
     from bench import synthetic_ablation
-    from shared.tiff_io import read_image_stack, write_stack
+    from shared.tiff_io import read_image_stack
 
     cfg = EvidenceConfig(ks=(1, 0))
     images, masks = phantom_stack(12, seed=0, config=PhantomConfig(height=256, width=256))
@@ -286,16 +299,7 @@ def test_pseudo_labels_cover_only_unlabelled_pool_slices_and_reach_only_the_deno
     (bench.judge(1) / "segmenter.json").write_text("{}")
     calls = []
 
-    def fake_run(args, log):
-        calls.append(args)
-        out = Path(args[args.index("--out") + 1])
-        out.mkdir(parents=True, exist_ok=True)
-        if args[0] == "segmentation_tf.predict":  # the judge "predicts" all foreground
-            n = len(read_image_stack(args[args.index("--images") + 1]))
-            write_stack(out / "mask.tif", np.ones((n, 256, 256), np.uint8))
-            return
-        product = {"generation_torch.sample": "manifest.json"}.get(args[0])
-        (out / (product or ("vae.pt" if "vae" in args else "generator.pt"))).write_text("{}")
+    fake_run = fake_trainers(calls)
 
     monkeypatch.setattr(synthetic_ablation, "run", fake_run)
     monkeypatch.setattr(evidence, "run", fake_run)
@@ -330,12 +334,7 @@ def test_pool_pretrained_denoiser_trains_once_without_masks_and_starts_every_k(t
     bench = Bench(cfg, tmp_path, images, masks, Layout.of(len(images), cfg), tmp_path / "log")
     calls = []
 
-    def fake_run(args, log):
-        calls.append(args)
-        out = Path(args[args.index("--out") + 1])
-        out.mkdir(parents=True, exist_ok=True)
-        product = {"generation_torch.sample": "manifest.json"}.get(args[0])
-        (out / (product or ("vae.pt" if "vae" in args else "generator.pt"))).write_text("{}")
+    fake_run = fake_trainers(calls)
 
     monkeypatch.setattr(synthetic_ablation, "run", fake_run)
     monkeypatch.setattr(evidence, "run", fake_run)
