@@ -149,7 +149,7 @@ def test_the_instrument_calibrates_itself_first_then_answers_with_the_main_recip
     assert order[:8] == calib  # real only and A/A at the ladder's k, every seed
     main = [Cell(k, "images_plentiful", 0.3, s, "levers") for k in (1, 2) for s in (0, 1)]
     assert order[8:12] == main  # each generator's seeds follow it
-    rungs = ("today", "spade", "texture", "levers_pretrain", "spectral_vae", "minsnr", "pseudo",
+    rungs = ("today", "spade", "pseudo", "texture", "levers_pretrain", "spectral_vae", "minsnr",
              "pool_pretrained")
     ladder = [Cell(k, "images_plentiful", 0.3, s, r) for r in rungs for k in (1, 2) for s in (0, 1)]
     assert order[12:44] == ladder  # the other rungs at k = 1, 2 only, the baseline first
@@ -161,13 +161,23 @@ def test_the_instrument_calibrates_itself_first_then_answers_with_the_main_recip
 
 
 def test_recipes_share_generators_and_stores_only_when_their_flags_agree(tmp_path):
-    from bench.evidence import LEVERS, LEVERS_PRETRAIN, SPADE, SPECTRAL, TEXTURE, TODAY, segmenter_flags
+    from bench.evidence import (
+        LEVERS,
+        LEVERS_PRETRAIN,
+        PSEUDO,
+        SPADE,
+        SPECTRAL,
+        TEXTURE,
+        TODAY,
+        segmenter_flags,
+    )
 
-    assert LEVERS.generator == TEXTURE.generator == SPADE.generator != TODAY.generator
+    assert LEVERS.generator == TEXTURE.generator == PSEUDO.generator != SPADE.generator != TODAY.generator
+    assert LEVERS.pseudo_masks and SPECTRAL.pseudo_masks and not SPADE.pseudo_masks
     assert SPECTRAL.vae != SPADE.vae == TODAY.vae == LEVERS.vae  # the spectrum loss trains its own VAE
     assert LEVERS.store == LEVERS_PRETRAIN.store != TEXTURE.store != SPADE.store  # masks; texture
     assert TEXTURE.sampling.texture == 1.0 and "_t1" in TEXTURE.store
-    assert "--no-mask-every-level" in TODAY.denoiser_flags and SPADE.sampling.guidance == 2.0
+    assert "--no-mask-every-level" in TODAY.denoiser_flags and SPADE.sampling.guidance == 3.0
     cfg = EvidenceConfig()
     bench = Bench(cfg, tmp_path, np.zeros((1, 1, 1)), np.zeros((1, 1, 1)), Layout.of(27, cfg), tmp_path / "l")
     cell = Cell(1, "images_plentiful", 0.3, 2, "levers_pretrain")
@@ -251,26 +261,28 @@ def test_each_recipe_trains_and_draws_with_its_own_flags(tmp_path, monkeypatch):
     images, masks = phantom_stack(12, seed=0, config=PhantomConfig(height=256, width=256))
     bench = Bench(cfg, tmp_path, images, masks, Layout.of(len(images), cfg), tmp_path / "log")
     calls = []
-
     fake_run = fake_trainers(calls)
-
     from bench import synthetic_ablation
 
     monkeypatch.setattr(synthetic_ablation, "run", fake_run)  # the generator helpers evidence shares
+    monkeypatch.setattr(evidence, "run", fake_run)  # the pseudo-labels' prediction
+    bench.judge(1).mkdir(parents=True)
+    (bench.judge(1) / "segmenter.json").write_text("{}")
     for recipe in ("levers", "texture", "spectral_vae"):
         bench.generator(Cell(1, "images_plentiful", 0.3, 0, recipe))
     stages = [(c[c.index("--stage") + 1], c) for c in calls if c[0] == "generation_torch.train"]
     vaes = [c for stage, c in stages if stage == "vae"]
     assert len(vaes) == 2 and "--spectral-weight" in vaes[1] and "--spectral-weight" not in vaes[0]
     denoisers = [c for stage, c in stages if stage == "diffusion"]
-    assert len(denoisers) == 2  # levers and texture share the spade generator; spectral_vae has its own
+    assert len(denoisers) == 2  # levers and texture share the pseudo generator; spectral_vae has its own
+    assert len([c for c in calls if c[0] == "segmentation_tf.predict"]) == 1  # pseudo-labels once per k
     assert all("--mask-every-level" in c and "--spectral-weight" not in c for c in denoisers)
     samples = [c for c in calls if c[0] == "generation_torch.sample"]
     assert len(samples) == 3
     assert samples[0][samples[0].index("--mask-source") + 1] == "composed"
     assert samples[0][samples[0].index("--texture") + 1] == "1.0"
     assert samples[2][samples[2].index("--mask-source") + 1] == "labelled" and "--texture" not in samples[2]
-    assert SPECTRAL.sampling.guidance == 2.0 == float(samples[2][samples[2].index("--guidance") + 1])
+    assert SPECTRAL.sampling.guidance == 3.0 == float(samples[2][samples[2].index("--guidance") + 1])
 
 
 def test_generator_levers_choose_the_lowest_guidance_that_follows_the_masks():
