@@ -231,9 +231,9 @@ def chosen_ratio(results: dict, k: int, cfg: EvidenceConfig) -> float | None:
 
 
 def cells(cfg: EvidenceConfig, results: dict) -> list[Cell]:
-    """Every cell in the order that answers soonest. The instrument's own calibration first: real only
-    and A/A per seed at the ladder's k, then the main recipe there (each generator trains once and its
-    seeds follow, so a session finishes what it starts), then the ladder's other rungs (its bottom
+    """Every cell in the order that answers soonest. At the ladder's k, one k at a time, rounds of
+    real only, A/A and the main recipe per seed (the noise floor and the main gain grow together, each
+    k's generator trains once before its first round), then the ladder's other rungs (its bottom
     rung: the baseline at the ladder's ratio), then the other k's calibration with the reference run
     after the first seed's round and the main recipe there; then per k the baseline's ratio choice
     (every ratio on the choice seeds, the highest and the chosen one on every seed); strict last."""
@@ -245,11 +245,17 @@ def cells(cfg: EvidenceConfig, results: dict) -> list[Cell]:
     def calibration(ks: list[int]) -> list[Cell]:
         return [Cell(k, arm, 0.0, s) for s in cfg.seeds for k in ks for arm in ("real_only", "aa")]
 
+    def paired_rounds(ks: list[int]) -> list[Cell]:
+        # per k and seed: real only, A/A, the main recipe (a session's cells answer one k at a time)
+        return [c for k in ks for s in cfg.seeds
+                for c in (Cell(k, "real_only", 0.0, s), Cell(k, "aa", 0.0, s),
+                          *[Cell(k, "images_plentiful", cfg.lever_ratio, s, r.name) for r in main])]
+
     def recipe_arms(ks: list[int], recipes: list[Recipe]) -> list[Cell]:
         return [Cell(k, "images_plentiful", cfg.lever_ratio, s, r.name) for r in recipes for k in ks
                 for s in cfg.seeds]
 
-    out = calibration(lever_ks) + recipe_arms(lever_ks, main)
+    out = paired_rounds(lever_ks)
     out += recipe_arms(lever_ks, [r for r in cfg.recipes if r not in main])  # the baseline, then rungs
     rest = calibration(other_ks)
     rest.insert(2 * len(other_ks), Cell(0, "reference", 0.0, cfg.seeds[0]))  # after the first seed's round

@@ -142,13 +142,13 @@ def test_a_rerun_skips_finished_cells(tmp_path, monkeypatch):
     assert saved["slices"]["test"] and not set(saved["slices"]["test"]) & set(saved["slices"]["pool"])
 
 
-def test_the_instrument_calibrates_itself_first_then_answers_with_the_main_recipe():
+def test_the_instrument_answers_in_paired_rounds_of_real_only_aa_and_the_main_recipe():
     cfg = EvidenceConfig(ks=(1, 2, 0), seeds=(0, 1), choice_seeds=1, ratios=(0.2, 0.3))
     order = cells(cfg, {})
-    calib = [Cell(k, arm, 0.0, s) for s in (0, 1) for k in (1, 2) for arm in ("real_only", "aa")]
-    assert order[:8] == calib  # real only and A/A at the ladder's k, every seed
-    main = [Cell(k, "images_plentiful", 0.3, s, "levers") for k in (1, 2) for s in (0, 1)]
-    assert order[8:12] == main  # each generator's seeds follow it
+    rounds = [c for k in (1, 2) for s in (0, 1)
+              for c in (Cell(k, "real_only", 0.0, s), Cell(k, "aa", 0.0, s),
+                        Cell(k, "images_plentiful", 0.3, s, "levers"))]
+    assert order[:12] == rounds  # per k and seed: real only, A/A, the main recipe
     rungs = ("today", "spade", "pseudo", "texture", "levers_pretrain", "spectral_vae", "minsnr",
              "pool_pretrained")
     ladder = [Cell(k, "images_plentiful", 0.3, s, r) for r in rungs for k in (1, 2) for s in (0, 1)]
