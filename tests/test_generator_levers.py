@@ -78,3 +78,21 @@ def test_spectral_loss_sees_lost_texture_that_mse_barely_sees():
     plain, mse = vae_loss(x, blurred, mean, logvar, beta=1.0)
     weighted, _ = vae_loss(x, blurred, mean, logvar, beta=1.0, spectral_weight=0.5)
     assert float(weighted - plain) == pytest.approx(0.5 * float(spectral_loss(x, blurred)), rel=1e-5)
+
+
+def test_latent_stats_figures_against_hand_computed_values():
+    import numpy as np
+
+    from bench.latent_stats import latent_figures, tile_figures
+
+    z = torch.zeros(2, 1, 2, 2)
+    z[1] = 2.0  # tile means 0 and 2: channel mean 1, per-tile-mean std sqrt(2) (ddof 1)
+    fig = latent_figures(z)
+    assert fig["z_mean"] == [1.0] and abs(fig["z_tile_mean_std"][0] - 2 ** 0.5) < 1e-6
+    rng = np.random.default_rng(0)
+    real = rng.normal(0, 0.2, (4, 64, 64)).astype(np.float32)
+    same, louder = tile_figures(real, real), tile_figures(2 * real, real)
+    assert list(same["log10_power_ratio"]) == ["1-4", "4-8", "8-16", "16-32"]  # 64 px: radius <= 32
+    assert all(v == 0 for v in same["log10_power_ratio"].values())
+    # twice the amplitude is four times the power in every band: log10(4) = 0.602
+    assert all(abs(v - np.log10(4)) < 1e-3 for v in louder["log10_power_ratio"].values())

@@ -1,0 +1,100 @@
+"""Where generated tiles leave the real distribution: the latents the denoiser draws against the VAE's
+latents of real validation tiles (per-channel mean and std, spread of per-tile means), and the decoded
+tiles' contrast, brightness spread and radial power per frequency band against the same real tiles.
+
+    python -m bench.latent_stats                       # the evidence grid's k = 1 pseudo generator
+    python -m bench.latent_stats --generator G.pt --val-store STORE --guidances 1,3 --tiles 16
+
+Masks come from the validation store (the tiles' own masks), so both sides show the same layouts. Prints
+a table, writes docs/latent_stats.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.common import ROOT, print_table, shown, write_json
+
+GRID = ROOT / "runs" / "evidence" / "final"
+BANDS = ((1, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 96), (96, 128))  # radial frequency, cycles/tile
+
+
+def latent_figures(z: torch.Tensor) -> dict:
+    """Per-channel mean and std of (N, C, h, w) latents and the std over tiles of each channel's tile mean."""
+    return {"z_mean": z.mean((0, 2, 3)).tolist(), "z_std": z.std((0, 2, 3)).tolist(),
+            "z_tile_mean_std": z.mean((2, 3)).std(0).tolist()}
+
+
+def tile_figures(tiles: np.ndarray, real: np.ndarray) -> dict:
+    """Contrast, brightness spread and log10 power ratio to `real` per frequency band of (N, T, T) tiles."""
+    from generation_torch.metrics import radial_power_spectrum, realism
+
+    ratio = np.log10(radial_power_spectrum(tiles)) - np.log10(radial_power_spectrum(real))
+    return {"std": float(tiles.std()), "tile_mean_std": float(tiles.mean((1, 2)).std()),
+            "log10_power_ratio": {f"{a}-{b}": round(float(ratio[a - 1:b - 1].mean()), 3) for a, b in BANDS
+                                 if b - 1 <= len(ratio)},
+            **realism(tiles, real)}
+
+
+def drawn_latents(gen, masks: np.ndarray, settings) -> tuple[torch.Tensor, np.ndarray]:
+    """The scaled latents the sampler hands the decoder, and the decoded tiles (texture off)."""
+    caught = {}
+    decode = gen.decode
+    gen.decode = lambda z: (caught.setdefault("z", z), decode(z))[1]
+    try:
+        tiles = gen.generate(torch.from_numpy(masks.astype(np.float32)), settings, seed=0)[:, 0].numpy()
+    finally:
+        gen.decode = decode
+    return caught["z"], tiles
+
+
+def rounded(row: dict) -> dict:
+    def one(v):
+        return round(v, 4) if isinstance(v, float) else [round(x, 3) for x in v] if isinstance(v, list) else v
+    return {k: one(v) for k, v in row.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from generation_torch.pipeline import load_generator, reconstruct
+    from shared.sampling import SamplerSettings
+    from shared.store import TileStore
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--generator", type=Path,
+                        default=GRID / "gen_k1" / "images_plentiful_spade_pseudo" / "generator.pt")
+    parser.add_argument("--val-store", type=Path, default=GRID / "val_block" / "test_store")
+    parser.add_argument("--guidances", default="1,3", help="comma-separated guidance scales")
+    parser.add_argument("--sampler", default="dpmpp2m")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--tiles", type=int, default=16, help="generated tiles per guidance")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "latent_stats.json")
+    args = parser.parse_args(argv)
+    for path in (args.generator, args.val_store):
+        if not path.exists():
+            parser.error(f"{path} not found (train it with python -m bench.evidence --preset final)")
+    gen = load_generator(args.generator)
+    store = TileStore(args.val_store)
+    real, masks = store.images(store.indices()), store.masks(store.indices())
+    with torch.no_grad():
+        z_real = gen.vae.encode(torch.from_numpy(real[:, None]))[0] * gen.latent_scale
+    rows = [rounded({"tiles": "real validation", **latent_figures(z_real), **tile_figures(real, real)}),
+            rounded({"tiles": "VAE reconstructions",
+                     **tile_figures(np.clip(reconstruct(gen.vae, real), -1, 1), real)})]
+    for guidance in (float(g) for g in args.guidances.split(",")):
+        settings = SamplerSettings(args.sampler, args.steps, guidance=guidance)
+        z, tiles = drawn_latents(gen, masks[:args.tiles], settings)
+        rows.append(rounded({"tiles": f"generated g{guidance:g}", **latent_figures(z),
+                             **tile_figures(tiles, real)}))
+    print_table(f"latents and tiles vs {len(real)} real validation tiles", rows,
+                ["tiles", "z_std", "z_tile_mean_std", "std", "tile_mean_std", "spectrum_dist", "hist_w1"])
+    write_json(args.out, {"command": "python -m bench.latent_stats", "generator": shown(args.generator),
+                          "sampler": f"{args.sampler} {args.steps} steps", "latent_scale": gen.latent_scale,
+                          "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
