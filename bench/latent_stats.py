@@ -52,6 +52,28 @@ def drawn_latents(gen, masks: np.ndarray, settings) -> tuple[torch.Tensor, np.nd
     return caught["z"], tiles
 
 
+def tile_mean_error_by_t(gen, z: torch.Tensor, masks: np.ndarray, ts: list[int]) -> list[dict]:
+    """Per noise level t: the RMS error of the conditional denoiser's x0 estimate in each tile's
+    per-channel latent mean, beside the error of guessing every tile's mean as the set's mean (a
+    denoiser that knows the data does at least that well at any t)."""
+    from generation_torch.unet import mask_condition
+    from shared import diffusion
+
+    cond = mask_condition(torch.from_numpy(masks.astype(np.float32)), gen.latent_size)
+    noise = torch.from_numpy(np.random.default_rng(0).standard_normal(z.shape).astype(np.float32))
+    truth = z.mean((2, 3))
+    rows = []
+    for t in ts:
+        a, s = (float(c) for c in gen.schedule.coefficients(t))
+        x_t = diffusion.q_sample(z, noise, a, s)
+        with torch.no_grad():
+            pred = gen.unet(x_t, cond, torch.full((len(z),), float(t))).float()
+        x0, _ = diffusion.split_prediction(pred, x_t, a, s, gen.prediction)
+        rows.append({"t": t, "x0_tile_mean_rmse": float(((x0.mean((2, 3)) - truth) ** 2).mean().sqrt()),
+                     "guess_set_mean_rmse": float(((truth - truth.mean(0)) ** 2).mean().sqrt())})
+    return rows
+
+
 def rounded(row: dict) -> dict:
     def one(v):
         return round(v, 4) if isinstance(v, float) else [round(x, 3) for x in v] if isinstance(v, list) else v
@@ -89,11 +111,14 @@ def main(argv: list[str] | None = None) -> None:
         z, tiles = drawn_latents(gen, masks[:args.tiles], settings)
         rows.append(rounded({"tiles": f"generated g{guidance:g}", **latent_figures(z),
                              **tile_figures(tiles, real)}))
+    by_t = [rounded(r) for r in tile_mean_error_by_t(gen, z_real, masks, [999, 900, 700, 500, 300, 100])]
+    print_table("x0 estimate of per-tile latent means from real latents noised to t (conditional)", by_t,
+                ["t", "x0_tile_mean_rmse", "guess_set_mean_rmse"])
     print_table(f"latents and tiles vs {len(real)} real validation tiles", rows,
                 ["tiles", "z_std", "z_tile_mean_std", "std", "tile_mean_std", "spectrum_dist", "hist_w1"])
     write_json(args.out, {"command": "python -m bench.latent_stats", "generator": shown(args.generator),
                           "sampler": f"{args.sampler} {args.steps} steps", "latent_scale": gen.latent_scale,
-                          "rows": rows})
+                          "rows": rows, "tile_mean_error_by_t": by_t})
 
 
 if __name__ == "__main__":
