@@ -106,6 +106,10 @@ SPECTRAL = replace(PSEUDO, name="spectral_vae", generator="spade_pseudo_spectral
 # weigh as much as nearly clean ones): a side rung beside spade
 MINSNR = replace(SPADE, name="minsnr", generator="spade_minsnr",
                  denoiser_flags=("--mask-every-level", "--min-snr-gamma", "5"))
+# the main recipe with a v-prediction denoiser: an eps denoiser's x0 estimate divides by
+# sqrt(abar) = 0.006 at t = 999 and gets each tile's brightness wrong there (bench.latent_stats)
+VPRED = replace(LEVERS, name="vpred", generator="spade_pseudo_v",
+                denoiser_flags=(*LEVERS.denoiser_flags, "--prediction", "v"))
 # images plentiful, the other way: the denoiser first learns EM from every pool image (60 min, no mask:
 # shared by every k), then each k's conditioned training starts from it; a side rung beside spade
 POOL_PRETRAINED = replace(SPADE, name="pool_pretrained", generator="spade_pool_pretrained",
@@ -136,7 +140,7 @@ class EvidenceConfig:
                                         "--steps-per-epoch", "50", "--visual-every", "0")
     # the first is the baseline
     recipes: tuple[Recipe, ...] = (TODAY, SPADE, PSEUDO, TEXTURE, LEVERS, LEVERS_PRETRAIN, SPECTRAL, MINSNR,
-                                   POOL_PRETRAINED)
+                                   POOL_PRETRAINED, VPRED)
     main_recipe: str = "levers"                     # every generator lever: first after calibration, every k
     lever_ks: tuple[int, ...] = (1, 2)              # where the ladder's rungs run
     lever_ratio: float = 0.3
@@ -180,7 +184,7 @@ PRESETS = {
         generator_flags=("--preset", "full",),
         recipes=tuple(replace(r, sampling=replace(r.sampling, sampler="ddim", steps=50))
                       for r in (TODAY, SPADE, PSEUDO, TEXTURE, LEVERS, LEVERS_PRETRAIN, SPECTRAL, MINSNR,
-                                POOL_PRETRAINED))),
+                                POOL_PRETRAINED, VPRED))),
 }
 
 

@@ -150,10 +150,10 @@ def test_the_instrument_answers_in_paired_rounds_of_real_only_aa_and_the_main_re
                         Cell(k, "images_plentiful", 0.3, s, "levers"))]
     assert order[:12] == rounds  # per k and seed: real only, A/A, the main recipe
     rungs = ("today", "spade", "pseudo", "texture", "levers_pretrain", "spectral_vae", "minsnr",
-             "pool_pretrained")
+             "pool_pretrained", "vpred")
     ladder = [Cell(k, "images_plentiful", 0.3, s, r) for r in rungs for k in (1, 2) for s in (0, 1)]
-    assert order[12:44] == ladder  # the other rungs at k = 1, 2 only, the baseline first
-    assert order[44:47] == [Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0), Cell(0, "reference", 0.0, 0)]
+    assert order[12:48] == ladder  # the other rungs at k = 1, 2 only, the baseline first
+    assert order[48:51] == [Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0), Cell(0, "reference", 0.0, 0)]
     assert order.index(Cell(0, "images_plentiful", 0.3, 0, "levers")) < order.index(
         Cell(1, "images_plentiful", 0.2, 0))  # the main recipe on the whole pool before the ratio sweep
     assert not [c for c in order if c.arm == "strict" and c.k == 0]
@@ -169,10 +169,12 @@ def test_recipes_share_generators_and_stores_only_when_their_flags_agree(tmp_pat
         SPECTRAL,
         TEXTURE,
         TODAY,
+        VPRED,
         segmenter_flags,
     )
 
     assert LEVERS.generator == TEXTURE.generator == PSEUDO.generator != SPADE.generator != TODAY.generator
+    assert VPRED.generator != LEVERS.generator and VPRED.store == LEVERS.store  # its own denoiser, same draw
     assert LEVERS.pseudo_masks and SPECTRAL.pseudo_masks and not SPADE.pseudo_masks
     assert SPECTRAL.vae != SPADE.vae == TODAY.vae == LEVERS.vae  # the spectrum loss trains its own VAE
     assert LEVERS.store == LEVERS_PRETRAIN.store != TEXTURE.store != SPADE.store  # masks; texture
