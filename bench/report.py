@@ -28,6 +28,8 @@ SECTIONS = [
      "The evidence instrument (--preset final: last weights + EMA 0.99; generator recipes)"),
     ("generator_levers.json",
      "Generator levers on the validation block: mask fidelity and realism per guidance"),
+    ("latent_stats.json", "Where generated tiles leave the real distribution: latents and decoded tiles"),
+    ("latent_stats_vpred.json", "The same for the v-prediction denoiser (the vpred rung)"),
     ("synthetic_ablation.json", "Does synthetic data help? (synthetic-ratio ablation, superseded)"),
     ("synthetic_variants.json", "What would make generated tiles help? (k = 2 variants)"),
     ("synthetic_variants_unseeded.json", "k = 2 variants, first run (unseeded weights, superseded)"),
@@ -43,6 +45,8 @@ TABLE_TITLES = {
                   "slices) beside that judge on real test tiles; realism against the test tiles beside the "
                   "real pool's floor; classifier two-sample accuracy (0.5: indistinguishable)",
     "cost": "Cost so far per CPU model (2 cores)",
+    "tile_mean_error_by_t": "The denoiser's x0 estimate of per-tile latent means from real validation "
+                            "latents noised to t, beside guessing every tile's mean as the set's mean",
     "fidelity": "Mask fidelity: the whole-pool real-only segmenter on generated tiles vs their conditioning "
                 "masks, beside the same segmenter on held-out real test tiles",
 }
@@ -86,7 +90,8 @@ def section(path: Path, title: str) -> list[str]:
         figures = ", ".join(f"{k} {cell(v)}" for k, v in summary.items())
         lines += ["", f"{TABLE_TITLES['noise_floor']}: {figures}", "", *table(floor["per_k"])]
     lines.append("")
-    for name in ("rows", "rise", "gains", "generators", "fidelity", "cost", "cells", "results"):
+    for name in ("rows", "rise", "gains", "generators", "fidelity", "cost", "cells", "results",
+                 "tile_mean_error_by_t"):
         if isinstance(data.get(name), list) and data[name]:
             title = [f"{TABLE_TITLES[name]}:", ""] if name in TABLE_TITLES else []
             lines += title + table(data[name]) + [""]
