@@ -41,15 +41,12 @@ def tile_figures(tiles: np.ndarray, real: np.ndarray) -> dict:
 
 
 def drawn_latents(gen, masks: np.ndarray, settings) -> tuple[torch.Tensor, np.ndarray]:
-    """The scaled latents the sampler hands the decoder, and the decoded tiles (texture off)."""
-    caught = {}
-    decode = gen.decode
-    gen.decode = lambda z: (caught.setdefault("z", z), decode(z))[1]
-    try:
-        tiles = gen.generate(torch.from_numpy(masks.astype(np.float32)), settings, seed=0)[:, 0].numpy()
-    finally:
-        gen.decode = decode
-    return caught["z"], tiles
+    """The scaled latents the sampler draws for `masks` and their decoded tiles (texture off)."""
+    from shared.sampling import TileNoise, tile_seeds
+
+    noise = TileNoise(tile_seeds(0, 0, len(masks)))
+    z = gen.sample_latents(torch.from_numpy(masks.astype(np.float32)), settings, noise)
+    return z, gen.decode(z)[:, 0].numpy()
 
 
 def tile_mean_error_by_t(gen, z: torch.Tensor, masks: np.ndarray, ts: list[int]) -> list[dict]:

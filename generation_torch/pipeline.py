@@ -77,9 +77,20 @@ class Generator:
         if settings.texture and self.texture_spectrum is None:
             raise UserError("this generator has no texture spectrum (trained before it was measured): "
                             "draw with --texture 0 or retrain its diffusion stage")
+        noise = TileNoise(tile_seeds(seed, start, len(masks)))
+        images = self.decode(self.sample_latents(masks, settings, noise))
+        if not settings.texture:
+            return images
+        textured = add_texture(images[:, 0].cpu().numpy(), self.texture_spectrum, settings.texture, noise)
+        return torch.from_numpy(textured)[:, None].to(images.device)
+
+    @torch.no_grad()
+    def sample_latents(self, masks: torch.Tensor, settings: SamplerSettings,
+                       noise: TileNoise) -> torch.Tensor:
+        """Scaled latents (B, C, h, w) for masks (B, T, T), drawn from the tiles' noise streams: what
+        `generate` decodes."""
         self.vae.eval()
         self.unet.eval()
-        noise = TileNoise(tile_seeds(seed, start, len(masks)))
 
         def noise_fn(x: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(noise.draw(x.shape[1:])).to(x.device)
@@ -89,13 +100,8 @@ class Generator:
         cond = mask_condition(masks.to(self.device), self.latent_size)
         fn = self.model_fn(cond, settings.scale, settings.guidance_rescale)
         steps = settings.steps_for(self.schedule.timesteps)
-        z = diffusion.sample(fn, x_T, self.schedule, settings.sampler, steps, eta=settings.eta,
-                             prediction=self.prediction, noise_fn=noise_fn)
-        images = self.decode(z)
-        if not settings.texture:
-            return images
-        textured = add_texture(images[:, 0].cpu().numpy(), self.texture_spectrum, settings.texture, noise)
-        return torch.from_numpy(textured)[:, None].to(images.device)
+        return diffusion.sample(fn, x_T, self.schedule, settings.sampler, steps, eta=settings.eta,
+                                prediction=self.prediction, noise_fn=noise_fn)
 
     def decode(self, z_scaled: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), precision.autocast(self.device, self.autocast):
