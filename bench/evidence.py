@@ -20,11 +20,13 @@ Arms, all paired by seed (a seed fixes the segmenter's initial weights and its r
 Recipes (how the pairs are made and used): "today" is the recipe the earlier ablation measured (the
 mask enters the denoiser at its input only, guidance 12, the labelled masks); the levers of the
 generator issue add up in a ladder, each rung one more lever, at ratio 0.3 on every seed for k = 1
-and 2: "spade" (the mask at every level, guidance 2), "texture" (+ the decoder's residual texture,
-shared.texture), "levers" (+ composed mask layouts), "levers_pretrain" (+ synthetic pre-training,
-then real fine-tuning); "spectral_vae" (spade with a VAE trained with a spectrum loss) is the other
-way to texture. The ratio, and the arm a user would pick, are chosen on the validation block (mean
-validation IoU over seeds), never on the test block. Every gain is a mean paired difference with a
+and 2: "spade" (the mask at every level, guidance 3), "pseudo" (+ pseudo-labelled pool slices),
+"texture" (+ the decoder's residual texture, shared.texture), "levers" (+ composed mask layouts),
+"levers_pretrain" (+ synthetic pre-training, then real fine-tuning); "vpred" (levers with a
+v-prediction denoiser) is the main recipe, run in every paired round; side rungs: "spectral_vae"
+(a VAE trained with a spectrum loss), "minsnr", "pool_pretrained". The ratio, and the arm a user
+would pick, are chosen on the validation block (mean validation IoU over seeds), never on the test
+block. Every gain is a mean paired difference with a
 95% t interval.
 """
 
@@ -141,7 +143,7 @@ class EvidenceConfig:
     # the first is the baseline
     recipes: tuple[Recipe, ...] = (TODAY, SPADE, PSEUDO, TEXTURE, LEVERS, LEVERS_PRETRAIN, SPECTRAL, MINSNR,
                                    POOL_PRETRAINED, VPRED)
-    main_recipe: str = "levers"                     # every generator lever: first after calibration, every k
+    main_recipe: str = "vpred"                      # every lever + v-prediction: in every paired round
     lever_ks: tuple[int, ...] = (1, 2)              # where the ladder's rungs run
     lever_ratio: float = 0.3
     test_fraction: float = 0.2
@@ -177,6 +179,7 @@ PRESETS = {
                          "--visual-every", "0"),
         recipes=(replace(TODAY, sampling=SamplerSettings("ddim", 8, guidance=3.0)),
                  replace(LEVERS, sampling=SamplerSettings("ddim", 8, guidance=2.0, texture=1.0))),
+        main_recipe="levers",
         lever_ks=(1,)),
     "full": EvidenceConfig(
         seeds=tuple(range(8)), choice_seeds=3, n_synthetic=512,

@@ -147,14 +147,14 @@ def test_the_instrument_answers_in_paired_rounds_of_real_only_aa_and_the_main_re
     order = cells(cfg, {})
     rounds = [c for k in (1, 2) for s in (0, 1)
               for c in (Cell(k, "real_only", 0.0, s), Cell(k, "aa", 0.0, s),
-                        Cell(k, "images_plentiful", 0.3, s, "levers"))]
+                        Cell(k, "images_plentiful", 0.3, s, "vpred"))]
     assert order[:12] == rounds  # per k and seed: real only, A/A, the main recipe
-    rungs = ("today", "spade", "pseudo", "texture", "levers_pretrain", "spectral_vae", "minsnr",
-             "pool_pretrained", "vpred")
+    rungs = ("today", "spade", "pseudo", "texture", "levers", "levers_pretrain", "spectral_vae", "minsnr",
+             "pool_pretrained")
     ladder = [Cell(k, "images_plentiful", 0.3, s, r) for r in rungs for k in (1, 2) for s in (0, 1)]
     assert order[12:48] == ladder  # the other rungs at k = 1, 2 only, the baseline first
     assert order[48:51] == [Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0), Cell(0, "reference", 0.0, 0)]
-    assert order.index(Cell(0, "images_plentiful", 0.3, 0, "levers")) < order.index(
+    assert order.index(Cell(0, "images_plentiful", 0.3, 0, "vpred")) < order.index(
         Cell(1, "images_plentiful", 0.2, 0))  # the main recipe on the whole pool before the ratio sweep
     assert not [c for c in order if c.arm == "strict" and c.k == 0]
     assert len(order) == len(set(order))
