@@ -109,9 +109,11 @@ SPECTRAL = replace(PSEUDO, name="spectral_vae", generator="spade_pseudo_spectral
 MINSNR = replace(SPADE, name="minsnr", generator="spade_minsnr",
                  denoiser_flags=("--mask-every-level", "--min-snr-gamma", "5"))
 # the main recipe with a v-prediction denoiser: an eps denoiser's x0 estimate divides by
-# sqrt(abar) = 0.006 at t = 999 and gets each tile's brightness wrong there (bench.latent_stats)
+# sqrt(abar) = 0.006 at t = 999 and gets each tile's brightness wrong there (bench.latent_stats);
+# guidance 1.5: the lowest of 1.5/2/3 reaching 0.9 of the judge on validation (docs/generator_levers.json)
 VPRED = replace(LEVERS, name="vpred", generator="spade_pseudo_v",
-                denoiser_flags=(*LEVERS.denoiser_flags, "--prediction", "v"))
+                denoiser_flags=(*LEVERS.denoiser_flags, "--prediction", "v"),
+                sampling=replace(LEVERS.sampling, guidance=1.5))
 # images plentiful, the other way: the denoiser first learns EM from every pool image (60 min, no mask:
 # shared by every k), then each k's conditioned training starts from it; a side rung beside spade
 POOL_PRETRAINED = replace(SPADE, name="pool_pretrained", generator="spade_pool_pretrained",

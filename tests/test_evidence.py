@@ -174,7 +174,7 @@ def test_recipes_share_generators_and_stores_only_when_their_flags_agree(tmp_pat
     )
 
     assert LEVERS.generator == TEXTURE.generator == PSEUDO.generator != SPADE.generator != TODAY.generator
-    assert VPRED.generator != LEVERS.generator and VPRED.store == LEVERS.store  # its own denoiser, same draw
+    assert VPRED.generator != LEVERS.generator and VPRED.sampling.guidance == 1.5  # chosen on validation
     assert LEVERS.pseudo_masks and SPECTRAL.pseudo_masks and not SPADE.pseudo_masks
     assert SPECTRAL.vae != SPADE.vae == TODAY.vae == LEVERS.vae  # the spectrum loss trains its own VAE
     assert LEVERS.store == LEVERS_PRETRAIN.store != TEXTURE.store != SPADE.store  # masks; texture
