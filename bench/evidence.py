@@ -26,8 +26,7 @@ and 2: "spade" (the mask at every level, guidance 3), "pseudo" (+ pseudo-labelle
 v-prediction denoiser) is the main recipe, run in every paired round; side rungs: "spectral_vae"
 (a VAE trained with a spectrum loss), "minsnr", "pool_pretrained". The ratio, and the arm a user
 would pick, are chosen on the validation block (mean validation IoU over seeds), never on the test
-block. Every gain is a mean paired difference with a
-95% t interval.
+block. Every gain is a mean paired difference with a 95% t interval.
 """
 
 from __future__ import annotations

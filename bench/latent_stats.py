@@ -59,6 +59,7 @@ def tile_mean_error_by_t(gen, z: torch.Tensor, masks: np.ndarray, ts: list[int])
     cond = mask_condition(torch.from_numpy(masks.astype(np.float32)), gen.latent_size)
     noise = torch.from_numpy(np.random.default_rng(0).standard_normal(z.shape).astype(np.float32))
     truth = z.mean((2, 3))
+    guess = float(((truth - truth.mean(0)) ** 2).mean().sqrt())
     rows = []
     for t in ts:
         a, s = (float(c) for c in gen.schedule.coefficients(t))
@@ -67,7 +68,7 @@ def tile_mean_error_by_t(gen, z: torch.Tensor, masks: np.ndarray, ts: list[int])
             pred = gen.unet(x_t, cond, torch.full((len(z),), float(t))).float()
         x0, _ = diffusion.split_prediction(pred, x_t, a, s, gen.prediction)
         rows.append({"t": t, "x0_tile_mean_rmse": float(((x0.mean((2, 3)) - truth) ** 2).mean().sqrt()),
-                     "guess_set_mean_rmse": float(((truth - truth.mean(0)) ** 2).mean().sqrt())})
+                     "guess_set_mean_rmse": guess})
     return rows
 
 
