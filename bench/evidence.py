@@ -50,6 +50,7 @@ from bench.synthetic_ablation import (
     train_generator,
     trained_vae,
 )
+from segmentation_tf.calibration import VERSION as CALIBRATION_VERSION
 from shared.atomic import write_json_atomic
 from shared.sampling import SamplerSettings
 from shared.splits import z_block_split
@@ -386,24 +387,69 @@ def segmenter_flags(cell: Cell, cfg: EvidenceConfig, synthetic: Path | None) -> 
     return flags
 
 
-def run_cell(cell: Cell, bench: Bench) -> dict:
-    start = time.time()
-    synthetic = bench.generator(cell) if cell.ratio > 0 else None
+def segmenter_dir(cell: Cell, work: Path) -> Path:
     tail = f"_{cell.recipe}" if cell.ratio > 0 and cell.recipe != "today" else ""
-    seg_dir = bench.work / f"k{cell.k}_s{cell.seed}" / f"{cell.arm}_r{cell.ratio:g}{tail}"
+    return work / f"k{cell.k}_s{cell.seed}" / f"{cell.arm}_r{cell.ratio:g}{tail}"
+
+
+def calibration_version(seg_dir: Path) -> int:
+    """The threshold-grid version a saved segmenter was calibrated with (1 before versions were kept)."""
+    calibration = json.loads((seg_dir / "segmenter.json").read_text())["provenance"]["calibration"]
+    return int(calibration.get("version", 1))
+
+
+def run_cell(cell: Cell, bench: Bench) -> dict:
+    """Train the cell's segmenter (resumes), recalibrate it if its threshold grid is older than
+    today's, and score it on the test block."""
+    start = time.time()
+    seg_dir = segmenter_dir(cell, bench.work)
+    scores_path = seg_dir / "test_scores.json"
     if not (seg_dir / "segmenter.json").exists():
+        synthetic = bench.generator(cell) if cell.ratio > 0 else None
         run(["segmentation_tf.fit", "--store", str(bench.store(cell.k)), "--out", str(seg_dir), "--verbose",
              "0", *segmenter_flags(cell, bench.cfg, synthetic)], bench.log)
-    scores_path = seg_dir / "test_scores.json"
+    if calibration_version(seg_dir) < CALIBRATION_VERSION:
+        run(["segmentation_tf.recalibrate", "--model", str(seg_dir)], bench.log)
+        scores_path.unlink(missing_ok=True)
     if not scores_path.exists():
         run(["segmentation_tf.evaluate", "--model", str(seg_dir), "--images", str(bench.test[0]), "--masks",
              str(bench.test[1]), "--json", str(scores_path)], bench.log)
     summary = json.loads((seg_dir / "segmenter.json").read_text())["provenance"]
     return {**asdict(cell), "labelled_slices": bench.layout.labelled(cell.k, bench.cfg),
             "test_iou": json.loads(scores_path.read_text())["iou"], "val_iou": summary["calibration"]["iou"],
+            "threshold": summary["calibration"]["threshold"], "calibration": CALIBRATION_VERSION,
             "train_minutes": round(summary["train_seconds_this_process"] / 60, 2),
             "minutes": round((time.time() - start) / 60, 2), "cpu": machine()["cpu"],
             "precision": summary["policy"]}
+
+
+def cell_of(record: dict) -> Cell:
+    return Cell(record["k"], record["arm"], record["ratio"], record["seed"], record.get("recipe", "today"))
+
+
+def rescore_stale(results: dict, measured: dict, bench: Bench) -> None:
+    """Cells calibrated on an older threshold grid: recalibrated on validation and scored on the test
+    block again from their saved segmenters (prediction only; training minutes kept). A stale cell
+    whose segmenter is not on this machine is dropped, to be trained again, so that no comparison
+    pairs cells calibrated two ways. Generator figures judged at an older threshold are dropped too
+    (measured again)."""
+    for key, record in list(results.items()):
+        if record.get("calibration", 1) >= CALIBRATION_VERSION:
+            continue
+        if not (segmenter_dir(cell_of(record), bench.work) / "segmenter.json").exists():
+            print(f"{key}: calibrated on an older threshold grid and its segmenter is absent; trains again")
+            del results[key]
+            continue
+        print(f"{key}: recalibrating (threshold grid version {CALIBRATION_VERSION}) ...", flush=True)
+        sidecar = segmenter_dir(cell_of(record), bench.work) / "segmenter.json"
+        before = json.loads(sidecar.read_text())["threshold"]
+        fresh = run_cell(cell_of(record), bench)
+        results[key] = {**fresh, "minutes": record["minutes"], "rescore_minutes": fresh["minutes"],
+                        "cpu": record.get("cpu", fresh["cpu"]), "test_iou_before_recalibration":
+                        record["test_iou"], "threshold_before_recalibration": before}
+    for key, figures in list(measured.items()):
+        if figures.get("judge_calibration", 1) < CALIBRATION_VERSION:
+            del measured[key]
 
 
 def generator_key(cell: Cell) -> str:
@@ -438,6 +484,7 @@ def generator_figures(cell: Cell, bench: Bench) -> dict:
             **{k: round(v, 4) for k, v in realism(generated, real).items()},
             "floor_hist_w1": round(floor["hist_w1"], 4),
             "floor_spectrum_dist": round(floor["spectrum_dist"], 4),
+            "judge_calibration": calibration_version(judge),
             "c2st_accuracy": round(two_sample_accuracy(generated, real)["c2st_accuracy"], 4),
             "vae_recon_mse": round(recon["recon_mse"], 5),
             "vae_recon_spectrum_dist": round(realism(recon_tiles, real)["spectrum_dist"], 4)}
@@ -649,6 +696,7 @@ def main(argv: list[str] | None = None) -> None:
     bench = Bench(cfg, work, images, masks, Layout.of(len(images), cfg), work / "evidence.log")
     write_stack(bench.test[0], images[bench.layout.test])
     write_stack(bench.test[1], masks[bench.layout.test])
+    rescore_stale(results, generators, bench)
     done = 0
     while (todo := [c for c in cells(cfg, results) if c.key not in results]) and \
             (not args.max_cells or done < args.max_cells):

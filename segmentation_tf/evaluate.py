@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in result["slices"]:
         print(f"slice {s['slice']:>4}  IoU {s['iou']:.4f}  Dice {s['dice']:.4f}")
     print(f"overall  IoU {result['iou']:.4f}  Dice {result['dice']:.4f}  "
-          f"(threshold {result['threshold']:.2f}, {len(images)} slices, "
+          f"(threshold {result['threshold']:.6g}, {len(images)} slices, "
           f"{result['slices_per_s']:.2f} slices/s)")
     if args.json:
         write_json_atomic(args.json, result)

@@ -16,14 +16,13 @@ import tensorflow as tf
 
 from segmentation_tf import data as pipeline
 from segmentation_tf.artifacts import float32_copy, save_segmenter
-from segmentation_tf.calibration import calibrate_threshold
+from segmentation_tf.calibration import calibrate_slices
 from segmentation_tf.callbacks import standard_callbacks
 from segmentation_tf.config import DataConfig, TrainConfig, UNetConfig, pretrain_epochs, tile_weighted
 from segmentation_tf.inference import predict_stack
 from segmentation_tf.losses import BceJaccardLoss
 from segmentation_tf.metrics import ForegroundDice, ForegroundIoU
 from segmentation_tf.model import build_unet
-from segmentation_tf.scores import score
 from segmentation_tf.slices import store_slices
 from shared.atomic import atomic_path, write_json_atomic
 from shared.errors import UserError
@@ -67,11 +66,7 @@ def compiled_model(config: UNetConfig, train: TrainConfig, steps: int, tile_weig
 def calibrate(model: keras.Model, store: TileStore, config: TrainConfig) -> dict[str, Any]:
     """Threshold maximizing pooled IoU on the whole validation slices (overlap + blending)."""
     images, masks = store_slices(store, "val")
-    probs = predict_stack(model, images, store.tile_size, config.overlap, config.tta)
-    threshold, _ = calibrate_threshold(probs, masks)
-    result = score(probs, masks, threshold)
-    result["iou_at_0.5"] = score(probs, masks, 0.5)["iou"]
-    return result
+    return calibrate_slices(predict_stack(model, images, store.tile_size, config.overlap, config.tta), masks)
 
 
 def stop_on_nan(losses: list[float], run_dir) -> None:
@@ -169,7 +164,7 @@ def fit(inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str) -> dic
                    inputs.train.overlap, inputs.train.tta, store.pixel_size)
     write_json_atomic(run_dir / "train_summary.json", provenance)
     print(f"validation IoU {calibration['iou']:.4f} / Dice {calibration['dice']:.4f} at the calibrated "
-          f"threshold {calibration['threshold']:.2f} (IoU {calibration['iou_at_0.5']:.4f} at 0.5); "
+          f"threshold {calibration['threshold']:.6g} (IoU {calibration['iou_at_0.5']:.4f} at 0.5); "
           f"trained {train_seconds / 60:.1f} min; saved {run_dir / 'segmenter.keras'}")
     return provenance
 

@@ -19,6 +19,8 @@ ENTRY_POINTS = {
     "segmentation_tf.predict": ["--model", MISSING, "--images", f"{MISSING}.tif", "--out", "/tmp/p"],
     "segmentation_tf.evaluate": ["--model", MISSING, "--images", f"{MISSING}.tif",
                                  "--masks", f"{MISSING}.tif"],
+    "segmentation_tf.recalibrate": ["--model", MISSING, "--images", f"{MISSING}.tif",
+                                    "--masks", f"{MISSING}.tif"],
     "segmentation_tf.filter_synthetic": ["--judge", MISSING, "--store", MISSING, "--out", "/tmp/f"],
     "exporters.keras_onnx": ["--model", MISSING, "--out", "/tmp/emsynth-cli-test.onnx"],
     "exporters.torch_onnx": ["--checkpoint", f"{MISSING}.pt", "--out", "/tmp/emsynth-cli-test-onnx"],

@@ -85,9 +85,9 @@ def test_no_test_slice_reaches_a_store_and_validation_only_as_val(tmp_path):
         assert not {r["slice"] for r in store.records} & set(layout.test)
 
 
-def _cell(k, arm, ratio, seed, test, val=0.5):
+def _cell(k, arm, ratio, seed, test, val=0.5, calibration=evidence.CALIBRATION_VERSION):
     return {"k": k, "arm": arm, "ratio": ratio, "seed": seed, "test_iou": test, "val_iou": val,
-            "minutes": 1.0}
+            "minutes": 1.0, **({"calibration": calibration} if calibration > 1 else {})}
 
 
 def test_the_ratio_is_chosen_on_validation_not_test():
@@ -364,3 +364,46 @@ def test_pool_pretrained_denoiser_trains_once_without_masks_and_starts_every_k(t
         assert Path(c[c.index("--store") + 1]) == bench.store(k) and "--cond-dropout" not in c
         assert Path(c[c.index("--init-denoiser") + 1]) == Path(pool[pool.index("--out") + 1]) / "generator.pt"
     assert len([c for c in calls if "vae" in c]) == 1  # one pool VAE
+
+
+def test_cells_on_an_older_threshold_grid_are_recalibrated_from_their_saved_segmenters(tmp_path, monkeypatch):
+    """A finished cell whose segmenter was calibrated on the version-1 grid is recalibrated and scored
+    again (prediction only, no training, no generator); one whose segmenter is not on this machine is
+    dropped so it trains again; generator figures judged at an older threshold are dropped."""
+    cfg = EvidenceConfig(ks=(1,))
+    images, masks = phantom_stack(10, seed=0, config=PhantomConfig(height=256, width=256))
+    bench = Bench(cfg, tmp_path, images, masks, Layout.of(len(images), cfg), tmp_path / "log")
+    kept, gone = Cell(1, "images_plentiful", 0.3, 0, "vpred"), Cell(1, "real_only", 0.0, 1)
+    seg = evidence.segmenter_dir(kept, tmp_path)
+    seg.mkdir(parents=True)
+    provenance = {"calibration": {"threshold": 0.98, "iou": 0.6}, "train_seconds_this_process": 600,
+                  "policy": "mixed_bfloat16"}
+    (seg / "segmenter.json").write_text(json.dumps({"threshold": 0.98, "provenance": provenance}))
+    (seg / "test_scores.json").write_text(json.dumps({"iou": 0.6}))
+    results = {kept.key: {**_cell(1, "images_plentiful", 0.3, 0, 0.6, calibration=1), "recipe": "vpred",
+                          "minutes": 8.0},
+               gone.key: _cell(1, "real_only", 0.0, 1, 0.7, calibration=1)}
+    measured = {"k=1|images_plentiful|vpred": {"fidelity_iou": 0.9}, "fresh": {"judge_calibration": 2}}
+    calls = []
+
+    def fake_run(args, log):
+        calls.append(args[0])
+        if args[0] == "segmentation_tf.recalibrate":
+            calibration = {"threshold": 0.9995, "iou": 0.75, "version": 2}
+            (seg / "segmenter.json").write_text(json.dumps(
+                {"threshold": 0.9995, "provenance": {**provenance, "calibration": calibration}}))
+        elif args[0] == "segmentation_tf.evaluate":
+            Path(args[args.index("--json") + 1]).write_text(json.dumps({"iou": 0.7}))
+
+    monkeypatch.setattr(evidence, "run", fake_run)
+    monkeypatch.setattr(Bench, "generator", lambda self, cell: pytest.fail("a rescore needs no generator"))
+    evidence.rescore_stale(results, measured, bench)
+    assert calls == ["segmentation_tf.recalibrate", "segmentation_tf.evaluate"]
+    record = results[kept.key]
+    assert record["test_iou"] == 0.7 and record["val_iou"] == 0.75 and record["threshold"] == 0.9995
+    assert record["test_iou_before_recalibration"] == 0.6 and record["threshold_before_recalibration"] == 0.98
+    assert record["minutes"] == 8.0 and record["calibration"] == 2 and record["recipe"] == "vpred"
+    assert gone.key not in results and list(measured) == ["fresh"]
+    calls.clear()
+    evidence.rescore_stale(results, measured, bench)
+    assert calls == []  # nothing stale any more

@@ -85,5 +85,29 @@ def test_calibration_finds_the_separating_threshold():
     assert 0.25 <= threshold <= 0.3 and best == pytest.approx(1.0)
     curve = iou_curve(probs, truth, np.array([0.5, 0.27]))
     assert curve[0] == 0.0 and curve[1] == pytest.approx(1.0)
-    for t in (0.1, 0.4):
-        assert iou_curve(probs, truth, np.array([t]))[0] == pytest.approx(iou(probs, truth, t), abs=1e-9)
+    for t in (0.1, 0.4, 0.123456):  # exact at any threshold, not only at bin edges
+        assert iou_curve(probs, truth, np.array([t]))[0] == pytest.approx(iou(probs, truth, t), abs=1e-12)
+
+
+def test_calibration_reaches_an_over_confident_segmenters_threshold():
+    """Foreground at 0.9999, false positives at 0.999 (a one-slice segmenter's over-segmentation): the
+    old 0.02-0.98 grid stopped at 0.98 with IoU 1/2; the logit grid separates them."""
+    from segmentation_tf.calibration import calibrate_slices, default_thresholds
+
+    truth = np.zeros((2, 8, 8), bool)
+    truth[:, :4, :4] = True  # 32 foreground pixels
+    probs = np.full(truth.shape, 0.01, np.float32)
+    probs[truth] = 0.9999
+    probs[:, 4:, 4:] = 0.999  # 32 false positives
+    assert iou_curve(probs, truth, np.array([0.98]))[0] == pytest.approx(0.5)
+    threshold, best = calibrate_threshold(probs, truth)
+    assert 0.999 < threshold <= 0.9999 and best == 1.0
+    grid = default_thresholds()
+    assert grid[0] == pytest.approx(0.02, abs=1e-6) and grid[-1] == pytest.approx(1 - 1e-6, abs=1e-7)
+    assert np.all(np.diff(grid) >= 0)
+    record = calibrate_slices(probs, truth)
+    assert record["version"] == 2 and record["iou"] == 1.0 and record["iou_at_0.5"] == pytest.approx(0.5)
+    assert not record["at_grid_top"]
+    probs[truth] = 1.0
+    probs[0, 4:, 4:], probs[1, 4:, 4:] = 0.99999, 0.9999999  # the second beyond any grid: flagged
+    assert calibrate_slices(probs, truth)["at_grid_top"]
