@@ -52,6 +52,7 @@ from bench.synthetic_ablation import (
 )
 from segmentation_tf.calibration import VERSION as CALIBRATION_VERSION
 from shared.atomic import write_json_atomic
+from shared.errors import UserError
 from shared.sampling import SamplerSettings
 from shared.splits import z_block_split
 from shared.tiff_io import read_mask_stack, write_stack
@@ -71,9 +72,10 @@ class Recipe:
     sampling: SamplerSettings = SamplerSettings("dpmpp2m", 20, guidance=12.0)
     mask_source: str = "labelled"                     # generation_torch.sample --mask-source
     fit_flags: tuple[str, ...] = ()                   # segmentation_tf.fit flags of its synthetic arms
-    # the denoiser's conditioned rows also learn from the unlabelled pool slices, with the masks that
-    # the real-only segmenter of the same k slices (seed 0) predicts for them (pseudo-labels)
-    pseudo_masks: bool = False
+    # N > 0: the denoiser's conditioned rows also learn from the unlabelled pool slices, with the masks
+    # that the real-only segmenter of the same k slices (seed 0) predicts for them (pseudo-labels), at
+    # its threshold as calibrated on threshold grid version N (segmentation_tf.calibration)
+    pseudo_masks: int = 0
     # minutes of an unconditional denoiser (--cond-dropout 1) pre-trained on every pool image once,
     # that each k's denoiser then starts from (--init-denoiser); 0: from random weights
     pool_denoiser_minutes: float = 0.0
@@ -94,7 +96,7 @@ SPADE = Recipe("spade", generator="spade", denoiser_flags=("--mask-every-level",
 # images plentiful, labels scarce, taken further: the k slices' real-only segmenter labels the other
 # pool slices, and the denoiser's conditioned branch learns from all of them (18x the pairs at k = 1);
 # at k = 1 it lifted mask fidelity on validation from 0.04 to 0.56 at guidance 3
-PSEUDO = replace(SPADE, name="pseudo", generator="spade_pseudo", pseudo_masks=True)
+PSEUDO = replace(SPADE, name="pseudo", generator="spade_pseudo", pseudo_masks=1)
 # the decoder's missing texture added back as noise of its residual spectrum (sampling p(x | z)
 # instead of its mean; shared.texture): the same generator, drawn differently
 TEXTURE = replace(PSEUDO, name="texture", sampling=replace(PSEUDO.sampling, texture=1.0))
@@ -111,7 +113,9 @@ MINSNR = replace(SPADE, name="minsnr", generator="spade_minsnr",
 # the main recipe with a v-prediction denoiser: an eps denoiser's x0 estimate divides by
 # sqrt(abar) = 0.006 at t = 999 and gets each tile's brightness wrong there (bench.latent_stats);
 # guidance 1.5: the lowest of 1.5/2/3 reaching 0.9 of the judge on validation (docs/generator_levers.json)
-VPRED = replace(LEVERS, name="vpred", generator="spade_pseudo_v",
+# (pseudo-labels at the judge's version-2 threshold, ~0.9995 at k = 1: the version-1 grid's 0.98 made
+# them 1.4x too large)
+VPRED = replace(LEVERS, name="vpred", generator="spade_pseudo_v_c2", pseudo_masks=2,
                 denoiser_flags=(*LEVERS.denoiser_flags, "--prediction", "v"),
                 sampling=replace(LEVERS.sampling, guidance=1.5))
 # images plentiful, the other way: the denoiser first learns EM from every pool image (60 min, no mask:
@@ -311,11 +315,11 @@ class Bench:
         """The real-only segmenter of the k labelled slices, seed 0 (the grid's own cell)."""
         return self.work / f"k{k}_s{self.cfg.seeds[0]}" / "real_only_r0"
 
-    def pseudo_store(self, k: int) -> Path:
+    def pseudo_store(self, k: int, version: int = CALIBRATION_VERSION) -> Path:
         """The pool with real masks on the k labelled slices and, on the other pool slices, the masks
-        that the k slices' real-only segmenter predicts (never a test slice; validation keeps its
-        real masks for early stopping)."""
-        folder = self.work / f"k{k}" / "pseudo"
+        that the k slices' real-only segmenter predicts at its threshold of calibration version
+        `version` (never a test slice; validation keeps its real masks for early stopping)."""
+        folder = self.work / f"k{k}" / ("pseudo" if version == 1 else f"pseudo_c{version}")
         store = folder / "store"
         if (store / "manifest.json").exists():
             return store
@@ -326,7 +330,8 @@ class Bench:
         folder.mkdir(parents=True, exist_ok=True)
         write_stack(folder / "unlabelled.tif", self.images[unlabelled])
         run(["segmentation_tf.predict", "--model", str(self.judge(k)), "--images",
-             str(folder / "unlabelled.tif"), "--out", str(folder / "predicted")], self.log)
+             str(folder / "unlabelled.tif"), "--out", str(folder / "predicted"),
+             "--threshold", repr(judge_threshold(self.judge(k), version))], self.log)
         masks = self.masks.copy()
         masks[unlabelled] = read_mask_stack(folder / "predicted" / "mask.tif")
         return make_store(store, self.images, masks, self.layout.pool, self.layout.val)
@@ -339,7 +344,7 @@ class Bench:
         coincide."""
         recipe = self.cfg.recipe(cell.recipe)
         pseudo = recipe.pseudo_masks and cell.arm == "images_plentiful" and cell.k != 0
-        labelled = self.pseudo_store(cell.k) if pseudo else self.store(cell.k)
+        labelled = self.pseudo_store(cell.k, recipe.pseudo_masks) if pseudo else self.store(cell.k)
         flags = recipe.denoiser_flags
         if recipe.pool_denoiser_minutes and cell.arm == "images_plentiful":
             flags = (*flags, "--init-denoiser", str(self.pool_denoiser(recipe)))
@@ -396,6 +401,18 @@ def calibration_version(seg_dir: Path) -> int:
     """The threshold-grid version a saved segmenter was calibrated with (1 before versions were kept)."""
     calibration = json.loads((seg_dir / "segmenter.json").read_text())["provenance"]["calibration"]
     return int(calibration.get("version", 1))
+
+
+def judge_threshold(judge: Path, version: int) -> float:
+    """The judge's threshold as calibrated on threshold grid `version`: its current one, or one kept
+    from before a recalibration."""
+    meta = json.loads((judge / "segmenter.json").read_text())
+    provenance = meta["provenance"]
+    for calibration in [provenance["calibration"], *provenance.get("earlier_calibrations", [])]:
+        if int(calibration.get("version", 1)) == version:
+            return float(calibration["threshold"])
+    raise UserError(f"{judge}: no threshold calibrated on grid version {version} (pseudo-labels of a "
+                    f"recipe asking for it cannot be made)")
 
 
 def run_cell(cell: Cell, bench: Bench) -> dict:

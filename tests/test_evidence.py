@@ -269,7 +269,8 @@ def test_each_recipe_trains_and_draws_with_its_own_flags(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic_ablation, "run", fake_run)  # the generator helpers evidence shares
     monkeypatch.setattr(evidence, "run", fake_run)  # the pseudo-labels' prediction
     bench.judge(1).mkdir(parents=True)
-    (bench.judge(1) / "segmenter.json").write_text("{}")
+    judge = {"provenance": {"calibration": {"threshold": 0.98}}}  # version 1: no "version" key
+    (bench.judge(1) / "segmenter.json").write_text(json.dumps(judge))
     for recipe in ("levers", "texture", "spectral_vae"):
         bench.generator(Cell(1, "images_plentiful", 0.3, 0, recipe))
     stages = [(c[c.index("--stage") + 1], c) for c in calls if c[0] == "generation_torch.train"]
@@ -310,7 +311,9 @@ def test_pseudo_labels_cover_only_unlabelled_pool_slices_and_reach_only_the_deno
     images, masks = phantom_stack(12, seed=0, config=PhantomConfig(height=256, width=256))
     bench = Bench(cfg, tmp_path, images, masks, Layout.of(len(images), cfg), tmp_path / "log")
     bench.judge(1).mkdir(parents=True)
-    (bench.judge(1) / "segmenter.json").write_text("{}")
+    calibrations = {"calibration": {"threshold": 0.9995, "version": 2},
+                    "earlier_calibrations": [{"threshold": 0.98}]}  # version 1 kept a recalibration
+    (bench.judge(1) / "segmenter.json").write_text(json.dumps({"provenance": calibrations}))
     calls = []
 
     fake_run = fake_trainers(calls)
@@ -320,6 +323,13 @@ def test_pseudo_labels_cover_only_unlabelled_pool_slices_and_reach_only_the_deno
     bench.generator(Cell(1, "images_plentiful", 0.3, 0, "pseudo"))
     predict = [c for c in calls if c[0] == "segmentation_tf.predict"]
     assert len(predict) == 1 and Path(predict[0][predict[0].index("--model") + 1]) == bench.judge(1)
+    assert predict[0][predict[0].index("--threshold") + 1] == "0.98"  # the pseudo recipe's version 1
+    bench.generator(Cell(1, "images_plentiful", 0.3, 0, "vpred"))  # version 2: a second pseudo store
+    predict = [c for c in calls if c[0] == "segmentation_tf.predict"]
+    assert len(predict) == 2 and predict[1][predict[1].index("--threshold") + 1] == "0.9995"
+    assert bench.pseudo_store(1, 2) != bench.pseudo_store(1, 1)
+    with pytest.raises(evidence.UserError, match="grid version 3"):
+        bench.pseudo_store(1, 3)
     labelled, layout = bench.layout.labelled(1, cfg), bench.layout
     unlabelled = [z for z in layout.pool if z not in labelled]
     assert len(read_image_stack(predict[0][predict[0].index("--images") + 1])) == len(unlabelled)
