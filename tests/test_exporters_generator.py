@@ -9,7 +9,7 @@ from .conftest import assert_one_line_error, run_module
 torch = pytest.importorskip("torch")
 
 
-def tiny_checkpoint(path, texture=True):
+def tiny_checkpoint(path, texture=True, prediction="eps"):
     from generation_torch import checkpoint
     from generation_torch.config import DiffusionConfig, UNetConfig, VAEConfig
     from generation_torch.pipeline import product_dict
@@ -22,7 +22,8 @@ def tiny_checkpoint(path, texture=True):
     torch.nn.init.normal_(unet.head[-1].weight, std=0.05)  # the zero-initialized head would hide errors
     fy, fx = np.meshgrid(np.fft.fftfreq(256), np.fft.rfftfreq(256), indexing="ij")
     spectrum = (0.02 * np.hypot(fy, fx)).astype(np.float32)  # residual power rising with frequency
-    checkpoint.save(path, product_dict(vae, unet, DiffusionConfig(schedule="cosine"), 0.8, "float32",
+    checkpoint.save(path, product_dict(vae, unet, DiffusionConfig(schedule="cosine", prediction=prediction),
+                                       0.8, "float32",
                                        texture_spectrum=spectrum if texture else None))
     return path
 
@@ -99,6 +100,38 @@ def test_onnxruntime_sampler_matches_pytorch_from_the_same_noise(exported, sampl
     got = Generator(folder, device="cpu").generate(masks, settings, initial_noise=noise)
     assert got.shape == (2, 256, 256)
     assert np.abs(got - want).max() <= 1e-3
+
+
+def test_a_v_prediction_generator_exports_and_samples_as_in_pytorch(tmp_path):
+    """The v-prediction denoiser (the main recipe's): its type reaches the metadata and the
+    onnxruntime sampler, which matches PyTorch; read as eps, the same network draws other tiles (so
+    the check would see a sampler that ignored the type)."""
+    from exporters.onnx_io import read_metadata
+    from exporters.runtime import Generator
+    from generation_torch.pipeline import load_generator
+    from generation_torch.unet import mask_condition as torch_mask_condition
+    from shared import diffusion
+    from shared.sampling import SamplerSettings
+
+    ckpt = tiny_checkpoint(tmp_path / "generator.pt", texture=False, prediction="v")
+    proc = run_module("exporters.torch_onnx", "--checkpoint", ckpt, "--out", tmp_path / "onnx")
+    assert proc.returncode == 0, proc.stderr
+    assert read_metadata(tmp_path / "onnx" / "denoiser.onnx")["prediction"] == "v"
+    masks = blob_masks(2, seed=4)
+    noise = np.random.default_rng(2).standard_normal((2, 4, 32, 32)).astype(np.float32)
+    gen = load_generator(ckpt)
+    assert gen.prediction == "v"
+    cond = torch_mask_condition(torch.from_numpy(masks).float(), 32)
+
+    def torch_draw(prediction):
+        z = diffusion.sample(gen.model_fn(cond, 1.5, 0.0), torch.from_numpy(noise), gen.schedule, "dpmpp2m",
+                             6, prediction=prediction)
+        return gen.decode(z)[:, 0].numpy()
+
+    got = Generator(tmp_path / "onnx", device="cpu").generate(
+        masks, SamplerSettings("dpmpp2m", 6, guidance=1.5), initial_noise=noise)
+    assert np.abs(got - torch_draw("v")).max() <= 1e-3
+    assert np.abs(got - torch_draw("eps")).max() > 1e-2
 
 
 def test_sampling_is_deterministic_per_seed(exported):
