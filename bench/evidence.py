@@ -440,6 +440,15 @@ def run_cell(cell: Cell, bench: Bench) -> dict:
             "precision": summary["policy"]}
 
 
+def threshold_before(seg_dir: Path) -> float:
+    """The threshold of the calibration before the current one (the sidecar's own if it is older
+    than today's grid: a rescore killed before its recalibration)."""
+    meta = json.loads((seg_dir / "segmenter.json").read_text())
+    if calibration_version(seg_dir) < CALIBRATION_VERSION:
+        return float(meta["threshold"])
+    return float(meta["provenance"]["earlier_calibrations"][-1]["threshold"])
+
+
 def cell_of(record: dict) -> Cell:
     return Cell(record["k"], record["arm"], record["ratio"], record["seed"], record.get("recipe", "today"))
 
@@ -458,8 +467,7 @@ def rescore_stale(results: dict, measured: dict, bench: Bench) -> None:
             del results[key]
             continue
         print(f"{key}: recalibrating (threshold grid version {CALIBRATION_VERSION}) ...", flush=True)
-        sidecar = segmenter_dir(cell_of(record), bench.work) / "segmenter.json"
-        before = json.loads(sidecar.read_text())["threshold"]
+        before = threshold_before(segmenter_dir(cell_of(record), bench.work))
         fresh = run_cell(cell_of(record), bench)
         results[key] = {**fresh, "minutes": record["minutes"], "rescore_minutes": fresh["minutes"],
                         "cpu": record.get("cpu", fresh["cpu"]), "test_iou_before_recalibration":
@@ -714,6 +722,7 @@ def main(argv: list[str] | None = None) -> None:
     write_stack(bench.test[0], images[bench.layout.test])
     write_stack(bench.test[1], masks[bench.layout.test])
     rescore_stale(results, generators, bench)
+    write_results(results_path, results, bench, args.preset, source, generators, saved.get("note"))
     done = 0
     while (todo := [c for c in cells(cfg, results) if c.key not in results]) and \
             (not args.max_cells or done < args.max_cells):
