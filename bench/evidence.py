@@ -678,6 +678,15 @@ def cost_by_cpu(results: dict) -> list[dict]:
     return rows
 
 
+def recalibration_rows(results: dict) -> list[dict]:
+    """Cells rescored on today's threshold grid: threshold and test IoU before and after."""
+    return [{"cell": key, "threshold_before": c["threshold_before_recalibration"],
+             "threshold": round(c["threshold"], 6),
+             "test_iou_before": round(c["test_iou_before_recalibration"], 4),
+             "test_iou": round(c["test_iou"], 4)}
+            for key, c in results.items() if "test_iou_before_recalibration" in c]
+
+
 def write_results(path: Path, results: dict, bench: Bench, name: str, source: str,
                   generators: dict | None = None, note: str | None = None) -> None:
     cfg, layout = bench.cfg, bench.layout
@@ -695,6 +704,7 @@ def write_results(path: Path, results: dict, bench: Bench, name: str, source: st
         "rows": real_only_rows(results, cfg), "rise": rise_rows(results, cfg),
         "noise_floor": noise_floor(results, cfg), "reference": reference_row(results, cfg),
         "gains": gain_rows(results, cfg), "generators": list((generators or {}).values()),
+        "recalibration": recalibration_rows(results),
         "results_by_cell": results, "figures": [f"{path.stem}.png"], **({"note": note} if note else {})})
     if any(row["n"] >= 2 for row in real_only_rows(results, cfg)):
         plot(results, cfg, path.with_suffix(".png"))

@@ -45,6 +45,8 @@ TABLE_TITLES = {
                   "slices) beside that judge on real test tiles; realism against the test tiles beside the "
                   "real pool's floor; classifier two-sample accuracy (0.5: indistinguishable)",
     "cost": "Cost so far per CPU model (2 cores)",
+    "recalibration": "Cells rescored when the threshold grid reached 1 - 1e-6 (calibration version 2): "
+                     "the same saved segmenters, threshold recalibrated on validation",
     "tile_mean_error_by_t": "The denoiser's x0 estimate of per-tile latent means from real validation "
                             "latents noised to t, beside guessing every tile's mean as the set's mean",
     "fidelity": "Mask fidelity: the whole-pool real-only segmenter on generated tiles vs their conditioning "
@@ -90,8 +92,8 @@ def section(path: Path, title: str) -> list[str]:
         figures = ", ".join(f"{k} {cell(v)}" for k, v in summary.items())
         lines += ["", f"{TABLE_TITLES['noise_floor']}: {figures}", "", *table(floor["per_k"])]
     lines.append("")
-    for name in ("rows", "rise", "gains", "generators", "fidelity", "cost", "cells", "results",
-                 "tile_mean_error_by_t"):
+    for name in ("rows", "rise", "gains", "generators", "recalibration", "fidelity", "cost", "cells",
+                 "results", "tile_mean_error_by_t"):
         if isinstance(data.get(name), list) and data[name]:
             title = [f"{TABLE_TITLES[name]}:", ""] if name in TABLE_TITLES else []
             lines += title + table(data[name]) + [""]

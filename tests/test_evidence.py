@@ -414,6 +414,9 @@ def test_cells_on_an_older_threshold_grid_are_recalibrated_from_their_saved_segm
     assert record["test_iou_before_recalibration"] == 0.6 and record["threshold_before_recalibration"] == 0.98
     assert record["minutes"] == 8.0 and record["calibration"] == 2 and record["recipe"] == "vpred"
     assert gone.key not in results and list(measured) == ["fresh"]
+    assert evidence.recalibration_rows(results) == [
+        {"cell": kept.key, "threshold_before": 0.98, "threshold": 0.9995, "test_iou_before": 0.6,
+         "test_iou": 0.7}]
     calls.clear()
     evidence.rescore_stale(results, measured, bench)
     assert calls == []  # nothing stale any more
