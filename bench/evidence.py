@@ -81,6 +81,11 @@ class Recipe:
     pool_denoiser_minutes: float = 0.0
 
     @property
+    def pretrains(self) -> bool:
+        """Synthetic pre-training, then real fine-tuning: no synthetic share in the batches."""
+        return "pretrain" in self.fit_flags
+
+    @property
     def store(self) -> str:
         """Folder of the drawn tiles inside the generator's folder (recipes drawing alike share it)."""
         s = self.sampling
@@ -118,6 +123,9 @@ MINSNR = replace(SPADE, name="minsnr", generator="spade_minsnr",
 VPRED = replace(LEVERS, name="vpred", generator="spade_pseudo_v_c2", pseudo_masks=2,
                 denoiser_flags=(*LEVERS.denoiser_flags, "--prediction", "v"),
                 sampling=replace(LEVERS.sampling, guidance=1.5))
+# the same pairs used the other way: the segmenter pre-trained on them alone (a third of the epochs
+# more), then trained on the real tiles alone as real only is (no real crop displaced)
+VPRED_PRETRAIN = replace(VPRED, name="vpred_pretrain", fit_flags=("--synthetic-schedule", "pretrain"))
 # images plentiful, the other way: the denoiser first learns EM from every pool image (60 min, no mask:
 # shared by every k), then each k's conditioned training starts from it; a side rung beside spade
 POOL_PRETRAINED = replace(SPADE, name="pool_pretrained", generator="spade_pool_pretrained",
@@ -148,7 +156,7 @@ class EvidenceConfig:
                                         "--steps-per-epoch", "50", "--visual-every", "0")
     # the first is the baseline
     recipes: tuple[Recipe, ...] = (TODAY, SPADE, PSEUDO, TEXTURE, LEVERS, LEVERS_PRETRAIN, SPECTRAL, MINSNR,
-                                   POOL_PRETRAINED, VPRED)
+                                   POOL_PRETRAINED, VPRED, VPRED_PRETRAIN)
     main_recipe: str = "vpred"                      # every lever + v-prediction: in every paired round
     lever_ks: tuple[int, ...] = (1, 2)              # where the ladder's rungs run
     lever_ratio: float = 0.3
@@ -193,7 +201,7 @@ PRESETS = {
         generator_flags=("--preset", "full",),
         recipes=tuple(replace(r, sampling=replace(r.sampling, sampler="ddim", steps=50))
                       for r in (TODAY, SPADE, PSEUDO, TEXTURE, LEVERS, LEVERS_PRETRAIN, SPECTRAL, MINSNR,
-                                POOL_PRETRAINED, VPRED))),
+                                POOL_PRETRAINED, VPRED, VPRED_PRETRAIN))),
 }
 
 
@@ -246,7 +254,8 @@ def chosen_ratio(results: dict, k: int, cfg: EvidenceConfig) -> float | None:
 def cells(cfg: EvidenceConfig, results: dict) -> list[Cell]:
     """Every cell in the order that answers soonest. At the ladder's k, one k at a time, rounds of
     real only, A/A and the main recipe per seed (the noise floor and the main gain grow together, each
-    k's generator trains once before its first round), then the ladder's other rungs (its bottom
+    k's generator trains once before its first round) and the recipes using the main generator
+    otherwise; then the ladder's other rungs (its bottom
     rung: the baseline at the ladder's ratio), then the other k's calibration with the reference run
     after the first seed's round and the main recipe there; then per k the baseline's ratio choice
     (every ratio on the choice seeds, the highest and the chosen one on every seed); strict last."""
@@ -268,8 +277,11 @@ def cells(cfg: EvidenceConfig, results: dict) -> list[Cell]:
         return [Cell(k, "images_plentiful", cfg.lever_ratio, s, r.name) for r in recipes for k in ks
                 for s in cfg.seeds]
 
-    out = paired_rounds(lever_ks)
-    out += recipe_arms(lever_ks, [r for r in cfg.recipes if r not in main])  # the baseline, then rungs
+    # the main generator's other uses right after each k's rounds (no generator to train), then the
+    # baseline and the other rungs
+    reuse = [r for r in cfg.recipes if main and r not in main and r.generator == main[0].generator]
+    out = [c for k in lever_ks for c in paired_rounds([k]) + recipe_arms([k], reuse)]
+    out += recipe_arms(lever_ks, [r for r in cfg.recipes if r not in main and r not in reuse])
     rest = calibration(other_ks)
     rest.insert(2 * len(other_ks), Cell(0, "reference", 0.0, cfg.seeds[0]))  # after the first seed's round
     out += rest + recipe_arms(other_ks, main)
@@ -387,8 +399,9 @@ def segmenter_flags(cell: Cell, cfg: EvidenceConfig, synthetic: Path | None) -> 
     if cell.arm == "aa":
         flags += ["--data-seed", str(cell.seed + AA_OFFSET)]
     if synthetic is not None:
-        flags += ["--synthetic-store", str(synthetic), "--synthetic-ratio", str(cell.ratio),
-                  *cfg.recipe(cell.recipe).fit_flags]
+        recipe = cfg.recipe(cell.recipe)
+        ratio = [] if recipe.pretrains else ["--synthetic-ratio", str(cell.ratio)]
+        flags += ["--synthetic-store", str(synthetic), *ratio, *recipe.fit_flags]
     return flags
 
 

@@ -145,15 +145,17 @@ def test_a_rerun_skips_finished_cells(tmp_path, monkeypatch):
 def test_the_instrument_answers_in_paired_rounds_of_real_only_aa_and_the_main_recipe():
     cfg = EvidenceConfig(ks=(1, 2, 0), seeds=(0, 1), choice_seeds=1, ratios=(0.2, 0.3))
     order = cells(cfg, {})
-    rounds = [c for k in (1, 2) for s in (0, 1)
-              for c in (Cell(k, "real_only", 0.0, s), Cell(k, "aa", 0.0, s),
-                        Cell(k, "images_plentiful", 0.3, s, "vpred"))]
-    assert order[:12] == rounds  # per k and seed: real only, A/A, the main recipe
+    rounds = [c for k in (1, 2)
+              for c in [c for s in (0, 1) for c in (Cell(k, "real_only", 0.0, s), Cell(k, "aa", 0.0, s),
+                                                    Cell(k, "images_plentiful", 0.3, s, "vpred"))]
+              + [Cell(k, "images_plentiful", 0.3, s, "vpred_pretrain") for s in (0, 1)]]
+    # per k and seed: real only, A/A, the main recipe; then the main generator's other use at that k
+    assert order[:16] == rounds
     rungs = ("today", "spade", "pseudo", "texture", "levers", "levers_pretrain", "spectral_vae", "minsnr",
              "pool_pretrained")
     ladder = [Cell(k, "images_plentiful", 0.3, s, r) for r in rungs for k in (1, 2) for s in (0, 1)]
-    assert order[12:48] == ladder  # the other rungs at k = 1, 2 only, the baseline first
-    assert order[48:51] == [Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0), Cell(0, "reference", 0.0, 0)]
+    assert order[16:52] == ladder  # the other rungs at k = 1, 2 only, the baseline first
+    assert order[52:55] == [Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0), Cell(0, "reference", 0.0, 0)]
     assert order.index(Cell(0, "images_plentiful", 0.3, 0, "vpred")) < order.index(
         Cell(1, "images_plentiful", 0.2, 0))  # the main recipe on the whole pool before the ratio sweep
     assert not [c for c in order if c.arm == "strict" and c.k == 0]
@@ -185,8 +187,11 @@ def test_recipes_share_generators_and_stores_only_when_their_flags_agree(tmp_pat
     cell = Cell(1, "images_plentiful", 0.3, 2, "levers_pretrain")
     assert bench.synthetic_dir(cell) == bench.synthetic_dir(replace(cell, recipe="levers"))
     flags = segmenter_flags(cell, cfg, tmp_path / "syn")
-    assert flags[-6:] == ["--synthetic-store", str(tmp_path / "syn"), "--synthetic-ratio", "0.3",
-                          "--synthetic-schedule", "pretrain"]
+    # pre-training has no synthetic share (segmentation_tf.fit rejects a ratio with it)
+    assert flags[-4:] == ["--synthetic-store", str(tmp_path / "syn"), "--synthetic-schedule", "pretrain"]
+    assert "--synthetic-ratio" not in flags
+    mixed = segmenter_flags(replace(cell, recipe="vpred"), cfg, tmp_path / "syn")
+    assert mixed[-4:] == ["--synthetic-store", str(tmp_path / "syn"), "--synthetic-ratio", "0.3"]
     assert cell.key == "k=1|images_plentiful|r=0.3|seed=2|levers_pretrain"
     assert Cell(1, "images_plentiful", 0.3, 2).key == "k=1|images_plentiful|r=0.3|seed=2"  # older keys
 
