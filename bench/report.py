@@ -59,7 +59,7 @@ def cell(value: object) -> str:
         return f"{value:.4g}"
     if isinstance(value, dict | list):
         return json.dumps(value)[:80]
-    return str(value)
+    return str(value).replace("|", "\\|")  # a cell key like k=1|aa|r=0 stays in its column
 
 
 def table(rows: list[dict]) -> list[str]:

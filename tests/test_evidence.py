@@ -231,6 +231,8 @@ def test_the_results_page_shows_intervals_noise_floor_and_rise(tmp_path, monkeyp
     assert "A/A noise floor" in page and "pooled_sd" in page
     assert "k=1 -> all" in page and "| k | n | mean | sd | low | high |" in page
     assert (tmp_path / "evidence.png").is_file()
+    row = report.table([{"cell": "k=1|aa|r=0|seed=0", "iou": 0.5}])[-1]
+    assert row == "| k=1\\|aa\\|r=0\\|seed=0 | 0.5 |"  # a cell key stays in its column
 
 
 def test_each_generator_is_measured_once_and_only_with_its_own_judge(tmp_path):
