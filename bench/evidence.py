@@ -208,7 +208,7 @@ PRESETS = {
 @dataclass(frozen=True)
 class Cell:
     k: int          # labelled slices (0: the whole pool)
-    arm: str        # real_only, aa, images_plentiful, strict, reference
+    arm: str        # real_only, aa, images_plentiful, strict, reference, self_training
     ratio: float
     seed: int
     recipe: str = "today"  # how its generated pairs are made and used (synthetic arms)
@@ -280,7 +280,12 @@ def cells(cfg: EvidenceConfig, results: dict) -> list[Cell]:
     # the main generator's other uses right after each k's rounds (no generator to train), then the
     # baseline and the other rungs
     reuse = [r for r in cfg.recipes if main and r not in main and r.generator == main[0].generator]
-    out = [c for k in lever_ks for c in paired_rounds([k]) + recipe_arms([k], reuse)]
+
+    def self_training(k: int) -> list[Cell]:
+        # the pseudo-labelled pool without a generator: does the generator add to its labels?
+        return [Cell(k, "self_training", 0.0, s) for s in cfg.seeds] if main and main[0].pseudo_masks else []
+
+    out = [c for k in lever_ks for c in paired_rounds([k]) + recipe_arms([k], reuse) + self_training(k)]
     out += recipe_arms(lever_ks, [r for r in cfg.recipes if r not in main and r not in reuse])
     rest = calibration(other_ks)
     rest.insert(2 * len(other_ks), Cell(0, "reference", 0.0, cfg.seeds[0]))  # after the first seed's round
@@ -436,7 +441,9 @@ def run_cell(cell: Cell, bench: Bench) -> dict:
     scores_path = seg_dir / "test_scores.json"
     if not (seg_dir / "segmenter.json").exists():
         synthetic = bench.generator(cell) if cell.ratio > 0 else None
-        run(["segmentation_tf.fit", "--store", str(bench.store(cell.k)), "--out", str(seg_dir), "--verbose",
+        # self-training: the real-only budget on the pseudo-labelled pool (the pairs without a generator)
+        store = bench.pseudo_store(cell.k) if cell.arm == "self_training" else bench.store(cell.k)
+        run(["segmentation_tf.fit", "--store", str(store), "--out", str(seg_dir), "--verbose",
              "0", *segmenter_flags(cell, bench.cfg, synthetic)], bench.log)
     if calibration_version(seg_dir) < CALIBRATION_VERSION:
         run(["segmentation_tf.recalibrate", "--model", str(seg_dir)], bench.log)
@@ -604,6 +611,7 @@ def synthetic_arms(k: int, cfg: EvidenceConfig) -> list[tuple[str, float, str]]:
     arms = [("images_plentiful", r, cfg.baseline) for r in cfg.ratios]
     ladder = cfg.recipes[1:] if k in cfg.lever_ks else [r for r in cfg.recipes if r.name == cfg.main_recipe]
     arms += [("images_plentiful", cfg.lever_ratio, r.name) for r in ladder]
+    arms += [("self_training", 0.0, cfg.baseline)] if k in cfg.lever_ks else []
     return arms + ([("strict", cfg.strict_ratio, cfg.baseline)] if k != 0 else [])
 
 

@@ -148,14 +148,16 @@ def test_the_instrument_answers_in_paired_rounds_of_real_only_aa_and_the_main_re
     rounds = [c for k in (1, 2)
               for c in [c for s in (0, 1) for c in (Cell(k, "real_only", 0.0, s), Cell(k, "aa", 0.0, s),
                                                     Cell(k, "images_plentiful", 0.3, s, "vpred"))]
-              + [Cell(k, "images_plentiful", 0.3, s, "vpred_pretrain") for s in (0, 1)]]
+              + [Cell(k, "images_plentiful", 0.3, s, "vpred_pretrain") for s in (0, 1)]
+              + [Cell(k, "self_training", 0.0, s) for s in (0, 1)]]
     # per k and seed: real only, A/A, the main recipe; then the main generator's other use at that k
-    assert order[:16] == rounds
+    # and self-training on the main recipe's pseudo-labelled pool (no generator)
+    assert order[:20] == rounds
     rungs = ("today", "spade", "pseudo", "texture", "levers", "levers_pretrain", "spectral_vae", "minsnr",
              "pool_pretrained")
     ladder = [Cell(k, "images_plentiful", 0.3, s, r) for r in rungs for k in (1, 2) for s in (0, 1)]
-    assert order[16:52] == ladder  # the other rungs at k = 1, 2 only, the baseline first
-    assert order[52:55] == [Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0), Cell(0, "reference", 0.0, 0)]
+    assert order[20:56] == ladder  # the other rungs at k = 1, 2 only, the baseline first
+    assert order[56:59] == [Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0), Cell(0, "reference", 0.0, 0)]
     assert order.index(Cell(0, "images_plentiful", 0.3, 0, "vpred")) < order.index(
         Cell(1, "images_plentiful", 0.2, 0))  # the main recipe on the whole pool before the ratio sweep
     assert not [c for c in order if c.arm == "strict" and c.k == 0]
@@ -226,7 +228,7 @@ def test_the_results_page_shows_intervals_noise_floor_and_rise(tmp_path, monkeyp
         cell.k, cell.arm, cell.ratio, cell.seed, 0.6 + 0.05 * (cell.k == 0) + 0.001 * cell.seed))
     results = tmp_path / "evidence.json"
     evidence.main(["--preset", "quick", "--work", str(tmp_path / "w"), "--results", str(results),
-                   "--max-cells", "9"])
+                   "--max-cells", "11"])
     page = "\n".join(report.section(results, "evidence"))
     assert "A/A noise floor" in page and "pooled_sd" in page
     assert "k=1 -> all" in page and "| k | n | mean | sd | low | high |" in page
@@ -427,3 +429,34 @@ def test_cells_on_an_older_threshold_grid_are_recalibrated_from_their_saved_segm
     calls.clear()
     evidence.rescore_stale(results, measured, bench)
     assert calls == []  # nothing stale any more
+
+
+def test_self_training_trains_on_the_pseudo_labelled_pool_with_the_real_only_budget(tmp_path, monkeypatch):
+    cfg = EvidenceConfig(ks=(1,))
+    images, masks = phantom_stack(12, seed=0, config=PhantomConfig(height=256, width=256))
+    bench = Bench(cfg, tmp_path, images, masks, Layout.of(len(images), cfg), tmp_path / "log")
+    bench.judge(1).mkdir(parents=True)
+    judge = {"provenance": {"calibration": {"threshold": 0.99, "version": evidence.CALIBRATION_VERSION}}}
+    (bench.judge(1) / "segmenter.json").write_text(json.dumps(judge))
+    calls, trainers = [], fake_trainers([])
+
+    def fake_run(args, log):
+        calls.append(args)
+        if args[0] == "segmentation_tf.fit":
+            out = Path(args[args.index("--out") + 1])
+            out.mkdir(parents=True)
+            calibration = {"threshold": 0.99, "iou": 0.7, "version": evidence.CALIBRATION_VERSION}
+            provenance = {"calibration": calibration, "train_seconds_this_process": 60,
+                          "policy": "mixed_bfloat16"}
+            (out / "segmenter.json").write_text(json.dumps({"threshold": 0.99, "provenance": provenance}))
+        elif args[0] == "segmentation_tf.evaluate":
+            Path(args[args.index("--json") + 1]).write_text(json.dumps({"iou": 0.75}))
+        else:
+            trainers(args, log)
+
+    monkeypatch.setattr(evidence, "run", fake_run)
+    record = evidence.run_cell(Cell(1, "self_training", 0.0, 3), bench)
+    fit = next(c for c in calls if c[0] == "segmentation_tf.fit")
+    assert Path(fit[fit.index("--store") + 1]) == bench.pseudo_store(1)
+    assert fit[-2:] == ["--seed", "3"] and "--synthetic-store" not in fit and "--data-seed" not in fit
+    assert record["test_iou"] == 0.75 and record["arm"] == "self_training"
