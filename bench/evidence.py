@@ -524,8 +524,7 @@ def generator_figures(cell: Cell, bench: Bench) -> dict:
     recipe = bench.cfg.recipe(cell.recipe)
     return {"k": _k(cell.k), "regime": cell.arm, "recipe": cell.recipe, "tiles": len(synthetic),
             "guidance": recipe.sampling.guidance, "mask_source": recipe.mask_source,
-            "fidelity_iou": round(fidelity(synthetic, judge)["fidelity_iou"], 4),
-            "judge_on_real_test": round(fidelity(test, judge)["fidelity_iou"], 4),
+            **judge_figures(fidelity(synthetic, judge), fidelity(test, judge)),
             **{k: round(v, 4) for k, v in realism(generated, real).items()},
             "floor_hist_w1": round(floor["hist_w1"], 4),
             "floor_spectrum_dist": round(floor["spectrum_dist"], 4),
@@ -533,6 +532,16 @@ def generator_figures(cell: Cell, bench: Bench) -> dict:
             "c2st_accuracy": round(two_sample_accuracy(generated, real)["c2st_accuracy"], 4),
             "vae_recon_mse": round(recon["recon_mse"], 5),
             "vae_recon_spectrum_dist": round(realism(recon_tiles, real)["spectrum_dist"], 4)}
+
+
+def judge_figures(drawn: dict, real: dict) -> dict:
+    """The judge on drawn tiles beside the judge on real test tiles: IoU (mask fidelity), precision,
+    recall and mean probability on mask pixels."""
+    out = {"fidelity_iou": round(drawn["fidelity_iou"], 4),
+           "judge_on_real_test": round(real["fidelity_iou"], 4)}
+    for key in ("judge_precision", "judge_recall", "judge_prob_on_mask"):
+        out[key], out[f"{key}_real"] = round(drawn[key], 4), round(real[key], 4)
+    return out
 
 
 def generators_to_measure(results: dict, measured: dict, bench: Bench) -> list[Cell]:

@@ -86,14 +86,19 @@ def variant_store(v: Variant, gen: Path, labelled: Path, judge: Path, n: int, lo
 
 
 def fidelity(store: TileStore, judge: Path) -> dict:
-    """Mask fidelity: pooled and mean per-tile IoU of a judge's prediction against each tile's mask."""
+    """Mask fidelity: pooled and mean per-tile IoU of a judge's prediction against each tile's mask;
+    its pooled precision and recall, and its mean probability on mask pixels (how easy the tiles are
+    for it: pairs it already finds easy teach a segmenter like it little)."""
     from segmentation_tf.filter_synthetic import judge_probabilities
-    from segmentation_tf.scores import iou, per_tile_iou
+    from segmentation_tf.scores import confusion, iou, per_tile_iou
 
     masks = store.masks(store.indices())
     probs, threshold = judge_probabilities(judge, store)
+    inter, predicted, true = confusion(probs, masks, threshold)
     return {"tiles": len(store), "fidelity_iou": iou(probs, masks, threshold),
-            "fidelity_per_tile_mean": float(per_tile_iou(probs, masks, threshold).mean())}
+            "fidelity_per_tile_mean": float(per_tile_iou(probs, masks, threshold).mean()),
+            "judge_precision": inter / max(predicted, 1), "judge_recall": inter / max(true, 1),
+            "judge_prob_on_mask": float(probs[masks > 0].mean()) if true else float("nan")}
 
 
 def held_out_tile_store(test: tuple[Path, Path], work: Path) -> TileStore:

@@ -460,3 +460,29 @@ def test_self_training_trains_on_the_pseudo_labelled_pool_with_the_real_only_bud
     assert Path(fit[fit.index("--store") + 1]) == bench.pseudo_store(1)
     assert fit[-2:] == ["--seed", "3"] and "--synthetic-store" not in fit and "--data-seed" not in fit
     assert record["test_iou"] == 0.75 and record["arm"] == "self_training"
+
+
+def test_judge_figures_on_drawn_and_real_tiles_by_hand(tmp_path, monkeypatch):
+    """Fidelity with the judge's precision, recall and mean probability on mask pixels (how easy the
+    tiles are for it), from stubbed judge probabilities: counts by hand."""
+    from bench.synthetic_variants import fidelity
+    from segmentation_tf import filter_synthetic
+    from shared.tiles import tile_stack
+
+    masks = np.zeros((1, 256, 256), np.uint8)
+    masks[0, :16, :16] = 1  # 256 true pixels
+    images = np.zeros((1, 256, 256), np.uint8)
+    store = TileStore.create(tmp_path / "s")
+    store.append(*tile_stack(images, masks, "t", {0: "train"}))
+    probs = np.zeros((1, 256, 256), np.float32)
+    probs[0, :16, :8] = 0.9  # 128 true positives at 0.9
+    probs[0, :16, 8:16] = 0.3  # 128 missed at 0.3
+    probs[0, 100:104, :16] = 0.8  # 64 false positives
+    monkeypatch.setattr(filter_synthetic, "judge_probabilities", lambda judge, s: (probs, 0.5))
+    got = fidelity(store, tmp_path / "judge")
+    assert got["fidelity_iou"] == pytest.approx(128 / (256 + 64))
+    assert got["judge_precision"] == pytest.approx(128 / 192) and got["judge_recall"] == pytest.approx(0.5)
+    assert got["judge_prob_on_mask"] == pytest.approx(0.6)
+    figures = evidence.judge_figures(got, {**got, "judge_recall": 0.25})
+    assert figures["judge_recall"] == 0.5 and figures["judge_recall_real"] == 0.25
+    assert figures["judge_on_real_test"] == round(128 / 320, 4)
