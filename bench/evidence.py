@@ -254,10 +254,10 @@ def chosen_ratio(results: dict, k: int, cfg: EvidenceConfig) -> float | None:
 def cells(cfg: EvidenceConfig, results: dict) -> list[Cell]:
     """Every cell in the order that answers soonest. At the ladder's k, one k at a time, rounds of
     real only, A/A and the main recipe per seed (the noise floor and the main gain grow together, each
-    k's generator trains once before its first round) and the recipes using the main generator
-    otherwise; then the ladder's other rungs (its bottom
-    rung: the baseline at the ladder's ratio), then the other k's calibration with the reference run
-    after the first seed's round and the main recipe there; then per k the baseline's ratio choice
+    k's generator trains once before its first round), the recipes using the main generator
+    otherwise and self-training; then the other k's calibration (does real only rise with k?) with
+    the reference run after the first seed's round, and the main recipe there; then the ladder's other
+    rungs (its bottom rung: the baseline at the ladder's ratio); then per k the baseline's ratio choice
     (every ratio on the choice seeds, the highest and the chosen one on every seed); strict last."""
     lever_ks = [k for k in cfg.ks if k in cfg.lever_ks]
     other_ks = [k for k in cfg.ks if k not in cfg.lever_ks]
@@ -286,10 +286,10 @@ def cells(cfg: EvidenceConfig, results: dict) -> list[Cell]:
         return [Cell(k, "self_training", 0.0, s) for s in cfg.seeds] if main and main[0].pseudo_masks else []
 
     out = [c for k in lever_ks for c in paired_rounds([k]) + recipe_arms([k], reuse) + self_training(k)]
-    out += recipe_arms(lever_ks, [r for r in cfg.recipes if r not in main and r not in reuse])
     rest = calibration(other_ks)
     rest.insert(2 * len(other_ks), Cell(0, "reference", 0.0, cfg.seeds[0]))  # after the first seed's round
     out += rest + recipe_arms(other_ks, main)
+    out += recipe_arms(lever_ks, [r for r in cfg.recipes if r not in main and r not in reuse])
     base = cfg.baseline
     for k in cfg.ks:
         out += [Cell(k, "images_plentiful", r, s, base) for s in cfg.seeds[:cfg.choice_seeds]

@@ -156,8 +156,12 @@ def test_the_instrument_answers_in_paired_rounds_of_real_only_aa_and_the_main_re
     rungs = ("today", "spade", "pseudo", "texture", "levers", "levers_pretrain", "spectral_vae", "minsnr",
              "pool_pretrained")
     ladder = [Cell(k, "images_plentiful", 0.3, s, r) for r in rungs for k in (1, 2) for s in (0, 1)]
-    assert order[20:56] == ladder  # the other rungs at k = 1, 2 only, the baseline first
-    assert order[56:59] == [Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0), Cell(0, "reference", 0.0, 0)]
+    # then the whole pool's calibration (real only rising with k) with the reference run, the main
+    # recipe there, and only then the other rungs at k = 1, 2, the baseline first
+    assert order[20:23] == [Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0), Cell(0, "reference", 0.0, 0)]
+    assert order[23:25] == [Cell(0, "real_only", 0.0, 1), Cell(0, "aa", 0.0, 1)]
+    assert order[25:27] == [Cell(0, "images_plentiful", 0.3, s, "vpred") for s in (0, 1)]
+    assert order[27:63] == ladder
     assert order.index(Cell(0, "images_plentiful", 0.3, 0, "vpred")) < order.index(
         Cell(1, "images_plentiful", 0.2, 0))  # the main recipe on the whole pool before the ratio sweep
     assert not [c for c in order if c.arm == "strict" and c.k == 0]
