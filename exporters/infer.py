@@ -96,7 +96,7 @@ def segment(args) -> None:
     probs = np.stack([model.predict(s, tta=args.tta, overlap=args.overlap)
                       for s in tqdm(stack, desc="segment", unit="slice", disable=quiet)])
     written = write_segmentation(args.out, probs, model.threshold, pixel_size, args.instances)
-    print(f"wrote {', '.join(map(str, written))} ({len(stack)} slices, threshold {model.threshold:.3f})")
+    print(f"wrote {', '.join(map(str, written))} ({len(stack)} slices, threshold {model.threshold:.6g})")
 
 
 def generate(args: argparse.Namespace) -> None:

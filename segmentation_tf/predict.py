@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     probs = predict_stack(seg.model, images, seg.tile_size, overlap, tta, args.batch_size)
     seconds = time.perf_counter() - start
     written = write_segmentation(args.out, probs, threshold, pixel_size, args.instances)
-    print(f"{len(images)} slices in {seconds:.1f} s (threshold {threshold:.2f}) -> "
+    print(f"{len(images)} slices in {seconds:.1f} s (threshold {threshold:.6g}) -> "
           f"{', '.join(map(str, written))}")
     return 0
 
