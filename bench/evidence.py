@@ -208,7 +208,7 @@ PRESETS = {
 @dataclass(frozen=True)
 class Cell:
     k: int          # labelled slices (0: the whole pool)
-    arm: str        # real_only, aa, images_plentiful, strict, reference, self_training
+    arm: str        # real_only, aa, images_plentiful, strict, reference, self_training, real_pretrain
     ratio: float
     seed: int
     recipe: str = "today"  # how its generated pairs are made and used (synthetic arms)
@@ -285,7 +285,13 @@ def cells(cfg: EvidenceConfig, results: dict) -> list[Cell]:
         # the pseudo-labelled pool without a generator: does the generator add to its labels?
         return [Cell(k, "self_training", 0.0, s) for s in cfg.seeds] if main and main[0].pseudo_masks else []
 
-    out = [c for k in lever_ks for c in paired_rounds([k]) + recipe_arms([k], reuse) + self_training(k)]
+    def real_pretrain(k: int) -> list[Cell]:
+        # the pretrain schedule's control: the same extra phase on the real tiles instead of pairs
+        pretrains = any(r.pretrains for r in reuse)
+        return [Cell(k, "real_pretrain", 0.0, s) for s in cfg.seeds] if pretrains else []
+
+    out = [c for k in lever_ks
+           for c in paired_rounds([k]) + recipe_arms([k], reuse) + real_pretrain(k) + self_training(k)]
     rest = calibration(other_ks)
     rest.insert(2 * len(other_ks), Cell(0, "reference", 0.0, cfg.seeds[0]))  # after the first seed's round
     out += rest + recipe_arms(other_ks, main)
@@ -320,6 +326,13 @@ class Bench:
         folder.mkdir(parents=True, exist_ok=True)
         labelled = self.layout.labelled(k, self.cfg)
         return make_store(folder / "labelled_store", self.images, self.masks, labelled, self.layout.val)
+
+    def labelled_only_store(self, k: int) -> Path:
+        """The k labelled slices alone (no validation tiles: a synthetic store is read whole)."""
+        folder = self.work / f"k{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return make_store(folder / "labelled_only_store", self.images, self.masks,
+                          self.layout.labelled(k, self.cfg), [])
 
     def generator_dir(self, cell: Cell) -> Path:
         """One generator per k, regime and recipe generator (recipes with the same flags share it)."""
@@ -403,7 +416,9 @@ def segmenter_flags(cell: Cell, cfg: EvidenceConfig, synthetic: Path | None) -> 
     flags = [*cfg.segmenter_flags, "--seed", str(cell.seed)]
     if cell.arm == "aa":
         flags += ["--data-seed", str(cell.seed + AA_OFFSET)]
-    if synthetic is not None:
+    if synthetic is not None and cell.arm == "real_pretrain":
+        flags += ["--synthetic-store", str(synthetic), "--synthetic-schedule", "pretrain"]
+    elif synthetic is not None:
         recipe = cfg.recipe(cell.recipe)
         ratio = [] if recipe.pretrains else ["--synthetic-ratio", str(cell.ratio)]
         flags += ["--synthetic-store", str(synthetic), *ratio, *recipe.fit_flags]
@@ -441,6 +456,8 @@ def run_cell(cell: Cell, bench: Bench) -> dict:
     scores_path = seg_dir / "test_scores.json"
     if not (seg_dir / "segmenter.json").exists():
         synthetic = bench.generator(cell) if cell.ratio > 0 else None
+        if cell.arm == "real_pretrain":  # the pretrain schedule's control: its first phase on real tiles
+            synthetic = bench.labelled_only_store(cell.k)
         # self-training: the real-only budget on the pseudo-labelled pool (the pairs without a generator)
         store = bench.pseudo_store(cell.k) if cell.arm == "self_training" else bench.store(cell.k)
         run(["segmentation_tf.fit", "--store", str(store), "--out", str(seg_dir), "--verbose",
@@ -620,7 +637,7 @@ def synthetic_arms(k: int, cfg: EvidenceConfig) -> list[tuple[str, float, str]]:
     arms = [("images_plentiful", r, cfg.baseline) for r in cfg.ratios]
     ladder = cfg.recipes[1:] if k in cfg.lever_ks else [r for r in cfg.recipes if r.name == cfg.main_recipe]
     arms += [("images_plentiful", cfg.lever_ratio, r.name) for r in ladder]
-    arms += [("self_training", 0.0, cfg.baseline)] if k in cfg.lever_ks else []
+    arms += [(arm, 0.0, cfg.baseline) for arm in ("real_pretrain", "self_training") if k in cfg.lever_ks]
     return arms + ([("strict", cfg.strict_ratio, cfg.baseline)] if k != 0 else [])
 
 

@@ -127,10 +127,10 @@ def run_phase(phase: Phase, inputs: RunInputs, strategy: tf.distribute.Strategy,
         model = compiled_model(inputs.model, phase.train, steps, tile_weighted(phase.data))
         if start_weights is not None:
             model.load_weights(start_weights)
-    kind = "synthetic" if phase.synthetic_only else "real"
+    batch = (f"{n_real} synthetic tiles (pre-training)" if phase.synthetic_only
+             else f"{n_real} real + {n_syn} synthetic tiles")
     print(f"{model.count_params():,} parameters, policy {policy}, "
-          f"{strategy.num_replicas_in_sync} replica(s); "
-          f"{steps} steps/epoch of {n_real} {kind} + {n_syn} synthetic tiles")
+          f"{strategy.num_replicas_in_sync} replica(s); {steps} steps/epoch of {batch}")
     callbacks = standard_callbacks(phase.folder, phase.train.patience, val_x, val_y,
                                    phase.train.time_limit_minutes, phase.train.schedule == "plateau",
                                    phase.train.restore_best)

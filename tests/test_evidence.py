@@ -149,19 +149,19 @@ def test_the_instrument_answers_in_paired_rounds_of_real_only_aa_and_the_main_re
               for c in [c for s in (0, 1) for c in (Cell(k, "real_only", 0.0, s), Cell(k, "aa", 0.0, s),
                                                     Cell(k, "images_plentiful", 0.3, s, "vpred"))]
               + [Cell(k, "images_plentiful", 0.3, s, "vpred_pretrain") for s in (0, 1)]
-              + [Cell(k, "self_training", 0.0, s) for s in (0, 1)]]
-    # per k and seed: real only, A/A, the main recipe; then the main generator's other use at that k
-    # and self-training on the main recipe's pseudo-labelled pool (no generator)
-    assert order[:20] == rounds
+              + [Cell(k, arm, 0.0, s) for arm in ("real_pretrain", "self_training") for s in (0, 1)]]
+    # per k and seed: real only, A/A, the main recipe; then the main generator's other use at that k,
+    # its control (the pretrain phase on real tiles) and self-training on the pseudo-labelled pool
+    assert order[:24] == rounds
     rungs = ("today", "spade", "pseudo", "texture", "levers", "levers_pretrain", "spectral_vae", "minsnr",
              "pool_pretrained")
     ladder = [Cell(k, "images_plentiful", 0.3, s, r) for r in rungs for k in (1, 2) for s in (0, 1)]
     # then the whole pool's calibration (real only rising with k) with the reference run, the main
     # recipe there, and only then the other rungs at k = 1, 2, the baseline first
-    assert order[20:23] == [Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0), Cell(0, "reference", 0.0, 0)]
-    assert order[23:25] == [Cell(0, "real_only", 0.0, 1), Cell(0, "aa", 0.0, 1)]
-    assert order[25:27] == [Cell(0, "images_plentiful", 0.3, s, "vpred") for s in (0, 1)]
-    assert order[27:63] == ladder
+    assert order[24:27] == [Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0), Cell(0, "reference", 0.0, 0)]
+    assert order[27:29] == [Cell(0, "real_only", 0.0, 1), Cell(0, "aa", 0.0, 1)]
+    assert order[29:31] == [Cell(0, "images_plentiful", 0.3, s, "vpred") for s in (0, 1)]
+    assert order[31:67] == ladder
     assert order.index(Cell(0, "images_plentiful", 0.3, 0, "vpred")) < order.index(
         Cell(1, "images_plentiful", 0.2, 0))  # the main recipe on the whole pool before the ratio sweep
     assert not [c for c in order if c.arm == "strict" and c.k == 0]
@@ -198,6 +198,14 @@ def test_recipes_share_generators_and_stores_only_when_their_flags_agree(tmp_pat
     assert "--synthetic-ratio" not in flags
     mixed = segmenter_flags(replace(cell, recipe="vpred"), cfg, tmp_path / "syn")
     assert mixed[-4:] == ["--synthetic-store", str(tmp_path / "syn"), "--synthetic-ratio", "0.3"]
+    control = segmenter_flags(Cell(1, "real_pretrain", 0.0, 2), cfg, tmp_path / "real")
+    assert control[-4:] == ["--synthetic-store", str(tmp_path / "real"), "--synthetic-schedule", "pretrain"]
+    assert control[:-4] == segmenter_flags(Cell(1, "real_only", 0.0, 2), cfg, None)  # same budget and seed
+    images, masks = phantom_stack(27, seed=0, config=PhantomConfig(height=256, width=256))
+    real = Bench(cfg, tmp_path / "p", images, masks, Layout.of(27, cfg), tmp_path / "l")
+    only = TileStore(real.labelled_only_store(1))  # real tiles of the k slices, no validation tile
+    assert {r["slice"] for r in only.records} == set(real.layout.labelled(1, cfg))
+    assert len(only.indices("val")) == 0
     assert cell.key == "k=1|images_plentiful|r=0.3|seed=2|levers_pretrain"
     assert Cell(1, "images_plentiful", 0.3, 2).key == "k=1|images_plentiful|r=0.3|seed=2"  # older keys
 

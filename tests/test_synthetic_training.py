@@ -80,7 +80,7 @@ def test_pretrain_runs_both_phases_and_resumes(tiny_store, tmp_path):  # noqa: F
             "--synthetic-schedule", "pretrain", "--pretrain-epochs", "1", *TINY]
     proc = run_module("segmentation_tf.fit", *args, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "4 synthetic + 0 synthetic tiles" in proc.stdout and "4 real + 0 synthetic tiles" in proc.stdout
+    assert "4 synthetic tiles (pre-training)" in proc.stdout and "4 real + 0 synthetic tiles" in proc.stdout
     assert (run / "pretrain" / "pretrained.weights.h5").is_file()
     for phase in (run / "pretrain", run):  # TensorBoard for both phases
         assert list((phase / "tensorboard" / "train").glob("events.out.tfevents.*"))
@@ -90,7 +90,7 @@ def test_pretrain_runs_both_phases_and_resumes(tiny_store, tmp_path):  # noqa: F
     # a rerun after the synthetic phase finished does not train it again
     (run / "segmenter.json").unlink()
     again = run_module("segmentation_tf.fit", *args, timeout=300)
-    assert again.returncode == 0 and "synthetic + 0 synthetic" not in again.stdout
+    assert again.returncode == 0 and "(pre-training)" not in again.stdout
 
 
 def test_weight_reaches_the_fit(tiny_store, tmp_path):  # noqa: F811
