@@ -93,6 +93,8 @@ class Recipe:
         return f"synthetic_{self.mask_source}_{s.sampler}{s.steps}_g{s.guidance:g}{texture}"
 
 
+# segmentation_tf.fit: the synthetic tiles alone first, then the real ones alone
+PRETRAIN = ("--synthetic-schedule", "pretrain")
 TODAY = Recipe("today")
 # guidance 3: the most mask-faithful of 1.5/2/3/5 on the validation block for both k = 1 generators
 # below (docs/generator_levers.json; the lowest reaching 0.9 of the judge would have won, none did)
@@ -106,7 +108,7 @@ PSEUDO = replace(SPADE, name="pseudo", generator="spade_pseudo", pseudo_masks=1)
 # instead of its mean; shared.texture): the same generator, drawn differently
 TEXTURE = replace(PSEUDO, name="texture", sampling=replace(PSEUDO.sampling, texture=1.0))
 LEVERS = replace(TEXTURE, name="levers", mask_source="composed")
-LEVERS_PRETRAIN = replace(LEVERS, name="levers_pretrain", fit_flags=("--synthetic-schedule", "pretrain"))
+LEVERS_PRETRAIN = replace(LEVERS, name="levers_pretrain", fit_flags=PRETRAIN)
 # the other way to texture: a VAE trained with a log-amplitude spectrum loss (its own pool VAE); the
 # term is ~0.1-0.2 on blurred reconstructions against an MSE of ~0.005, so 0.02 makes them comparable
 SPECTRAL = replace(PSEUDO, name="spectral_vae", generator="spade_pseudo_spectral", vae="spectral",
@@ -125,7 +127,7 @@ VPRED = replace(LEVERS, name="vpred", generator="spade_pseudo_v_c2", pseudo_mask
                 sampling=replace(LEVERS.sampling, guidance=1.5))
 # the same pairs used the other way: the segmenter pre-trained on them alone (a third of the epochs
 # more), then trained on the real tiles alone as real only is (no real crop displaced)
-VPRED_PRETRAIN = replace(VPRED, name="vpred_pretrain", fit_flags=("--synthetic-schedule", "pretrain"))
+VPRED_PRETRAIN = replace(VPRED, name="vpred_pretrain", fit_flags=PRETRAIN)
 # images plentiful, the other way: the denoiser first learns EM from every pool image (60 min, no mask:
 # shared by every k), then each k's conditioned training starts from it; a side rung beside spade
 POOL_PRETRAINED = replace(SPADE, name="pool_pretrained", generator="spade_pool_pretrained",
@@ -416,10 +418,10 @@ def segmenter_flags(cell: Cell, cfg: EvidenceConfig, synthetic: Path | None) -> 
     flags = [*cfg.segmenter_flags, "--seed", str(cell.seed)]
     if cell.arm == "aa":
         flags += ["--data-seed", str(cell.seed + AA_OFFSET)]
-    if synthetic is not None and cell.arm == "real_pretrain":
-        flags += ["--synthetic-store", str(synthetic), "--synthetic-schedule", "pretrain"]
-    elif synthetic is not None:
+    if synthetic is not None:
         recipe = cfg.recipe(cell.recipe)
+        if cell.arm == "real_pretrain":  # the pretrain schedule with the k slices' own tiles first
+            recipe = replace(recipe, fit_flags=PRETRAIN)
         ratio = [] if recipe.pretrains else ["--synthetic-ratio", str(cell.ratio)]
         flags += ["--synthetic-store", str(synthetic), *ratio, *recipe.fit_flags]
     return flags
@@ -499,13 +501,14 @@ def rescore_stale(results: dict, measured: dict, bench: Bench) -> None:
     for key, record in list(results.items()):
         if record.get("calibration", 1) >= CALIBRATION_VERSION:
             continue
-        if not (segmenter_dir(cell_of(record), bench.work) / "segmenter.json").exists():
+        cell = cell_of(record)
+        if not (segmenter_dir(cell, bench.work) / "segmenter.json").exists():
             print(f"{key}: calibrated on an older threshold grid and its segmenter is absent; trains again")
             del results[key]
             continue
         print(f"{key}: recalibrating (threshold grid version {CALIBRATION_VERSION}) ...", flush=True)
-        before = threshold_before(segmenter_dir(cell_of(record), bench.work))
-        fresh = run_cell(cell_of(record), bench)
+        before = threshold_before(segmenter_dir(cell, bench.work))
+        fresh = run_cell(cell, bench)
         results[key] = {**fresh, "minutes": record["minutes"], "rescore_minutes": fresh["minutes"],
                         "cpu": record.get("cpu", fresh["cpu"]), "test_iou_before_recalibration":
                         record["test_iou"], "threshold_before_recalibration": before}
