@@ -254,20 +254,18 @@ def chosen_ratio(results: dict, k: int, cfg: EvidenceConfig) -> float | None:
 
 
 def cells(cfg: EvidenceConfig, results: dict) -> list[Cell]:
-    """Every cell in the order that answers soonest. At the ladder's k, one k at a time, rounds of
-    real only, A/A and the main recipe per seed (the noise floor and the main gain grow together, each
-    k's generator trains once before its first round), the recipes using the main generator
-    otherwise and self-training; then the other k's calibration (does real only rise with k?) with
-    the reference run after the first seed's round, and the main recipe there; then the ladder's other
-    rungs (its bottom rung: the baseline at the ladder's ratio); then per k the baseline's ratio choice
-    (every ratio on the choice seeds, the highest and the chosen one on every seed); strict last."""
+    """Every cell in the order that answers soonest. At the first ladder k, rounds of real only, A/A
+    and the main recipe per seed (the noise floor and the main gain grow together), the recipes using
+    the main generator otherwise and their control; then real only at every other k, seed by seed,
+    with the reference after the first seed (does real only rise with k, i.e. is the budget limited
+    by the data? Every synthetic comparison rests on it); then self-training and the other ladder k's
+    rounds; then A/A and the main recipe at the other k's; then the ladder's other rungs (its bottom
+    rung: the baseline at the ladder's ratio); then per k the baseline's ratio choice (every ratio on
+    the choice seeds, the highest and the chosen one on every seed); strict last."""
     lever_ks = [k for k in cfg.ks if k in cfg.lever_ks]
     other_ks = [k for k in cfg.ks if k not in cfg.lever_ks]
     names = {r.name for r in cfg.recipes}
     main = [cfg.recipe(cfg.main_recipe)] if cfg.main_recipe in names else []
-
-    def calibration(ks: list[int]) -> list[Cell]:
-        return [Cell(k, arm, 0.0, s) for s in cfg.seeds for k in ks for arm in ("real_only", "aa")]
 
     def paired_rounds(ks: list[int]) -> list[Cell]:
         # per k and seed: real only, A/A, the main recipe (a session's cells answer one k at a time)
@@ -292,11 +290,17 @@ def cells(cfg: EvidenceConfig, results: dict) -> list[Cell]:
         pretrains = any(r.pretrains for r in reuse)
         return [Cell(k, "real_pretrain", 0.0, s) for s in cfg.seeds] if pretrains else []
 
-    out = [c for k in lever_ks
-           for c in paired_rounds([k]) + recipe_arms([k], reuse) + real_pretrain(k) + self_training(k)]
-    rest = calibration(other_ks)
-    rest.insert(2 * len(other_ks), Cell(0, "reference", 0.0, cfg.seeds[0]))  # after the first seed's round
-    out += rest + recipe_arms(other_ks, main)
+    def rise(ks: list[int]) -> list[Cell]:
+        out = [Cell(k, "real_only", 0.0, s) for s in cfg.seeds for k in ks]
+        return out[:len(ks)] + [Cell(0, "reference", 0.0, cfg.seeds[0])] + out[len(ks):]
+
+    first, later = lever_ks[:1], lever_ks[1:]
+    out = [c for k in first for c in paired_rounds([k]) + recipe_arms([k], reuse) + real_pretrain(k)]
+    out += rise([k for k in cfg.ks if k not in first])
+    out += [c for k in first for c in self_training(k)]
+    out += [c for k in later
+            for c in paired_rounds([k]) + recipe_arms([k], reuse) + real_pretrain(k) + self_training(k)]
+    out += [Cell(k, "aa", 0.0, s) for s in cfg.seeds for k in other_ks] + recipe_arms(other_ks, main)
     out += recipe_arms(lever_ks, [r for r in cfg.recipes if r not in main and r not in reuse])
     base = cfg.baseline
     for k in cfg.ks:

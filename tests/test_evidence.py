@@ -142,26 +142,37 @@ def test_a_rerun_skips_finished_cells(tmp_path, monkeypatch):
     assert saved["slices"]["test"] and not set(saved["slices"]["test"]) & set(saved["slices"]["pool"])
 
 
-def test_the_instrument_answers_in_paired_rounds_of_real_only_aa_and_the_main_recipe():
+def test_the_instrument_answers_in_paired_rounds_then_checks_real_only_rises_with_k():
     cfg = EvidenceConfig(ks=(1, 2, 0), seeds=(0, 1), choice_seeds=1, ratios=(0.2, 0.3))
     order = cells(cfg, {})
-    rounds = [c for k in (1, 2)
-              for c in [c for s in (0, 1) for c in (Cell(k, "real_only", 0.0, s), Cell(k, "aa", 0.0, s),
-                                                    Cell(k, "images_plentiful", 0.3, s, "vpred"))]
-              + [Cell(k, "images_plentiful", 0.3, s, "vpred_pretrain") for s in (0, 1)]
-              + [Cell(k, arm, 0.0, s) for arm in ("real_pretrain", "self_training") for s in (0, 1)]]
-    # per k and seed: real only, A/A, the main recipe; then the main generator's other use at that k,
-    # its control (the pretrain phase on real tiles) and self-training on the pseudo-labelled pool
-    assert order[:24] == rounds
+
+    def block(k: int, rounds_done: bool = False) -> list[Cell]:
+        rounds = [c for s in (0, 1) for c in (Cell(k, "real_only", 0.0, s), Cell(k, "aa", 0.0, s),
+                                              Cell(k, "images_plentiful", 0.3, s, "vpred"))]
+        if rounds_done:
+            rounds = [c for c in rounds if c.arm != "real_only"]
+        return (rounds + [Cell(k, "images_plentiful", 0.3, s, "vpred_pretrain") for s in (0, 1)]
+                + [Cell(k, "real_pretrain", 0.0, s) for s in (0, 1)])
+
+    # k = 1: per seed real only, A/A, the main recipe; then the main generator's other use and its
+    # control (the pretrain phase on real tiles)
+    assert order[:10] == block(1)
+    # then real only at every other k, seed by seed, the reference after the first seed: the budget
+    # must be limited by the data before any synthetic comparison means anything
+    assert order[10:15] == [Cell(2, "real_only", 0.0, 0), Cell(0, "real_only", 0.0, 0),
+                            Cell(0, "reference", 0.0, 0), Cell(2, "real_only", 0.0, 1),
+                            Cell(0, "real_only", 0.0, 1)]
+    # then self-training at k = 1, and k = 2's block (its real only already ran)
+    assert order[15:17] == [Cell(1, "self_training", 0.0, s) for s in (0, 1)]
+    assert order[17:25] == block(2, rounds_done=True)
+    assert order[25:27] == [Cell(2, "self_training", 0.0, s) for s in (0, 1)]
+    # then the whole pool's A/A and the main recipe there, and only then the other rungs at k = 1, 2
+    assert order[27:31] == [Cell(0, "aa", 0.0, 0), Cell(0, "aa", 0.0, 1),
+                            *[Cell(0, "images_plentiful", 0.3, s, "vpred") for s in (0, 1)]]
     rungs = ("today", "spade", "pseudo", "texture", "levers", "levers_pretrain", "spectral_vae", "minsnr",
              "pool_pretrained")
-    ladder = [Cell(k, "images_plentiful", 0.3, s, r) for r in rungs for k in (1, 2) for s in (0, 1)]
-    # then the whole pool's calibration (real only rising with k) with the reference run, the main
-    # recipe there, and only then the other rungs at k = 1, 2, the baseline first
-    assert order[24:27] == [Cell(0, "real_only", 0.0, 0), Cell(0, "aa", 0.0, 0), Cell(0, "reference", 0.0, 0)]
-    assert order[27:29] == [Cell(0, "real_only", 0.0, 1), Cell(0, "aa", 0.0, 1)]
-    assert order[29:31] == [Cell(0, "images_plentiful", 0.3, s, "vpred") for s in (0, 1)]
-    assert order[31:67] == ladder
+    assert order[31:67] == [Cell(k, "images_plentiful", 0.3, s, r) for r in rungs for k in (1, 2)
+                            for s in (0, 1)]
     assert order.index(Cell(0, "images_plentiful", 0.3, 0, "vpred")) < order.index(
         Cell(1, "images_plentiful", 0.2, 0))  # the main recipe on the whole pool before the ratio sweep
     assert not [c for c in order if c.arm == "strict" and c.k == 0]
