@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -52,7 +53,7 @@ from bench.synthetic_ablation import (
 )
 from segmentation_tf.calibration import VERSION as CALIBRATION_VERSION
 from shared.atomic import write_json_atomic
-from shared.errors import UserError
+from shared.errors import UserError, run_cli
 from shared.sampling import SamplerSettings
 from shared.splits import z_block_split
 from shared.tiff_io import read_mask_stack, write_stack
@@ -764,6 +765,19 @@ def write_results(path: Path, results: dict, bench: Bench, name: str, source: st
         plot(results, cfg, path.with_suffix(".png"))
 
 
+def read_saved(path: Path) -> dict:
+    """The grid's committed results ({} before its first cell); a damaged file is the user's to mend."""
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a results file of bench.evidence ({exc})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("results_by_cell", {}), dict):
+        raise UserError(f"{path}: not a results file of bench.evidence (no results_by_cell mapping)")
+    return saved
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="standard",
@@ -777,7 +791,7 @@ def main(argv: list[str] | None = None) -> None:
                                                     else f"evidence_{args.preset}.json")
     work = args.work / args.preset
     work.mkdir(parents=True, exist_ok=True)
-    saved = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    saved = read_saved(results_path)
     results = saved.get("results_by_cell", {})
     generators = {f"k={0 if g['k'] == 'all' else g['k']}|{g['regime']}|{g.get('recipe', 'today')}": g
                   for g in saved.get("generators", [])}
@@ -804,4 +818,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

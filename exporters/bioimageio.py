@@ -147,7 +147,7 @@ def rdf_content(props: dict[str, str], *, name: str, authors: list[str], license
     return {
         "type": "model", "format_version": "0.5.12", "name": name,
         "description": "Mitochondria foreground probability in electron-microscopy slices (residual U-Net, "
-                       f"Keras -> ONNX); foreground where probability > {threshold:.6g}.",
+                       f"Keras -> ONNX); foreground where probability >= {threshold:.6g}.",
         "authors": [{"name": a} for a in authors], "license": license_id,
         "cite": [{"text": text, "doi": doi} for text, doi in cite],
         "tags": ["electron-microscopy", "mitochondria", "semantic-segmentation", "2d", "u-net", "onnx"],
@@ -164,7 +164,7 @@ def rdf_content(props: dict[str, str], *, name: str, authors: list[str], license
         }],
         "outputs": [{
             "id": OUTPUT_ID,
-            "description": f"sigmoid mitochondria probability; mask = probability > {threshold:.6g}",
+            "description": f"sigmoid mitochondria probability; mask = probability >= {threshold:.6g}",
             "axes": [{"type": "batch"}, *space_axes(props, pixel_nm, output=True),
                      {"type": "channel", "channel_names": ["mitochondria"]}],
             "data": {"type": "float32", "range": [0.0, 1.0]},
@@ -203,7 +203,7 @@ def write_cover(tile: np.ndarray, probability: np.ndarray, threshold: float, tar
     width = 2 * t // 3
     x0 = (t - width) // 2
     panels = [normalization.denormalize(normalization.normalize(tile)), np.rint(probability * 255),
-              (probability > threshold) * 255]
+              (probability >= threshold) * 255]
     strip = np.concatenate([p[:, x0:x0 + width] for p in panels], axis=1).astype(np.uint8)
     Image.fromarray(strip).resize((2 * t, t), Image.Resampling.BILINEAR).save(target)
 
@@ -216,13 +216,13 @@ def documentation(props: dict[str, str], *, name: str, pixel_nm: float | None, h
         f"# {name}", "",
         "Mitochondria segmentation of electron-microscopy (EM) slices: a residual U-Net trained with Keras "
         "(emsynth) and exported to ONNX. The output is the foreground probability; the mask is "
-        f"`probability > {threshold:.6g}` (threshold calibrated on the held-out validation slices).", "",
+        f"`probability >= {threshold:.6g}` (threshold calibrated on the held-out validation slices).", "",
         "## Input and output",
         f"- Input `{INPUT_ID}`: one grayscale slice, axes batch, y, x, channel (NHWC, as the ONNX graph). "
         f"Any size from {props['tile_size']} up in steps of {props['size_divisor']} (2^depth poolings).",
         f"- Preprocessing: `x = (pixel / pixel_scale - {normalization.MEAN}) / {normalization.STD}` "
         "(pixel_scale 255 for uint8), written as `scale_linear`.",
-        f"- Output `{OUTPUT_ID}`: sigmoid probability in [0, 1]; foreground where > {threshold:.6g}.",
+        f"- Output `{OUTPUT_ID}`: sigmoid probability in [0, 1]; foreground where >= {threshold:.6g}.",
         f"- Tiling: windows of {props['tile_size']} px with a halo of {h} px per side "
         f"(the overlap of {props.get('recommended_overlap', '0')} px the threshold was calibrated with).",
         f"- Pixel size: {f'{pixel_nm:g} nm' if pixel_nm else 'not recorded'}.", "",

@@ -32,7 +32,7 @@ def segmenter_metadata(sidecar: dict) -> dict[str, object]:
         **normalization.metadata(),
         "output_name": "probability",
         "output_meaning": "sigmoid foreground (mitochondria) probability, NHWC float32 [batch, height, "
-                          "width, 1]; foreground where probability > threshold",
+                          "width, 1]; foreground where probability >= threshold",
         "threshold": float(sidecar["threshold"]),
         "recommended_overlap": int(sidecar.get("recommended_overlap", OVERLAP)),
         "recommended_tta": bool(sidecar.get("recommended_tta", False)),

@@ -95,7 +95,8 @@ def test_package_fields_equal_the_run_metadata(package):
     assert out.axes[1].halo == out.axes[2].halo == OVERLAP // 2
     assert str(out.axes[1].size.tensor_id) == str(inp.id)
     assert descr.config.model_extra["emsynth"]["threshold"] == pytest.approx(THRESHOLD)
-    assert f"{THRESHOLD:.6g}" in out.description
+    # the rule every predictor applies (segmentation_tf.scores: probability >= threshold)
+    assert f"probability >= {THRESHOLD:.6g}" in out.description
     doc = (package / "README.md").read_text()
     assert "0.6100" in doc and "5 nm" in doc and str(package.parent / "store") in doc
 

@@ -12,7 +12,9 @@ import pytest
 
 from bench import evidence
 from bench.evidence import Bench, Cell, EvidenceConfig, Layout, cells, chosen_ratio, gain_rows, noise_floor
+from bench.evidence import main as evidence_main
 from bench.stats import paired_interval, seeds_needed, t_interval
+from shared.errors import run_cli
 from shared.phantom import PhantomConfig, phantom_stack
 from shared.store import TileStore
 
@@ -509,3 +511,14 @@ def test_judge_figures_on_drawn_and_real_tiles_by_hand(tmp_path, monkeypatch):
     figures = evidence.judge_figures(got, {**got, "judge_recall": 0.25})
     assert figures["judge_recall"] == 0.5 and figures["judge_recall_real"] == 0.25
     assert figures["judge_on_real_test"] == round(128 / 320, 4)
+
+
+def test_a_damaged_results_file_is_one_line_and_exit_2(tmp_path, capsys):
+    bad = tmp_path / "evidence.json"
+    bad.write_text('{"results_by_cell": ')
+    assert run_cli(evidence_main, ["--results", str(bad), "--work", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {bad}: not a results file of bench.evidence") and "\n" not in err
+    bad.write_text('{"results_by_cell": [1, 2]}')
+    assert run_cli(evidence_main, ["--results", str(bad), "--work", str(tmp_path)]) == 2
+    assert "no results_by_cell mapping" in capsys.readouterr().err
