@@ -156,14 +156,16 @@ def test_the_instrument_answers_in_paired_rounds_then_checks_real_only_rises_wit
         return (rounds + [Cell(k, "images_plentiful", 0.3, s, "vpred_pretrain") for s in (0, 1)]
                 + [Cell(k, "real_pretrain", 0.0, s) for s in (0, 1)])
 
+    # the budget probe first (seed 0): one slice and the whole pool, the reference, the other k's
+    probe = [Cell(1, "real_only", 0.0, 0), Cell(0, "real_only", 0.0, 0), Cell(0, "reference", 0.0, 0),
+             Cell(2, "real_only", 0.0, 0)]
+    assert order[:4] == probe
     # k = 1: per seed real only, A/A, the main recipe; then the main generator's other use and its
     # control (the pretrain phase on real tiles)
-    assert order[:10] == block(1)
-    # then real only at every other k, seed by seed, the reference after the first seed: the budget
-    # must be limited by the data before any synthetic comparison means anything
-    assert order[10:15] == [Cell(2, "real_only", 0.0, 0), Cell(0, "real_only", 0.0, 0),
-                            Cell(0, "reference", 0.0, 0), Cell(2, "real_only", 0.0, 1),
-                            Cell(0, "real_only", 0.0, 1)]
+    assert order[4:13] == block(1)[1:]
+    # then real only at every other k on the other seeds: the budget must be limited by the data
+    # before any synthetic comparison means anything
+    assert order[13:15] == [Cell(2, "real_only", 0.0, 1), Cell(0, "real_only", 0.0, 1)]
     # then self-training at k = 1, and k = 2's block (its real only already ran)
     assert order[15:17] == [Cell(1, "self_training", 0.0, s) for s in (0, 1)]
     assert order[17:25] == block(2, rounds_done=True)
@@ -522,3 +524,15 @@ def test_a_damaged_results_file_is_one_line_and_exit_2(tmp_path, capsys):
     bad.write_text('{"results_by_cell": [1, 2]}')
     assert run_cli(evidence_main, ["--results", str(bad), "--work", str(tmp_path)]) == 2
     assert "no results_by_cell mapping" in capsys.readouterr().err
+
+
+def test_the_long_preset_is_final_at_2000_steps_as_fit_reads_its_flags():
+    from segmentation_tf.fit import parser
+
+    final, long = (parser().parse_args(["--store", "s", *evidence.PRESETS[p].segmenter_flags])
+                   for p in ("final", "long"))
+    assert (final.epochs * final.steps_per_epoch, long.epochs * long.steps_per_epoch) == (800, 2000)
+    # everything else (crop, batch, EMA, precision, prediction) is the final preset's
+    assert {k: v for k, v in vars(long).items() if k not in ("epochs", "steps_per_epoch")} == \
+        {k: v for k, v in vars(final).items() if k not in ("epochs", "steps_per_epoch")}
+    assert evidence.PRESETS["long"].generator_flags == evidence.PRESETS["final"].generator_flags
