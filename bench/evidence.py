@@ -191,8 +191,11 @@ PRESETS = {
     # 8 tiles of 256 px are 7.8e8): at 800 steps the whole pool scored below one slice (0.754 vs 0.792,
     # seed 0, 2026-12-01), so that budget is limited by its steps; this one is the next candidate
     # (a later flag wins in argparse, so the overrides are appended)
+    # At about 17 min a cell the ladder's rungs (90 cells) do not fit a CPU; they stay in final and
+    # full: long keeps the baseline, the main recipe and its pre-training use (142 cells)
     "long": replace(FINAL, segmenter_flags=(*FINAL.segmenter_flags, "--epochs", "40", "--steps-per-epoch",
-                                            "50")),
+                                            "50"),
+                    recipes=(TODAY, VPRED, VPRED_PRETRAIN)),
     "quick": EvidenceConfig(
         ks=(1, 0), seeds=(0, 1), choice_seeds=1, ratios=(0.3,), n_synthetic=32,
         segmenter_flags=("--preset", "quick", "--epochs", "3", "--steps-per-epoch", "10", "--no-tta"),

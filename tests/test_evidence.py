@@ -536,3 +536,4 @@ def test_the_long_preset_is_final_at_2000_steps_as_fit_reads_its_flags():
     assert {k: v for k, v in vars(long).items() if k not in ("epochs", "steps_per_epoch")} == \
         {k: v for k, v in vars(final).items() if k not in ("epochs", "steps_per_epoch")}
     assert evidence.PRESETS["long"].generator_flags == evidence.PRESETS["final"].generator_flags
+    assert len(cells(evidence.PRESETS["long"], {})) == 142  # the baseline, the main recipe, its pretrain use
