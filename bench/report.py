@@ -26,6 +26,8 @@ SECTIONS = [
      "The evidence instrument, standard preset (restore-best; before the border-mirroring tiler)"),
     ("evidence_final.json",
      "The evidence instrument (--preset final: last weights + EMA 0.99; generator recipes)"),
+    ("evidence_long.json",
+     "The evidence instrument at 2000 steps (--preset long: the final preset's budget, 2.5x the steps)"),
     ("generator_levers.json",
      "Generator levers on the validation block: mask fidelity and realism per guidance"),
     ("latent_stats.json", "Where generated tiles leave the real distribution: latents and decoded tiles"),
