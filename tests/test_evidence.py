@@ -526,14 +526,24 @@ def test_a_damaged_results_file_is_one_line_and_exit_2(tmp_path, capsys):
     assert "no results_by_cell mapping" in capsys.readouterr().err
 
 
-def test_the_long_preset_is_final_at_2000_steps_as_fit_reads_its_flags():
+def test_the_long_and_tiles_presets_as_fit_reads_their_flags():
+    from segmentation_tf.data import batch_composition
     from segmentation_tf.fit import parser
 
-    final, long = (parser().parse_args(["--store", "s", *evidence.PRESETS[p].segmenter_flags])
-                   for p in ("final", "long"))
+    final, long, tiles = (parser().parse_args(["--store", "s", *evidence.PRESETS[p].segmenter_flags])
+                          for p in ("final", "long", "tiles"))
     assert (final.epochs * final.steps_per_epoch, long.epochs * long.steps_per_epoch) == (800, 2000)
-    # everything else (crop, batch, EMA, precision, prediction) is the final preset's
+    # long: everything else (crop, batch, EMA, precision, prediction) is the final preset's
     assert {k: v for k, v in vars(long).items() if k not in ("epochs", "steps_per_epoch")} == \
         {k: v for k, v in vars(final).items() if k not in ("epochs", "steps_per_epoch")}
-    assert evidence.PRESETS["long"].generator_flags == evidence.PRESETS["final"].generator_flags
-    assert len(cells(evidence.PRESETS["long"], {})) == 142  # the baseline, the main recipe, its pretrain use
+    # tiles: the reference's preset (whole 256 px tiles, its overlap), 720 fixed steps of 10, EMA, bf16
+    assert (tiles.preset, tiles.crop, tiles.overlap, tiles.batch_size) == ("real", None, None, 10)
+    assert (tiles.epochs * tiles.steps_per_epoch, tiles.ema, tiles.restore_best) == (720, 0.99, False)
+    assert tiles.precision == final.precision == "mixed_bfloat16"
+    # batches of 10 hold every ratio exactly (8 would give 0.2 and 0.3 the same 2 tiles)
+    cfg = evidence.PRESETS["tiles"]
+    assert [batch_composition(tiles.batch_size, r)[1] for r in cfg.ratios] == [1, 2, 3]
+    assert batch_composition(8, 0.2) == batch_composition(8, 0.3)
+    for name in ("long", "tiles"):
+        assert evidence.PRESETS[name].generator_flags == evidence.PRESETS["final"].generator_flags
+        assert len(cells(evidence.PRESETS[name], {})) == 142  # baseline, main recipe, its pretrain use
