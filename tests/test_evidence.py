@@ -530,8 +530,8 @@ def test_the_long_and_tiles_presets_as_fit_reads_their_flags():
     from segmentation_tf.data import batch_composition
     from segmentation_tf.fit import parser
 
-    final, long, tiles = (parser().parse_args(["--store", "s", *evidence.PRESETS[p].segmenter_flags])
-                          for p in ("final", "long", "tiles"))
+    final, long, tiles, matched = (parser().parse_args(["--store", "s", *evidence.PRESETS[p].segmenter_flags])
+                                   for p in ("final", "long", "tiles", "matched"))
     assert (final.epochs * final.steps_per_epoch, long.epochs * long.steps_per_epoch) == (800, 2000)
     # long: everything else (crop, batch, EMA, precision, prediction) is the final preset's
     assert {k: v for k, v in vars(long).items() if k not in ("epochs", "steps_per_epoch")} == \
@@ -540,10 +540,14 @@ def test_the_long_and_tiles_presets_as_fit_reads_their_flags():
     assert (tiles.preset, tiles.crop, tiles.overlap, tiles.batch_size) == ("real", None, None, 10)
     assert (tiles.epochs * tiles.steps_per_epoch, tiles.ema, tiles.restore_best) == (720, 0.99, False)
     assert tiles.precision == final.precision == "mixed_bfloat16"
+    # matched: the same with the reference's tile count (1485 steps of 8 = 11880 tiles)
+    assert matched.epochs * matched.steps_per_epoch * matched.batch_size == 12000
+    assert {k: v for k, v in vars(matched).items() if k != "epochs"} == \
+        {k: v for k, v in vars(tiles).items() if k != "epochs"}
     # batches of 10 hold every ratio exactly (8 would give 0.2 and 0.3 the same 2 tiles)
     cfg = evidence.PRESETS["tiles"]
     assert [batch_composition(tiles.batch_size, r)[1] for r in cfg.ratios] == [1, 2, 3]
     assert batch_composition(8, 0.2) == batch_composition(8, 0.3)
-    for name in ("long", "tiles"):
+    for name in ("long", "tiles", "matched"):
         assert evidence.PRESETS[name].generator_flags == evidence.PRESETS["final"].generator_flags
         assert len(cells(evidence.PRESETS[name], {})) == 142  # baseline, main recipe, its pretrain use
