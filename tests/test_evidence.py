@@ -548,6 +548,10 @@ def test_the_long_and_tiles_presets_as_fit_reads_their_flags():
     cfg = evidence.PRESETS["tiles"]
     assert [batch_composition(tiles.batch_size, r)[1] for r in cfg.ratios] == [1, 2, 3]
     assert batch_composition(8, 0.2) == batch_composition(8, 0.3)
+    # the GPU preset has a fixed step count too (the real preset's epochs are one pass over the real
+    # tiles: 2 steps at k = 1), and it is the CPU default's budget
+    full = parser().parse_args(["--store", "s", *evidence.PRESETS["full"].segmenter_flags])
+    assert vars(full) == vars(matched)
     for name in ("long", "tiles", "matched"):
         assert evidence.PRESETS[name].generator_flags == evidence.PRESETS["final"].generator_flags
         assert len(cells(evidence.PRESETS[name], {})) == 142  # baseline, main recipe, its pretrain use
