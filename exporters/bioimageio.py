@@ -27,6 +27,7 @@ import numpy as np
 
 from shared import normalization
 from shared.errors import ArgumentParser, UserError, positive_float, run_cli
+from shared.outputs import foreground_mask
 
 ONNX_NAME = "segmenter.onnx"
 INPUT_ID, OUTPUT_ID = "raw", "probability"
@@ -203,7 +204,7 @@ def write_cover(tile: np.ndarray, probability: np.ndarray, threshold: float, tar
     width = 2 * t // 3
     x0 = (t - width) // 2
     panels = [normalization.denormalize(normalization.normalize(tile)), np.rint(probability * 255),
-              (probability >= threshold) * 255]
+              foreground_mask(probability, threshold)]
     strip = np.concatenate([p[:, x0:x0 + width] for p in panels], axis=1).astype(np.uint8)
     Image.fromarray(strip).resize((2 * t, t), Image.Resampling.BILINEAR).save(target)
 
