@@ -44,8 +44,13 @@ def calibrate_threshold(probs: np.ndarray, masks: np.ndarray,
     if thresholds is None:
         thresholds = default_thresholds()
     curve = iou_curve(probs, masks, thresholds)
-    best = int(np.argmax(curve))
-    return float(thresholds[best]), float(curve[best])
+    threshold = best_threshold(thresholds, curve)
+    return threshold, float(curve.max())
+
+
+def best_threshold(thresholds: np.ndarray, curve: np.ndarray) -> float:
+    """The threshold of the curve's maximum (the lowest one on ties)."""
+    return float(np.asarray(thresholds)[int(np.argmax(curve))])
 
 
 def calibrate_slices(probs: np.ndarray, masks: np.ndarray) -> dict[str, Any]:
@@ -54,7 +59,7 @@ def calibrate_slices(probs: np.ndarray, masks: np.ndarray) -> dict[str, Any]:
     threshold might do better: the model is over-confident beyond the grid)."""
     grid = default_thresholds()
     curve = iou_curve(probs, masks, grid)
-    threshold = float(grid[int(np.argmax(curve))])
+    threshold = best_threshold(grid, curve)
     result = score(probs, masks, threshold)
     result["iou_at_0.5"] = score(probs, masks, 0.5)["iou"]
     result["version"] = VERSION

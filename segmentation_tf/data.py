@@ -42,6 +42,15 @@ def batch_composition(batch_size: int, ratio: float) -> tuple[int, int]:
     return batch_size - n_syn, n_syn
 
 
+def rounding_note(batch_size: int, ratio: float) -> str:
+    """Says so when a batch cannot hold the asked synthetic ratio exactly (whole tiles per batch)."""
+    actual = batch_composition(batch_size, ratio)[1] / batch_size
+    if abs(actual - ratio) < 1e-9:
+        return ""
+    return (f" (ratio {actual:.3g}: --synthetic-ratio {ratio:g} rounded to whole tiles of a batch of "
+            f"{batch_size})")
+
+
 def steps_per_epoch(real_tiles: int, n_real: int) -> int:
     return max(1, math.ceil(real_tiles / n_real))
 

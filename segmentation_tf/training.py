@@ -128,7 +128,8 @@ def run_phase(phase: Phase, inputs: RunInputs, strategy: tf.distribute.Strategy,
         if start_weights is not None:
             model.load_weights(start_weights)
     batch = (f"{n_real} synthetic tiles (pre-training)" if phase.synthetic_only
-             else f"{n_real} real + {n_syn} synthetic tiles")
+             else f"{n_real} real + {n_syn} synthetic tiles"
+             f"{pipeline.rounding_note(phase.data.batch_size, phase.data.synthetic_ratio)}")
     print(f"{model.count_params():,} parameters, policy {policy}, "
           f"{strategy.num_replicas_in_sync} replica(s); {steps} steps/epoch of {batch}")
     callbacks = standard_callbacks(phase.folder, phase.train.patience, val_x, val_y,

@@ -13,6 +13,7 @@ from segmentation_tf.data import (  # noqa: E402
     Pool,
     batch_composition,
     real_train_pool,
+    rounding_note,
     steps_per_epoch,
     training_dataset,
 )
@@ -33,6 +34,13 @@ def constant_pool(value: float, n: int = 5, tile: int = 32) -> Pool:
                                                     (4, 0.01, (3, 1)), (4, 0.99, (1, 3))])
 def test_batch_composition(batch, ratio, expected):
     assert batch_composition(batch, ratio) == expected
+
+
+def test_rounding_note_names_the_ratio_a_batch_really_holds():
+    assert rounding_note(10, 0.3) == rounding_note(8, 0.25) == rounding_note(8, 0.0) == ""
+    assert rounding_note(8, 0.3) == (" (ratio 0.25: --synthetic-ratio 0.3 rounded to whole tiles of a "
+                                     "batch of 8)")
+    assert "ratio 0.25:" in rounding_note(8, 0.2)  # 1.6 tiles round to 2
 
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5])
