@@ -529,9 +529,11 @@ def test_a_damaged_results_file_is_one_line_and_exit_2(tmp_path, capsys):
 def test_the_long_and_tiles_presets_as_fit_reads_their_flags():
     from segmentation_tf.data import batch_composition
     from segmentation_tf.fit import parser
+    from segmentation_tf.presets import PRESETS
 
-    final, long, tiles, matched = (parser().parse_args(["--store", "s", *evidence.PRESETS[p].segmenter_flags])
-                                   for p in ("final", "long", "tiles", "matched"))
+    final, long, tiles, matched_ema, matched = (
+        parser().parse_args(["--store", "s", *evidence.PRESETS[p].segmenter_flags])
+        for p in ("final", "long", "tiles", "matched_ema", "matched"))
     assert (final.epochs * final.steps_per_epoch, long.epochs * long.steps_per_epoch) == (800, 2000)
     # long: everything else (crop, batch, EMA, precision, prediction) is the final preset's
     assert {k: v for k, v in vars(long).items() if k not in ("epochs", "steps_per_epoch")} == \
@@ -540,10 +542,17 @@ def test_the_long_and_tiles_presets_as_fit_reads_their_flags():
     assert (tiles.preset, tiles.crop, tiles.overlap, tiles.batch_size) == ("real", None, None, 10)
     assert (tiles.epochs * tiles.steps_per_epoch, tiles.ema, tiles.restore_best) == (720, 0.99, False)
     assert tiles.precision == final.precision == "mixed_bfloat16"
-    # matched: the same with the reference's tile count (1485 steps of 8 = 11880 tiles)
-    assert matched.epochs * matched.steps_per_epoch * matched.batch_size == 12000
-    assert {k: v for k, v in vars(matched).items() if k != "epochs"} == \
+    # matched_ema: the same with the reference's tile count (1485 steps of 8 = 11880 tiles)
+    assert matched_ema.epochs * matched_ema.steps_per_epoch * matched_ema.batch_size == 12000
+    assert {k: v for k, v in vars(matched_ema).items() if k != "epochs"} == \
         {k: v for k, v in vars(tiles).items() if k != "epochs"}
+    # matched: matched_ema ending like the reference (the real preset's best validation epoch, no EMA)
+    ending = ("ema", "restore_best")
+    assert {k: v for k, v in vars(matched).items() if k not in ending} == \
+        {k: v for k, v in vars(matched_ema).items() if k not in ending}
+    reference = parser().parse_args(["--store", "s", *evidence.PRESETS["matched"].reference_flags])
+    assert (matched.ema, matched.restore_best) == (reference.ema, reference.restore_best) == (None, None)
+    assert PRESETS["real"].train.restore_best and PRESETS["real"].train.ema_momentum == 0
     # batches of 10 hold every ratio exactly (8 would give 0.2 and 0.3 the same 2 tiles)
     cfg = evidence.PRESETS["tiles"]
     assert [batch_composition(tiles.batch_size, r)[1] for r in cfg.ratios] == [1, 2, 3]
@@ -552,6 +561,6 @@ def test_the_long_and_tiles_presets_as_fit_reads_their_flags():
     # tiles: 2 steps at k = 1), and it is the CPU default's budget
     full = parser().parse_args(["--store", "s", *evidence.PRESETS["full"].segmenter_flags])
     assert vars(full) == vars(matched)
-    for name in ("long", "tiles", "matched"):
+    for name in ("long", "tiles", "matched_ema", "matched"):
         assert evidence.PRESETS[name].generator_flags == evidence.PRESETS["final"].generator_flags
         assert len(cells(evidence.PRESETS[name], {})) == 142  # baseline, main recipe, its pretrain use
