@@ -27,10 +27,14 @@ SECTIONS = [
     ("evidence_final.json",
      "The evidence instrument (--preset final: last weights + EMA 0.99; generator recipes)"),
     ("evidence_matched.json",
-     "The evidence instrument on the reference's tiles, tile count and ending (--preset matched)"),
+     "The evidence instrument on the reference's tiles and tile count, EMA ending, BatchNorm statistics "
+     "recomputed (--preset matched)"),
+    ("evidence_matched_best.json",
+     "The evidence instrument at matched's budget, best validation epoch, training-time BatchNorm "
+     "statistics (--preset matched_best)"),
     ("evidence_matched_ema.json",
-     "The evidence instrument at matched's budget ending with EMA 0.99 (--preset matched_ema; whole pool "
-     "0.042 short)"),
+     "The evidence instrument at matched's budget, EMA ending, training-time BatchNorm statistics "
+     "(--preset matched_ema; whole pool 0.042 short)"),
     ("evidence_tiles.json",
      "The evidence instrument on 256 px tiles at 720 steps (--preset tiles; whole pool 0.041 short)"),
     ("evidence_long.json",

@@ -57,6 +57,8 @@ class TrainConfig:
     #                                   them at the end of every fit); False: the last weights
     ema_momentum: float = 0.0         # > 0: keep an exponential moving average of the weights and
     #                                   end training with it (lowers the run-to-run spread; 0: off)
+    precise_bn: bool = True           # end by recomputing BatchNorm statistics under the final weights
+    #                                   on the un-augmented training tiles (segmentation_tf.batchnorm)
     synthetic_schedule: str = "mix"   # "mix": synthetic tiles in every batch; "pretrain": synthetic
     #                                   tiles alone first, then fine-tuning on real tiles alone
     pretrain_epochs: int = 0          # epochs of the synthetic phase (0: a third of --epochs, at least 1)

@@ -59,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
                         "needs --no-restore-best, else the best epoch's weights replace it)")
     p.add_argument("--restore-best", action=argparse.BooleanOptionalAction,
                    help="end with the best validation epoch's weights (default) or the last ones")
+    p.add_argument("--precise-bn", action=argparse.BooleanOptionalAction,
+                   help="end by recomputing BatchNorm statistics under the final weights on the "
+                        "un-augmented training tiles (default) or keep the training-time averages")
     p.add_argument("--schedule", choices=("cosine", "plateau"))
     p.add_argument("--accumulate", type=positive_int, help="gradient accumulation steps")
     p.add_argument("--patience", type=positive_int, help="early-stopping patience (epochs)")

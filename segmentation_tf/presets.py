@@ -45,5 +45,5 @@ FLAGS: dict[str, str | tuple[str, ...]] = {
     "time_limit": "train.time_limit_minutes", "overlap": "train.overlap", "tta": "train.tta",
     "synthetic_schedule": "train.synthetic_schedule", "pretrain_epochs": "train.pretrain_epochs",
     "verbose": "train.verbose", "ema": "train.ema_momentum",
-    "restore_best": "train.restore_best",
+    "restore_best": "train.restore_best", "precise_bn": "train.precise_bn",
 }

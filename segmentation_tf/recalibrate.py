@@ -1,10 +1,13 @@
 """Recalibrate a saved segmenter's foreground threshold on labelled validation slices, without
 training: for segmenters calibrated on an older threshold grid (see segmentation_tf.calibration), or
 on new validation slices. Rewrites RUN/segmenter.json atomically; the earlier calibration is kept in
-its provenance.
+its provenance. --precise-bn first recomputes the BatchNorm statistics under the saved weights on the
+training store's tiles (segmentation_tf.batchnorm; what fit now does by default), rewriting
+RUN/segmenter.keras atomically: a segmenter trained before that gains it without retraining.
 
     python -m segmentation_tf.recalibrate --model RUN                  # the store it was trained on, val
     python -m segmentation_tf.recalibrate --model RUN --images V.tif --masks VM.tif
+    python -m segmentation_tf.recalibrate --model RUN --precise-bn
 """
 
 from __future__ import annotations
@@ -45,6 +48,22 @@ def default_store(meta: dict[str, Any], model: Path) -> Path:
     return Path(store)
 
 
+def with_precise_batchnorm(model, meta: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Recompute the model's BatchNorm statistics on its training store (batches of its training batch
+    size), save it atomically; returns the sidecar with the record in its provenance."""
+    from segmentation_tf.artifacts import save_model_atomic
+    from segmentation_tf.batchnorm import recompute_on_store
+    from shared.store import TileStore
+
+    store = TileStore(default_store(meta, path))
+    batch = int((meta.get("provenance") or {}).get("data", {}).get("batch_size", 8))
+    record = recompute_on_store(model, store, batch)
+    save_model_atomic(model, model_paths(path)[0])
+    print(f"BatchNorm statistics recomputed on {record['tiles']} training tiles "
+          f"({record['batches']} batches)")
+    return {**meta, "provenance": {**(meta.get("provenance") or {}), "batchnorm_recomputed": record}}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m segmentation_tf.recalibrate", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="run folder or segmenter.keras")
@@ -54,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--masks", type=Path, help="validation mask TIFF stack")
     add_inference_flags(parser)
     parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--precise-bn", action="store_true",
+                        help="first recompute the BatchNorm statistics on the training store's tiles "
+                             "(rewrites segmenter.keras)")
     args = parser.parse_args(argv)
     meta = read_sidecar(args.model)
     if args.images is None and args.masks is None and args.store is None:
@@ -66,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from segmentation_tf.inference import predict_stack
 
     seg = load_segmenter(args.model)
+    if args.precise_bn:
+        meta = with_precise_batchnorm(seg.model, meta, args.model)
     probs = predict_stack(seg.model, images, seg.tile_size, overlap, tta, args.batch_size)
     calibration = calibrate_slices(probs, masks)
     source = f"{args.store} ({args.split})" if args.store is not None else f"{args.images}"

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from segmentation_tf import data as pipeline
 from segmentation_tf.artifacts import float32_copy, save_segmenter
+from segmentation_tf.batchnorm import recompute_on_store
 from segmentation_tf.calibration import calibrate_slices
 from segmentation_tf.callbacks import standard_callbacks
 from segmentation_tf.config import DataConfig, TrainConfig, UNetConfig, pretrain_epochs, tile_weighted
@@ -159,8 +160,11 @@ def fit(inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str) -> dic
     start_weights = pretrained_weights(first[0], inputs, strategy, policy) if first else None
     model, history, train_seconds = run_phase(last, inputs, strategy, policy, start_weights)
     model = float32_copy(model, inputs.model)  # what is calibrated, saved, exported and served
+    batchnorm = (recompute_on_store(model, store, inputs.data.batch_size) if inputs.train.precise_bn
+                 else None)
     calibration = calibrate(model, store, inputs.train)
-    provenance = provenance_of(inputs, policy, strategy, history, train_seconds, calibration)
+    provenance = {**provenance_of(inputs, policy, strategy, history, train_seconds, calibration),
+                  "batchnorm_recomputed": batchnorm}
     save_segmenter(model, inputs.model, run_dir, calibration["threshold"], store.tile_size, provenance,
                    inputs.train.overlap, inputs.train.tta, store.pixel_size)
     write_json_atomic(run_dir / "train_summary.json", provenance)

@@ -531,9 +531,9 @@ def test_the_long_and_tiles_presets_as_fit_reads_their_flags():
     from segmentation_tf.fit import parser
     from segmentation_tf.presets import PRESETS
 
-    final, long, tiles, matched_ema, matched = (
+    final, long, tiles, matched_ema, matched_best, matched = (
         parser().parse_args(["--store", "s", *evidence.PRESETS[p].segmenter_flags])
-        for p in ("final", "long", "tiles", "matched_ema", "matched"))
+        for p in ("final", "long", "tiles", "matched_ema", "matched_best", "matched"))
     assert (final.epochs * final.steps_per_epoch, long.epochs * long.steps_per_epoch) == (800, 2000)
     # long: everything else (crop, batch, EMA, precision, prediction) is the final preset's
     assert {k: v for k, v in vars(long).items() if k not in ("epochs", "steps_per_epoch")} == \
@@ -546,13 +546,23 @@ def test_the_long_and_tiles_presets_as_fit_reads_their_flags():
     assert matched_ema.epochs * matched_ema.steps_per_epoch * matched_ema.batch_size == 12000
     assert {k: v for k, v in vars(matched_ema).items() if k != "epochs"} == \
         {k: v for k, v in vars(tiles).items() if k != "epochs"}
-    # matched: matched_ema ending like the reference (the real preset's best validation epoch, no EMA)
+    # matched_best: matched_ema ending like the reference (the real preset's best validation epoch)
     ending = ("ema", "restore_best")
-    assert {k: v for k, v in vars(matched).items() if k not in ending} == \
+    assert {k: v for k, v in vars(matched_best).items() if k not in ending} == \
         {k: v for k, v in vars(matched_ema).items() if k not in ending}
-    reference = parser().parse_args(["--store", "s", *evidence.PRESETS["matched"].reference_flags])
-    assert (matched.ema, matched.restore_best) == (reference.ema, reference.restore_best) == (None, None)
+    reference = parser().parse_args(["--store", "s", *evidence.PRESETS["matched_best"].reference_flags])
+    assert (matched_best.ema, matched_best.restore_best) == (reference.ema, reference.restore_best) == \
+        (None, None)
     assert PRESETS["real"].train.restore_best and PRESETS["real"].train.ema_momentum == 0
+    # matched: matched_ema with fit's default precise BatchNorm statistics, and so is its reference
+    # (the user's documented command); every record keeps the statistics it was measured with
+    assert {k: v for k, v in vars(matched).items() if k != "precise_bn"} == \
+        {k: v for k, v in vars(matched_ema).items() if k != "precise_bn"}
+    user = parser().parse_args(["--store", "s", *evidence.PRESETS["matched"].reference_flags])
+    assert matched.precise_bn is user.precise_bn is None and PRESETS["real"].train.precise_bn
+    for name in ("standard", "final", "long", "tiles", "matched_ema", "matched_best"):
+        for flags in (evidence.PRESETS[name].segmenter_flags, evidence.PRESETS[name].reference_flags):
+            assert parser().parse_args(["--store", "s", *flags]).precise_bn is False, name
     # batches of 10 hold every ratio exactly (8 would give 0.2 and 0.3 the same 2 tiles)
     cfg = evidence.PRESETS["tiles"]
     assert [batch_composition(tiles.batch_size, r)[1] for r in cfg.ratios] == [1, 2, 3]
@@ -561,6 +571,6 @@ def test_the_long_and_tiles_presets_as_fit_reads_their_flags():
     # tiles: 2 steps at k = 1), and it is the CPU default's budget
     full = parser().parse_args(["--store", "s", *evidence.PRESETS["full"].segmenter_flags])
     assert vars(full) == vars(matched)
-    for name in ("long", "tiles", "matched_ema", "matched"):
+    for name in ("long", "tiles", "matched_ema", "matched_best", "matched"):
         assert evidence.PRESETS[name].generator_flags == evidence.PRESETS["final"].generator_flags
         assert len(cells(evidence.PRESETS[name], {})) == 142  # baseline, main recipe, its pretrain use

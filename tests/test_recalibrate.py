@@ -64,3 +64,33 @@ def test_recalibrate_without_data_or_a_training_store_is_a_one_line_error(old_se
     proc = run_module("segmentation_tf.recalibrate", "--model", old_segmenter)
     assert_one_line_error(proc, "names no training store")
     assert json.loads((old_segmenter / "segmenter.json").read_text())["threshold"] == 0.98  # untouched
+
+
+def test_precise_bn_recomputes_the_statistics_on_the_training_store(tmp_path):
+    import keras
+
+    from segmentation_tf.artifacts import save_segmenter
+    from segmentation_tf.batchnorm import batchnorm_layers, recompute_on_store
+    from segmentation_tf.model import UNetConfig, build_unet
+    from shared.store import TileStore
+
+    from .conftest import phantom_store
+
+    store = phantom_store(tmp_path, 3, 128, 128, tile=TILE) / "store"
+    config = UNetConfig(base_width=8, depth=3)
+    keras.utils.set_random_seed(0)
+    (tmp_path / "run").mkdir()
+    save_segmenter(build_unet(config), config, tmp_path / "run", threshold=0.5, tile_size=TILE,
+                   provenance={"calibration": {"threshold": 0.5, "iou": 0.1, "version": 2},
+                               "real_store": str(store), "data": {"batch_size": 4}}, overlap=16)
+    expected = keras.saving.load_model(tmp_path / "run" / "segmenter.keras", compile=False)
+    record = recompute_on_store(expected, TileStore(store), 4)
+    proc = run_module("segmentation_tf.recalibrate", "--model", tmp_path / "run", "--precise-bn")
+    assert proc.returncode == 0, proc.stderr
+    got = keras.saving.load_model(tmp_path / "run" / "segmenter.keras", compile=False)
+    for a, b in zip(batchnorm_layers(got), batchnorm_layers(expected), strict=True):
+        assert np.allclose(a.moving_mean, b.moving_mean, atol=1e-5)
+        assert not np.allclose(a.moving_variance, 1.0)  # no longer the initial statistics
+    meta = json.loads((tmp_path / "run" / "segmenter.json").read_text())
+    assert meta["provenance"]["batchnorm_recomputed"] == record
+    assert f"recomputed on {record['tiles']} training tiles" in proc.stdout

@@ -54,6 +54,32 @@ def test_fit_saves_model_threshold_and_logs(trained):
     assert "calibrated threshold" in proc.stdout
 
 
+def test_fit_ends_with_precise_batchnorm_statistics(trained, tiny_store):
+    import json
+
+    import keras
+
+    from segmentation_tf.batchnorm import batchnorm_layers, recompute_on_store
+    from segmentation_tf.fit import parser
+    from segmentation_tf.presets import FLAGS, PRESETS
+    from shared.presets import apply_flags
+    from shared.store import TileStore
+
+    run, _ = trained
+    meta = json.loads((run / "segmenter.json").read_text())
+    record, store = meta["provenance"]["batchnorm_recomputed"], TileStore(tiny_store / "store")
+    assert record["tiles"] == meta["provenance"]["real_train_tiles"] == len(store.indices("train"))
+    # the saved statistics are those of the saved weights: recomputing them again changes nothing
+    saved = keras.saving.load_model(run / "segmenter.keras", compile=False)
+    again = keras.saving.load_model(run / "segmenter.keras", compile=False)
+    recompute_on_store(again, store, meta["provenance"]["data"]["batch_size"])
+    for a, b in zip(batchnorm_layers(saved), batchnorm_layers(again), strict=True):
+        assert np.allclose(a.moving_mean, b.moving_mean, atol=1e-5)
+        assert np.allclose(a.moving_variance, b.moving_variance, rtol=1e-4, atol=1e-6)
+    off = apply_flags(PRESETS["real"], FLAGS, vars(parser().parse_args(["--store", "s", "--no-precise-bn"])))
+    assert PRESETS["real"].train.precise_bn and not off.train.precise_bn
+
+
 def test_the_same_seed_trains_the_same_model(trained, tiny_store, tmp_path):
     import keras
 
