@@ -16,6 +16,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from shared.errors import UserError
 from shared.store import TileStore
 
 DIHEDRAL = 8      # the tiles' rotations and flips: more distinct batches from few labelled slices
@@ -65,13 +66,23 @@ def recompute_batchnorm(model: keras.Model, tiles: np.ndarray, batch_size: int,
     return len(batches)
 
 
-def recompute_on_store(model: keras.Model, store: TileStore, batch_size: int) -> dict[str, Any]:
-    """recompute_batchnorm on the store's real training tiles (whole tiles, no augmentation: what
-    prediction sees); returns the provenance record."""
-    from segmentation_tf.config import DataConfig
-    from segmentation_tf.data import validation_arrays
+def tiles_for_statistics(store: TileStore, batch_size: int, max_batches: int = MAX_BATCHES,
+                         seed: int = 0) -> np.ndarray:
+    """The store's real training tiles as (N, T, T, 1) in [-1, 1], whole and un-augmented (what
+    prediction sees); a seeded subset when there are more than the batches can use, so a large store
+    is never loaded whole."""
+    idx = store.indices("train")
+    if len(idx) == 0:
+        raise UserError(f"{store.path}: no 'train' tiles to recompute BatchNorm statistics from")
+    cap = batch_size * max_batches
+    if len(idx) > cap:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, cap, replace=False))
+    return store.images(idx)[..., None].astype(np.float32)
 
-    images, _ = validation_arrays(store, DataConfig(), "train")
+
+def recompute_on_store(model: keras.Model, store: TileStore, batch_size: int) -> dict[str, Any]:
+    """recompute_batchnorm on the store's real training tiles; returns the provenance record."""
+    images = tiles_for_statistics(store, batch_size)
     batches = recompute_batchnorm(model, images, batch_size)
     return {"store": str(store.path), "split": "train", "tiles": int(len(images)), "batches": batches,
             "batch_size": int(min(batch_size, len(images)))}

@@ -7,7 +7,13 @@ pytest.importorskip("tensorflow")
 
 import keras  # noqa: E402
 
-from segmentation_tf.batchnorm import batches_of, batchnorm_layers, dihedral, recompute_batchnorm  # noqa: E402
+from segmentation_tf.batchnorm import (  # noqa: E402
+    batches_of,
+    batchnorm_layers,
+    dihedral,
+    recompute_batchnorm,
+    tiles_for_statistics,
+)
 from segmentation_tf.config import UNetConfig  # noqa: E402
 from segmentation_tf.model import build_unet  # noqa: E402
 
@@ -70,3 +76,26 @@ def test_dihedral_views_are_the_eight_distinct_symmetries():
 def test_no_tiles_is_an_error():
     with pytest.raises(ValueError, match="no tiles"):
         recompute_batchnorm(small_unet(), np.zeros((0, 16, 16, 1), np.float32), 4)
+
+
+def test_statistics_come_from_training_tiles_only_and_a_large_store_is_subsampled(tmp_path):
+    from shared.errors import UserError
+    from shared.store import TileStore
+
+    from .conftest import phantom_store
+
+    store = TileStore(phantom_store(tmp_path, 6, 96, 128, tile=32) / "store")
+    train, val = store.images(store.indices("train")), store.images(store.indices("val"))
+    assert len(train) > 10
+    everything = tiles_for_statistics(store, batch_size=len(train), max_batches=1)
+    assert everything.shape == (len(train), 32, 32, 1) and np.array_equal(everything[..., 0], train)
+    some = tiles_for_statistics(store, batch_size=2, max_batches=5, seed=1)
+    assert some.shape == (10, 32, 32, 1)
+    assert np.array_equal(some, tiles_for_statistics(store, batch_size=2, max_batches=5, seed=1))
+    rows = {t.tobytes() for t in train}
+    assert all(t[..., 0].tobytes() in rows for t in some)
+    assert not {t[..., 0].tobytes() for t in some} & {t.tobytes() for t in val}
+    for record in store.records:
+        record["split"] = "val"
+    with pytest.raises(UserError, match="no 'train' tiles"):
+        tiles_for_statistics(store, 4)
