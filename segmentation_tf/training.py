@@ -30,6 +30,10 @@ from shared.errors import UserError
 from shared.store import TileStore
 
 PRETRAINED = "pretrained.weights.h5"  # the synthetic phase's weights (--synthetic-schedule pretrain)
+# the last phase's weights and record, kept from the end of model.fit until the segmenter is saved:
+# a run killed while its BatchNorm statistics are recomputed or its threshold calibrated resumes
+# there (Keras deletes its backup when fit ends), instead of training again
+TRAINED, TRAINED_RECORD = "trained.weights.h5", "trained.json"
 
 
 @dataclass
@@ -153,13 +157,31 @@ def pretrained_weights(phase: Phase, inputs: RunInputs, strategy, policy: str) -
     return target
 
 
+def trained_model(inputs: RunInputs, strategy, policy: str) -> tuple[keras.Model, dict[str, list], float]:
+    """The last phase trained (or its weights kept by an earlier process that ended before saving
+    the segmenter) as a float32 model, its per-epoch history and its training seconds."""
+    weights, record = inputs.run_dir / TRAINED, inputs.run_dir / TRAINED_RECORD
+    if not record.is_file():
+        *first, last = phases(inputs)
+        start_weights = pretrained_weights(first[0], inputs, strategy, policy) if first else None
+        model, history, seconds = run_phase(last, inputs, strategy, policy, start_weights)
+        with atomic_path(weights, suffix=".weights.h5") as tmp:
+            model.save_weights(tmp)
+        logs = {k: [float(np.asarray(x)) for x in v] for k, v in history.history.items()}
+        write_json_atomic(record, {"history": logs, "train_seconds": seconds})  # written last: the marker
+        return float32_copy(model, inputs.model), logs, seconds
+    kept = json.loads(record.read_text())
+    model = build_unet(inputs.model)  # float32 (the policy only sets the compute dtype)
+    model.load_weights(weights)
+    print(f"training had finished ({weights}); recomputing statistics and calibrating")
+    return model, kept["history"], float(kept["train_seconds"])
+
+
 def fit(inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str) -> dict[str, Any]:
     run_dir, store = inputs.run_dir, inputs.store
     run_dir.mkdir(parents=True, exist_ok=True)
-    *first, last = phases(inputs)
-    start_weights = pretrained_weights(first[0], inputs, strategy, policy) if first else None
-    model, history, train_seconds = run_phase(last, inputs, strategy, policy, start_weights)
-    model = float32_copy(model, inputs.model)  # what is calibrated, saved, exported and served
+    # float32: what is calibrated, saved, exported and served
+    model, history, train_seconds = trained_model(inputs, strategy, policy)
     batchnorm = (recompute_on_store(model, store, inputs.data.batch_size) if inputs.train.precise_bn
                  else None)
     calibration = calibrate(model, store, inputs.train)
@@ -168,15 +190,17 @@ def fit(inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str) -> dic
     save_segmenter(model, inputs.model, run_dir, calibration["threshold"], store.tile_size, provenance,
                    inputs.train.overlap, inputs.train.tta, store.pixel_size)
     write_json_atomic(run_dir / "train_summary.json", provenance)
+    for name in (TRAINED_RECORD, TRAINED):  # the segmenter is saved: the marker goes first
+        (run_dir / name).unlink(missing_ok=True)
     print(f"validation IoU {calibration['iou']:.4f} / Dice {calibration['dice']:.4f} at the calibrated "
           f"threshold {calibration['threshold']:.6g} (IoU {calibration['iou_at_0.5']:.4f} at 0.5); "
           f"trained {train_seconds / 60:.1f} min; saved {run_dir / 'segmenter.keras'}")
     return provenance
 
 
-def provenance_of(inputs: RunInputs, policy: str, strategy, history, seconds: float,
+def provenance_of(inputs: RunInputs, policy: str, strategy, history: dict[str, list], seconds: float,
                   calibration: dict[str, Any]) -> dict[str, Any]:
-    epochs_run = len(history.history.get("loss", []))
+    epochs_run = len(history.get("loss", []))
     return {
         "real_store": str(inputs.store.path), "real_train_tiles": int(len(inputs.store.indices("train"))),
         "val_tiles": int(len(inputs.store.indices("val"))),
@@ -185,6 +209,6 @@ def provenance_of(inputs: RunInputs, policy: str, strategy, history, seconds: fl
         "model": asdict(inputs.model), "data": asdict(inputs.data), "train": asdict(inputs.train),
         "policy": policy, "replicas": strategy.num_replicas_in_sync,
         "epochs_this_process": epochs_run, "train_seconds_this_process": seconds,
-        "last_epoch_logs": {k: float(np.asarray(v[-1])) for k, v in history.history.items() if v},
+        "last_epoch_logs": {k: float(v[-1]) for k, v in history.items() if v},
         "calibration": calibration, "calibrated_on": "validation split, whole slices",
     }

@@ -80,6 +80,50 @@ def test_fit_ends_with_precise_batchnorm_statistics(trained, tiny_store):
     assert PRESETS["real"].train.precise_bn and not off.train.precise_bn
 
 
+def test_a_run_killed_after_training_resumes_without_training_again(tiny_store, tmp_path, monkeypatch):
+    # the window between the end of model.fit (Keras has deleted its backup) and the saved segmenter
+    import dataclasses
+    import json
+
+    import keras
+    import tensorflow as tf
+
+    from segmentation_tf import training
+    from segmentation_tf.presets import PRESETS
+    from shared.store import TileStore
+
+    quick = PRESETS["quick"]
+    inputs = training.RunInputs(
+        tmp_path / "run", TileStore(tiny_store / "store"), None,
+        dataclasses.replace(quick.model, base_width=4, depth=2),
+        dataclasses.replace(quick.data, batch_size=4),
+        dataclasses.replace(quick.train, epochs=2, steps_per_epoch=2, overlap=8, verbose=0))
+    strategy = tf.distribute.get_strategy()
+
+    def killed(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "calibrate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(inputs, strategy, "float32")
+    run = inputs.run_dir
+    assert (run / training.TRAINED).is_file() and (run / training.TRAINED_RECORD).is_file()
+    assert not (run / "segmenter.json").exists() and not (run / "backup").exists()
+    trained = training.build_unet(inputs.model)
+    trained.load_weights(run / training.TRAINED)
+
+    monkeypatch.undo()
+    monkeypatch.setattr(training, "run_phase", lambda *a, **k: pytest.fail("trained again"))
+    provenance = training.fit(inputs, strategy, "float32")
+    assert provenance["epochs_this_process"] == 2
+    assert set(provenance["last_epoch_logs"]) >= {"loss", "val_iou"}
+    saved = keras.saving.load_model(run / "segmenter.keras", compile=False)
+    for a, b in zip(saved.trainable_weights, trained.trainable_weights, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert json.loads((run / "segmenter.json").read_text())["provenance"]["batchnorm_recomputed"]["tiles"] > 0
+    assert not (run / training.TRAINED).exists() and not (run / training.TRAINED_RECORD).exists()
+
+
 def test_the_same_seed_trains_the_same_model(trained, tiny_store, tmp_path):
     import keras
 
