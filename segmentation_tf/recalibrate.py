@@ -48,14 +48,23 @@ def default_store(meta: dict[str, Any], model: Path) -> Path:
     return Path(store)
 
 
-def with_precise_batchnorm(model, meta: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Recompute the model's BatchNorm statistics on its training store (batches of its training batch
-    size), save it atomically; returns the sidecar with the record in its provenance."""
+def batchnorm_store(args, meta: dict[str, Any]) -> Path:
+    """Where --precise-bn takes its training tiles: --store's, else the store the model was trained on."""
+    store = args.store or (meta.get("provenance") or {}).get("real_store")
+    if not store:
+        raise UserError(f"{args.model}: --precise-bn needs training tiles and its sidecar names no training "
+                        "store; give --store")
+    return Path(store)
+
+
+def with_precise_batchnorm(model, meta: dict[str, Any], path: Path, store_path: Path) -> dict[str, Any]:
+    """Recompute the model's BatchNorm statistics on the store's training tiles (batches of its
+    training batch size), save it atomically; returns the sidecar with the record in its provenance."""
     from segmentation_tf.artifacts import save_model_atomic
     from segmentation_tf.batchnorm import recompute_on_store
     from shared.store import TileStore
 
-    store = TileStore(default_store(meta, path))
+    store = TileStore(store_path)
     batch = int((meta.get("provenance") or {}).get("data", {}).get("batch_size", 8))
     record = recompute_on_store(model, store, batch)
     save_model_atomic(model, model_paths(path)[0])
@@ -74,13 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_inference_flags(parser)
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--precise-bn", action="store_true",
-                        help="first recompute the BatchNorm statistics on the training store's tiles "
-                             "(rewrites segmenter.keras)")
+                        help="first recompute the BatchNorm statistics on the training tiles of --store "
+                             "or of the store the model was trained on (rewrites segmenter.keras)")
     args = parser.parse_args(argv)
     meta = read_sidecar(args.model)
     if args.images is None and args.masks is None and args.store is None:
         args.store = default_store(meta, args.model)
     overlap, tta = inference_settings(meta, args.overlap, args.tta)
+    bn_store = batchnorm_store(args, meta) if args.precise_bn else None  # checked before any work
     images, masks = load_labelled(args)
     quiet_tensorflow()  # before any TensorFlow import: no start-up lines
     from segmentation_tf.artifacts import load_segmenter  # imports TensorFlow
@@ -88,8 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from segmentation_tf.inference import predict_stack
 
     seg = load_segmenter(args.model)
-    if args.precise_bn:
-        meta = with_precise_batchnorm(seg.model, meta, args.model)
+    if bn_store is not None:
+        meta = with_precise_batchnorm(seg.model, meta, args.model, bn_store)
     probs = predict_stack(seg.model, images, seg.tile_size, overlap, tta, args.batch_size)
     calibration = calibrate_slices(probs, masks)
     source = f"{args.store} ({args.split})" if args.store is not None else f"{args.images}"

@@ -94,3 +94,13 @@ def test_precise_bn_recomputes_the_statistics_on_the_training_store(tmp_path):
     meta = json.loads((tmp_path / "run" / "segmenter.json").read_text())
     assert meta["provenance"]["batchnorm_recomputed"] == record
     assert f"recomputed on {record['tiles']} training tiles" in proc.stdout
+
+
+def test_precise_bn_without_a_training_store_is_a_one_line_error(old_segmenter, tmp_path):
+    labelled_stacks(tmp_path, old_segmenter)
+    before = (old_segmenter / "segmenter.keras").read_bytes()
+    proc = run_module("segmentation_tf.recalibrate", "--model", old_segmenter, "--precise-bn", "--images",
+                      tmp_path / "val.tif", "--masks", tmp_path / "val_masks.tif")
+    assert_one_line_error(proc, "--precise-bn needs training tiles", "give --store")
+    assert (old_segmenter / "segmenter.keras").read_bytes() == before
+    assert json.loads((old_segmenter / "segmenter.json").read_text())["threshold"] == 0.98
