@@ -41,20 +41,16 @@ def recalibrated(meta: dict[str, Any], calibration: dict[str, Any], source: str)
     return {**meta, "threshold": calibration["threshold"], "provenance": provenance}
 
 
-def default_store(meta: dict[str, Any], model: Path) -> Path:
+def default_store(meta: dict[str, Any], model: Path, hint: str = "give --store or --images/--masks") -> Path:
     store = (meta.get("provenance") or {}).get("real_store")
     if not store:
-        raise UserError(f"{model}: its sidecar names no training store; give --store or --images/--masks")
+        raise UserError(f"{model}: its sidecar names no training store; {hint}")
     return Path(store)
 
 
 def batchnorm_store(args, meta: dict[str, Any]) -> Path:
     """Where --precise-bn takes its training tiles: --store's, else the store the model was trained on."""
-    store = args.store or (meta.get("provenance") or {}).get("real_store")
-    if not store:
-        raise UserError(f"{args.model}: --precise-bn needs training tiles and its sidecar names no training "
-                        "store; give --store")
-    return Path(store)
+    return args.store or default_store(meta, args.model, "--precise-bn needs training tiles; give --store")
 
 
 def with_precise_batchnorm(model, meta: dict[str, Any], path: Path, store_path: Path) -> dict[str, Any]:
