@@ -171,10 +171,10 @@ def trained_model(inputs: RunInputs, strategy, policy: str) -> tuple[keras.Model
         write_json_atomic(record, {"history": logs, "train_seconds": seconds})  # written last: the marker
         return float32_copy(model, inputs.model), logs, seconds
     kept = json.loads(record.read_text())
-    model = build_unet(inputs.model)  # float32 (the policy only sets the compute dtype)
+    model = build_unet(inputs.model)  # under the run's policy, like the model the weights came from
     model.load_weights(weights)
     print(f"training had finished ({weights}); recomputing statistics and calibrating")
-    return model, kept["history"], float(kept["train_seconds"])
+    return float32_copy(model, inputs.model), kept["history"], float(kept["train_seconds"])
 
 
 def fit(inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str) -> dict[str, Any]:
