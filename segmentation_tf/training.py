@@ -157,10 +157,37 @@ def pretrained_weights(phase: Phase, inputs: RunInputs, strategy, policy: str) -
     return target
 
 
+# settings applied after training: a kept model may be finished under other values of these
+AFTER_TRAINING = frozenset({"overlap", "tta", "precise_bn", "verbose"})
+
+
+def training_settings(inputs: RunInputs) -> dict[str, Any]:
+    """What decides the trained weights: the model, data and training settings and the stores."""
+    train = {k: v for k, v in asdict(inputs.train).items() if k not in AFTER_TRAINING}
+    return {"model": asdict(inputs.model), "data": asdict(inputs.data), "train": train,
+            "real_store": str(inputs.store.path),
+            "synthetic_store": str(inputs.synthetic.path) if inputs.synthetic else None}
+
+
+def settings_changed(kept: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Dotted names of the settings that differ (none for a record kept before settings were)."""
+    if "settings" not in kept:
+        return []
+    old = kept["settings"]
+    names = []
+    for group in now:
+        if isinstance(now[group], dict):
+            names += [f"{group}.{k}" for k in now[group] if old.get(group, {}).get(k) != now[group][k]]
+        elif old.get(group) != now[group]:
+            names.append(group)
+    return names
+
+
 def trained_model(inputs: RunInputs, strategy, policy: str) -> tuple[keras.Model, dict[str, list], float]:
     """The last phase trained (or its weights kept by an earlier process that ended before saving
     the segmenter) as a float32 model, its per-epoch history and its training seconds."""
     weights, record = inputs.run_dir / TRAINED, inputs.run_dir / TRAINED_RECORD
+    settings = json.loads(json.dumps(training_settings(inputs)))  # as a JSON round trip reads them
     if not record.is_file():
         *first, last = phases(inputs)
         start_weights = pretrained_weights(first[0], inputs, strategy, policy) if first else None
@@ -168,9 +195,16 @@ def trained_model(inputs: RunInputs, strategy, policy: str) -> tuple[keras.Model
         with atomic_path(weights, suffix=".weights.h5") as tmp:
             model.save_weights(tmp)
         logs = {k: [float(np.asarray(x)) for x in v] for k, v in history.history.items()}
-        write_json_atomic(record, {"history": logs, "train_seconds": seconds})  # written last: the marker
+        write_json_atomic(record, {"history": logs, "train_seconds": seconds,  # written last: the marker
+                                   "settings": settings})
         return float32_copy(model, inputs.model), logs, seconds
     kept = json.loads(record.read_text())
+    changed = settings_changed(kept, settings)
+    if changed:
+        # refusing keeps both: the finished training and the user's new intent
+        raise UserError(f"{record}: this folder holds a finished training with other settings "
+                        f"({', '.join(changed)}); fit again with the same flags to save it, or use another "
+                        "--out")
     model = build_unet(inputs.model)  # under the run's policy, like the model the weights came from
     model.load_weights(weights)
     print(f"training had finished ({weights}); recomputing statistics and calibrating")

@@ -114,6 +114,13 @@ def test_a_run_killed_after_training_resumes_without_training_again(tiny_store, 
 
     monkeypatch.undo()
     monkeypatch.setattr(training, "run_phase", lambda *a, **k: pytest.fail("trained again"))
+    # kept weights trained under other settings are neither used nor thrown away
+    other = dataclasses.replace(inputs, train=dataclasses.replace(inputs.train, learning_rate=0.5))
+    with pytest.raises(training.UserError, match=r"trained\.json: .*other settings \(train\.learning_rate\)"):
+        training.fit(other, strategy, "float32")
+    assert (run / training.TRAINED).is_file() and (run / training.TRAINED_RECORD).is_file()
+    # what is applied after training may change (here the calibration's window overlap)
+    inputs = dataclasses.replace(inputs, train=dataclasses.replace(inputs.train, overlap=16))
     provenance = training.fit(inputs, strategy, "float32")
     assert provenance["epochs_this_process"] == 2
     assert set(provenance["last_epoch_logs"]) >= {"loss", "val_iou"}
