@@ -165,8 +165,8 @@ def training_settings(inputs: RunInputs) -> dict[str, Any]:
     """What decides the trained weights: the model, data and training settings and the stores."""
     train = {k: v for k, v in asdict(inputs.train).items() if k not in AFTER_TRAINING}
     return {"model": asdict(inputs.model), "data": asdict(inputs.data), "train": train,
-            "real_store": str(inputs.store.path),
-            "synthetic_store": str(inputs.synthetic.path) if inputs.synthetic else None}
+            "real_store": str(inputs.store.path.resolve()),  # ./s and s are one store
+            "synthetic_store": str(inputs.synthetic.path.resolve()) if inputs.synthetic else None}
 
 
 def settings_changed(kept: dict[str, Any], now: dict[str, Any]) -> list[str]:
