@@ -67,6 +67,7 @@ from shared.splits import z_block_split
 from shared.tiff_io import read_mask_stack, write_stack
 
 AA_OFFSET = 1000  # the A/A arm's data seed is seed + AA_OFFSET
+MIN_FLOOR_PAIRS = 5  # A/A pairs before the noise floor is judged against its target
 
 
 @dataclass(frozen=True)
@@ -697,8 +698,10 @@ def noise_floor(results: dict, cfg: EvidenceConfig, target: float = 0.01) -> dic
     if len(diffs) < 2:
         return {"per_k": per_k}
     sd = float(np.std(diffs, ddof=1))
+    # a standard deviation from fewer pairs is too uncertain to meet (or miss) a target: undecided
+    met = sd <= target if len(diffs) >= MIN_FLOOR_PAIRS else None
     return {"per_k": per_k, "pooled_sd": round(sd, 4), "pairs": len(diffs), "target": target,
-            "met": sd <= target, "seeds_for_0.03": seeds_needed(sd, 0.03)}
+            "met": met, "pairs_needed": MIN_FLOOR_PAIRS, "seeds_for_0.03": seeds_needed(sd, 0.03)}
 
 
 def synthetic_arms(k: int, cfg: EvidenceConfig) -> list[tuple[str, float, str]]:

@@ -116,7 +116,14 @@ def test_gains_and_noise_floor_read_paired_differences():
         results[Cell(1, "images_plentiful", 0.3, s).key] = _cell(1, "images_plentiful", 0.3, s, syn[s])
     floor = noise_floor(results, cfg)
     assert floor["pooled_sd"] == pytest.approx(np.std([0.01, -0.01, 0.01], ddof=1), abs=1e-4)
-    assert floor["pairs"] == 3
+    assert floor["pairs"] == 3 and floor["met"] is None  # sd 0.0115, but 3 pairs judge nothing
+    for s in (3, 4):
+        results[Cell(1, "real_only", 0.0, s).key] = _cell(1, "real_only", 0.0, s, 0.70)
+        results[Cell(1, "aa", 0.0, s).key] = _cell(1, "aa", 0.0, s, 0.70)
+    five = noise_floor(results, replace(cfg, seeds=(0, 1, 2, 3, 4)))
+    assert five["pairs"] == 5
+    assert five["pooled_sd"] == pytest.approx(np.std([0.01, -0.01, 0.01, 0, 0], ddof=1), abs=1e-4)
+    assert five["met"] is True  # 0.0089 <= 0.01
     (row,) = gain_rows(results, cfg)
     assert row["mean"] == pytest.approx(np.mean([0.05, 0.06, 0.03]), abs=1e-4)
     assert row["validation_chosen"] and row["ci_above_0"]
