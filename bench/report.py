@@ -29,6 +29,9 @@ SECTIONS = [
     ("evidence_matched.json",
      "The evidence instrument on the reference's tiles and tile count, EMA ending, BatchNorm statistics "
      "recomputed (--preset matched)"),
+    ("evidence_thresholds.json",
+     "The matched grid's saved segmenters rescored on the test block: validation-calibrated threshold, "
+     "0.5, and the test block's own best (an oracle)"),
     ("evidence_matched_best.json",
      "The evidence instrument at matched's budget, best validation epoch, training-time BatchNorm "
      "statistics (--preset matched_best)"),
@@ -58,6 +61,8 @@ TABLE_TITLES = {
                   "slices) beside that judge on real test tiles; realism against the test tiles beside the "
                   "real pool's floor; classifier two-sample accuracy (0.5: indistinguishable)",
     "cost": "Cost so far per CPU model (2 cores)",
+    "paired": "Each arm - real only, paired by seed, under each readout (mean, 95% t interval over the seeds "
+              "both hold)",
     "recalibration": "Cells rescored when the threshold grid reached 1 - 1e-6 (calibration version 2): "
                      "the same saved segmenters, threshold recalibrated on validation",
     "tile_mean_error_by_t": "The denoiser's x0 estimate of per-tile latent means from real validation "
@@ -106,7 +111,7 @@ def section(path: Path, title: str) -> list[str]:
         lines += ["", f"{TABLE_TITLES['noise_floor']}: {figures}", "", *table(floor["per_k"])]
     lines.append("")
     for name in ("rows", "rise", "gains", "generators", "recalibration", "fidelity", "cost", "cells",
-                 "results", "tile_mean_error_by_t"):
+                 "paired", "results", "tile_mean_error_by_t"):
         if isinstance(data.get(name), list) and data[name]:
             title = [f"{TABLE_TITLES[name]}:", ""] if name in TABLE_TITLES else []
             lines += title + table(data[name]) + [""]

@@ -581,3 +581,30 @@ def test_the_long_and_tiles_presets_as_fit_reads_their_flags():
     for name in ("long", "tiles", "matched_ema", "matched_best", "matched"):
         assert evidence.PRESETS[name].generator_flags == evidence.PRESETS["final"].generator_flags
         assert len(cells(evidence.PRESETS[name], {})) == 142  # baseline, main recipe, its pretrain use
+
+
+def test_threshold_readouts_by_hand():
+    from bench.thresholds import readout
+
+    # foreground probabilities 0.4, 0.6, 0.8; background 0.2, 0.55
+    probs = np.array([[0.2, 0.4, 0.6, 0.8, 0.55]], np.float32)
+    masks = np.array([[0, 1, 1, 1, 0]], np.uint8)
+    r = readout(probs, masks, calibrated=0.7)
+    assert r["calibrated"] == pytest.approx(1 / 3)   # only 0.8 predicted: 1 of 3 foreground
+    assert r["at_0.5"] == pytest.approx(2 / 4)       # 0.55, 0.6, 0.8: 2 hits, union 3 + 1 false
+    assert r["oracle"] == pytest.approx(3 / 4)       # at 0.4 (0.55 still a false positive): 3 / 4
+    assert 0.2 < r["oracle_threshold"] <= 0.4
+
+
+def test_threshold_readouts_pair_each_arm_with_real_only_by_seed():
+    from bench.thresholds import paired_readouts
+
+    def scores(*values: float) -> dict[int, dict[str, float]]:
+        return {s: {"calibrated": v, "at_0.5": v + 0.01, "oracle": v + 0.02} for s, v in enumerate(values)}
+
+    rows = paired_readouts({"real_only": scores(0.80, 0.82, 0.84), "aa": scores(0.81, 0.81, 0.85, 0.99)})
+    (row,) = rows
+    assert row["arm"] == "aa" and row["seeds"] == [0, 1, 2]   # seed 3 has no real-only pair
+    assert row["calibrated"] == pytest.approx(1 / 300, abs=1e-4)       # (0.01 - 0.01 + 0.01) / 3
+    assert row["at_0.5"] == row["calibrated"] == row["oracle"]
+    assert row["calibrated_95"][0] < row["calibrated"] < row["calibrated_95"][1]

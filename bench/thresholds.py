@@ -1,0 +1,123 @@
+"""Does the validation-calibrated threshold decide a paired comparison of the evidence grid?
+
+    python -m bench.thresholds --k 1 --seeds 0 1    # the matched grid's k = 1 cells of seeds 0 and 1
+
+Rescores saved grid segmenters on the test block three ways: at the threshold calibrated on the
+validation block (what the grid reports, and what a user gets), at a fixed 0.5, and at the test block's
+own best threshold (an oracle no user has). Each arm is paired with real only of the same seed under
+each readout. If a synthetic arm's loss vanished at 0.5 or at the oracle, the validation block's
+threshold, not the model, would have caused it. Test probabilities are cached beside each segmenter
+(test_probs.npz), so a rerun costs no prediction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import ROOT, print_table, write_json
+from bench.stats import paired_interval
+from segmentation_tf.calibration import default_thresholds, iou_curve
+from shared.errors import UserError, run_cli
+from shared.tiff_io import read_pair
+
+READOUTS = ("calibrated", "at_0.5", "oracle")
+
+
+def readout(probs: np.ndarray, masks: np.ndarray, calibrated: float) -> dict[str, float]:
+    """Pooled test IoU at the calibrated threshold, at 0.5, and at the best threshold of the default
+    grid (the oracle), with that threshold."""
+    fixed = iou_curve(probs, masks, np.array([calibrated, 0.5], np.float32))
+    grid = default_thresholds()
+    curve = iou_curve(probs, masks, grid)
+    best = int(np.argmax(curve))
+    return {"calibrated": float(fixed[0]), "at_0.5": float(fixed[1]), "oracle": float(curve[best]),
+            "oracle_threshold": float(grid[best]), "threshold": float(calibrated)}
+
+
+def paired_readouts(scores: dict[str, dict[int, dict[str, float]]], control: str = "real_only") -> list[dict]:
+    """Per arm (other than the control) and readout: the mean paired difference with its t interval."""
+    rows = []
+    for arm, by_seed in scores.items():
+        if arm == control:
+            continue
+        row: dict = {"arm": arm}
+        for name in READOUTS:
+            interval = paired_interval({s: v[name] for s, v in by_seed.items()},
+                                       {s: v[name] for s, v in scores.get(control, {}).items()})
+            if interval is None:
+                continue
+            row["seeds"] = interval["seeds"]
+            row[name] = round(interval["mean"], 4)
+            row[f"{name}_95"] = None if interval["low"] is None else \
+                [round(interval["low"], 4), round(interval["high"], 4)]
+        rows.append(row)
+    return rows
+
+
+def test_probs(seg_dir: Path, images: np.ndarray) -> np.ndarray:
+    """The segmenter's test-block probabilities with its own inference settings (cached)."""
+    cache = seg_dir / "test_probs.npz"
+    if cache.is_file():
+        return np.load(cache)["probs"].astype(np.float32)
+    from segmentation_tf.artifacts import load_segmenter  # imports TensorFlow
+    from segmentation_tf.inference import predict_stack
+    from segmentation_tf.sidecar import inference_settings, read_sidecar
+
+    overlap, tta = inference_settings(read_sidecar(seg_dir), None, None)
+    seg = load_segmenter(seg_dir)
+    probs = predict_stack(seg.model, images, seg.tile_size, overlap, tta)
+    tmp = cache.with_name("test_probs.tmp.npz")
+    np.savez_compressed(tmp, probs=probs.astype(np.float16))
+    tmp.replace(cache)
+    return probs
+
+
+def main(argv: list[str] | None = None) -> None:
+    from bench.evidence import PRESETS, cell_of, segmenter_dir
+    from segmentation_tf.quiet import quiet_tensorflow
+    from shared import normalization
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="matched")
+    parser.add_argument("--k", type=int, default=1, help="labelled slices (0: the whole pool)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "evidence",
+                        help="the grid's scratch folder")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "evidence_thresholds.json")
+    args = parser.parse_args(argv)
+    quiet_tensorflow()
+    results_path = ROOT / "docs" / f"evidence_{args.preset}.json"
+    if not results_path.is_file():
+        raise UserError(f"{results_path}: no results of the {args.preset} grid to rescore")
+    work = args.work / args.preset
+    images, masks = read_pair(work / "test_images.tif", work / "test_masks.tif")
+    images = normalization.normalize(images)
+    records = json.loads(results_path.read_text())["results_by_cell"].values()
+    scores: dict[str, dict[int, dict[str, float]]] = {}
+    for record in records:
+        cell = cell_of(record)
+        seg_dir = segmenter_dir(cell, work)
+        if cell.k != args.k or cell.seed not in args.seeds or not (seg_dir / "segmenter.json").is_file():
+            continue
+        arm = cell.arm if cell.ratio == 0 else f"{cell.arm}_r{cell.ratio:g}_{cell.recipe}"
+        probs = test_probs(seg_dir, images)
+        scores.setdefault(arm, {})[cell.seed] = readout(probs, masks, record["threshold"])
+        print(f"{cell.key}: {scores[arm][cell.seed]}", flush=True)
+    if "real_only" not in scores:
+        raise UserError(f"{work}: no saved real-only segmenter at k = {args.k} for seeds {args.seeds}")
+    cells = [{"arm": a, "seed": s, **v} for a, by_seed in scores.items() for s, v in sorted(by_seed.items())]
+    rows = paired_readouts(scores)
+    print_table("test IoU per cell and readout", cells,
+                ["arm", "seed", "threshold", "calibrated", "at_0.5", "oracle", "oracle_threshold"])
+    print_table("arm - real only, paired by seed", rows, ["arm", "seeds", *READOUTS])
+    write_json(args.out, {"command": "python -m bench.thresholds " + " ".join(argv or sys.argv[1:]),
+                          "preset": args.preset, "k": args.k, "cells": cells, "paired": rows})
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
