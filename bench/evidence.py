@@ -316,11 +316,12 @@ def cells(cfg: EvidenceConfig, results: dict) -> list[Cell]:
     on the fewest slices and on the whole pool, the reference, real only at the other k's (does real
     only rise with k, i.e. is the budget limited by the data? Every synthetic comparison rests on it).
     Then at the first ladder k, rounds of real only, A/A and the main recipe per seed (the noise floor
-    and the main gain grow together), the recipes using the main generator otherwise and their control;
-    then real only at every other k on the other seeds; then self-training and the other ladder k's
-    rounds; then A/A and the main recipe at the other k's; then the ladder's other rungs (its bottom
-    rung: the baseline at the ladder's ratio); then per k the baseline's ratio choice (every ratio on
-    the choice seeds, the highest and the chosen one on every seed); strict last."""
+    and the main gain grow together); then real only at every other k on the other seeds (the rise with
+    k over every seed); then the recipes using the main generator otherwise, their control and
+    self-training at the first k; then the other ladder k's rounds; then A/A and the main recipe at the
+    other k's; then the ladder's other rungs (its bottom rung: the baseline at the ladder's ratio);
+    then per k the baseline's ratio choice (every ratio on the choice seeds, the highest and the chosen
+    one on every seed); strict last."""
     lever_ks = [k for k in cfg.ks if k in cfg.lever_ks]
     other_ks = [k for k in cfg.ks if k not in cfg.lever_ks]
     names = {r.name for r in cfg.recipes}
@@ -358,9 +359,11 @@ def cells(cfg: EvidenceConfig, results: dict) -> list[Cell]:
     probe += [Cell(0, "reference", 0.0, seed0)]
     probe += [Cell(k, "real_only", 0.0, seed0) for k in cfg.ks if k not in (fewest, 0)]
     first, later = lever_ks[:1], lever_ks[1:]
-    out = probe + [c for k in first for c in paired_rounds([k]) + recipe_arms([k], reuse) + real_pretrain(k)]
+    # the rise of real only with k over every seed comes right after the first k's rounds: if it fails,
+    # the budget must change before any other synthetic arm is worth its CPU-hours
+    out = probe + [c for k in first for c in paired_rounds([k])]
     out += [Cell(k, "real_only", 0.0, s) for s in cfg.seeds[1:] for k in cfg.ks if k not in first]
-    out += [c for k in first for c in self_training(k)]
+    out += [c for k in first for c in recipe_arms([k], reuse) + real_pretrain(k) + self_training(k)]
     out += [c for k in later
             for c in paired_rounds([k]) + recipe_arms([k], reuse) + real_pretrain(k) + self_training(k)]
     out += [Cell(k, "aa", 0.0, s) for s in cfg.seeds for k in other_ks] + recipe_arms(other_ks, main)

@@ -167,13 +167,14 @@ def test_the_instrument_answers_in_paired_rounds_then_checks_real_only_rises_wit
     probe = [Cell(1, "real_only", 0.0, 0), Cell(0, "real_only", 0.0, 0), Cell(0, "reference", 0.0, 0),
              Cell(2, "real_only", 0.0, 0)]
     assert order[:4] == probe
-    # k = 1: per seed real only, A/A, the main recipe; then the main generator's other use and its
-    # control (the pretrain phase on real tiles)
-    assert order[4:13] == block(1)[1:]
+    # k = 1: per seed real only, A/A, the main recipe
+    assert order[4:9] == block(1)[1:6]
     # then real only at every other k on the other seeds: the budget must be limited by the data
-    # before any synthetic comparison means anything
-    assert order[13:15] == [Cell(2, "real_only", 0.0, 1), Cell(0, "real_only", 0.0, 1)]
-    # then self-training at k = 1, and k = 2's block (its real only already ran)
+    # before any further synthetic comparison means anything
+    assert order[9:11] == [Cell(2, "real_only", 0.0, 1), Cell(0, "real_only", 0.0, 1)]
+    # then the main generator's other use, its control (the pretrain phase on real tiles) and
+    # self-training at k = 1; then k = 2's block (its real only already ran)
+    assert order[11:15] == block(1)[6:]
     assert order[15:17] == [Cell(1, "self_training", 0.0, s) for s in (0, 1)]
     assert order[17:25] == block(2, rounds_done=True)
     assert order[25:27] == [Cell(2, "self_training", 0.0, s) for s in (0, 1)]
