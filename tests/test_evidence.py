@@ -609,3 +609,12 @@ def test_threshold_readouts_pair_each_arm_with_real_only_by_seed():
     assert row["calibrated"] == pytest.approx(1 / 300, abs=1e-4)       # (0.01 - 0.01 + 0.01) / 3
     assert row["at_0.5"] == row["calibrated"] == row["oracle"]
     assert row["calibrated_95"][0] < row["calibrated"] < row["calibrated_95"][1]
+
+
+def test_threshold_rescoring_without_a_grid_says_which_file_is_missing(tmp_path, monkeypatch, capsys):
+    from bench import thresholds
+
+    monkeypatch.setattr(thresholds, "ROOT", tmp_path)
+    assert run_cli(thresholds.main, ["--preset", "matched", "--work", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "evidence_matched.json: no results of the matched grid" in err and "Traceback" not in err
