@@ -13,6 +13,7 @@ threshold, not the model, would have caused it. Test probabilities are cached be
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -59,11 +60,19 @@ def paired_readouts(scores: dict[str, dict[int, dict[str, float]]], control: str
     return rows
 
 
+def model_digest(seg_dir: Path) -> str:
+    """sha256 of the saved segmenter: a cache from other weights (a recalibration with recomputed
+    BatchNorm statistics, a retrained folder) is not reused."""
+    return hashlib.sha256((seg_dir / "segmenter.keras").read_bytes()).hexdigest()
+
+
 def test_probs(seg_dir: Path, images: np.ndarray) -> np.ndarray:
-    """The segmenter's test-block probabilities with its own inference settings (cached)."""
-    cache = seg_dir / "test_probs.npz"
+    """The segmenter's test-block probabilities with its own inference settings (cached per weights)."""
+    cache, digest = seg_dir / "test_probs.npz", model_digest(seg_dir)
     if cache.is_file():
-        return np.load(cache)["probs"].astype(np.float32)
+        with np.load(cache) as saved:
+            if str(saved.get("model_sha256", "")) == digest:
+                return saved["probs"].astype(np.float32)
     from segmentation_tf.artifacts import load_segmenter  # imports TensorFlow
     from segmentation_tf.inference import predict_stack
     from segmentation_tf.sidecar import inference_settings, read_sidecar
@@ -72,7 +81,7 @@ def test_probs(seg_dir: Path, images: np.ndarray) -> np.ndarray:
     seg = load_segmenter(seg_dir)
     probs = predict_stack(seg.model, images, seg.tile_size, overlap, tta)
     tmp = cache.with_name("test_probs.tmp.npz")
-    np.savez_compressed(tmp, probs=probs.astype(np.float16))
+    np.savez_compressed(tmp, probs=probs.astype(np.float16), model_sha256=digest)
     tmp.replace(cache)
     return probs
 

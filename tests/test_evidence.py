@@ -618,3 +618,25 @@ def test_threshold_rescoring_without_a_grid_says_which_file_is_missing(tmp_path,
     assert run_cli(thresholds.main, ["--preset", "matched", "--work", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "evidence_matched.json: no results of the matched grid" in err and "Traceback" not in err
+
+
+def test_threshold_rescoring_reuses_cached_probabilities_only_for_the_same_weights(tmp_path, monkeypatch):
+    from bench.thresholds import model_digest, test_probs
+    from segmentation_tf import sidecar
+
+    class Predicting(Exception):
+        pass
+
+    def read_sidecar(_):
+        raise Predicting  # the first step of a fresh prediction
+
+    monkeypatch.setattr(sidecar, "read_sidecar", read_sidecar)
+
+    (tmp_path / "segmenter.keras").write_bytes(b"weights A")
+    probs = np.full((1, 4, 4), 0.25, np.float32)
+    np.savez_compressed(tmp_path / "test_probs.npz", probs=probs.astype(np.float16),
+                        model_sha256=model_digest(tmp_path))
+    np.testing.assert_array_equal(test_probs(tmp_path, np.zeros((1, 4, 4), np.float32)), probs)
+    (tmp_path / "segmenter.keras").write_bytes(b"weights B")  # e.g. recalibrated with new statistics
+    with pytest.raises(Predicting):  # not reused: predicted afresh
+        test_probs(tmp_path, np.zeros((1, 4, 4), np.float32))
