@@ -832,6 +832,11 @@ def write_results(path: Path, results: dict, bench: Bench, name: str, source: st
         plot(results, cfg, path.with_suffix(".png"))
 
 
+def results_file(preset: str, docs: Path = ROOT / "docs") -> Path:
+    """Where a preset's grid keeps its committed results."""
+    return docs / ("evidence.json" if preset == "standard" else f"evidence_{preset}.json")
+
+
 def read_saved(path: Path) -> dict:
     """The grid's committed results ({} before its first cell); a damaged file is the user's to mend."""
     if not path.is_file():
@@ -857,8 +862,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-cells", type=int, default=0, help="stop after this many new cells (0: all)")
     args = parser.parse_args(argv)
     cfg = PRESETS[args.preset]
-    results_path = args.results or ROOT / "docs" / ("evidence.json" if args.preset == "standard"
-                                                    else f"evidence_{args.preset}.json")
+    results_path = args.results or results_file(args.preset)
     work = args.work / args.preset
     work.mkdir(parents=True, exist_ok=True)
     saved = read_saved(results_path)

@@ -22,7 +22,7 @@ import numpy as np
 
 from bench.common import ROOT, print_table, write_json
 from bench.stats import paired_interval
-from segmentation_tf.calibration import default_thresholds, iou_curve
+from segmentation_tf.calibration import calibrate_threshold, iou_curve
 from shared.errors import UserError, run_cli
 from shared.tiff_io import read_pair
 
@@ -33,11 +33,9 @@ def readout(probs: np.ndarray, masks: np.ndarray, calibrated: float) -> dict[str
     """Pooled test IoU at the calibrated threshold, at 0.5, and at the best threshold of the default
     grid (the oracle), with that threshold."""
     fixed = iou_curve(probs, masks, np.array([calibrated, 0.5], np.float32))
-    grid = default_thresholds()
-    curve = iou_curve(probs, masks, grid)
-    best = int(np.argmax(curve))
-    return {"calibrated": float(fixed[0]), "at_0.5": float(fixed[1]), "oracle": float(curve[best]),
-            "oracle_threshold": float(grid[best]), "threshold": float(calibrated)}
+    oracle_threshold, oracle = calibrate_threshold(probs, masks)  # calibrated on the test block itself
+    return {"calibrated": float(fixed[0]), "at_0.5": float(fixed[1]), "oracle": oracle,
+            "oracle_threshold": oracle_threshold, "threshold": float(calibrated)}
 
 
 def paired_readouts(scores: dict[str, dict[int, dict[str, float]]], control: str = "real_only") -> list[dict]:
@@ -87,7 +85,7 @@ def test_probs(seg_dir: Path, images: np.ndarray) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from bench.evidence import PRESETS, cell_of, segmenter_dir
+    from bench.evidence import PRESETS, cell_of, results_file, segmenter_dir
     from segmentation_tf.quiet import quiet_tensorflow
     from shared import normalization
 
@@ -100,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "evidence_thresholds.json")
     args = parser.parse_args(argv)
     quiet_tensorflow()
-    results_path = ROOT / "docs" / f"evidence_{args.preset}.json"
+    results_path = results_file(args.preset, ROOT / "docs")
     if not results_path.is_file():
         raise UserError(f"{results_path}: no results of the {args.preset} grid to rescore")
     work = args.work / args.preset
