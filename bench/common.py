@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+
+from shared.atomic import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 EPFL = ROOT.parent / "shared" / "data" / "epfl_ca1_subset"
@@ -63,7 +64,7 @@ def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
 
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"machine": machine(), **payload}, indent=1) + "\n")
+    write_json_atomic(path, {"machine": machine(), **payload})  # a killed bench keeps the old results
     print(f"\nwrote {path}")
 
 

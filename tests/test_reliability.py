@@ -119,3 +119,21 @@ def test_missing_output_folder(stacks, tmp_path):
     assert_one_line_error(proc, str(tmp_path / "nope"), "does not exist")
     proc = run_module("shared.phantom", "--out", tmp_path / "nope" / "ph", "--slices", "1")
     assert_one_line_error(proc, "does not exist")
+
+
+def test_full_disk_while_a_bench_writes_its_results_keeps_the_old_file(tmp_path):
+    """Benches rewrite committed JSON (docs/*.json) whole; a failed write must not truncate it."""
+    results = tmp_path / "results.json"
+    results.write_text('{"old": 1}\n')
+    script = ("import sys; from pathlib import Path; from bench.common import write_json; "
+              "write_json(Path(sys.argv[1]), {'rows': ['x' * 100] * 2000})")
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))  # the payload is ~200 kB
+
+    done = subprocess.run([sys.executable, "-c", script, str(results)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, preexec_fn=limit)
+    assert done.returncode != 0
+    assert results.read_text() == '{"old": 1}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temp file left behind
