@@ -410,8 +410,13 @@ class Bench:
         """One generator per k, regime and recipe generator (recipes with the same flags share it)."""
         return self.work / f"gen_k{cell.k}" / f"{cell.arm}_{self.cfg.recipe(cell.recipe).generator}"
 
-    def synthetic_dir(self, cell: Cell) -> Path:
-        return self.generator_dir(cell) / self.cfg.recipe(cell.recipe).store
+    def synthetic_dir(self, cell: Cell, sampling: SamplerSettings | None = None) -> Path:
+        """Where the cell's generator draws its tiles (with the recipe's sampling unless another is given)."""
+        return self.generator_dir(cell) / self.recipe_sampled(cell, sampling).store
+
+    def recipe_sampled(self, cell: Cell, sampling: SamplerSettings | None) -> Recipe:
+        recipe = self.cfg.recipe(cell.recipe)
+        return recipe if sampling is None else replace(recipe, sampling=sampling)
 
     def judge(self, k: int) -> Path:
         """The real-only segmenter of the k labelled slices, seed 0 (the grid's own cell)."""
@@ -474,12 +479,10 @@ class Bench:
     def generator(self, cell: Cell, sampling: SamplerSettings | None = None) -> Path:
         """The cell's synthetic store, drawn by its trained generator (with the recipe's sampling
         unless another is given)."""
-        recipe = self.cfg.recipe(cell.recipe)
-        if sampling is not None:
-            recipe = replace(recipe, sampling=sampling)
-        out = self.generator_dir(cell) / recipe.store
+        recipe = self.recipe_sampled(cell, sampling)
         return synthetic_store(self.generator_dir(cell), self.checkpoint(cell), self.store(cell.k), self.cfg,
-                               recipe.sampling, 0, self.log, out=out, mask_source=recipe.mask_source)
+                               recipe.sampling, 0, self.log, out=self.synthetic_dir(cell, sampling),
+                               mask_source=recipe.mask_source)
 
 
 def segmenter_flags(cell: Cell, cfg: EvidenceConfig, synthetic: Path | None) -> list[str]:

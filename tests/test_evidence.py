@@ -215,6 +215,9 @@ def test_recipes_share_generators_and_stores_only_when_their_flags_agree(tmp_pat
     bench = Bench(cfg, tmp_path, np.zeros((1, 1, 1)), np.zeros((1, 1, 1)), Layout.of(27, cfg), tmp_path / "l")
     cell = Cell(1, "images_plentiful", 0.3, 2, "levers_pretrain")
     assert bench.synthetic_dir(cell) == bench.synthetic_dir(replace(cell, recipe="levers"))
+    other = bench.synthetic_dir(cell, replace(LEVERS.sampling, guidance=5.0))  # a guidance sweep's store
+    assert other.parent == bench.synthetic_dir(cell).parent
+    assert other.name == "synthetic_composed_dpmpp2m20_g5_t1"
     flags = segmenter_flags(cell, cfg, tmp_path / "syn")
     # pre-training has no synthetic share (segmentation_tf.fit rejects a ratio with it)
     assert flags[-4:] == ["--synthetic-store", str(tmp_path / "syn"), "--synthetic-schedule", "pretrain"]
