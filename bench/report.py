@@ -63,6 +63,10 @@ TABLE_TITLES = {
     "cost": "Cost so far per CPU model (2 cores)",
     "paired": "Each arm - real only, paired by seed, under each readout (mean, 95% t interval over the seeds "
               "both hold)",
+    "paired_errors": "Where the errors lie at the calibrated threshold, arm - real only, paired by seed: "
+                     "missed foreground within edge_px of an object's boundary (fn_edge) or deeper "
+                     "(fn_core), false foreground near an object (fp_edge) or far from any (fp_far), as "
+                     "shares of the mask's pixels; objects_missed: share of objects under half found",
     "recalibration": "Cells rescored when the threshold grid reached 1 - 1e-6 (calibration version 2): "
                      "the same saved segmenters, threshold recalibrated on validation",
     "tile_mean_error_by_t": "The denoiser's x0 estimate of per-tile latent means from real validation "
@@ -97,7 +101,7 @@ def section(path: Path, title: str) -> list[str]:
              f"{machine.get('cores', '?')} cores · date: {machine.get('date', '?')} · "
              f"source: `docs/{path.name}`",
              ""]
-    for key in ("source", "goal", "goal_met", "cells_done", "note", "summary"):
+    for key in ("source", "goal", "goal_met", "cells_done", "edge_px", "min_object_px", "note", "summary"):
         if key in data:
             lines.append(f"- {key.replace('_', ' ')}: {cell(data[key]) if key != 'summary' else data[key]}")
     lines.append("")
@@ -111,7 +115,7 @@ def section(path: Path, title: str) -> list[str]:
         lines += ["", f"{TABLE_TITLES['noise_floor']}: {figures}", "", *table(floor["per_k"])]
     lines.append("")
     for name in ("rows", "rise", "gains", "generators", "recalibration", "fidelity", "cost", "cells",
-                 "paired", "results", "tile_mean_error_by_t"):
+                 "paired", "paired_errors", "results", "tile_mean_error_by_t"):
         if isinstance(data.get(name), list) and data[name]:
             title = [f"{TABLE_TITLES[name]}:", ""] if name in TABLE_TITLES else []
             lines += title + table(data[name]) + [""]

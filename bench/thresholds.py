@@ -6,8 +6,10 @@ Rescores saved grid segmenters on the test block three ways: at the threshold ca
 validation block (what the grid reports, and what a user gets), at a fixed 0.5, and at the test block's
 own best threshold (an oracle no user has). Each arm is paired with real only of the same seed under
 each readout. If a synthetic arm's loss vanished at 0.5 or at the oracle, the validation block's
-threshold, not the model, would have caused it. Test probabilities are cached beside each segmenter
-(test_probs.npz), so a rerun costs no prediction.
+threshold, not the model, would have caused it. At the calibrated threshold the errors are also split
+by where they lie (object edges, object cores, far from any object; objects missed), so a paired loss
+says what the arm gets wrong. Test probabilities are cached beside each segmenter (test_probs.npz), so
+a rerun costs no prediction.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from shared.errors import UserError, run_cli
 from shared.tiff_io import read_pair
 
 READOUTS = ("calibrated", "at_0.5", "oracle")
+ERRORS = ("fn_edge", "fn_core", "fp_edge", "fp_far", "objects_missed")
+EDGE_PX = 3          # boundary band half-width: EPFL masks include the double membrane, a few px wide
+MIN_OBJECT_PX = 200  # smaller components (object ends cut by the slice) are not counted as objects
 
 
 def readout(probs: np.ndarray, masks: np.ndarray, calibrated: float) -> dict[str, float]:
@@ -38,14 +43,60 @@ def readout(probs: np.ndarray, masks: np.ndarray, calibrated: float) -> dict[str
             "oracle_threshold": oracle_threshold, "threshold": float(calibrated)}
 
 
-def paired_readouts(scores: dict[str, dict[int, dict[str, float]]], control: str = "real_only") -> list[dict]:
-    """Per arm (other than the control) and readout: the mean paired difference with its t interval."""
+def edge_band(masks: np.ndarray, width: int = EDGE_PX) -> np.ndarray:
+    """Per slice, the pixels within `width` 4-connected steps of a mask boundary, inside or outside
+    (the image border is not a boundary)."""
+    from scipy import ndimage
+
+    band = np.zeros(masks.shape, bool)
+    for i, mask in enumerate(masks > 0):
+        grown = ndimage.binary_dilation(mask, iterations=width)
+        core = ndimage.binary_erosion(mask, iterations=width, border_value=1)
+        band[i] = grown & ~core
+    return band
+
+
+def missed_objects(pred: np.ndarray, masks: np.ndarray, min_px: int = MIN_OBJECT_PX) -> float:
+    """Share of the mask's objects (8-connected, per slice, >= min_px) with under half their pixels
+    predicted."""
+    from scipy import ndimage
+
+    missed = total = 0
+    for slice_pred, mask in zip(pred, masks > 0, strict=True):
+        labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        if count == 0:
+            continue
+        areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        hits = np.bincount(labels.ravel(), weights=slice_pred.ravel(), minlength=count + 1)[1:]
+        counted = areas >= min_px
+        total += int(counted.sum())
+        missed += int((counted & (hits < areas / 2)).sum())
+    return missed / total if total else 0.0
+
+
+def error_budget(pred: np.ndarray, masks: np.ndarray, width: int = EDGE_PX,
+                 min_object_px: int = MIN_OBJECT_PX) -> dict[str, float]:
+    """Where a prediction's errors lie, as fractions of the mask's pixels: foreground missed within
+    `width` px of an object's boundary (fn_edge) or deeper inside (fn_core), false foreground near an
+    object (fp_edge) or away from every object (fp_far); and the share of objects missed.
+    1 - IoU = (fn_edge + fn_core + fp_edge + fp_far) / (1 + fp_edge + fp_far)."""
+    pred, truth = np.asarray(pred, bool), np.asarray(masks) > 0
+    band, total = edge_band(truth, width), max(int(truth.sum()), 1)
+    fn, fp = truth & ~pred, pred & ~truth
+    return {"fn_edge": int((fn & band).sum()) / total, "fn_core": int((fn & ~band).sum()) / total,
+            "fp_edge": int((fp & band).sum()) / total, "fp_far": int((fp & ~band).sum()) / total,
+            "objects_missed": missed_objects(pred, truth, min_object_px)}
+
+
+def paired_readouts(scores: dict[str, dict[int, dict[str, float]]], control: str = "real_only",
+                    names: tuple[str, ...] = READOUTS) -> list[dict]:
+    """Per arm (other than the control) and figure: the mean paired difference with its t interval."""
     rows = []
     for arm, by_seed in scores.items():
         if arm == control:
             continue
         row: dict = {"arm": arm}
-        for name in READOUTS:
+        for name in names:
             interval = paired_interval({s: v[name] for s, v in by_seed.items()},
                                        {s: v[name] for s, v in scores.get(control, {}).items()})
             if interval is None:
@@ -113,17 +164,24 @@ def main(argv: list[str] | None = None) -> None:
             continue
         arm = cell.arm if cell.ratio == 0 else f"{cell.arm}_r{cell.ratio:g}_{cell.recipe}"
         probs = test_probs(seg_dir, images)
-        scores.setdefault(arm, {})[cell.seed] = readout(probs, masks, record["threshold"])
-        print(f"{cell.key}: {scores[arm][cell.seed]}", flush=True)
+        pred = probs >= np.float32(record["threshold"])  # as iou_curve compares
+        figures = {**readout(probs, masks, record["threshold"]), **error_budget(pred, masks)}
+        scores.setdefault(arm, {})[cell.seed] = figures
+        print(f"{cell.key}: " + ", ".join(f"{k} {v:.4f}" for k, v in figures.items()), flush=True)
     if "real_only" not in scores:
         raise UserError(f"{work}: no saved real-only segmenter at k = {args.k} for seeds {args.seeds}")
     cells = [{"arm": a, "seed": s, **v} for a, by_seed in scores.items() for s, v in sorted(by_seed.items())]
-    rows = paired_readouts(scores)
+    rows, errors = paired_readouts(scores), paired_readouts(scores, names=ERRORS)
     print_table("test IoU per cell and readout", cells,
                 ["arm", "seed", "threshold", "calibrated", "at_0.5", "oracle", "oracle_threshold"])
     print_table("arm - real only, paired by seed", rows, ["arm", "seeds", *READOUTS])
+    print_table("errors at the calibrated threshold (share of mask pixels; objects: share missed)", cells,
+                ["arm", "seed", *ERRORS])
+    print_table("errors, arm - real only, paired by seed", errors, ["arm", "seeds", *ERRORS])
     write_json(args.out, {"command": "python -m bench.thresholds " + " ".join(argv or sys.argv[1:]),
-                          "preset": args.preset, "k": args.k, "cells": cells, "paired": rows})
+                          "preset": args.preset, "k": args.k, "edge_px": EDGE_PX,
+                          "min_object_px": MIN_OBJECT_PX, "cells": cells, "paired": rows,
+                          "paired_errors": errors})
 
 
 if __name__ == "__main__":

@@ -600,6 +600,33 @@ def test_threshold_readouts_by_hand():
     assert 0.2 < r["oracle_threshold"] <= 0.4
 
 
+def test_error_budget_splits_errors_by_where_they_lie_by_hand():
+    from bench.thresholds import edge_band, error_budget
+
+    masks = np.zeros((1, 12, 12), np.uint8)
+    masks[0, 3:9, 3:9] = 1                      # one 6 x 6 object: 36 px
+    band = edge_band(masks, width=1)
+    assert band.sum() == 60 - 16                # grown one 4-connected step (36 + 4 * 6) minus the 4 x 4 core
+    pred = np.zeros_like(masks, bool)
+    pred[0, 3:9, 4:10] = True                   # shifted one px right: column 3 missed, column 9 false
+    pred[0, 5, 5] = False                       # a hole in the core
+    pred[0, 0, 11] = True                       # a false pixel far from the object
+    e = error_budget(pred, masks, width=1, min_object_px=30)
+    assert e["fn_edge"] == pytest.approx(6 / 36) and e["fn_core"] == pytest.approx(1 / 36)
+    assert e["fp_edge"] == pytest.approx(6 / 36) and e["fp_far"] == pytest.approx(1 / 36)
+    assert e["objects_missed"] == 0.0           # 29 of 36 px found
+    iou = 29 / (36 + 7)
+    assert 1 - iou == pytest.approx(sum(e[k] for k in ("fn_edge", "fn_core", "fp_edge", "fp_far"))
+                                    / (1 + e["fp_edge"] + e["fp_far"]))
+    masks[0, 0:2, 0:2] = 1                      # a 4 px object found: too small to count either way
+    masks[0, 10:12, 0:11] = 1                   # a 22 px object not found
+    assert error_budget(pred, masks, width=1, min_object_px=20)["objects_missed"] == pytest.approx(1 / 2)
+    # an object on the image border: the border is not an edge, so its core reaches it
+    border = np.zeros((1, 8, 8), np.uint8)
+    border[0, :, :4] = 1
+    assert not edge_band(border, width=1)[0, 3, 0] and edge_band(border, width=1)[0, 3, 3]
+
+
 def test_threshold_readouts_pair_each_arm_with_real_only_by_seed():
     from bench.thresholds import paired_readouts
 
