@@ -32,6 +32,9 @@ SECTIONS = [
     ("evidence_thresholds.json",
      "The matched grid's saved segmenters rescored on the test block: validation-calibrated threshold, "
      "0.5, and the test block's own best (an oracle)"),
+    ("edge_profiles.json",
+     "How drawn tiles draw objects at their mask edges: object contrast and edge profiles per guidance, "
+     "beside real slices"),
     ("evidence_matched_best.json",
      "The evidence instrument at matched's budget, best validation epoch, training-time BatchNorm "
      "statistics (--preset matched_best)"),

@@ -141,6 +141,22 @@ def test_realism_metrics():
     assert metrics.psnr(0.004) == pytest.approx(10 * np.log10(4 / 0.004))
 
 
+def test_edge_profile_and_object_contrast_by_hand():
+    tile = np.tile(np.arange(10, dtype=np.float32), (10, 1))     # intensity = column
+    mask = np.zeros((10, 10), np.uint8)
+    mask[:, :5] = 1                                              # columns 0-4 inside, boundary after 4
+    assert list(metrics.signed_distances(mask)[0]) == [-5, -4, -3, -2, -1, 1, 2, 3, 4, 5]
+    full = np.ones((10, 10), np.uint8)                           # no boundary: adds nothing
+    profile = metrics.edge_profile(np.stack([tile, tile + 100]), np.stack([mask, full]), reach=3)
+    assert list(profile) == [2, 3, 4, 5, 6, 7]                   # columns at distances -3..-1, 1..3
+    assert metrics.object_contrast(profile) == pytest.approx(6.5 - 2.5)   # skips the px at +-1
+    figures = metrics.edge_figures(tile[None] + 1, mask[None], tile[None], mask[None], reach=3)
+    assert figures["edge_profile_l1"] == pytest.approx(1.0)
+    assert figures["object_contrast"] == figures["object_contrast_real"] == pytest.approx(4.0)
+    flipped = metrics.edge_figures(tile[None], 1 - mask[None], tile[None], mask[None], reach=3)
+    assert flipped["object_contrast"] == pytest.approx(-4.0)      # objects brighter than their surround
+
+
 def test_precision_choice():
     cpu = torch.device("cpu")
     assert precision.resolve("fp32", cpu) is None and precision.resolve("bf16", cpu) is torch.bfloat16
