@@ -24,6 +24,7 @@ import numpy as np
 
 from bench.common import ROOT, print_table, write_json
 from bench.stats import paired_interval
+from generation_torch.metrics import signed_distances
 from segmentation_tf.calibration import calibrate_threshold, iou_curve
 from shared.errors import UserError, run_cli
 from shared.tiff_io import read_pair
@@ -44,16 +45,9 @@ def readout(probs: np.ndarray, masks: np.ndarray, calibrated: float) -> dict[str
 
 
 def edge_band(masks: np.ndarray, width: int = EDGE_PX) -> np.ndarray:
-    """Per slice, the pixels within `width` 4-connected steps of a mask boundary, inside or outside
-    (the image border is not a boundary)."""
-    from scipy import ndimage
-
-    band = np.zeros(masks.shape, bool)
-    for i, mask in enumerate(masks > 0):
-        grown = ndimage.binary_dilation(mask, iterations=width)
-        core = ndimage.binary_erosion(mask, iterations=width, border_value=1)
-        band[i] = grown & ~core
-    return band
+    """Per slice, the pixels within `width` px (rounded Euclidean distance, as the edge profiles
+    measure it) of a mask boundary, inside or outside; the image border is not a boundary."""
+    return np.stack([np.abs(signed_distances(mask)) <= width for mask in masks])
 
 
 def missed_objects(pred: np.ndarray, masks: np.ndarray, min_px: int = MIN_OBJECT_PX) -> float:

@@ -606,7 +606,7 @@ def test_error_budget_splits_errors_by_where_they_lie_by_hand():
     masks = np.zeros((1, 12, 12), np.uint8)
     masks[0, 3:9, 3:9] = 1                      # one 6 x 6 object: 36 px
     band = edge_band(masks, width=1)
-    assert band.sum() == 60 - 16                # grown one 4-connected step (36 + 4 * 6) minus the 4 x 4 core
+    assert band.sum() == 20 + 24 + 4            # the outer ring, the 4-neighbours, the corners (1.41 -> 1)
     pred = np.zeros_like(masks, bool)
     pred[0, 3:9, 4:10] = True                   # shifted one px right: column 3 missed, column 9 false
     pred[0, 5, 5] = False                       # a hole in the core
