@@ -30,8 +30,8 @@ from generation_torch.metrics import EDGE_REACH, edge_profile, object_contrast
 from shared.errors import UserError, run_cli
 from shared.store import TileStore
 
-COLUMNS = ["preset", "set", "k", "guidance", "texture", "tiles", "object_contrast", "edge_profile_l1",
-           "edge_profile_l1_labelled"]
+COLUMNS = ["preset", "set", "k", "guidance", "texture", "masks", "tiles", "object_contrast",
+           "edge_profile_l1", "edge_profile_l1_labelled"]
 
 
 def profile_of(store: Path, split: str | None = None) -> tuple[np.ndarray, int]:
@@ -50,12 +50,12 @@ def drawn_sampling(store: Path) -> dict:
     records = json.loads((store / "manifest.json").read_text()).get("records") or []
     first = records[0] if records else {}
     return {"guidance": first.get("guidance"), "texture": first.get("texture", 0.0),
-            "mask_source": str(first.get("mask_source", "")).rsplit("/", 1)[-1]}
+            "masks": first.get("mask_layout", "labelled")}  # composed layouts say so; older stores don't
 
 
 def grid_rows(grid: Path) -> list[dict]:
     """Floors and drawn stores of one grid folder (a preset's scratch folder)."""
-    test, _ = profile_of(grid / "test_store")
+    test, n_test = profile_of(grid / "test_store")
     labelled: dict[int, np.ndarray] = {}
     rows = []
     for k_dir in sorted(grid.glob("k*/labelled_store/manifest.json")):
@@ -68,7 +68,7 @@ def grid_rows(grid: Path) -> list[dict]:
         val, n = profile_of(next(grid.glob("k*/labelled_store")), "val")
         rows.append({"set": "real: the validation block", "tiles": n, "object_contrast": object_contrast(val),
                      "edge_profile_l1": l1(val, test)})
-    rows.append({"set": "real: the test block", "tiles": profile_of(grid / "test_store")[1],
+    rows.append({"set": "real: the test block", "tiles": n_test,
                  "object_contrast": object_contrast(test), "edge_profile_l1": 0.0})
     for manifest in sorted(grid.glob("gen_k*/*/synthetic_*/manifest.json")):
         store = manifest.parent
