@@ -598,11 +598,12 @@ def generator_figures(cell: Cell, bench: Bench) -> dict:
     """How a cell's generator draws: mask fidelity judged by the real-only segmenter of the same k
     slices (seed 0; the honest judge, a user has only those labels) beside that judge on held-out real
     test tiles; realism against the test tiles (histogram W1, spectrum distance, classifier two-sample
-    accuracy) beside the floor of real pool tiles against them; the VAE's reconstruction of the test
-    tiles (MSE goal <= 0.005)."""
+    accuracy) beside the floor of real pool tiles against them; the drawn objects at their mask edges
+    against the test block's (object contrast, edge-profile distance: bench.edge_profiles); the VAE's
+    reconstruction of the test tiles (MSE goal <= 0.005)."""
     from bench.synthetic_variants import fidelity, held_out_tile_store
     from generation_torch.evaluate import reconstruction
-    from generation_torch.metrics import realism
+    from generation_torch.metrics import edge_figures, realism
     from generation_torch.pipeline import load_generator
     from generation_torch.two_sample import two_sample_accuracy
     from shared.store import TileStore
@@ -623,6 +624,8 @@ def generator_figures(cell: Cell, bench: Bench) -> dict:
             "floor_spectrum_dist": round(floor["spectrum_dist"], 4),
             "judge_calibration": calibration_version(judge),
             "c2st_accuracy": round(two_sample_accuracy(generated, real)["c2st_accuracy"], 4),
+            **{k: round(v, 4) for k, v in edge_figures(generated, synthetic.masks(synthetic.indices()), real,
+                                                       test.masks(test.indices())).items()},
             "vae_recon_mse": round(recon["recon_mse"], 5),
             "vae_recon_spectrum_dist": round(realism(recon_tiles, real)["spectrum_dist"], 4)}
 

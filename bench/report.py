@@ -62,7 +62,8 @@ TABLE_TITLES = {
     "noise_floor": "A/A noise floor: real only with another data stream - real only, paired by seed",
     "generators": "Each generator's tiles: mask fidelity (judge: the real-only segmenter of the same k "
                   "slices) beside that judge on real test tiles; realism against the test tiles beside the "
-                  "real pool's floor; classifier two-sample accuracy (0.5: indistinguishable)",
+                  "real pool's floor; classifier two-sample accuracy (0.5: indistinguishable); object "
+                  "contrast at the mask edges beside the test block's (bench.edge_profiles)",
     "cost": "Cost so far per CPU model (2 cores)",
     "paired": "Each arm - real only, paired by seed, under each readout (mean, 95% t interval over the seeds "
               "both hold)",
