@@ -19,14 +19,13 @@ training, seconds per store. Writes docs/edge_profiles.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from bench.common import ROOT, print_table, write_json
-from generation_torch.metrics import EDGE_REACH, edge_profile, object_contrast
+from generation_torch.metrics import EDGE_REACH, edge_profile, object_contrast, profile_distance
 from shared.errors import UserError, run_cli
 from shared.store import TileStore
 
@@ -34,50 +33,44 @@ COLUMNS = ["preset", "set", "k", "guidance", "texture", "masks", "tiles", "objec
            "edge_profile_l1", "edge_profile_l1_labelled"]
 
 
-def profile_of(store: Path, split: str | None = None) -> tuple[np.ndarray, int]:
+def profile_of(tiles: TileStore, split: str | None = None) -> tuple[np.ndarray, int]:
     """The store's edge profile (of its `split`, or every tile) and its tile count."""
-    tiles = TileStore(store)
     idx = tiles.indices(split)
     return edge_profile(tiles.images(idx), tiles.masks(idx), EDGE_REACH), len(idx)
 
 
-def l1(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean(np.abs(a - b)))
-
-
-def drawn_sampling(store: Path) -> dict:
+def drawn_sampling(tiles: TileStore) -> dict:
     """The sampling a drawn store records (every record of one store shares it)."""
-    records = json.loads((store / "manifest.json").read_text()).get("records") or []
-    first = records[0] if records else {}
+    first = tiles.records[0] if len(tiles) else {}
     return {"guidance": first.get("guidance"), "texture": first.get("texture", 0.0),
             "masks": first.get("mask_layout", "labelled")}  # composed layouts say so; older stores don't
 
 
 def grid_rows(grid: Path) -> list[dict]:
     """Floors and drawn stores of one grid folder (a preset's scratch folder)."""
-    test, n_test = profile_of(grid / "test_store")
+    test, n_test = profile_of(TileStore(grid / "test_store"))
     labelled: dict[int, np.ndarray] = {}
     rows = []
     for k_dir in sorted(grid.glob("k*/labelled_store/manifest.json")):
         k = int(k_dir.parent.parent.name[1:])
-        labelled[k], n = profile_of(k_dir.parent, "train")
+        labelled[k], n = profile_of(TileStore(k_dir.parent), "train")
         name = "real: the whole training pool" if k == 0 else f"real: {k} labelled slice{'s' * (k > 1)}"
         rows.append({"set": name, "k": k, "tiles": n, "object_contrast": object_contrast(labelled[k]),
-                     "edge_profile_l1": l1(labelled[k], test)})
+                     "edge_profile_l1": profile_distance(labelled[k], test)})
     if labelled:  # every labelled store holds the validation block as its val split
-        val, n = profile_of(next(grid.glob("k*/labelled_store")), "val")
+        val, n = profile_of(TileStore(next(grid.glob("k*/labelled_store"))), "val")
         rows.append({"set": "real: the validation block", "tiles": n, "object_contrast": object_contrast(val),
-                     "edge_profile_l1": l1(val, test)})
+                     "edge_profile_l1": profile_distance(val, test)})
     rows.append({"set": "real: the test block", "tiles": n_test,
                  "object_contrast": object_contrast(test), "edge_profile_l1": 0.0})
     for manifest in sorted(grid.glob("gen_k*/*/synthetic_*/manifest.json")):
-        store = manifest.parent
+        store, tiles = manifest.parent, TileStore(manifest.parent)
         k = int(store.parent.parent.name.removeprefix("gen_k"))
-        drawn, n = profile_of(store)
-        row = {"set": f"{store.parent.name}/{store.name}", "k": k, **drawn_sampling(store), "tiles": n,
-               "object_contrast": object_contrast(drawn), "edge_profile_l1": l1(drawn, test)}
+        drawn, n = profile_of(tiles)
+        row = {"set": f"{store.parent.name}/{store.name}", "k": k, **drawn_sampling(tiles), "tiles": n,
+               "object_contrast": object_contrast(drawn), "edge_profile_l1": profile_distance(drawn, test)}
         if k in labelled:
-            row["edge_profile_l1_labelled"] = l1(drawn, labelled[k])
+            row["edge_profile_l1_labelled"] = profile_distance(drawn, labelled[k])
         rows.append(row)
     return [{"preset": grid.name, **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}}
             for r in rows]

@@ -612,7 +612,8 @@ def generator_figures(cell: Cell, bench: Bench) -> dict:
     synthetic = TileStore(bench.synthetic_dir(cell))
     test = held_out_tile_store(bench.test, bench.work)
     pool = TileStore(bench.store(0))
-    generated, real = synthetic.images(synthetic.indices()), test.images(test.indices())
+    drawn_idx, test_idx = synthetic.indices(), test.indices()
+    generated, real = synthetic.images(drawn_idx), test.images(test_idx)
     floor = realism(pool.images(pool.indices("train")), real)
     recon, recon_tiles = reconstruction(load_generator(bench.generator_dir(cell) / "generator.pt"), real)
     recipe = bench.cfg.recipe(cell.recipe)
@@ -624,8 +625,8 @@ def generator_figures(cell: Cell, bench: Bench) -> dict:
             "floor_spectrum_dist": round(floor["spectrum_dist"], 4),
             "judge_calibration": calibration_version(judge),
             "c2st_accuracy": round(two_sample_accuracy(generated, real)["c2st_accuracy"], 4),
-            **{k: round(v, 4) for k, v in edge_figures(generated, synthetic.masks(synthetic.indices()), real,
-                                                       test.masks(test.indices())).items()},
+            **{k: round(v, 4) for k, v in edge_figures(generated, synthetic.masks(drawn_idx), real,
+                                                       test.masks(test_idx)).items()},
             "vae_recon_mse": round(recon["recon_mse"], 5),
             "vae_recon_spectrum_dist": round(realism(recon_tiles, real)["spectrum_dist"], 4)}
 

@@ -27,6 +27,7 @@ from bench.stats import paired_interval
 from generation_torch.metrics import signed_distances
 from segmentation_tf.calibration import calibrate_threshold, iou_curve
 from shared.errors import UserError, run_cli
+from shared.outputs import instance_labels
 from shared.tiff_io import read_pair
 
 READOUTS = ("calibrated", "at_0.5", "oracle")
@@ -51,21 +52,13 @@ def edge_band(masks: np.ndarray, width: int = EDGE_PX) -> np.ndarray:
 
 
 def missed_objects(pred: np.ndarray, masks: np.ndarray, min_px: int = MIN_OBJECT_PX) -> float:
-    """Share of the mask's objects (8-connected, per slice, >= min_px) with under half their pixels
-    predicted."""
-    from scipy import ndimage
-
-    missed = total = 0
-    for slice_pred, mask in zip(pred, masks > 0, strict=True):
-        labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
-        if count == 0:
-            continue
-        areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-        hits = np.bincount(labels.ravel(), weights=slice_pred.ravel(), minlength=count + 1)[1:]
-        counted = areas >= min_px
-        total += int(counted.sum())
-        missed += int((counted & (hits < areas / 2)).sum())
-    return missed / total if total else 0.0
+    """Share of the mask's objects (shared.outputs.instance_labels per slice, >= min_px) with under
+    half their pixels predicted."""
+    labels = instance_labels(masks, "2d").ravel()
+    areas = np.bincount(labels)[1:]
+    hits = np.bincount(labels, weights=np.asarray(pred, bool).ravel(), minlength=len(areas) + 1)[1:]
+    counted = areas >= min_px
+    return int((counted & (hits < areas / 2)).sum()) / max(int(counted.sum()), 1)
 
 
 def error_budget(pred: np.ndarray, masks: np.ndarray, width: int = EDGE_PX,
