@@ -7,8 +7,11 @@
 
 Data: the EPFL CA1 subset beside the checkout (else the phantom). A test z block that no model ever
 sees and a validation z block (early stopping, threshold calibration, the choice of ratio) are cut
-first; the rest is the training pool. k labelled slices are nested runs of the pool (k = 1 within
-k = 2 within k = 4), the same for every seed; k = 0 means the whole pool.
+first; the rest is the training pool, less guard bands: pool pages within 10 nm (2 slices) of a held-out
+page are dropped (EPFL neighbours 5 nm apart are near-copies). k labelled slices are nested (k = 1
+within k = 2 within k = 4), spread in z (each next one the pool page farthest from those taken), the
+same for every seed; k = 0 means the whole pool. The work folder records its layout (layout.json) and
+refuses another; results measured on other labelled slices run again.
 
 Arms, all paired by seed (a seed fixes the segmenter's initial weights and its real data stream):
 - real_only: the k labelled slices only.
@@ -55,6 +58,7 @@ from bench.synthetic_ablation import (
     load_volume,
     make_store,
     run,
+    slice_positions,
     synthetic_store,
     train_generator,
     trained_vae,
@@ -178,7 +182,10 @@ class EvidenceConfig:
     lever_ratio: float = 0.3
     test_fraction: float = 0.2
     val_fraction: float = 0.15
-    slices_seed: int = 0                            # where the nested labelled runs start in the pool
+    slices_seed: int = 0                            # where the nested labelled slices start in the pool
+    # pool pages within this many slices of a held-out page are dropped (2: 10 nm on EPFL's 5 nm grid;
+    # pages 14 nm or more apart share 0.41-0.55 of their mask IoU, pages 5 nm apart ~0.9)
+    guard_z: int = 2
 
     def recipe(self, name: str) -> Recipe:
         return next(r for r in self.recipes if r.name == name)
@@ -281,23 +288,52 @@ class Cell:
 
 @dataclass(frozen=True)
 class Layout:
-    """Which slices are which: the test and validation blocks and the training pool."""
+    """Which slices are which: the test and validation blocks and the training pool. `z` holds each
+    page's position in the volume (in slices of the original stack); the EPFL subset's 27 pages are
+    unevenly spaced (z 0 to 164), the phantom's pages are independent draws (z = page)."""
     test: list[int]
     val: list[int]
     pool: list[int]
+    z: list[int]
+    first: int  # the first labelled slice (every k's labelled set starts with it)
 
     @classmethod
-    def of(cls, n_slices: int, cfg: EvidenceConfig) -> Layout:
+    def of(cls, n_slices: int, cfg: EvidenceConfig, z: list[int] | None = None) -> Layout:
+        """The z-block split by page; then guard bands: a pool page within cfg.guard_z slices of a test
+        or validation page is dropped (EPFL's 5 nm neighbours share ~0.9 of their mask IoU: a near-copy
+        of a held-out page in the pool would leak it). With z None (independent slices) no band."""
         split = z_block_split(n_slices, cfg.val_fraction, cfg.test_fraction, seed=0)
-        return cls(split["test"], split["val"], split["train"])
+        guard = cfg.guard_z if z is not None else -1
+        z = list(range(n_slices)) if z is None else [int(v) for v in z]
+        if len(z) != n_slices:
+            raise UserError(f"{len(z)} slice positions for {n_slices} slices")
+        held_out = [z[p] for p in split["test"] + split["val"]]
+        pool = [p for p in split["train"] if min(abs(z[p] - h) for h in held_out) > guard]
+        if not pool:
+            raise UserError(f"guard bands of {cfg.guard_z} slices around the held-out blocks leave no "
+                            "training slice")
+        return cls(split["test"], split["val"], pool, z, first_labelled(split["train"], pool, z, cfg))
 
     def labelled(self, k: int, cfg: EvidenceConfig) -> list[int]:
-        """k slices of the pool, nested across k (one start for every k and seed); k = 0: the pool."""
+        """k slices of the pool (sorted), nested across k: from the first, each next one the pool page
+        farthest in z from those taken (as a user spreads annotations through a volume: neighbours
+        5 nm apart add little a segmenter has not seen); k = 0: the pool."""
         if k == 0 or k >= len(self.pool):
             return list(self.pool)
-        widest = min(max(cfg.ks), len(self.pool))
-        start = int(np.random.default_rng(cfg.slices_seed).integers(0, len(self.pool) - widest + 1))
-        return self.pool[start:start + k]
+        taken = [self.first]
+        while len(taken) < k:
+            rest = [p for p in self.pool if p not in taken]
+            taken.append(max(rest, key=lambda p: (min(abs(self.z[p] - self.z[t]) for t in taken), -p)))
+        return sorted(taken)
+
+
+def first_labelled(split_pool: list[int], pool: list[int], z: list[int], cfg: EvidenceConfig) -> int:
+    """The seeded start of the earlier layout's contiguous labelled runs (page 16 of the EPFL subset:
+    every k = 1 cell measured since 2026-11-28 keeps its slice); where a guard band took that page,
+    the nearest pool page in z."""
+    widest = min(max(cfg.ks), len(split_pool))
+    drawn = split_pool[int(np.random.default_rng(cfg.slices_seed).integers(0, len(split_pool) - widest + 1))]
+    return min(pool, key=lambda p: (abs(z[p] - z[drawn]), p))
 
 
 def chosen_ratio(results: dict, k: int, cfg: EvidenceConfig) -> float | None:
@@ -545,6 +581,7 @@ def run_cell(cell: Cell, bench: Bench) -> dict:
              str(bench.test[1]), "--json", str(scores_path)], bench.log)
     summary = json.loads((seg_dir / "segmenter.json").read_text())["provenance"]
     return {**asdict(cell), "labelled_slices": bench.layout.labelled(cell.k, bench.cfg),
+            "pool": bench.layout.pool,
             "test_iou": json.loads(scores_path.read_text())["iou"], "val_iou": summary["calibration"]["iou"],
             "threshold": summary["calibration"]["threshold"], "calibration": CALIBRATION_VERSION,
             "train_minutes": round(summary["train_seconds_this_process"] / 60, 2),
@@ -818,12 +855,11 @@ def recalibration_rows(results: dict) -> list[dict]:
 
 def write_results(path: Path, results: dict, bench: Bench, name: str, source: str,
                   generators: dict | None = None, note: str | None = None) -> None:
-    cfg, layout = bench.cfg, bench.layout
+    cfg = bench.cfg
     todo = len([c for c in cells(cfg, results) if c.key not in results])
     write_json_atomic(path, {
         "machine": machine(), "command": f"python -m bench.evidence --preset {name}", "source": source,
-        "slices": {"test": layout.test, "val": layout.val, "pool": layout.pool,
-                   **{f"labelled_k{_k(k)}": layout.labelled(k, cfg) for k in cfg.ks}},
+        "slices": layout_record(bench.layout, cfg),
         "config": asdict(cfg),
         "goal": "real only rises with k (each step's 95% interval above 0); A/A paired-difference std "
                 "<= 0.01; whole-pool budget within 0.02 of --preset real; then: synthetic gains with 95% "
@@ -857,6 +893,46 @@ def read_saved(path: Path) -> dict:
     return saved
 
 
+def layout_record(layout: Layout, cfg: EvidenceConfig) -> dict:
+    """Which slices are which (pages of the stack), as the results and the work folder record them."""
+    return {"test": layout.test, "val": layout.val, "pool": layout.pool,
+            **{f"labelled_k{_k(k)}": layout.labelled(k, cfg) for k in cfg.ks},
+            "z_of_page": layout.z, "guard_z": cfg.guard_z}
+
+
+def claim_work(work: Path, layout: Layout, cfg: EvidenceConfig) -> None:
+    """Bind the scratch folder to its layout: its stores and cells are reused as they are, so a folder
+    made for other slices must not feed today's cells silently."""
+    path, record = work / "layout.json", layout_record(layout, cfg)
+    if path.exists():
+        if json.loads(path.read_text()) != record:
+            raise UserError(f"{work}: made for another slice layout ({path}); move it aside or pass "
+                            "another --work")
+        return
+    if any(work.glob("k*")):
+        raise UserError(f"{work}: holds stores made before layouts were recorded; move it aside or pass "
+                        "another --work")
+    write_json_atomic(path, record)
+
+
+POOL_ARMS = ("images_plentiful", "self_training")  # arms whose generator or store learns from the pool
+
+
+def drop_other_layouts(results: dict, layout: Layout, cfg: EvidenceConfig) -> list[str]:
+    """Remove the cells measured on other slices than today's layout gives them (they run again): other
+    labelled slices for their k, or, where the pool reaches them, another pool (cells from before the
+    guard bands did not record theirs); their keys."""
+    def measured_elsewhere(c: dict) -> bool:
+        if "labelled_slices" in c and c["labelled_slices"] != layout.labelled(c["k"], cfg):
+            return True
+        return c["arm"] in POOL_ARMS and "labelled_slices" in c and c.get("pool") != layout.pool
+
+    stale = [key for key, c in results.items() if measured_elsewhere(c)]
+    for key in stale:
+        del results[key]
+    return stale
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="matched",
@@ -877,7 +953,11 @@ def main(argv: list[str] | None = None) -> None:
     generators = {f"k={0 if g['k'] == 'all' else g['k']}|{g['regime']}|{g.get('recipe', 'today')}": g
                   for g in saved.get("generators", [])}
     images, masks, source = load_volume()
-    bench = Bench(cfg, work, images, masks, Layout.of(len(images), cfg), work / "evidence.log")
+    layout = Layout.of(len(images), cfg, slice_positions())
+    claim_work(work, layout, cfg)
+    for key in drop_other_layouts(results, layout, cfg):
+        print(f"{key}: measured on other labelled slices than today's layout; it runs again", flush=True)
+    bench = Bench(cfg, work, images, masks, layout, work / "evidence.log")
     write_stack(bench.test[0], images[bench.layout.test])
     write_stack(bench.test[1], masks[bench.layout.test])
     rescore_stale(results, generators, bench)

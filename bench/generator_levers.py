@@ -22,8 +22,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.common import ROOT, machine
-from bench.evidence import PRESETS, Bench, Cell, Layout, run_cell
-from bench.synthetic_ablation import load_volume
+from bench.evidence import PRESETS, Bench, Cell, Layout, claim_work, run_cell
+from bench.synthetic_ablation import load_volume, slice_positions
 from shared.atomic import write_json_atomic
 from shared.tiff_io import write_stack
 
@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     images, masks, _ = load_volume()
     work = args.work / args.preset
     work.mkdir(parents=True, exist_ok=True)
-    bench = Bench(cfg, work, images, masks, Layout.of(len(images), cfg), work / "evidence.log")
+    layout = Layout.of(len(images), cfg, slice_positions())
+    claim_work(work, layout, cfg)
+    bench = Bench(cfg, work, images, masks, layout, work / "evidence.log")
     names = [n for n in args.recipes.split(",") if n]
     unknown = sorted(set(names) - {r.name for r in cfg.recipes})
     if unknown:

@@ -36,6 +36,7 @@ import numpy as np
 
 from bench.common import EPFL, ROOT, machine
 from shared.atomic import write_json_atomic
+from shared.errors import UserError
 from shared.phantom import phantom_stack
 from shared.sampling import SamplerSettings, settings_to_flags
 from shared.splits import z_block_split
@@ -101,6 +102,18 @@ def load_volume() -> tuple[np.ndarray, np.ndarray, str]:
         return images, masks, "EPFL CA1 subset (27 slices)"
     images, masks = phantom_stack(27, seed=0)
     return images, masks, "phantom (EPFL subset absent)"
+
+
+def slice_positions() -> list[int] | None:
+    """Each page's z in the original stack where the EPFL subset is used (its training_slices.json;
+    the pages are unevenly spaced), None for the phantom (independent slices)."""
+    if not (EPFL / "training.tif").is_file():
+        return None
+    path = EPFL / "training_slices.json"
+    try:
+        return [int(z) for z in json.loads(path.read_text())["slices"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: cannot read the slices' z positions ({exc})") from None
 
 
 def labelled_slices(pool: list[int], k: int, seed: int) -> list[int]:

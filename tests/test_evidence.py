@@ -62,16 +62,75 @@ def test_seeds_needed_for_a_003_effect():
     assert seeds_needed(0.02, 0.03) > seeds_needed(0.01, 0.03)
 
 
+# the EPFL subset's pages: their z in the original stack (training_slices.json)
+EPFL_Z = [0, 1, 2, 3, 13, 17, 24, 28, 42, 45, 46, 47, 48, 61, 62, 63, 75, 89, 90, 91, 105, 118, 135, 161, 162,
+          163, 164]
+
+
 def test_labelled_slices_are_nested_and_never_held_out():
     cfg = EvidenceConfig()
     layout = Layout.of(27, cfg)
     held_out = set(layout.test) | set(layout.val)
     assert not held_out & set(layout.pool) and not set(layout.test) & set(layout.val)
-    assert sorted(held_out | set(layout.pool)) == list(range(27))
+    assert sorted(held_out | set(layout.pool)) == list(range(27))  # independent slices: no guard band
     one, two, four = (layout.labelled(k, cfg) for k in (1, 2, 4))
     assert len(one) == 1 and len(two) == 2 and len(four) == 4
     assert set(one) < set(two) < set(four) < set(layout.pool)
     assert layout.labelled(0, cfg) == layout.pool
+
+
+def test_guard_bands_keep_near_copies_of_held_out_pages_out_of_the_pool():
+    cfg = EvidenceConfig()
+    layout = Layout.of(27, cfg, EPFL_Z)
+    assert layout.test == [20, 21, 22, 23, 24] and layout.val == [12, 13, 14, 15]
+    # z 46 and 47 lie 2 and 1 slices from validation's 48; z 163 and 164 1 and 2 from test's 162
+    assert layout.pool == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 18, 19]
+    # by hand: from z 75 (page 16, the earlier layout's start), z 0 is farthest (75); then z 42
+    # (min distance 33 to {0, 75}); then z 24 (18 to {0, 42, 75}; z 17 gives 17, z 91 gives 16)
+    assert [layout.labelled(k, cfg) for k in (1, 2, 4)] == [[16], [0, 16], [0, 6, 8, 16]]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_no_pool_page_lies_within_the_guard_of_a_held_out_page(seed):
+    cfg = EvidenceConfig(guard_z=3)
+    rng = np.random.default_rng(seed)
+    z = sorted(rng.choice(400, size=30, replace=False).tolist())
+    layout = Layout.of(30, cfg, z)
+    held_out = layout.test + layout.val
+    assert all(abs(z[p] - z[h]) > 3 for p in layout.pool for h in held_out)
+    previous: set[int] = set()
+    for k in (1, 2, 4):
+        taken = layout.labelled(k, cfg)
+        assert len(set(taken)) == min(k, len(layout.pool)) and previous <= set(taken) <= set(layout.pool)
+        previous = set(taken)
+
+
+def test_a_work_folder_refuses_another_layout(tmp_path):
+    cfg = EvidenceConfig()
+    evidence.claim_work(tmp_path, Layout.of(27, cfg, EPFL_Z), cfg)
+    evidence.claim_work(tmp_path, Layout.of(27, cfg, EPFL_Z), cfg)  # the same layout: fine
+    with pytest.raises(evidence.UserError, match="another slice layout"):
+        evidence.claim_work(tmp_path, Layout.of(27, cfg), cfg)  # the pool without guard bands
+    old = tmp_path / "old"
+    (old / "k0" / "labelled_store").mkdir(parents=True)
+    with pytest.raises(evidence.UserError, match="before layouts were recorded"):
+        evidence.claim_work(old, Layout.of(27, cfg), cfg)
+
+
+def test_results_on_other_labelled_slices_run_again():
+    cfg = EvidenceConfig()
+    layout = Layout.of(27, cfg, EPFL_Z)
+    old_pool = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 16, 17, 18, 19, 25, 26]
+    results = {"a": {**_cell(1, "real_only", 0.0, 0, 0.87), "labelled_slices": [16]},
+               "b": {**_cell(2, "real_only", 0.0, 0, 0.88), "labelled_slices": [16, 17]},
+               "c": {**_cell(0, "real_only", 0.0, 0, 0.90), "labelled_slices": old_pool},
+               # k = 1's slice, but its generator learnt from the pool before the guard bands
+               "d": {**_cell(1, "images_plentiful", 0.3, 0, 0.86), "labelled_slices": [16]},
+               "e": {**_cell(1, "images_plentiful", 0.3, 1, 0.86), "labelled_slices": [16],
+                     "pool": layout.pool},
+               "f": {**_cell(1, "aa", 0.0, 0, 0.87), "labelled_slices": [16]}}
+    assert evidence.drop_other_layouts(results, layout, cfg) == ["b", "c", "d"]
+    assert list(results) == ["a", "e", "f"]
 
 
 def test_no_test_slice_reaches_a_store_and_validation_only_as_val(tmp_path):
@@ -132,6 +191,7 @@ def test_gains_and_noise_floor_read_paired_differences():
 def test_a_rerun_skips_finished_cells(tmp_path, monkeypatch):
     images, masks = phantom_stack(10, seed=0, config=PhantomConfig(height=256, width=256))
     monkeypatch.setattr(evidence, "load_volume", lambda: (images, masks, "phantom"))
+    monkeypatch.setattr(evidence, "slice_positions", lambda: None)
     ran = []
 
     def fake_cell(cell, bench):
@@ -262,6 +322,7 @@ def test_the_results_page_shows_intervals_noise_floor_and_rise(tmp_path, monkeyp
 
     images, masks = phantom_stack(10, seed=0, config=PhantomConfig(height=256, width=256))
     monkeypatch.setattr(evidence, "load_volume", lambda: (images, masks, "phantom"))
+    monkeypatch.setattr(evidence, "slice_positions", lambda: None)
     monkeypatch.setattr(evidence, "run_cell", lambda cell, bench: _cell(
         cell.k, cell.arm, cell.ratio, cell.seed, 0.6 + 0.05 * (cell.k == 0) + 0.001 * cell.seed))
     results = tmp_path / "evidence.json"
@@ -670,3 +731,16 @@ def test_threshold_rescoring_reuses_cached_probabilities_only_for_the_same_weigh
     (tmp_path / "segmenter.keras").write_bytes(b"weights B")  # e.g. recalibrated with new statistics
     with pytest.raises(Predicting):  # not reused: predicted afresh
         test_probs(tmp_path, np.zeros((1, 4, 4), np.float32))
+
+
+def test_slice_positions_come_from_the_subsets_json(tmp_path, monkeypatch):
+    from bench import synthetic_ablation
+
+    monkeypatch.setattr(synthetic_ablation, "EPFL", tmp_path)
+    assert synthetic_ablation.slice_positions() is None  # no EPFL stack: the phantom, independent slices
+    (tmp_path / "training.tif").write_bytes(b"")
+    (tmp_path / "training_slices.json").write_text(json.dumps({"slices": [0, 5, 9]}))
+    assert synthetic_ablation.slice_positions() == [0, 5, 9]
+    (tmp_path / "training_slices.json").write_text("{")
+    with pytest.raises(evidence.UserError, match="training_slices.json: cannot read"):
+        synthetic_ablation.slice_positions()
