@@ -956,7 +956,7 @@ def main(argv: list[str] | None = None) -> None:
     layout = Layout.of(len(images), cfg, slice_positions())
     claim_work(work, layout, cfg)
     for key in drop_other_layouts(results, layout, cfg):
-        print(f"{key}: measured on other labelled slices than today's layout; it runs again", flush=True)
+        print(f"{key}: measured on other slices than today's layout gives it; it runs again", flush=True)
     bench = Bench(cfg, work, images, masks, layout, work / "evidence.log")
     write_stack(bench.test[0], images[bench.layout.test])
     write_stack(bench.test[1], masks[bench.layout.test])
