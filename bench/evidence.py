@@ -47,7 +47,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +67,7 @@ from segmentation_tf.calibration import VERSION as CALIBRATION_VERSION
 from shared.atomic import write_json_atomic
 from shared.errors import UserError, run_cli
 from shared.sampling import SamplerSettings
-from shared.splits import z_block_split
+from shared.splits import guard_bands, z_block_split
 from shared.tiff_io import read_mask_stack, write_stack
 
 AA_OFFSET = 1000  # the A/A arm's data seed is seed + AA_OFFSET
@@ -161,13 +161,12 @@ class EvidenceConfig:
     n_synthetic: int = 128
     # a fixed step budget (no time limit: a cell must not depend on the machine's speed); 128 px crops
     # of whole slices cost a quarter of 256 px tiles per step, and predictions still run on 256 px
-    # windows with overlap and 8-fold TTA (both lower the seed-to-seed spread). One precision on every
-    # machine, so arms paired by seed differ only in their data: bf16 (2.2x faster on AMX Xeons,
-    # 0.8x on the EPYCs) rather than float32 or "auto", which would pair bf16 arms with float32 ones
+    # windows with overlap and 8-fold TTA (both lower the seed-to-seed spread). No precision here: each
+    # cell trains in its pairing group's (Bench.precision), so arms paired by seed differ only in data
     segmenter_flags: tuple[str, ...] = ("--preset", "real", "--base-width", "16", "--crop", "128",
                                         "--batch-size", "16", "--epochs", "20", "--steps-per-epoch", "40",
                                         "--patience", "1000", "--time-limit", "100000", "--overlap", "64",
-                                        "--tta", "--precision", "mixed_bfloat16", "--no-precise-bn")
+                                        "--tta", "--no-precise-bn")
     # the reference a user gets from the documented command, on the same blocks (before precise
     # BatchNorm statistics became fit's default, for the records measured then)
     reference_flags: tuple[str, ...] = (*USER_REFERENCE, "--no-precise-bn")
@@ -214,7 +213,7 @@ def tiles_preset(epochs: int, ema: bool, precise_bn: bool) -> EvidenceConfig:
     EMA 0.99; with precise_bn (fit's default) the BatchNorm statistics are then recomputed under the
     final weights, in the grid's segmenters and in the reference alike."""
     flags = ("--preset", "real", "--batch-size", "10", "--epochs", str(epochs), "--steps-per-epoch", "24",
-             "--patience", "1000", "--time-limit", "100000", "--precision", "mixed_bfloat16")
+             "--patience", "1000", "--time-limit", "100000")
     ending = ("--no-restore-best", "--ema", "0.99") if ema else ()
     bn = () if precise_bn else ("--no-precise-bn",)
     return replace(FINAL, segmenter_flags=(*flags, *ending, *bn), reference_flags=(*USER_REFERENCE, *bn),
@@ -303,15 +302,11 @@ class Layout:
         or validation page is dropped (EPFL's 5 nm neighbours share ~0.9 of their mask IoU: a near-copy
         of a held-out page in the pool would leak it). With z None (independent slices) no band."""
         split = z_block_split(n_slices, cfg.val_fraction, cfg.test_fraction, seed=0)
-        guard = cfg.guard_z if z is not None else -1
-        z = list(range(n_slices)) if z is None else [int(v) for v in z]
-        if len(z) != n_slices:
+        if z is not None and len(z) != n_slices:
             raise UserError(f"{len(z)} slice positions for {n_slices} slices")
-        held_out = [z[p] for p in split["test"] + split["val"]]
-        pool = [p for p in split["train"] if min(abs(z[p] - h) for h in held_out) > guard]
-        if not pool:
-            raise UserError(f"guard bands of {cfg.guard_z} slices around the held-out blocks leave no "
-                            "training slice")
+        guarded = guard_bands(split, cfg.guard_z, z) if z is not None else split
+        z = list(range(n_slices)) if z is None else [int(v) for v in z]
+        pool = guarded["train"]
         return cls(split["test"], split["val"], pool, z, first_labelled(split["train"], pool, z, cfg))
 
     def labelled(self, k: int, cfg: EvidenceConfig) -> list[int]:
@@ -416,13 +411,30 @@ def cells(cfg: EvidenceConfig, results: dict) -> list[Cell]:
 
 @dataclass(frozen=True)
 class Bench:
-    """What every cell needs: the config, the scratch folder, the volume, its layout, the log."""
+    """What every cell needs: the config, the scratch folder, the volume, its layout, the log, and the
+    segmenter precision of each pairing group (k, seed): its real-only cell's, so that arms paired by
+    seed train alike on any machine; a group not yet started takes this machine's `native` one."""
     cfg: EvidenceConfig
     work: Path
     images: np.ndarray
     masks: np.ndarray
     layout: Layout
     log: Path
+    precisions: dict[tuple[int, int], str] = field(default_factory=dict)
+    native: str = "float32"
+
+    def precision(self, cell: Cell) -> str | None:
+        """The cell's segmenter precision; None for a group whose real-only cell has not run (it
+        decides) unless this is that cell; the reference runs as a user's command does (auto)."""
+        if cell.arm == "reference":
+            return None
+        own = self.precisions.get((cell.k, cell.seed))
+        return own or (self.native if cell.arm == "real_only" else None)
+
+    def runnable_here(self, cell: Cell) -> bool:
+        """Trains at this machine's speed: the reference, or a group in its native precision (bf16
+        without AMX is emulated: 0.15x float32 on a 2026-12-05 EPYC)."""
+        return cell.arm == "reference" or self.precision(cell) == self.native
 
     @property
     def test(self) -> tuple[Path, Path]:
@@ -521,10 +533,12 @@ class Bench:
                                mask_source=recipe.mask_source)
 
 
-def segmenter_flags(cell: Cell, cfg: EvidenceConfig, synthetic: Path | None) -> list[str]:
+def segmenter_flags(cell: Cell, cfg: EvidenceConfig, synthetic: Path | None, precision: str | None = None
+                    ) -> list[str]:
     if cell.arm == "reference":
         return [*cfg.reference_flags, "--seed", str(cell.seed)]
     flags = [*cfg.segmenter_flags, "--seed", str(cell.seed)]
+    flags += ["--precision", precision] if precision else []
     if cell.arm == "aa":
         flags += ["--data-seed", str(cell.seed + AA_OFFSET)]
     if synthetic is not None:
@@ -572,7 +586,8 @@ def run_cell(cell: Cell, bench: Bench) -> dict:
         # self-training: the real-only budget on the pseudo-labelled pool (the pairs without a generator)
         store = bench.pseudo_store(cell.k) if cell.arm == "self_training" else bench.store(cell.k)
         run(["segmentation_tf.fit", "--store", str(store), "--out", str(seg_dir), "--verbose",
-             "0", *segmenter_flags(cell, bench.cfg, synthetic)], bench.log)
+             "0", *segmenter_flags(cell, bench.cfg, synthetic, bench.precision(cell) or bench.native)],
+            bench.log)
     if calibration_version(seg_dir) < CALIBRATION_VERSION:
         run(["segmentation_tf.recalibrate", "--model", str(seg_dir)], bench.log)
         scores_path.unlink(missing_ok=True)
@@ -933,6 +948,25 @@ def drop_other_layouts(results: dict, layout: Layout, cfg: EvidenceConfig) -> li
     return stale
 
 
+def group_precisions(results: dict) -> dict[tuple[int, int], str]:
+    """Each pairing group's precision: the one its real-only cell trained in."""
+    return {(c["k"], c["seed"]): c["precision"] for c in results.values()
+            if c["arm"] == "real_only" and c.get("precision")}
+
+
+def native_precision() -> str:
+    """The precision this machine trains the segmenter fastest in (fit's auto: bf16 on GPUs and AMX
+    CPUs, float32 elsewhere)."""
+    from segmentation_tf.precision import resolve_policy
+
+    return resolve_policy("auto")
+
+
+def next_cell(todo: list[Cell], bench: Bench) -> Cell:
+    """The first cell this machine runs at its own speed; the first of all where none does."""
+    return next((c for c in todo if bench.runnable_here(c)), todo[0])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="matched",
@@ -957,7 +991,7 @@ def main(argv: list[str] | None = None) -> None:
     claim_work(work, layout, cfg)
     for key in drop_other_layouts(results, layout, cfg):
         print(f"{key}: measured on other slices than today's layout gives it; it runs again", flush=True)
-    bench = Bench(cfg, work, images, masks, layout, work / "evidence.log")
+    bench = Bench(cfg, work, images, masks, layout, work / "evidence.log", native=native_precision())
     write_stack(bench.test[0], images[bench.layout.test])
     write_stack(bench.test[1], masks[bench.layout.test])
     rescore_stale(results, generators, bench)
@@ -965,7 +999,11 @@ def main(argv: list[str] | None = None) -> None:
     done = 0
     while (todo := [c for c in cells(cfg, results) if c.key not in results]) and \
             (not args.max_cells or done < args.max_cells):
-        cell = todo[0]
+        bench.precisions.update(group_precisions(results))
+        cell = next_cell(todo, bench)
+        if cell != todo[0]:
+            print(f"{todo.index(cell)} earlier cells train in another precision than this machine's "
+                  f"{bench.native}; they wait for such a machine", flush=True)
         print(f"[{len(results) + 1}/{len(results) + len(todo)}] {cell.key} ...", flush=True)
         results[cell.key] = run_cell(cell, bench)
         for gen_cell in generators_to_measure(results, generators, bench):

@@ -2,9 +2,9 @@
 
 auto: GPUs with bf16 tensor cores (compute capability >= 8.0) -> mixed_bfloat16, older GPUs
 (>= 7.0) -> mixed_float16; CPUs with AMX-BF16 tile units -> mixed_bfloat16; anything else float32.
-Measured on the 2-core AMD EPYC development machine (avx512_bf16, no AMX; bench/segmentation.py):
-mixed_bfloat16 trained the 1.9 M-parameter U-Net at 0.8x the float32 speed, so avx512_bf16 alone
-does not select it.
+Measured on 2-core AMD EPYC development machines (bench/segmentation.py): with avx512_bf16 (no AMX)
+mixed_bfloat16 trained the 1.9 M-parameter U-Net at 0.8x the float32 speed; without avx512 at all
+(2026-12-05) at 0.15x, emulated. So avx512_bf16 alone does not select it.
 """
 
 from __future__ import annotations

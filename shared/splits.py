@@ -39,3 +39,18 @@ def z_block_split(n_slices: int, val_fraction: float = 0.2, test_fraction: float
 
 def labels_by_slice(split: dict[str, list[int]]) -> dict[int, str]:
     return {z: name for name, zs in split.items() for z in zs}
+
+
+def guard_bands(split: dict[str, list[int]], guard: int, z: list[int] | None = None) -> dict[str, list[int]]:
+    """Move training slices within `guard` slices of a validation or test slice to a "guard" split
+    (never trained on): EM neighbours 5 nm apart are near-copies, so a block split leaks at its
+    borders. `z`: each slice's position in the volume where slices are unevenly spaced (default: its
+    index)."""
+    if guard <= 0:
+        return {**split, "guard": []}
+    z = list(range(1 + max(i for s in split.values() for i in s))) if z is None else z
+    held_out = [z[i] for name in ("val", "test") for i in split.get(name, [])]
+    near = {i for i in split["train"] if any(abs(z[i] - h) <= guard for h in held_out)}
+    if near and len(near) == len(split["train"]):
+        raise UserError(f"guard bands of {guard} slices around the held-out blocks leave no training slice")
+    return {**split, "train": [i for i in split["train"] if i not in near], "guard": sorted(near)}

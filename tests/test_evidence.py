@@ -287,6 +287,8 @@ def test_recipes_share_generators_and_stores_only_when_their_flags_agree(tmp_pat
     control = segmenter_flags(Cell(1, "real_pretrain", 0.0, 2), cfg, tmp_path / "real")
     assert control[-4:] == ["--synthetic-store", str(tmp_path / "real"), "--synthetic-schedule", "pretrain"]
     assert control[:-4] == segmenter_flags(Cell(1, "real_only", 0.0, 2), cfg, None)  # same budget and seed
+    pinned = segmenter_flags(Cell(1, "aa", 0.0, 2), cfg, None, "mixed_bfloat16")
+    assert pinned[pinned.index("--precision") + 1] == "mixed_bfloat16"
     images, masks = phantom_stack(27, seed=0, config=PhantomConfig(height=256, width=256))
     real = Bench(cfg, tmp_path / "p", images, masks, Layout.of(27, cfg), tmp_path / "l")
     only = TileStore(real.labelled_only_store(1))  # real tiles of the k slices, no validation tile
@@ -557,7 +559,8 @@ def test_self_training_trains_on_the_pseudo_labelled_pool_with_the_real_only_bud
     record = evidence.run_cell(Cell(1, "self_training", 0.0, 3), bench)
     fit = next(c for c in calls if c[0] == "segmentation_tf.fit")
     assert Path(fit[fit.index("--store") + 1]) == bench.pseudo_store(1)
-    assert fit[-2:] == ["--seed", "3"] and "--synthetic-store" not in fit and "--data-seed" not in fit
+    assert fit[-4:] == ["--seed", "3", "--precision", "float32"]  # a new group: this machine's precision
+    assert "--synthetic-store" not in fit and "--data-seed" not in fit
     assert record["test_iou"] == 0.75 and record["arm"] == "self_training"
 
 
@@ -610,10 +613,11 @@ def test_the_long_and_tiles_presets_as_fit_reads_their_flags():
     # long: everything else (crop, batch, EMA, precision, prediction) is the final preset's
     assert {k: v for k, v in vars(long).items() if k not in ("epochs", "steps_per_epoch")} == \
         {k: v for k, v in vars(final).items() if k not in ("epochs", "steps_per_epoch")}
-    # tiles: the reference's preset (whole 256 px tiles, its overlap), 720 fixed steps of 10, EMA, bf16
+    # tiles: the reference's preset (whole 256 px tiles, its overlap), 720 fixed steps of 10, EMA; the
+    # precision is each pairing group's (Bench.precision), none in the presets
     assert (tiles.preset, tiles.crop, tiles.overlap, tiles.batch_size) == ("real", None, None, 10)
     assert (tiles.epochs * tiles.steps_per_epoch, tiles.ema, tiles.restore_best) == (720, 0.99, False)
-    assert tiles.precision == final.precision == "mixed_bfloat16"
+    assert not any("--precision" in evidence.PRESETS[p].segmenter_flags for p in ("matched", "final"))
     # matched_ema: the same with the reference's tile count (1485 steps of 8 = 11880 tiles)
     assert matched_ema.epochs * matched_ema.steps_per_epoch * matched_ema.batch_size == 12000
     assert {k: v for k, v in vars(matched_ema).items() if k != "epochs"} == \
@@ -744,3 +748,25 @@ def test_slice_positions_come_from_the_subsets_json(tmp_path, monkeypatch):
     (tmp_path / "training_slices.json").write_text("{")
     with pytest.raises(evidence.UserError, match="training_slices.json: cannot read"):
         synthetic_ablation.slice_positions()
+
+
+def test_pairing_groups_keep_their_precision_and_a_machine_runs_its_own_first(tmp_path):
+    cfg = evidence.PRESETS["matched"]
+    results = {}
+    for s in range(5):  # the k = 1 groups ran in bf16 on an AMX machine
+        for arm in ("real_only", "aa"):
+            results[Cell(1, arm, 0.0, s).key] = {**_cell(1, arm, 0.0, s, 0.87), "precision": "mixed_bfloat16"}
+    layout = Layout.of(27, cfg, EPFL_Z)
+    todo = [c for c in cells(cfg, results) if c.key not in results]
+    fp32 = Bench(cfg, tmp_path, np.zeros((1, 1, 1)), np.zeros((1, 1, 1)), layout, tmp_path / "l",
+                 evidence.group_precisions(results), native="float32")
+    bf16 = replace(fp32, native="mixed_bfloat16")
+    vpred = Cell(1, "images_plentiful", 0.3, 0, "vpred")
+    assert fp32.precision(vpred) == bf16.precision(vpred) == "mixed_bfloat16"  # paired with its real only
+    assert evidence.next_cell(todo, bf16) == todo[0]
+    # a float32 machine skips the bf16 groups and opens a new one in its own precision
+    first = evidence.next_cell(todo, fp32)
+    assert first.arm in ("real_only", "reference") and (first.k, first.seed) not in fp32.precisions
+    assert fp32.precision(Cell(2, "aa", 0.0, 0)) is None  # its real only decides first
+    assert not fp32.runnable_here(Cell(2, "aa", 0.0, 0)) and fp32.runnable_here(Cell(2, "real_only", 0.0, 0))
+    assert evidence.next_cell([vpred], fp32) == vpred  # nothing else left: it runs, slowly

@@ -6,7 +6,7 @@ import pytest
 
 from shared.errors import UserError
 from shared.normalization import denormalize, normalize, pixel_scale, to_unit
-from shared.splits import z_block_split
+from shared.splits import guard_bands, z_block_split
 
 from .conftest import assert_runs_without
 
@@ -58,6 +58,20 @@ def test_z_block_split_is_contiguous_disjoint_complete(n, val, test, seed):
 def test_z_block_split_seed_moves_the_block():
     starts = {z_block_split(27, 0.2, 0.0, seed)["val"][0] for seed in range(20)}
     assert len(starts) > 3
+
+
+def test_guard_bands_by_hand():
+    split = {"train": [0, 1, 2, 3, 7, 8, 9], "val": [4, 5, 6], "test": []}
+    # guard 1: slices 3 and 7 touch the block; guard 2: 2 and 8 too
+    assert guard_bands(split, 1) == {"train": [0, 1, 2, 8, 9], "val": [4, 5, 6], "test": [], "guard": [3, 7]}
+    assert guard_bands(split, 2)["guard"] == [2, 3, 7, 8]
+    assert guard_bands(split, 0)["train"] == split["train"]
+    # unevenly spaced slices: z 30 lies 10 from the block's z 40, z 0 and z 38 are within 2 and 12
+    z = [0, 10, 20, 30, 40, 41, 42, 50, 60, 70]
+    assert guard_bands(split, 2, z)["guard"] == []
+    assert guard_bands(split, 10, z)["guard"] == [3, 7]
+    with pytest.raises(UserError, match="leave no training slice"):
+        guard_bands({"train": [0, 2], "val": [1], "test": []}, 1)
 
 
 def test_z_block_split_refuses_empty_training():

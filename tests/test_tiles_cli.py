@@ -48,6 +48,25 @@ def test_epfl_subset_gives_324_tiles_a_z_block_split_and_exact_stitching(epfl_di
     assert js["splits"]["val"]["tiles"] + js["splits"]["train"]["tiles"] == 324
 
 
+def test_guard_keeps_the_neighbours_of_the_validation_block_out_of_training(tmp_path):
+    images, masks = phantom_stack(10, seed=0, config=PhantomConfig(height=256, width=256))
+    tifffile.imwrite(tmp_path / "i.tif", images)
+    tifffile.imwrite(tmp_path / "m.tif", masks * 255)
+    proc = run_module("shared.tiles", "build", "--images", tmp_path / "i.tif", "--masks", tmp_path / "m.tif",
+                      "--out", tmp_path / "s", "--guard", "1")
+    assert proc.returncode == 0, proc.stderr
+    store = TileStore(tmp_path / "s")
+    by_split = {s: sorted({store.records[i]["slice"] for i in store.indices(s)})
+                for s in ("train", "val", "guard")}
+    val = by_split["val"]
+    assert by_split["guard"] == [z for z in (val[0] - 1, val[-1] + 1) if 0 <= z < 10]
+    assert all(min(abs(z - v) for v in val) > 1 for z in by_split["train"])
+    assert "guard" in run_module("shared.tiles", "info", tmp_path / "s").stdout
+    bad = run_module("shared.tiles", "build", "--images", tmp_path / "i.tif", "--out", tmp_path / "t",
+                     "--guard", "-1")
+    assert_one_line_error(bad, "--guard must be >= 0")
+
+
 def test_phantom_cli_and_build(tmp_path):
     proc = run_module("shared.phantom", "--out", tmp_path / "ph", "--slices", 3, "--height", 300,
                       "--width", 520)
