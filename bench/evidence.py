@@ -743,8 +743,12 @@ def rise_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
     for lo, hi in zip(ordered, ordered[1:], strict=False):
         step = paired_interval(by_seed(results, hi, "real_only", 0.0), by_seed(results, lo, "real_only", 0.0))
         if step:
+            # groups may differ in precision (Bench.precision): say which trained each side
+            precisions = sorted({c.get("precision", "?") for c in results.values()
+                                 if c["arm"] == "real_only" and c["k"] in (lo, hi)})
             rows.append({"step": f"k={_k(lo)} -> {_k(hi)}", **_rounded(step),
-                         "rises": bool(step["low"] is not None and step["low"] > 0)})
+                         "rises": bool(step["low"] is not None and step["low"] > 0),
+                         "precisions": ", ".join(precisions)})
     return rows
 
 

@@ -770,3 +770,16 @@ def test_pairing_groups_keep_their_precision_and_a_machine_runs_its_own_first(tm
     assert fp32.precision(Cell(2, "aa", 0.0, 0)) is None  # its real only decides first
     assert not fp32.runnable_here(Cell(2, "aa", 0.0, 0)) and fp32.runnable_here(Cell(2, "real_only", 0.0, 0))
     assert evidence.next_cell([vpred], fp32) == vpred  # nothing else left: it runs, slowly
+
+
+def test_the_rise_with_k_is_paired_by_seed_and_names_its_precisions():
+    cfg = EvidenceConfig(ks=(1, 2), seeds=(0, 1, 2))
+    results = {}
+    for s, (one, two) in enumerate([(0.80, 0.84), (0.82, 0.85), (0.81, 0.86)]):
+        for k, iou, precision in ((1, one, "bf16"), (2, two, "fp32")):
+            record = {**_cell(k, "real_only", 0.0, s, iou), "precision": precision}
+            results[Cell(k, "real_only", 0.0, s).key] = record
+    (row,) = evidence.rise_rows(results, cfg)
+    # differences 0.04, 0.03, 0.05: mean 0.04, sd 0.01, t(2) 4.303 -> half width 0.0248
+    assert row["mean"] == pytest.approx(0.04) and row["low"] == pytest.approx(0.04 - 0.0248, abs=1e-4)
+    assert row["rises"] and row["precisions"] == "bf16, fp32"
