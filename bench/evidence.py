@@ -304,9 +304,8 @@ class Layout:
         split = z_block_split(n_slices, cfg.val_fraction, cfg.test_fraction, seed=0)
         if z is not None and len(z) != n_slices:
             raise UserError(f"{len(z)} slice positions for {n_slices} slices")
-        guarded = guard_bands(split, cfg.guard_z, z) if z is not None else split
+        pool = guard_bands(split, cfg.guard_z, z)["train"] if z is not None else split["train"]
         z = list(range(n_slices)) if z is None else [int(v) for v in z]
-        pool = guarded["train"]
         return cls(split["test"], split["val"], pool, z, first_labelled(split["train"], pool, z, cfg))
 
     def labelled(self, k: int, cfg: EvidenceConfig) -> list[int]:
@@ -942,9 +941,10 @@ def drop_other_layouts(results: dict, layout: Layout, cfg: EvidenceConfig) -> li
     labelled slices for their k, or, where the pool reaches them, another pool (cells from before the
     guard bands did not record theirs); their keys."""
     def measured_elsewhere(c: dict) -> bool:
-        if "labelled_slices" in c and c["labelled_slices"] != layout.labelled(c["k"], cfg):
-            return True
-        return c["arm"] in POOL_ARMS and "labelled_slices" in c and c.get("pool") != layout.pool
+        if "labelled_slices" not in c:  # a record without slices (hand-made, tests) is taken as is
+            return False
+        return c["labelled_slices"] != layout.labelled(c["k"], cfg) or \
+            (c["arm"] in POOL_ARMS and c.get("pool") != layout.pool)
 
     stale = [key for key, c in results.items() if measured_elsewhere(c)]
     for key in stale:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.atomic import umask_value
-from shared.errors import ArgumentParser, UserError, fraction, positive_int, run_cli
+from shared.errors import ArgumentParser, UserError, fraction, non_negative_int, positive_int, run_cli
 from shared.splits import guard_bands, labels_by_slice, z_block_split
 from shared.store import TileStore
 from shared.tiff_io import read_image_stack, read_pair, read_pixel_size
@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     build.add_argument("--val-fraction", type=fraction, default=BuildConfig.val_fraction)
     build.add_argument("--test-fraction", type=fraction, default=BuildConfig.test_fraction)
     build.add_argument("--seed", type=int, default=BuildConfig.seed, help="seed of the z-block placement")
-    build.add_argument("--guard", type=int, default=BuildConfig.guard,
+    build.add_argument("--guard", type=non_negative_int, default=BuildConfig.guard,
                        help="training slices within this many slices of a validation/test block are kept "
                             "out of training (split 'guard'); 1-2 for real EM stacks, whose neighbours "
                             "are near-copies (default: 0)")
@@ -122,8 +122,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error = parser.error  # type: ignore[method-assign]  # one-line errors for subcommands too
     args = parser.parse_args(argv)
     if args.command == "build":
-        if args.guard < 0:
-            parser.error(f"--guard must be >= 0, got {args.guard}")
         config = BuildConfig(args.tile, args.val_fraction, args.test_fraction, args.seed, args.guard)
         store = build_store(args.images, args.masks, args.out, config)
         print(format_summary(store.summary()))

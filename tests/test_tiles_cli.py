@@ -64,7 +64,7 @@ def test_guard_keeps_the_neighbours_of_the_validation_block_out_of_training(tmp_
     assert "guard" in run_module("shared.tiles", "info", tmp_path / "s").stdout
     bad = run_module("shared.tiles", "build", "--images", tmp_path / "i.tif", "--out", tmp_path / "t",
                      "--guard", "-1")
-    assert_one_line_error(bad, "--guard must be >= 0")
+    assert_one_line_error(bad, "--guard", "must be >= 0")
 
 
 def test_phantom_cli_and_build(tmp_path):
