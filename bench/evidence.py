@@ -787,16 +787,23 @@ def chosen_arm(results: dict, k: int, cfg: EvidenceConfig) -> tuple[float, str] 
     return max(full, key=lambda a: float(np.mean(list(full[a].values())))) if full else None
 
 
+def gap_to_pool(results: dict, k: int) -> float | None:
+    """Mean real-only IoU on the whole pool - mean real-only IoU at k (the room generated pairs can
+    fill; None at k = 0 or before both sides have a cell)."""
+    pool, base = by_seed(results, 0, "real_only", 0.0), by_seed(results, k, "real_only", 0.0)
+    if not (pool and base and k):
+        return None
+    return float(np.mean(list(pool.values())) - np.mean(list(base.values())))
+
+
 def gain_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
     """Synthetic arm - real only, paired by seed; which baseline ratio and which arm the validation
     block chose; the share of the gap between real only at k and real only on the whole pool closed."""
     rows = []
-    pool = by_seed(results, 0, "real_only", 0.0)
     for k in cfg.ks:
         base = by_seed(results, k, "real_only", 0.0)
         ratio_choice, arm_choice = chosen_ratio(results, k, cfg), chosen_arm(results, k, cfg)
-        gap = (float(np.mean(list(pool.values())) - np.mean(list(base.values())))
-               if pool and base and k else None)
+        gap = gap_to_pool(results, k)
         for arm, ratio, recipe in synthetic_arms(k, cfg):
             gain = paired_interval(by_seed(results, k, arm, ratio, recipe), base)
             if gain and gain["n"] >= 2:
@@ -806,6 +813,30 @@ def gain_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
                              "validation_chosen": plentiful and (ratio, recipe) == arm_choice,
                              **_rounded(gain), "ci_above_0": bool(gain["low"] > 0),
                              **({"gap_closed": round(gain["mean"] / gap, 2)} if gap and gap > 0 else {})})
+    return rows
+
+
+def resolution_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
+    """Can the grid's seeds resolve the generator goal (a paired gain of half the gap to the whole
+    pool, its 95% interval above 0, 80% power)? Seeds it needs at the A/A noise and at the noisiest
+    synthetic arm measured at k (3 or more pairs), beside the seeds the grid runs."""
+    aa_sd = noise_floor(results, cfg).get("pooled_sd")
+    rows = []
+    for k in cfg.ks:
+        gap = gap_to_pool(results, k)
+        if gap is None or gap <= 0:
+            continue
+        base = by_seed(results, k, "real_only", 0.0)
+        arm_sds = [d["sd"] for arm, ratio, recipe in synthetic_arms(k, cfg)
+                   if (d := paired_interval(by_seed(results, k, arm, ratio, recipe), base)) and d["n"] >= 3]
+        goal = gap / 2
+        row = {"k": _k(k), "gap": round(gap, 4), "goal": round(goal, 4), "grid_seeds": len(cfg.seeds)}
+        if aa_sd is not None:
+            row |= {"aa_sd": aa_sd, "seeds_at_aa_sd": seeds_needed(aa_sd, goal)}
+        if arm_sds:
+            sd = max(arm_sds)
+            row |= {"noisiest_arm_sd": round(sd, 4), "seeds_at_arm_sd": seeds_needed(sd, goal)}
+        rows.append(row)
     return rows
 
 
@@ -886,7 +917,8 @@ def write_results(path: Path, results: dict, bench: Bench, name: str, source: st
         "cost": cost_by_cpu(results),
         "rows": real_only_rows(results, cfg), "rise": rise_rows(results, cfg),
         "noise_floor": noise_floor(results, cfg), "reference": reference_row(results, cfg),
-        "gains": gain_rows(results, cfg), "generators": list((generators or {}).values()),
+        "gains": gain_rows(results, cfg), "resolution": resolution_rows(results, cfg),
+        "generators": list((generators or {}).values()),
         "recalibration": recalibration_rows(results),
         "results_by_cell": results, "figures": [f"{path.stem}.png"], **({"note": note} if note else {})})
     if any(row["n"] >= 2 for row in real_only_rows(results, cfg)):

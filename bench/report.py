@@ -59,6 +59,9 @@ TABLE_TITLES = {
     "gains": "Paired gain of synthetic tiles per recipe: IoU(arm) - IoU(real only), same slices and seed; "
              "gap_closed: the gain over (real only on the whole pool - real only at k)",
     "rise": "Does real only rise with k? IoU(next k) - IoU(k), paired by seed, 95% t interval",
+    "resolution": "Can the grid resolve the generator goal? goal: half the gap (real only on the whole "
+                  "pool - real only at k); seeds a paired gain of that size needs for its 95% interval to "
+                  "clear 0 with 80% power, at the A/A noise and at the noisiest synthetic arm's (3+ pairs)",
     "noise_floor": "A/A noise floor: real only with another data stream - real only, paired by seed",
     "generators": "Each generator's tiles: mask fidelity (judge: the real-only segmenter of the same k "
                   "slices) beside that judge on real test tiles; realism against the test tiles beside the "
@@ -118,8 +121,8 @@ def section(path: Path, title: str) -> list[str]:
         figures = ", ".join(f"{k} {cell(v)}" for k, v in summary.items())
         lines += ["", f"{TABLE_TITLES['noise_floor']}: {figures}", "", *table(floor["per_k"])]
     lines.append("")
-    for name in ("rows", "rise", "gains", "generators", "recalibration", "fidelity", "cost", "cells",
-                 "paired", "paired_errors", "results", "tile_mean_error_by_t"):
+    for name in ("rows", "rise", "gains", "resolution", "generators", "recalibration", "fidelity", "cost",
+                 "cells", "paired", "paired_errors", "results", "tile_mean_error_by_t"):
         if isinstance(data.get(name), list) and data[name]:
             title = [f"{TABLE_TITLES[name]}:", ""] if name in TABLE_TITLES else []
             lines += title + table(data[name]) + [""]
