@@ -2,6 +2,7 @@
 
     python -m bench.evidence                   # the CPU grid (--preset matched; days of CPU, resumable)
     python -m bench.evidence --max-cells 4     # a few more cells, then stop (commit, go on elsewhere)
+    python -m bench.evidence --plan 10         # the next cells on this machine, and which wait (runs nothing)
     python -m bench.evidence --preset full     # the same at full size, 8 seeds, every rung: a GPU job
     python -m bench.evidence --preset quick    # minutes: a smoke test of the chain
 
@@ -1003,6 +1004,38 @@ def next_cell(todo: list[Cell], bench: Bench) -> Cell:
     return next((c for c in todo if bench.runnable_here(c)), todo[0])
 
 
+def plan(todo: list[Cell], bench: Bench) -> tuple[list[tuple[Cell, str]], list[tuple[Cell, str | None]]]:
+    """The cells this machine would run, in its order, each with its precision (a real-only cell
+    fixes its group's as it goes), and those left for a machine of another precision: what it can tell
+    before any result (which ratio or arm validation chooses is not known yet)."""
+    sim = replace(bench, precisions=dict(bench.precisions))
+    here, left = [], list(todo)
+    while left and sim.runnable_here(cell := next_cell(left, sim)):
+        precision = sim.precision(cell) or sim.native  # the reference: fit's auto, this machine's own
+        here.append((cell, precision))
+        if cell.arm == "real_only":
+            sim.precisions.setdefault((cell.k, cell.seed), precision)
+        left.remove(cell)
+    return here, [(c, sim.precision(c)) for c in left]
+
+
+def print_plan(todo: list[Cell], bench: Bench, results: dict, most: int) -> None:
+    here, waiting = plan(todo, bench)
+    print(f"{len(todo)} cells to run; {len(here)} train here in {bench.native}, {len(waiting)} wait for a "
+          f"machine of another precision")
+    for i, (cell, precision) in enumerate(here[:most], 1):
+        print(f"  {i:3d}. {cell.key}  ({precision})")
+    if len(here) > most:
+        print(f"  ... and {len(here) - most} more")
+    cost = {row["cpu"]: row["minutes_per_real_only_cell"] for row in cost_by_cpu(results)}
+    if minutes := cost.get(machine()["cpu"]):
+        print(f"a real-only cell took {minutes} min on this CPU model on average: the {len(here)} cells "
+              f"above, {len(here) * minutes / 60:.0f} h or more (arms with a generator to train take longer)")
+    for precision in sorted({str(p) for _, p in waiting}):
+        keys = [c.key for c, p in waiting if str(p) == precision]
+        print(f"wait for {precision}: {len(keys)} cells, first {keys[0]}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="matched",
@@ -1013,21 +1046,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "evidence", help="scratch folder")
     parser.add_argument("--results", type=Path, default=None, help="results JSON (resumable)")
     parser.add_argument("--max-cells", type=int, default=0, help="stop after this many new cells (0: all)")
+    parser.add_argument("--plan", type=int, default=0, metavar="N",
+                        help="print the next N cells in the order this machine runs them, and which wait for "
+                             "a machine of another precision; runs and writes nothing")
     args = parser.parse_args(argv)
     cfg = PRESETS[args.preset]
     results_path = args.results or results_file(args.preset)
     work = args.work / args.preset
-    work.mkdir(parents=True, exist_ok=True)
     saved = read_saved(results_path)
     results = saved.get("results_by_cell", {})
     generators = {f"k={0 if g['k'] == 'all' else g['k']}|{g['regime']}|{g.get('recipe', 'today')}": g
                   for g in saved.get("generators", [])}
     images, masks, source = load_volume()
     layout = Layout.of(len(images), cfg, slice_positions())
-    claim_work(work, layout, cfg)
     for key in drop_other_layouts(results, layout, cfg):
         print(f"{key}: measured on other slices than today's layout gives it; it runs again", flush=True)
-    bench = Bench(cfg, work, images, masks, layout, work / "evidence.log", native=native_precision())
+    bench = Bench(cfg, work, images, masks, layout, work / "evidence.log", native=native_precision(),
+                  precisions=group_precisions(results))
+    if args.plan:
+        print_plan([c for c in cells(cfg, results) if c.key not in results], bench, results, args.plan)
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    claim_work(work, layout, cfg)
     write_stack(bench.test[0], images[bench.layout.test])
     write_stack(bench.test[1], masks[bench.layout.test])
     rescore_stale(results, generators, bench)

@@ -796,6 +796,27 @@ def test_pairing_groups_keep_their_precision_and_a_machine_runs_its_own_first(tm
     assert fp32.precision(Cell(2, "aa", 0.0, 0)) is None  # its real only decides first
     assert not fp32.runnable_here(Cell(2, "aa", 0.0, 0)) and fp32.runnable_here(Cell(2, "real_only", 0.0, 0))
     assert evidence.next_cell([vpred], fp32) == vpred  # nothing else left: it runs, slowly
+    # the plan: a float32 machine opens new groups in float32, then runs their arms in float32 too,
+    # and leaves every arm of the bf16 groups to a bf16 machine
+    here, waiting = evidence.plan(todo, fp32)
+    assert {p for _, p in here} == {"float32"} and {p for _, p in waiting} == {"mixed_bfloat16"}
+    assert [c for c, _ in waiting] == [c for c in todo if c.k == 1]
+    assert Cell(2, "aa", 0.0, 0) in [c for c, _ in here]
+    assert fp32.precisions == evidence.group_precisions(results)  # planning changes nothing
+    here, waiting = evidence.plan(todo, bf16)
+    assert [c for c, _ in here] == todo and waiting == []
+
+
+def test_plan_writes_nothing(tmp_path, monkeypatch, capsys):
+    images, masks = phantom_stack(10, seed=0, config=PhantomConfig(height=256, width=256))
+    monkeypatch.setattr(evidence, "load_volume", lambda: (images, masks, "phantom"))
+    monkeypatch.setattr(evidence, "slice_positions", lambda: None)
+    monkeypatch.setattr(evidence, "native_precision", lambda: "float32")
+    evidence.main(["--preset", "quick", "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r.json"),
+                   "--plan", "3"])
+    out = capsys.readouterr().out
+    assert "train here in float32" in out and "  1. " in out and "  4. " not in out
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_rise_with_k_is_paired_by_seed_and_names_its_precisions():
