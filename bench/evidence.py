@@ -1029,8 +1029,8 @@ def print_plan(todo: list[Cell], bench: Bench, results: dict, most: int) -> None
         print(f"  ... and {len(here) - most} more")
     cost = {row["cpu"]: row["minutes_per_real_only_cell"] for row in cost_by_cpu(results)}
     if minutes := cost.get(machine()["cpu"]):
-        print(f"a real-only cell took {minutes} min on this CPU model on average: the {len(here)} cells "
-              f"above, {len(here) * minutes / 60:.0f} h or more (arms with a generator to train take longer)")
+        print(f"a real-only cell took {minutes} min on this CPU model on average: the {len(here)} cells it "
+              f"runs, {len(here) * minutes / 60:.0f} h or more (arms with a generator to train take longer)")
     for precision in sorted({str(p) for _, p in waiting}):
         keys = [c.key for c, p in waiting if str(p) == precision]
         print(f"wait for {precision}: {len(keys)} cells, first {keys[0]}")
