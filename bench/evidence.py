@@ -66,7 +66,7 @@ from bench.synthetic_ablation import (
 )
 from segmentation_tf.calibration import VERSION as CALIBRATION_VERSION
 from shared.atomic import write_json_atomic
-from shared.errors import UserError, run_cli
+from shared.errors import UserError, non_negative_int, run_cli
 from shared.sampling import SamplerSettings
 from shared.splits import guard_bands, z_block_split
 from shared.tiff_io import read_mask_stack, write_stack
@@ -1045,8 +1045,9 @@ def main(argv: list[str] | None = None) -> None:
                              "budgets, kept as their records")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "evidence", help="scratch folder")
     parser.add_argument("--results", type=Path, default=None, help="results JSON (resumable)")
-    parser.add_argument("--max-cells", type=int, default=0, help="stop after this many new cells (0: all)")
-    parser.add_argument("--plan", type=int, default=0, metavar="N",
+    parser.add_argument("--max-cells", type=non_negative_int, default=0,
+                        help="stop after this many new cells (0: all)")
+    parser.add_argument("--plan", type=non_negative_int, default=0, metavar="N",
                         help="print the next N cells in the order this machine runs them, and which wait for "
                              "a machine of another precision; runs and writes nothing")
     args = parser.parse_args(argv)

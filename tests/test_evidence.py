@@ -817,6 +817,9 @@ def test_plan_writes_nothing(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "train here in float32" in out and "  1. " in out and "  4. " not in out
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(SystemExit) as exit_info:
+        evidence.main(["--preset", "quick", "--plan", "-1"])
+    assert exit_info.value.code == 2 and "--plan: must be >= 0" in capsys.readouterr().err
 
 
 def test_the_rise_with_k_is_paired_by_seed_and_names_its_precisions():
