@@ -157,6 +157,9 @@ class EvidenceConfig:
     ks: tuple[int, ...] = (1, 2, 4, 0)              # labelled slices; 0 = the whole training pool
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     choice_seeds: int = 2                           # seeds that run every ratio to choose one on validation
+    # at each k, the validation-chosen arm and its real-only pairs run on more seeds, as many as a gain
+    # of half the gap to the whole pool needs at the A/A noise, up to this many in all (0: the grid's)
+    resolve_seeds: int = 0
     ratios: tuple[float, ...] = (0.1, 0.2, 0.3)     # images-plentiful arms; 0.3 runs on every seed
     strict_ratio: float = 0.3
     n_synthetic: int = 128
@@ -250,7 +253,9 @@ PRESETS = {
     "tiles": tiles_preset(30, ema=True, precise_bn=False),
     "matched_ema": tiles_preset(50, ema=True, precise_bn=False),
     "matched_best": tiles_preset(50, ema=False, precise_bn=False),
-    "matched": tiles_preset(50, ema=True, precise_bn=True),
+    # since 2026-12-05 with up to 16 seeds for each k's chosen arm (k = 1 on the guarded layout: the
+    # goal +0.008 needs 13 at the A/A noise)
+    "matched": replace(tiles_preset(50, ema=True, precise_bn=True), resolve_seeds=16),
     "quick": EvidenceConfig(
         ks=(1, 0), seeds=(0, 1), choice_seeds=1, ratios=(0.3,), n_synthetic=32,
         segmenter_flags=("--preset", "quick", "--epochs", "3", "--steps-per-epoch", "10", "--no-tta"),
@@ -265,6 +270,7 @@ PRESETS = {
     # tiles, so its step count would grow with k), 8 seeds, every rung, full-size generators
     "full": replace(
         tiles_preset(50, ema=True, precise_bn=True), seeds=tuple(range(8)), choice_seeds=3, n_synthetic=512,
+        resolve_seeds=24,
         generator_flags=("--preset", "full",),
         recipes=tuple(replace(r, sampling=replace(r.sampling, sampler="ddim", steps=50))
                       for r in (TODAY, SPADE, PSEUDO, TEXTURE, LEVERS, LEVERS_PRETRAIN, SPECTRAL, MINSNR,
@@ -405,8 +411,24 @@ def cells(cfg: EvidenceConfig, results: dict) -> list[Cell]:
                 for r in cfg.ratios]
         full = {max(cfg.ratios), chosen_ratio(results, k, cfg) or max(cfg.ratios)}
         out += [Cell(k, "images_plentiful", r, s, base) for r in sorted(full) for s in cfg.seeds]
+    out += resolving_cells(results, cfg)
     out += [Cell(k, "strict", cfg.strict_ratio, s, base) for k in cfg.ks if k != 0 for s in cfg.seeds]
     return list(dict.fromkeys(out))
+
+
+def resolving_cells(results: dict, cfg: EvidenceConfig) -> list[Cell]:
+    """The seeds beyond the grid's that the validation-chosen arm at k and its real-only pairs run
+    (seeds_for_goal, at most cfg.resolve_seeds in all). Their number comes from real-only and A/A cells
+    alone: no arm's test figure decides how long that arm runs."""
+    out = []
+    for k in cfg.ks:
+        need, arm = seeds_for_goal(results, k, cfg), chosen_arm(results, k, cfg)
+        if not cfg.resolve_seeds or need is None or arm is None:
+            continue
+        first = max(cfg.seeds) + 1
+        for s in range(first, first + min(need, cfg.resolve_seeds) - len(cfg.seeds)):
+            out += [Cell(k, "real_only", 0.0, s), Cell(k, "images_plentiful", arm[0], s, arm[1])]
+    return out
 
 
 @dataclass(frozen=True)
@@ -782,9 +804,9 @@ def synthetic_arms(k: int, cfg: EvidenceConfig) -> list[tuple[str, float, str]]:
 def chosen_arm(results: dict, k: int, cfg: EvidenceConfig) -> tuple[float, str] | None:
     """The images-plentiful (ratio, recipe) a user would pick: the best mean validation IoU among the
     arms run on every seed (None until one has)."""
-    full = {(r, rec): by_seed(results, k, arm, r, rec, "val_iou") for arm, r, rec in synthetic_arms(k, cfg)
-            if arm == "images_plentiful"}
-    full = {a: v for a, v in full.items() if len(v) == len(cfg.seeds)}
+    full = {(r, rec): {s: v for s, v in by_seed(results, k, arm, r, rec, "val_iou").items() if s in cfg.seeds}
+            for arm, r, rec in synthetic_arms(k, cfg) if arm == "images_plentiful"}
+    full = {a: v for a, v in full.items() if len(v) == len(cfg.seeds)}  # seeds beyond (resolving) never count
     return max(full, key=lambda a: float(np.mean(list(full[a].values())))) if full else None
 
 
@@ -817,6 +839,15 @@ def gain_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
     return rows
 
 
+def seeds_for_goal(results: dict, k: int, cfg: EvidenceConfig) -> int | None:
+    """Seeds a paired gain of half the gap at k needs for its 95% interval to clear 0 (80% power) at
+    the pooled A/A noise; None before the gap and the floor are measured."""
+    gap, sd = gap_to_pool(results, k), noise_floor(results, cfg).get("pooled_sd")
+    if gap is None or gap <= 0 or sd is None:
+        return None
+    return seeds_needed(sd, gap / 2)
+
+
 def resolution_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
     """Can the grid's seeds resolve the generator goal (a paired gain of half the gap to the whole
     pool, its 95% interval above 0, 80% power)? Seeds it needs at the A/A noise and at the noisiest
@@ -831,9 +862,10 @@ def resolution_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
         arm_sds = [d["sd"] for arm, ratio, recipe in synthetic_arms(k, cfg)
                    if (d := paired_interval(by_seed(results, k, arm, ratio, recipe), base)) and d["n"] >= 3]
         goal = gap / 2
-        row = {"k": _k(k), "gap": round(gap, 4), "goal": round(goal, 4), "grid_seeds": len(cfg.seeds)}
+        row = {"k": _k(k), "gap": round(gap, 4), "goal": round(goal, 4), "grid_seeds": len(cfg.seeds),
+               "resolve_seeds": cfg.resolve_seeds}
         if aa_sd is not None:
-            row |= {"aa_sd": aa_sd, "seeds_at_aa_sd": seeds_needed(aa_sd, goal)}
+            row |= {"aa_sd": aa_sd, "seeds_at_aa_sd": seeds_for_goal(results, k, cfg)}
         if arm_sds:
             sd = max(arm_sds)
             row |= {"noisiest_arm_sd": round(sd, 4), "seeds_at_arm_sd": seeds_needed(sd, goal)}

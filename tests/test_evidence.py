@@ -344,6 +344,34 @@ def test_resolution_says_how_many_seeds_the_generator_goal_needs():
     assert row["seeds_at_arm_sd"] > 50
 
 
+def test_the_chosen_arm_runs_on_as_many_seeds_as_the_goal_needs():
+    from bench.evidence import chosen_arm, resolving_cells
+
+    cfg = EvidenceConfig(ks=(1, 0), seeds=(0, 1, 2, 3, 4), choice_seeds=1, ratios=(0.3,), lever_ks=(),
+                         resolve_seeds=7)
+    results = {}
+    aa_diffs = [0.01, -0.01, 0.01, 0.0, 0.0]  # A/A sd 0.008367: a goal of 0.01 needs 8 seeds (above)
+    for s in range(5):
+        results[Cell(1, "real_only", 0.0, s).key] = _cell(1, "real_only", 0.0, s, 0.86)
+        results[Cell(1, "aa", 0.0, s).key] = _cell(1, "aa", 0.0, s, 0.86 + aa_diffs[s])
+    assert resolving_cells(results, cfg) == []  # no gap yet, no arm chosen yet
+    results[Cell(0, "real_only", 0.0, 0).key] = _cell(0, "real_only", 0.0, 0, 0.88)
+    assert resolving_cells(results, cfg) == []  # the gap is there, the choice not yet
+    for s in range(5):
+        results[Cell(1, "images_plentiful", 0.3, s).key] = _cell(1, "images_plentiful", 0.3, s, 0.5, 0.9)
+    assert chosen_arm(results, 1, cfg) == (0.3, "today")
+    # 8 needed, capped at 7 in all: seeds 5 and 6, each a real-only cell and the chosen arm
+    extra = [Cell(1, arm, r, s) for s in (5, 6) for arm, r in (("real_only", 0.0), ("images_plentiful", 0.3))]
+    assert resolving_cells(results, cfg) == extra
+    assert [c for c in cells(cfg, results) if c.seed > 4] == extra
+    assert resolving_cells(results, replace(cfg, resolve_seeds=0)) == []
+    assert resolving_cells(results, replace(cfg, resolve_seeds=16)) == [
+        Cell(1, arm, r, s) for s in (5, 6, 7) for arm, r in (("real_only", 0.0), ("images_plentiful", 0.3))]
+    # results on the extra seeds never change which arm was chosen, nor unchoose it
+    results[Cell(1, "images_plentiful", 0.3, 5).key] = _cell(1, "images_plentiful", 0.3, 5, 0.5, 0.1)
+    assert chosen_arm(results, 1, cfg) == (0.3, "today")
+
+
 def test_the_results_page_shows_intervals_noise_floor_and_rise(tmp_path, monkeypatch):
     from bench import report
 
