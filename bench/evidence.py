@@ -1051,21 +1051,29 @@ def plan(todo: list[Cell], bench: Bench) -> tuple[list[tuple[Cell, str]], list[t
     return here, [(c, sim.precision(c)) for c in left]
 
 
+def segmenter_minutes(results: dict, key: str, value: str) -> float | None:
+    """Mean minutes of the real-only and A/A cells whose record has `key` == value (None if none)."""
+    seg = [c["minutes"] for c in results.values() if c.get(key) == value and c["arm"] in ("real_only", "aa")]
+    return float(np.mean(seg)) if seg else None
+
+
+def hours(cells_left: int, minutes: float | None) -> str:
+    return f"; at {minutes:.0f} min a cell, {cells_left * minutes / 60:.0f} h or more" if minutes else ""
+
+
 def print_plan(todo: list[Cell], bench: Bench, results: dict, most: int) -> None:
     here, waiting = plan(todo, bench)
     print(f"{len(todo)} cells to run; {len(here)} train here in {bench.native}, {len(waiting)} wait for a "
-          f"machine of another precision")
+          f"machine of another precision (arms with a generator to train take longer than the hours below)")
     for i, (cell, precision) in enumerate(here[:most], 1):
         print(f"  {i:3d}. {cell.key}  ({precision})")
     if len(here) > most:
         print(f"  ... and {len(here) - most} more")
-    cost = {row["cpu"]: row["minutes_per_real_only_cell"] for row in cost_by_cpu(results)}
-    if minutes := cost.get(machine()["cpu"]):
-        print(f"a real-only cell took {minutes} min on this CPU model on average: the {len(here)} cells it "
-              f"runs, {len(here) * minutes / 60:.0f} h or more (arms with a generator to train take longer)")
+    print(f"here: {len(here)} cells{hours(len(here), segmenter_minutes(results, 'cpu', machine()['cpu']))}")
     for precision in sorted({str(p) for _, p in waiting}):
         keys = [c.key for c, p in waiting if str(p) == precision]
-        print(f"wait for {precision}: {len(keys)} cells, first {keys[0]}")
+        print(f"wait for {precision}: {len(keys)} cells, first {keys[0]}"
+              f"{hours(len(keys), segmenter_minutes(results, 'precision', precision))}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -833,6 +833,11 @@ def test_pairing_groups_keep_their_precision_and_a_machine_runs_its_own_first(tm
     assert fp32.precisions == evidence.group_precisions(results)  # planning changes nothing
     here, waiting = evidence.plan(todo, bf16)
     assert [c for c, _ in here] == todo and waiting == []
+    # the hours a plan prints: the mean minutes of the real-only and A/A cells in that precision
+    results[Cell(1, "real_only", 0.0, 0).key]["minutes"] = 31.0  # the others: 1.0
+    assert evidence.segmenter_minutes(results, "precision", "mixed_bfloat16") == pytest.approx(4.0)  # 40 / 10
+    assert evidence.segmenter_minutes(results, "precision", "float32") is None
+    assert evidence.hours(30, 4.0) == "; at 4 min a cell, 2 h or more" and evidence.hours(30, None) == ""
 
 
 def test_plan_writes_nothing(tmp_path, monkeypatch, capsys):
