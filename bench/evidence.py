@@ -1023,6 +1023,12 @@ def group_precisions(results: dict) -> dict[tuple[int, int], str]:
             if c["arm"] == "real_only" and c.get("precision")}
 
 
+def grid_precisions(preset: str, docs: Path = ROOT / "docs") -> dict[tuple[int, int], str]:
+    """The pairing groups' precisions in a preset's committed grid results ({} before any): what a
+    tool that trains a grid cell outside the grid (bench.generator_levers's judge) must train it in."""
+    return group_precisions(read_saved(results_file(preset, docs)).get("results_by_cell", {}))
+
+
 def native_precision() -> str:
     """The precision this machine trains the segmenter fastest in (fit's auto: bf16 on GPUs and AMX
     CPUs, float32 elsewhere)."""

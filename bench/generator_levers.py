@@ -22,7 +22,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.common import ROOT, machine
-from bench.evidence import PRESETS, Bench, Cell, Layout, claim_work, native_precision, run_cell
+from bench.evidence import (
+    PRESETS,
+    Bench,
+    Cell,
+    Layout,
+    claim_work,
+    grid_precisions,
+    native_precision,
+    run_cell,
+)
 from bench.synthetic_ablation import load_volume, slice_positions
 from shared.atomic import write_json_atomic
 from shared.tiff_io import write_stack
@@ -103,7 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     layout = Layout.of(len(images), cfg, slice_positions())
     claim_work(work, layout, cfg)
-    bench = Bench(cfg, work, images, masks, layout, work / "evidence.log", native=native_precision())
+    # the judge is the grid's own cell: it trains in its pairing group's recorded precision, if any
+    bench = Bench(cfg, work, images, masks, layout, work / "evidence.log", native=native_precision(),
+                  precisions=grid_precisions(args.preset))
     names = [n for n in args.recipes.split(",") if n]
     unknown = sorted(set(names) - {r.name for r in cfg.recipes})
     if unknown:

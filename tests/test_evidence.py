@@ -840,6 +840,14 @@ def test_pairing_groups_keep_their_precision_and_a_machine_runs_its_own_first(tm
     assert evidence.hours(30, 4.0) == "; at 4 min a cell, 2 h or more" and evidence.hours(30, None) == ""
 
 
+def test_a_cell_trained_outside_the_grid_takes_its_groups_recorded_precision(tmp_path):
+    assert evidence.grid_precisions("matched", tmp_path) == {}  # no grid yet: the machine's own
+    record = {**_cell(1, "real_only", 0.0, 0, 0.87), "precision": "mixed_bfloat16"}
+    saved = {"results_by_cell": {Cell(1, "real_only", 0.0, 0).key: record}}
+    (tmp_path / "evidence_matched.json").write_text(json.dumps(saved))
+    assert evidence.grid_precisions("matched", tmp_path) == {(1, 0): "mixed_bfloat16"}
+
+
 def test_plan_writes_nothing(tmp_path, monkeypatch, capsys):
     images, masks = phantom_stack(10, seed=0, config=PhantomConfig(height=256, width=256))
     monkeypatch.setattr(evidence, "load_volume", lambda: (images, masks, "phantom"))
