@@ -102,6 +102,7 @@ def test_onnxruntime_sampler_matches_pytorch_from_the_same_noise(exported, sampl
     assert np.abs(got - want).max() <= 1e-3
 
 
+@pytest.mark.slow
 def test_a_v_prediction_generator_exports_and_samples_as_in_pytorch(tmp_path):
     """The v-prediction denoiser (the main recipe's): its type reaches the metadata and the
     onnxruntime sampler, which matches PyTorch; read as eps, the same network draws other tiles (so
@@ -257,6 +258,7 @@ def test_export_refuses_foreign_checkpoint(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_texture_adds_the_residual_spectrum_by_both_paths_and_needs_one(exported, tmp_path):
     """--texture adds noise of the decoder's residual spectrum (high frequencies here) after decoding,
     the same by PyTorch and onnxruntime; a generator without a spectrum refuses it in one line."""

@@ -80,6 +80,7 @@ def test_fit_ends_with_precise_batchnorm_statistics(trained, tiny_store):
     assert PRESETS["real"].train.precise_bn and not off.train.precise_bn
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_training_resumes_without_training_again(tiny_store, tmp_path, monkeypatch):
     # the window between the end of model.fit (Keras has deleted its backup) and the saved segmenter
     import dataclasses
@@ -131,6 +132,7 @@ def test_a_run_killed_after_training_resumes_without_training_again(tiny_store, 
     assert not (run / training.TRAINED).exists() and not (run / training.TRAINED_RECORD).exists()
 
 
+@pytest.mark.slow
 def test_the_same_seed_trains_the_same_model(trained, tiny_store, tmp_path):
     import keras
 
@@ -192,6 +194,7 @@ def test_predict_and_evaluate_use_the_calibrated_threshold(trained, tiny_store, 
     assert proc.returncode == 0 and "overall  IoU" in proc.stdout, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.fault("segmenter", "fit killed with SIGKILL mid-training", "rerun resumes at the next epoch")
 def test_resume_after_sigkill_continues_at_the_right_epoch(tiny_store, tmp_path):
     run = tmp_path / "seg"
@@ -239,6 +242,7 @@ def synthetic_copy(store_path, out):
     return out
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_with_synthetic_tiles_and_weight_maps(tiny_store, tmp_path):
     """Two logical CPUs under MirroredStrategy; a 50% synthetic batch share; border weight maps."""
     syn = synthetic_copy(tiny_store / "store", tmp_path / "syn")

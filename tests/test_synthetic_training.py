@@ -73,6 +73,7 @@ def test_validation_targets_match_the_weighted_loss(tiny_store):  # noqa: F811
     assert y.shape[-1] == 2 and np.all(y[..., 1] == 1.0)
 
 
+@pytest.mark.slow
 def test_pretrain_runs_both_phases_and_resumes(tiny_store, tmp_path):  # noqa: F811
     syn = synthetic_copy(tiny_store / "store", tmp_path / "syn")
     run = tmp_path / "seg"
@@ -93,6 +94,7 @@ def test_pretrain_runs_both_phases_and_resumes(tiny_store, tmp_path):  # noqa: F
     assert again.returncode == 0 and "(pre-training)" not in again.stdout
 
 
+@pytest.mark.slow
 def test_weight_reaches_the_fit(tiny_store, tmp_path):  # noqa: F811
     syn = synthetic_copy(tiny_store / "store", tmp_path / "syn")
     proc = run_module("segmentation_tf.fit", "--store", tiny_store / "store", "--out", tmp_path / "w",
@@ -123,6 +125,7 @@ def test_nonsense_combinations_are_refused(tiny_store, tmp_path, flags, needle):
     assert not (tmp_path / "r" / "segmenter.json").exists()
 
 
+@pytest.mark.slow
 def test_fit_reads_the_default_synthetic_store(tiny_store, tmp_path):  # noqa: F811
     import os
     import subprocess
@@ -141,6 +144,7 @@ def test_fit_reads_the_default_synthetic_store(tiny_store, tmp_path):  # noqa: F
     assert meta["provenance"]["synthetic_store"] == "runs/synthetic_store"
 
 
+@pytest.mark.slow
 def test_ema_ends_training_with_averaged_weights(tiny_store, tmp_path):  # noqa: F811
     import keras
 

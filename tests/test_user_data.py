@@ -186,6 +186,7 @@ def run_quiet_env(module: str, *args) -> subprocess.CompletedProcess:
                           text=True, timeout=600, env=env)
 
 
+@pytest.mark.slow
 def test_pixel_size_round_trips_through_the_segmenter_and_a_mismatch_warns(tmp_path):
     pytest.importorskip("tensorflow")
     pytest.importorskip("tf2onnx")
