@@ -420,10 +420,12 @@ def resolving_cells(results: dict, cfg: EvidenceConfig) -> list[Cell]:
     """The seeds beyond the grid's that the validation-chosen arm at k and its real-only pairs run
     (seeds_for_goal, at most cfg.resolve_seeds in all). Their number comes from real-only and A/A cells
     alone: no arm's test figure decides how long that arm runs."""
-    out = []
+    if not cfg.resolve_seeds:
+        return []
+    aa_sd, out = noise_floor(results, cfg).get("pooled_sd"), []
     for k in cfg.ks:
-        need, arm = seeds_for_goal(results, k, cfg), chosen_arm(results, k, cfg)
-        if not cfg.resolve_seeds or need is None or arm is None:
+        need, arm = seeds_for_goal(gap_to_pool(results, k), aa_sd), chosen_arm(results, k, cfg)
+        if need is None or arm is None:
             continue
         first = max(cfg.seeds) + 1
         for s in range(first, first + min(need, cfg.resolve_seeds) - len(cfg.seeds)):
@@ -839,13 +841,12 @@ def gain_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
     return rows
 
 
-def seeds_for_goal(results: dict, k: int, cfg: EvidenceConfig) -> int | None:
-    """Seeds a paired gain of half the gap at k needs for its 95% interval to clear 0 (80% power) at
-    the pooled A/A noise; None before the gap and the floor are measured."""
-    gap, sd = gap_to_pool(results, k), noise_floor(results, cfg).get("pooled_sd")
-    if gap is None or gap <= 0 or sd is None:
+def seeds_for_goal(gap: float | None, aa_sd: float | None) -> int | None:
+    """Seeds a paired gain of half the gap needs for its 95% interval to clear 0 (80% power) at the
+    pooled A/A noise; None before the gap and the floor are measured."""
+    if gap is None or gap <= 0 or aa_sd is None:
         return None
-    return seeds_needed(sd, gap / 2)
+    return seeds_needed(aa_sd, gap / 2)
 
 
 def resolution_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
@@ -865,7 +866,7 @@ def resolution_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
         row = {"k": _k(k), "gap": round(gap, 4), "goal": round(goal, 4), "grid_seeds": len(cfg.seeds),
                "resolve_seeds": cfg.resolve_seeds}
         if aa_sd is not None:
-            row |= {"aa_sd": aa_sd, "seeds_at_aa_sd": seeds_for_goal(results, k, cfg)}
+            row |= {"aa_sd": aa_sd, "seeds_at_aa_sd": seeds_for_goal(gap, aa_sd)}
         if arm_sds:
             sd = max(arm_sds)
             row |= {"noisiest_arm_sd": round(sd, 4), "seeds_at_arm_sd": seeds_needed(sd, goal)}
@@ -915,14 +916,24 @@ def plot(results: dict, cfg: EvidenceConfig, path: Path) -> None:
     plt.close(fig)
 
 
+UNMARKED_CPU = "AMD EPYC"  # cells recorded before the CPU model was
+
+
+def segmenter_minutes(results: dict, key: str, value: str) -> float | None:
+    """Mean minutes of the real-only and A/A cells whose record has `key` == value (None if none)."""
+    seg = [c["minutes"] for c in results.values()
+           if c.get(key, UNMARKED_CPU if key == "cpu" else None) == value and c["arm"] in ("real_only", "aa")]
+    return float(np.mean(seg)) if seg else None
+
+
 def cost_by_cpu(results: dict) -> list[dict]:
     """Minutes spent per CPU model (2 cores each): in all, and per real-only or A/A cell."""
     rows = []
-    for cpu in sorted({c.get("cpu", "AMD EPYC") for c in results.values()}):  # unmarked cells: EPYC
-        own = [c for c in results.values() if c.get("cpu", "AMD EPYC") == cpu]
-        seg = [c["minutes"] for c in own if c["arm"] in ("real_only", "aa")]
+    for cpu in sorted({c.get("cpu", UNMARKED_CPU) for c in results.values()}):
+        own = [c for c in results.values() if c.get("cpu", UNMARKED_CPU) == cpu]
+        seg = segmenter_minutes(results, "cpu", cpu)
         rows.append({"cpu": cpu, "cells": len(own), "minutes": round(sum(c["minutes"] for c in own), 1),
-                     "minutes_per_real_only_cell": round(float(np.mean(seg)), 2) if seg else None})
+                     "minutes_per_real_only_cell": round(seg, 2) if seg else None})
     return rows
 
 
@@ -1055,12 +1066,6 @@ def plan(todo: list[Cell], bench: Bench) -> tuple[list[tuple[Cell, str]], list[t
             sim.precisions.setdefault((cell.k, cell.seed), precision)
         left.remove(cell)
     return here, [(c, sim.precision(c)) for c in left]
-
-
-def segmenter_minutes(results: dict, key: str, value: str) -> float | None:
-    """Mean minutes of the real-only and A/A cells whose record has `key` == value (None if none)."""
-    seg = [c["minutes"] for c in results.values() if c.get(key) == value and c["arm"] in ("real_only", "aa")]
-    return float(np.mean(seg)) if seg else None
 
 
 def hours(cells_left: int, minutes: float | None) -> str:
