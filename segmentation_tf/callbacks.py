@@ -1,10 +1,11 @@
-"""Training callbacks: the standard Keras ones wired to a run folder, plus three small ones:
-an atomic best-model checkpoint, TensorBoard image panels (input | truth | prediction) and a
-wall-clock limit.
+"""Training callbacks: the standard Keras ones wired to a run folder, plus four small ones:
+an atomic best-model checkpoint, every epoch's weights (--keep-epochs), TensorBoard image panels
+(input | truth | prediction) and a wall-clock limit.
 
     RUN/best.keras           best validation model (written to a temp file, then renamed)
     RUN/backup/              BackupAndRestore state: a killed run resumes at the next epoch
     RUN/log.csv              one row per epoch
+    RUN/epochs/              with --keep-epochs: epoch_001.weights.h5, ...
     RUN/tensorboard/         scalars (train/, validation/) and image panels (images/)
 """
 
@@ -18,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from segmentation_tf.artifacts import save_model_atomic
+from shared.atomic import atomic_path
 from shared.normalization import unnormalize
 
 
@@ -78,9 +80,28 @@ class TimeLimit(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class EpochWeights(keras.callbacks.Callback):
+    """Every epoch's weights as FOLDER/epoch_NNN.weights.h5 (1-based, as Keras prints epochs), each
+    written atomically: the raw weights with their training-time BatchNorm statistics (a weight
+    average, if any, is applied only when fit ends)."""
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        self.folder = Path(folder)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(epoch_weights(self.folder, epoch + 1), suffix=".weights.h5") as tmp:
+            self.model.save_weights(tmp)
+
+
+def epoch_weights(folder: Path, epoch: int) -> Path:
+    return Path(folder) / f"epoch_{epoch:03d}.weights.h5"
+
+
 def standard_callbacks(run_dir: Path, patience: int, val_x: np.ndarray, val_y: np.ndarray,
-                       time_limit_minutes: float = 0.0, plateau: bool = False, restore_best: bool = True
-                       ) -> list[keras.callbacks.Callback]:
+                       time_limit_minutes: float = 0.0, plateau: bool = False, restore_best: bool = True,
+                       keep_epochs: Path | None = None) -> list[keras.callbacks.Callback]:
     """BackupAndRestore first, so an epoch is only logged once its state is safe."""
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
@@ -97,6 +118,9 @@ def standard_callbacks(run_dir: Path, patience: int, val_x: np.ndarray, val_y: n
     if plateau:
         callbacks.insert(2, keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
                                                               patience=max(2, patience // 3), min_lr=1e-6))
+    if keep_epochs is not None:
+        # before the backup: a run killed between the two trains that epoch again and rewrites its file
+        callbacks.insert(0, EpochWeights(keep_epochs))
     if time_limit_minutes > 0:
         callbacks.append(TimeLimit(time_limit_minutes))
     return callbacks

@@ -59,6 +59,8 @@ class TrainConfig:
     #                                   end training with it (lowers the run-to-run spread; 0: off)
     precise_bn: bool = True           # end by recomputing BatchNorm statistics under the final weights
     #                                   on the un-augmented training tiles (segmentation_tf.batchnorm)
+    keep_epochs: bool = False         # save every epoch's weights to RUN/epochs/ (to study or choose
+    #                                   an ending later: bench.endings)
     synthetic_schedule: str = "mix"   # "mix": synthetic tiles in every batch; "pretrain": synthetic
     #                                   tiles alone first, then fine-tuning on real tiles alone
     pretrain_epochs: int = 0          # epochs of the synthetic phase (0: a third of --epochs, at least 1)

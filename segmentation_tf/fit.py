@@ -62,6 +62,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--precise-bn", action=argparse.BooleanOptionalAction,
                    help="end by recomputing BatchNorm statistics under the final weights on the "
                         "un-augmented training tiles (default) or keep the training-time averages")
+    p.add_argument("--keep-epochs", action="store_true", default=None,
+                   help="also save every epoch's weights (RUN/epochs/epoch_NNN.weights.h5, training-time "
+                        "BatchNorm statistics) to study or choose the ending later")
     p.add_argument("--schedule", choices=("cosine", "plateau"))
     p.add_argument("--accumulate", type=positive_int, help="gradient accumulation steps")
     p.add_argument("--patience", type=positive_int, help="early-stopping patience (epochs)")

@@ -34,6 +34,7 @@ PRETRAINED = "pretrained.weights.h5"  # the synthetic phase's weights (--synthet
 # a run killed while its BatchNorm statistics are recomputed or its threshold calibrated resumes
 # there (Keras deletes its backup when fit ends), instead of training again
 TRAINED, TRAINED_RECORD = "trained.weights.h5", "trained.json"
+EPOCHS = "epochs"  # --keep-epochs: every epoch's weights
 
 
 @dataclass
@@ -139,7 +140,8 @@ def run_phase(phase: Phase, inputs: RunInputs, strategy: tf.distribute.Strategy,
           f"{strategy.num_replicas_in_sync} replica(s); {steps} steps/epoch of {batch}")
     callbacks = standard_callbacks(phase.folder, phase.train.patience, val_x, val_y,
                                    phase.train.time_limit_minutes, phase.train.schedule == "plateau",
-                                   phase.train.restore_best)
+                                   phase.train.restore_best,
+                                   phase.folder / EPOCHS if phase.train.keep_epochs else None)
     start = time.perf_counter()
     history = model.fit(train_ds, epochs=phase.train.epochs, steps_per_epoch=steps, validation_data=val_ds,
                         callbacks=callbacks, verbose=phase.train.verbose)
@@ -157,8 +159,9 @@ def pretrained_weights(phase: Phase, inputs: RunInputs, strategy, policy: str) -
     return target
 
 
-# settings applied after training: a kept model may be finished under other values of these
-AFTER_TRAINING = frozenset({"overlap", "tta", "precise_bn", "verbose"})
+# settings that do not decide the trained weights (applied after training, or what is logged and
+# kept): a kept model may be finished under other values of these
+AFTER_TRAINING = frozenset({"overlap", "tta", "precise_bn", "verbose", "keep_epochs"})
 
 
 def training_settings(inputs: RunInputs) -> dict[str, Any]:

@@ -28,8 +28,9 @@ def tiny_store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(tiny_store, tmp_path_factory):
     run = tmp_path_factory.mktemp("run") / "seg"
+    # --keep-epochs only saves: test_the_same_seed_trains_the_same_model trains without it
     proc = run_module("segmentation_tf.fit", "--store", tiny_store / "store", "--out", run, "--epochs", "2",
-                      "--accumulate", "2", "--steps-per-epoch", "3", *TINY, timeout=300)
+                      "--accumulate", "2", "--steps-per-epoch", "3", "--keep-epochs", *TINY, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run, proc
 
@@ -78,6 +79,40 @@ def test_fit_ends_with_precise_batchnorm_statistics(trained, tiny_store):
         assert np.allclose(a.moving_variance, b.moving_variance, rtol=1e-4, atol=1e-6)
     off = apply_flags(PRESETS["real"], FLAGS, vars(parser().parse_args(["--store", "s", "--no-precise-bn"])))
     assert PRESETS["real"].train.precise_bn and not off.train.precise_bn
+
+
+def test_kept_epochs_hold_the_raw_weights_and_studies_read_them_as_keras_did(trained, tiny_store, tmp_path):
+    import json
+
+    import keras
+
+    from bench.endings import Blocks, epoch_row, finish_ending, logged_val_iou, picked_epochs
+    from segmentation_tf.callbacks import epoch_weights
+
+    run = trained[0]
+    logged = logged_val_iou(run)
+    kept = sorted(p.name for p in (run / "epochs").iterdir())
+    assert kept == ["epoch_001.weights.h5", "epoch_002.weights.h5"]
+    # fit restored the best epoch (first of ties): its kept raw weights are the segmenter's trainable ones
+    # (the moving statistics differ: fit recomputed them)
+    best = picked_epochs({1: {"val_precise": 0.0}, 2: {"val_precise": 0.0}}, logged)["best_moving"]
+    assert best == 1 + int(np.argmax(logged))
+    saved = keras.saving.load_model(run / "segmenter.keras", compile=False)
+    model = keras.saving.load_model(run / "segmenter.keras", compile=False)
+    model.load_weights(epoch_weights(run / "epochs", best))
+    for a, b in zip(saved.trainable_weights, model.trainable_weights, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    # the study measures a kept epoch's validation IoU as Keras logged it (pooled, at 0.5)
+    store = tiny_store / "store"
+    blocks = Blocks(store, store, tiny_store / "images.tif", tiny_store / "masks.tif", {})
+    row = epoch_row(model, epoch_weights(run / "epochs", 2), blocks, batch_size=4, stat_batches=2)
+    assert row["val_moving"] == pytest.approx(logged[1], abs=1e-4)
+    assert row["test_moving"] == row["val_moving"]  # the same tiles here
+    # an ending finished from a kept epoch: its weights, recomputed statistics, a calibrated threshold
+    finish_ending(run, 1, tmp_path / "ending", blocks)
+    meta = json.loads((tmp_path / "ending" / "segmenter.json").read_text())
+    assert meta["provenance"]["epoch"] == 1 and 0.0 < meta["threshold"] < 1.0
+    assert meta["provenance"]["batchnorm_recomputed"]["tiles"] > 0
 
 
 @pytest.mark.slow
