@@ -258,6 +258,15 @@ def summary_rows(seeds: dict[str, dict]) -> list[dict]:
     return rows
 
 
+def diagnostic_rows(seeds: dict[str, dict]) -> list[dict]:
+    rows = []
+    for seed, record in sorted(seeds.items()):
+        d = record.get("diagnostics", {})
+        rows += [{"seed": seed, "epochs": "-".join(map(str, d["epochs"])), "statistics": stats, **d[stats]}
+                 for stats in ("moving", "precise") if stats in d]
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=non_negative_int, action="append",
@@ -280,7 +289,8 @@ def main(argv: list[str] | None = None) -> None:
             "machine": machine(), "command": shown_command("bench.endings", sys.argv[1:] if argv is None
                                                            else list(argv)),
             "source": source, "slices": blocks.slices, "fit_flags": list(FIT_FLAGS),
-            "stat_batches": args.stat_batches, "endings": list(ENDINGS), "seeds": records,
+            "stat_batches": args.stat_batches, "endings": list(ENDINGS),
+            "rows": summary_rows(records), "diagnostics": diagnostic_rows(records), "seeds": records,
             "note": "per-epoch figures: tiles at threshold 0.5, no overlap or TTA; endings: whole test "
                     "slices, overlap 128, 8-fold TTA, threshold calibrated on the validation block"})
 
@@ -289,11 +299,9 @@ def main(argv: list[str] | None = None) -> None:
                    args.stat_batches)
     print_table("Endings of one --preset real run (test IoU on the held-out block)", summary_rows(records),
                 ["seed", "ending", "epoch", "val_iou", "test_iou"])
-    for seed, record in sorted(records.items()):
-        d = record.get("diagnostics", {})
-        for stats in ("moving", "precise"):
-            if stats in d:
-                print(f"seed {seed}, epochs {d['epochs']}, {stats} statistics: {d[stats]}")
+    print_table("Per-epoch figures, second half of training", diagnostic_rows(records),
+                ["seed", "epochs", "statistics", "val_mean", "val_swing", "test_mean", "test_swing",
+                 "val_test_correlation"])
     print(f"results in {args.json}")
 
 

@@ -21,6 +21,8 @@ SECTIONS = [
     ("bench_volumes.json", "Whole volumes with Dask: memory, workers, time per slice"),
     ("bioimageio_epfl.json", "The bioimage.io package through bioimageio.core vs segmentation_tf.evaluate"),
     ("segmentation_epfl.json", "Segmenter quality on held-out real EPFL slices"),
+    ("endings.json", "How a --preset real run should end: four endings of one training, scored on the "
+                     "evidence grid's held-out test block"),
     ("generator_epfl.json", "Generator quality on held-out real EPFL slices"),
     ("evidence.json",
      "The evidence instrument, standard preset (restore-best; before the border-mirroring tiler)"),
@@ -68,6 +70,9 @@ TABLE_TITLES = {
                   "real pool's floor; classifier two-sample accuracy (0.5: indistinguishable); object "
                   "contrast at the mask edges beside the test block's (bench.edge_profiles)",
     "cost": "Cost so far per CPU model (2 cores)",
+    "diagnostics": "Per-epoch figures over the second half of training (tiles, threshold 0.5): mean and "
+                   "swing (sd of epoch-to-epoch changes) of validation and test IoU under the training-time "
+                   "(moving) and recomputed (precise) BatchNorm statistics, and how validation tracks test",
     "paired": "Each arm - real only, paired by seed, under each readout (mean, 95% t interval over the seeds "
               "both hold)",
     "paired_errors": "Where the errors lie at the calibrated threshold, arm - real only, paired by seed: "
@@ -122,6 +127,7 @@ def section(path: Path, title: str) -> list[str]:
         lines += ["", f"{TABLE_TITLES['noise_floor']}: {figures}", "", *table(floor["per_k"])]
     lines.append("")
     for name in ("rows", "rise", "gains", "resolution", "generators", "recalibration", "fidelity", "cost",
+                 "diagnostics",
                  "cells", "paired", "paired_errors", "results", "tile_mean_error_by_t"):
         if isinstance(data.get(name), list) and data[name]:
             title = [f"{TABLE_TITLES[name]}:", ""] if name in TABLE_TITLES else []

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from bench.endings import diagnostics, kept_epochs, picked_epochs, swing
+from bench.endings import diagnostic_rows, diagnostics, kept_epochs, picked_epochs, swing
 from shared.errors import UserError
 
 
@@ -37,6 +37,9 @@ def test_diagnostics_use_the_second_half_and_compare_the_logged_figure():
     assert d["precise"]["val_swing"] == pytest.approx(0.0, abs=1e-4)  # +0.01 every epoch
     assert d["precise"]["val_test_correlation"] == pytest.approx(-1.0)
     assert d["logged_minus_measured_val"] == pytest.approx(0.0005)
+    table = diagnostic_rows({"0": {"diagnostics": d}, "1": {}})  # seed 1 not analysed yet
+    assert [(r["seed"], r["epochs"], r["statistics"]) for r in table] == [("0", "4-6", "moving"),
+                                                                         ("0", "4-6", "precise")]
 
 
 def test_a_run_without_kept_epochs_is_named(tmp_path):
