@@ -102,7 +102,8 @@ def epoch_weights(folder: Path, epoch: int) -> Path:
 def standard_callbacks(run_dir: Path, patience: int, val_x: np.ndarray, val_y: np.ndarray,
                        time_limit_minutes: float = 0.0, plateau: bool = False, restore_best: bool = True,
                        keep_epochs: Path | None = None) -> list[keras.callbacks.Callback]:
-    """BackupAndRestore first, so an epoch is only logged once its state is safe."""
+    """BackupAndRestore first (after the kept epoch weights, if any), so an epoch is only logged once
+    its state is safe."""
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
         keras.callbacks.TerminateOnNaN(),
