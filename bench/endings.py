@@ -8,13 +8,16 @@ Each ending recomputes the BatchNorm statistics under its weights and calibrates
 validation block, as fit does, then is scored like a grid cell (whole test slices, overlap, TTA):
 
     best_moving   the epoch of best per-epoch validation IoU as Keras measures it, with the
-                  training-time (momentum-averaged) statistics: what `--preset real` ends with today
+                  training-time (momentum-averaged) statistics: how `--preset real` ended before
+                  2026-12-06 (`--restore-best` still asks for it)
     best_precise  the epoch of best validation IoU measured after recomputing the statistics from a
                   few batches (what a per-epoch check could afford)
-    last          the last epoch's weights (`--no-restore-best`)
-    ema           an EMA 0.99 of the weights (`--no-restore-best --ema 0.99`): the run's own ending
+    last          the last epoch's raw weights (`--preset real --ema 0`)
+    ema           an EMA 0.99 of the weights (`--no-restore-best --ema 0.99`): the run's own ending,
+                  and `--preset real`'s since 2026-12-06
 
-The training is the user's command plus `--no-restore-best --ema 0.99 --keep-epochs`: the weight
+The training is the user's command plus `--no-restore-best --ema 0.99 --keep-epochs` (the first two
+pin the ending the records were measured with, whatever the preset's default): the weight
 average is a shadow copy that never feeds back into training, and the kept epochs hold the raw
 weights, so the other three endings are picked from the very trajectory a plain `--preset real` run
 of the same seed follows. Per epoch (a diagnostic; threshold 0.5, tiles without overlap or TTA):

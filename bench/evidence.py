@@ -150,6 +150,8 @@ POOL_PRETRAINED = replace(SPADE, name="pool_pretrained", generator="spade_pool_p
 
 
 USER_REFERENCE = ("--preset", "real", "--time-limit", "100000")  # the documented command, untimed
+# how the real preset ended before 2026-12-06 (at the best validation epoch): the records measured then
+BEST_EPOCH = ("--restore-best",)
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ class EvidenceConfig:
                                         "--tta", "--no-precise-bn")
     # the reference a user gets from the documented command, on the same blocks (before precise
     # BatchNorm statistics became fit's default, for the records measured then)
-    reference_flags: tuple[str, ...] = (*USER_REFERENCE, "--no-precise-bn")
+    reference_flags: tuple[str, ...] = (*USER_REFERENCE, *BEST_EPOCH, "--no-precise-bn")
     # every recipe's generator budget (its own flags come on top)
     generator_flags: tuple[str, ...] = ("--preset", "real", "--vae-minutes", "4", "--diffusion-minutes", "8",
                                         "--steps-per-epoch", "50", "--visual-every", "0")
@@ -211,17 +213,19 @@ FINAL = replace(STANDARD, segmenter_flags=(*STANDARD.segmenter_flags, "--no-rest
 CPU_RECIPES = (TODAY, VPRED, VPRED_PRETRAIN)
 
 
-def tiles_preset(epochs: int, ema: bool, precise_bn: bool) -> EvidenceConfig:
+def tiles_preset(epochs: int, ema: bool, precise_bn: bool, reference_ending: tuple[str, ...] = BEST_EPOCH
+                 ) -> EvidenceConfig:
     """FINAL's generators and grid on the reference's tile recipe, epochs of 24 steps of 10 tiles,
-    ending at the best validation epoch (the reference's ending) or, with ema, at the last weights'
-    EMA 0.99; with precise_bn (fit's default) the BatchNorm statistics are then recomputed under the
-    final weights, in the grid's segmenters and in the reference alike."""
+    ending at the best validation epoch or, with ema, at the last weights' EMA 0.99; with precise_bn
+    (fit's default) the BatchNorm statistics are then recomputed under the final weights, in the grid's
+    segmenters and in the reference alike. The reference ends as reference_ending asks (empty: as the
+    real preset ends today)."""
     flags = ("--preset", "real", "--batch-size", "10", "--epochs", str(epochs), "--steps-per-epoch", "24",
              "--patience", "1000", "--time-limit", "100000")
     ending = ("--no-restore-best", "--ema", "0.99") if ema else ()
     bn = () if precise_bn else ("--no-precise-bn",)
-    return replace(FINAL, segmenter_flags=(*flags, *ending, *bn), reference_flags=(*USER_REFERENCE, *bn),
-                   recipes=CPU_RECIPES)
+    return replace(FINAL, segmenter_flags=(*flags, *ending, *bn),
+                   reference_flags=(*USER_REFERENCE, *reference_ending, *bn), recipes=CPU_RECIPES)
 
 
 PRESETS = {
@@ -254,8 +258,10 @@ PRESETS = {
     "matched_ema": tiles_preset(50, ema=True, precise_bn=False),
     "matched_best": tiles_preset(50, ema=False, precise_bn=False),
     # since 2026-12-05 with up to 16 seeds for each k's chosen arm (k = 1 on the guarded layout: the
-    # goal +0.008 needs 13 at the A/A noise)
-    "matched": replace(tiles_preset(50, ema=True, precise_bn=True), resolve_seeds=16),
+    # goal +0.008 needs 13 at the A/A noise); since 2026-12-06 its reference ends as the real preset
+    # now does (EMA 0.99 of the last weights; bench.endings), the seed-0 reference cell measured at
+    # the best epoch (0.8453) dropped to run again
+    "matched": replace(tiles_preset(50, ema=True, precise_bn=True, reference_ending=()), resolve_seeds=16),
     "quick": EvidenceConfig(
         ks=(1, 0), seeds=(0, 1), choice_seeds=1, ratios=(0.3,), n_synthetic=32,
         segmenter_flags=("--preset", "quick", "--epochs", "3", "--steps-per-epoch", "10", "--no-tta"),
@@ -269,8 +275,8 @@ PRESETS = {
     # a GPU job: matched's fixed step budget (the real preset's own epochs are one pass over the real
     # tiles, so its step count would grow with k), 8 seeds, every rung, full-size generators
     "full": replace(
-        tiles_preset(50, ema=True, precise_bn=True), seeds=tuple(range(8)), choice_seeds=3, n_synthetic=512,
-        resolve_seeds=24,
+        tiles_preset(50, ema=True, precise_bn=True, reference_ending=()), seeds=tuple(range(8)),
+        choice_seeds=3, n_synthetic=512, resolve_seeds=24,
         generator_flags=("--preset", "full",),
         recipes=tuple(replace(r, sampling=replace(r.sampling, sampler="ddim", steps=50))
                       for r in (TODAY, SPADE, PSEUDO, TEXTURE, LEVERS, LEVERS_PRETRAIN, SPECTRAL, MINSNR,
@@ -875,14 +881,17 @@ def resolution_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
 
 
 def reference_row(results: dict, cfg: EvidenceConfig) -> dict | None:
-    ref = results.get(Cell(0, "reference", 0.0, cfg.seeds[0]).key)
+    """The issue's check: the whole-pool budget within 0.02 of `--preset real`, as means over the
+    seeds each has (the grid runs the reference on its first seed; more may be recorded)."""
+    refs = [c for c in results.values() if c["k"] == 0 and c["arm"] == "reference"]
     pool = list(by_seed(results, 0, "real_only", 0.0).values())
-    if ref is None or not pool:
+    if not refs or not pool:
         return None
-    mean = float(np.mean(pool))
-    gap = ref["test_iou"] - mean
-    return {"reference_test_iou": round(ref["test_iou"], 4), "whole_pool_budget_mean": round(mean, 4),
-            "gap": round(gap, 4), "within_0.02": abs(gap) <= 0.02, "reference_minutes": ref["minutes"]}
+    ref, mean = float(np.mean([c["test_iou"] for c in refs])), float(np.mean(pool))
+    return {"reference_test_iou": round(ref, 4), "reference_seeds": len(refs),
+            "whole_pool_budget_mean": round(mean, 4), "whole_pool_seeds": len(pool),
+            "gap": round(ref - mean, 4), "within_0.02": abs(ref - mean) <= 0.02,
+            "reference_minutes": round(float(np.mean([c["minutes"] for c in refs])), 2)}
 
 
 def plot(results: dict, cfg: EvidenceConfig, path: Path) -> None:

@@ -63,10 +63,13 @@ class AblationConfig:
                                         "--steps-per-epoch", "50", "--visual-every", "0")
     # guidance 2 drew tiles that ignored their masks (fidelity 0.003); 12 follows them (0.54, k = 2 judge)
     sampling: SamplerSettings = SamplerSettings("dpmpp2m", 20, guidance=12.0)
-    # a fixed step budget (8 x 25 steps of 8 tiles) for every k and ratio, so cells differ only in data
+    # a fixed step budget (8 x 25 steps of 8 tiles) for every k and ratio, so cells differ only in data;
+    # ending as the real preset did when docs/synthetic_ablation.json was measured (2026-11-22: best
+    # validation epoch, training-time BatchNorm statistics)
     segmenter_flags: tuple[str, ...] = ("--preset", "real", "--base-width", "8", "--epochs", "8",
                                         "--steps-per-epoch", "25", "--patience", "100",
-                                        "--time-limit", "1000", "--overlap", "64", "--no-tta")
+                                        "--time-limit", "1000", "--overlap", "64", "--no-tta",
+                                        "--restore-best", "--no-precise-bn")
     test_fraction: float = 0.2
     val_fraction: float = 0.15
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from segmentation_tf.config import DataConfig, TrainConfig
@@ -55,10 +56,11 @@ def parser() -> argparse.ArgumentParser:
                    help="optimizer steps per epoch (default: one pass over the real tiles)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate")
     p.add_argument("--ema", type=fraction,
-                   help="momentum of a weight moving average that ends training (e.g. 0.99; default off; "
-                        "needs --no-restore-best, else the best epoch's weights replace it)")
+                   help="momentum of a weight moving average that ends training (real preset: 0.99, "
+                        "quick: off; needs --no-restore-best, else the best epoch's weights replace it)")
     p.add_argument("--restore-best", action=argparse.BooleanOptionalAction,
-                   help="end with the best validation epoch's weights (default) or the last ones")
+                   help="end with the best validation epoch's weights (quick preset) or the last ones "
+                        "(real preset; with its EMA unless --ema 0); --restore-best drops a preset's EMA")
     p.add_argument("--precise-bn", action=argparse.BooleanOptionalAction,
                    help="end by recomputing BatchNorm statistics under the final weights on the "
                         "un-augmented training tiles (default) or keep the training-time averages")
@@ -108,6 +110,18 @@ def check_synthetic_plan(data: DataConfig, train: TrainConfig, synthetic_store: 
         raise UserError("--pretrain-epochs needs --synthetic-schedule pretrain")
 
 
+def resolved_ending(train: TrainConfig, ema_flag: float | None, restore_best_flag: bool | None
+                    ) -> TrainConfig:
+    """How training ends. An explicit --restore-best over a preset's EMA ending (the real preset's) ends
+    at the best validation epoch: flag > preset. An EMA and the best epoch at once cannot be had."""
+    if restore_best_flag and ema_flag is None and train.ema_momentum > 0:
+        return replace(train, ema_momentum=0.0)
+    if train.ema_momentum > 0 and train.restore_best:
+        raise UserError("--ema needs --no-restore-best: the best epoch's raw weights would replace the "
+                        "average")
+    return train
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     source = source_from_args(args)
@@ -119,9 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if synthetic_path is None and wants_synthetic:
         synthetic_path = default_synthetic_store()  # the chain train -> sample -> fit needs no other flag
     check_synthetic_plan(data_cfg, train_cfg, synthetic_path)
-    if train_cfg.ema_momentum > 0 and train_cfg.restore_best:
-        raise UserError("--ema needs --no-restore-best: the best epoch's raw weights would replace the "
-                        "average")
+    train_cfg = resolved_ending(train_cfg, args.ema, args.restore_best)
     store = resolve_real_store(source, args.out)
     synthetic = TileStore(synthetic_path) if synthetic_path else None
     if synthetic is not None and synthetic.tile_size != store.tile_size:

@@ -11,7 +11,17 @@ import numpy as np
 import pytest
 
 from bench import evidence
-from bench.evidence import Bench, Cell, EvidenceConfig, Layout, cells, chosen_ratio, gain_rows, noise_floor
+from bench.evidence import (
+    Bench,
+    Cell,
+    EvidenceConfig,
+    Layout,
+    cells,
+    chosen_ratio,
+    gain_rows,
+    noise_floor,
+    reference_row,
+)
 from bench.evidence import main as evidence_main
 from bench.stats import paired_interval, seeds_needed, t_interval
 from shared.errors import run_cli
@@ -186,6 +196,21 @@ def test_gains_and_noise_floor_read_paired_differences():
     (row,) = gain_rows(results, cfg)
     assert row["mean"] == pytest.approx(np.mean([0.05, 0.06, 0.03]), abs=1e-4)
     assert row["validation_chosen"] and row["ci_above_0"]
+
+
+def test_the_reference_check_compares_means_over_the_seeds_each_has():
+    cfg = EvidenceConfig(ks=(1, 0), seeds=(0, 1))
+    results = {Cell(0, "real_only", 0.0, 0).key: _cell(0, "real_only", 0.0, 0, 0.887)}
+    assert reference_row(results, cfg) is None  # no reference yet
+    results[Cell(0, "reference", 0.0, 0).key] = _cell(0, "reference", 0.0, 0, 0.892)
+    results[Cell(0, "reference", 0.0, 1).key] = {**_cell(0, "reference", 0.0, 1, 0.862), "minutes": 3.0}
+    results[Cell(1, "real_only", 0.0, 0).key] = _cell(1, "real_only", 0.0, 0, 0.5)  # not the pool
+    row = reference_row(results, cfg)
+    assert (row["reference_test_iou"], row["reference_seeds"], row["whole_pool_seeds"]) == (0.877, 2, 1)
+    assert row["gap"] == pytest.approx(-0.010) and row["within_0.02"] and row["reference_minutes"] == 2.0
+    results[Cell(0, "real_only", 0.0, 1).key] = _cell(0, "real_only", 0.0, 1, 0.927)  # pool mean 0.907
+    row = reference_row(results, cfg)
+    assert row["gap"] == pytest.approx(-0.030) and not row["within_0.02"]
 
 
 def test_a_rerun_skips_finished_cells(tmp_path, monkeypatch):
@@ -680,10 +705,17 @@ def test_the_long_and_tiles_presets_as_fit_reads_their_flags():
     ending = ("ema", "restore_best")
     assert {k: v for k, v in vars(matched_best).items() if k not in ending} == \
         {k: v for k, v in vars(matched_ema).items() if k not in ending}
+    # the records measured before 2026-12-06 keep the real preset's ending of then (best validation
+    # epoch); the live grids' references end as the preset does now (EMA 0.99 of the last weights)
     reference = parser().parse_args(["--store", "s", *evidence.PRESETS["matched_best"].reference_flags])
-    assert (matched_best.ema, matched_best.restore_best) == (reference.ema, reference.restore_best) == \
-        (None, None)
-    assert PRESETS["real"].train.restore_best and PRESETS["real"].train.ema_momentum == 0
+    assert (matched_best.ema, matched_best.restore_best) == (None, None)
+    assert (reference.ema, reference.restore_best) == (None, True)
+    assert not PRESETS["real"].train.restore_best and PRESETS["real"].train.ema_momentum == 0.99
+    for name in ("standard", "final", "long", "tiles", "matched_ema", "matched_best"):
+        assert "--restore-best" in evidence.PRESETS[name].reference_flags, name
+    for name in ("matched", "full"):
+        live = parser().parse_args(["--store", "s", *evidence.PRESETS[name].reference_flags])
+        assert (live.ema, live.restore_best) == (None, None), name
     # matched: matched_ema with fit's default precise BatchNorm statistics, and so is its reference
     # (the user's documented command); every record keeps the statistics it was measured with
     assert {k: v for k, v in vars(matched).items() if k != "precise_bn"} == \

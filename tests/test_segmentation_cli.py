@@ -81,6 +81,30 @@ def test_fit_ends_with_precise_batchnorm_statistics(trained, tiny_store):
     assert PRESETS["real"].train.precise_bn and not off.train.precise_bn
 
 
+def test_the_real_preset_ends_with_an_ema_and_flags_pick_the_other_endings():
+    from segmentation_tf.fit import parser, resolved_ending
+    from segmentation_tf.presets import FLAGS, PRESETS
+    from shared.errors import UserError
+    from shared.presets import apply_flags
+
+    def ending(*flags: str) -> tuple[bool, float]:
+        args = parser().parse_args(["--store", "s", *flags])
+        train = resolved_ending(apply_flags(PRESETS[args.preset], FLAGS, vars(args)).train, args.ema,
+                                args.restore_best)
+        return train.restore_best, train.ema_momentum
+
+    assert ending("--preset", "real") == (False, 0.99)
+    assert ending("--preset", "real", "--ema", "0") == (False, 0.0)  # the last raw weights
+    assert ending("--preset", "real", "--restore-best") == (True, 0.0)  # flag > preset: the best epoch
+    assert ending("--preset", "real", "--ema", "0", "--restore-best") == (True, 0.0)
+    assert ending("--preset", "quick") == (True, 0.0)
+    assert ending("--preset", "quick", "--ema", "0.9", "--no-restore-best") == (False, 0.9)
+    for flags in (("--preset", "quick", "--ema", "0.9"),
+                  ("--preset", "real", "--ema", "0.9", "--restore-best")):
+        with pytest.raises(UserError, match="--ema needs --no-restore-best"):
+            ending(*flags)
+
+
 def test_kept_epochs_hold_the_raw_weights_and_studies_read_them_as_keras_did(trained, tiny_store, tmp_path):
     import json
 
