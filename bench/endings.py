@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import ROOT, machine, print_table, shown_command
-from bench.evidence import PRESETS, USER_REFERENCE, Layout
+from bench.evidence import EMA_ENDING, PRESETS, USER_REFERENCE, Layout
 from bench.synthetic_ablation import load_volume, make_store, run, slice_positions
 from shared.atomic import write_json_atomic
 from shared.errors import UserError, non_negative_int, run_cli
@@ -46,7 +46,7 @@ from shared.store import TileStore
 from shared.tiff_io import write_stack
 
 # the run's own ending; the kept epochs give the rest
-FIT_FLAGS = (*USER_REFERENCE, "--no-restore-best", "--ema", "0.99", "--keep-epochs")
+FIT_FLAGS = (*USER_REFERENCE, *EMA_ENDING, "--keep-epochs")
 ENDINGS = ("best_moving", "best_precise", "last", "ema")
 STAT_BATCHES = 8  # per-epoch recomputed statistics (fit's end uses up to 64 batches)
 
