@@ -24,6 +24,7 @@ from generation_torch.config import StageConfig, to_dict
 from generation_torch.distributed import Dist, barrier, mean_across
 from generation_torch.optim import EMA, make_optimizer, make_scheduler
 from shared.errors import UserError
+from shared.presets import changed_fields
 
 
 class TrainingDiverged(UserError):
@@ -224,6 +225,11 @@ def _restore(path: Path, task: Task, parts: Trainables) -> LoopState:
     saved = checkpoint.load(path, checkpoint.TRAINING_FORMAT)
     if saved.get("stage") != task.name:
         raise UserError(f"{path}: holds a {saved.get('stage')!r} stage, not {task.name!r}")
+    # the saved weights and optimizer state were trained under these: other ones would mix two runs
+    changed = changed_fields(saved["config"], task.describe()) if "config" in saved else []
+    if changed:
+        raise UserError(f"{path}: --resume of a {task.name} stage trained under other settings "
+                        f"({', '.join(changed)}); resume with its flags, or train into another --out")
     checkpoint.load_weights(parts.model, saved["model"], path, task.name)
     parts.opt.load_state_dict(saved["optimizer"])
     parts.sched.load_state_dict(saved["scheduler"])

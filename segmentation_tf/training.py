@@ -27,6 +27,7 @@ from segmentation_tf.model import build_unet
 from segmentation_tf.slices import store_slices
 from shared.atomic import atomic_path, write_json_atomic
 from shared.errors import UserError
+from shared.presets import changed_fields
 from shared.store import TileStore
 
 PRETRAINED = "pretrained.weights.h5"  # the synthetic phase's weights (--synthetic-schedule pretrain)
@@ -35,6 +36,9 @@ PRETRAINED = "pretrained.weights.h5"  # the synthetic phase's weights (--synthet
 # there (Keras deletes its backup when fit ends), instead of training again
 TRAINED, TRAINED_RECORD = "trained.weights.h5", "trained.json"
 EPOCHS = "epochs"  # --keep-epochs: every epoch's weights
+BACKUP_SETTINGS = "settings.json"  # in RUN/backup/: the settings the backed-up training runs under
+# the wall-time box is per process: a killed run may be resumed with another one
+RESUMED_UNDER_OTHER = frozenset({"train.time_limit_minutes"})
 
 
 @dataclass
@@ -112,6 +116,26 @@ def resumed_epochs(folder: Path) -> int:
         return 0  # unreadable: Keras itself will then start over
 
 
+def guard_resumed_settings(folder: Path, done: int, settings: dict[str, Any]) -> None:
+    """A killed fit resumes only under the settings it was trained with: Keras's backup restores
+    weights and optimizer state whatever the flags now say. A fresh fit records its settings in the
+    backup folder, which Keras deletes with the backup when fit ends."""
+    path = folder / "backup" / BACKUP_SETTINGS
+    if not done:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"settings": settings})
+        return
+    try:
+        kept = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        kept = {}  # a backup from before settings were kept, or damaged: resume as Keras would
+    changed = [n for n in settings_changed(kept, settings) if n not in RESUMED_UNDER_OTHER]
+    if changed:
+        raise UserError(f"{path.parent}: a training killed after {done} epoch(s) under other settings "
+                        f"({', '.join(changed)}) would resume here; rerun with its flags to continue it, "
+                        "or use another --out")
+
+
 def run_phase(phase: Phase, inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str,
               start_weights: Path | None) -> tuple[keras.Model, Any, float]:
     """model.fit of one phase from the seeded initial weights (or a previous phase's weights)."""
@@ -123,6 +147,7 @@ def run_phase(phase: Phase, inputs: RunInputs, strategy: tf.distribute.Strategy,
     n_real, n_syn = pipeline.batch_composition(phase.data.batch_size, phase.data.synthetic_ratio)
     steps = phase.train.steps_per_epoch or pipeline.steps_per_epoch(pool.tiles, n_real)
     done = resumed_epochs(phase.folder)
+    guard_resumed_settings(phase.folder, done, recorded_settings(inputs))
     train_ds = pipeline.training_dataset(pool, synthetic, phase.data.crop or tile, phase.data, done * steps)
     val_x, val_y = pipeline.validation_arrays(inputs.store, phase.data)
     val_ds = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(phase.data.batch_size)
@@ -172,25 +197,21 @@ def training_settings(inputs: RunInputs) -> dict[str, Any]:
             "synthetic_store": str(inputs.synthetic.path.resolve()) if inputs.synthetic else None}
 
 
+def recorded_settings(inputs: RunInputs) -> dict[str, Any]:
+    """training_settings as a JSON record of them reads back (tuples as lists), to compare with one."""
+    return json.loads(json.dumps(training_settings(inputs)))
+
+
 def settings_changed(kept: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """Dotted names of the settings that differ (none for a record kept before settings were)."""
-    if "settings" not in kept:
-        return []
-    old = kept["settings"]
-    names = []
-    for group in now:
-        if isinstance(now[group], dict):
-            names += [f"{group}.{k}" for k in now[group] if old.get(group, {}).get(k) != now[group][k]]
-        elif old.get(group) != now[group]:
-            names.append(group)
-    return names
+    return changed_fields(kept["settings"], now) if "settings" in kept else []
 
 
 def trained_model(inputs: RunInputs, strategy, policy: str) -> tuple[keras.Model, dict[str, list], float]:
     """The last phase trained (or its weights kept by an earlier process that ended before saving
     the segmenter) as a float32 model, its per-epoch history and its training seconds."""
     weights, record = inputs.run_dir / TRAINED, inputs.run_dir / TRAINED_RECORD
-    settings = json.loads(json.dumps(training_settings(inputs)))  # as a JSON round trip reads them
+    settings = recorded_settings(inputs)
     if not record.is_file():
         *first, last = phases(inputs)
         start_weights = pretrained_weights(first[0], inputs, strategy, policy) if first else None

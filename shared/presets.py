@@ -41,3 +41,16 @@ def apply_flags(preset: T, table: FlagTable, flags: Mapping[str, Any]) -> T:
         for path in (paths,) if isinstance(paths, str) else paths:
             out = set_field(out, path, value)
     return out
+
+
+def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the fields of `new` whose values differ in `old` (nested mappings compared
+    field by field; a field `old` lacks counts as changed)."""
+    names = []
+    for key, value in new.items():
+        before = old.get(key) if isinstance(old, Mapping) else None
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            names += changed_fields(before, value, f"{prefix}{key}.")
+        elif before != value:
+            names.append(f"{prefix}{key}")
+    return names

@@ -98,6 +98,10 @@ def test_resume_is_exact(trained, tiny_store, tmp_path, stage):
     p2 = run_module("generation_torch.train", "--out", runs[1], *common, "--stop-after", "2")
     assert p1.returncode == 0 and p2.returncode == 0, p1.stderr + p2.stderr
     assert _state(runs[1] / f"{stage}_last.pt")["loop"]["step"] == 2
+    other = ["--beta", "0.5"] if stage == "vae" else ["--cond-dropout", "0.5"]
+    refused = run_module("generation_torch.train", "--out", runs[1], *common, *other, "--resume")
+    assert_one_line_error(refused, f"{stage}_last.pt", "trained under other settings",
+                          "(beta)" if stage == "vae" else "(diffusion.cond_dropout)")
     p3 = run_module("generation_torch.train", "--out", runs[1], *common, "--resume")
     assert p3.returncode == 0, p3.stderr
     a, b = _state(runs[0] / f"{stage}_last.pt"), _state(runs[1] / f"{stage}_last.pt")

@@ -274,7 +274,13 @@ def test_resume_after_sigkill_continues_at_the_right_epoch(tiny_store, tmp_path)
     assert not (run / "segmenter.json").exists(), "finished before it could be killed"
     logged = len(read_csv(run / "log.csv"))
     assert (run / "backup").is_dir()
-    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    # other flags would mix the killed training's weights and optimizer with a new intent: refused
+    other = subprocess.run([*args, "--lr", "0.01"], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert_one_line_error(other, str(run / "backup"), "(train.learning_rate)")
+    # another wall-time box is what a time-boxed user resumes with
+    done = subprocess.run([*args, "--time-limit", "100"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     first = int(re.search(r"Epoch (\d+)/12", done.stdout).group(1)) - 1  # 0-based first epoch run again
     assert first in (logged, logged + 1), (first, logged)  # the backup is taken just before the CSV row

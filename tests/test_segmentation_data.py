@@ -186,3 +186,23 @@ def test_resumed_epochs_reads_the_backup_keras_wrote(tmp_path):
     assert resumed_epochs(tmp_path) == 3
     (tmp_path / "backup" / "training_metadata.json").write_text("{broken")
     assert resumed_epochs(tmp_path) == 0
+
+
+def test_a_killed_fit_resumes_only_under_its_own_settings(tmp_path):
+    from segmentation_tf.training import BACKUP_SETTINGS, guard_resumed_settings
+
+    trained_under = {"model": {"base_width": 16},
+                     "train": {"learning_rate": 1e-3, "time_limit_minutes": 50.0}}
+    guard_resumed_settings(tmp_path, 0, trained_under)  # a fresh fit records what it trains under
+    assert (tmp_path / "backup" / BACKUP_SETTINGS).is_file()
+    # the wall-time box is per process: resuming with another one is what a time-boxed user does
+    guard_resumed_settings(tmp_path, 3, {**trained_under, "train": {"learning_rate": 1e-3,
+                                                                    "time_limit_minutes": 0.0}})
+    other = {"model": {"base_width": 8}, "train": {"learning_rate": 1e-2, "time_limit_minutes": 50.0}}
+    with pytest.raises(UserError, match=r"backup: a training killed after 3 epoch\(s\) under other settings "
+                                        r"\(model.base_width, train.learning_rate\)"):
+        guard_resumed_settings(tmp_path, 3, other)
+    guard_resumed_settings(tmp_path, 0, other)  # nothing trained yet: starts over under the new flags
+    guard_resumed_settings(tmp_path, 3, other)
+    (tmp_path / "backup" / BACKUP_SETTINGS).write_text("{broken")  # a backup from before: resumes
+    guard_resumed_settings(tmp_path, 3, trained_under)

@@ -103,6 +103,16 @@ def test_presets_flag_over_preset_over_default_without_touching_the_preset():
         apply_flags(preset, {"lr": "optim.lrr"}, {"lr": 1.0})
 
 
+def test_changed_fields_name_every_differing_leaf_by_its_dotted_path():
+    from shared.presets import changed_fields
+
+    old = {"model": {"width": 16, "levels": [1, 2]}, "beta": 1e-5, "store": "a", "gone": 1}
+    new = {"model": {"width": 8, "levels": [1, 2], "added": 0}, "beta": 1e-5, "store": "b"}
+    assert changed_fields(old, new) == ["model.width", "model.added", "store"]
+    assert changed_fields(old, old) == []
+    assert changed_fields({"model": 3}, {"model": {"width": 8}}) == ["model"]  # a group where a value was
+
+
 def test_sampler_settings_defaults_and_tile_noise_streams():
     from shared.sampling import GUIDANCE, SamplerSettings, TileNoise, tile_seeds
 
