@@ -254,7 +254,7 @@ def test_bad_input_is_one_line_exit_2(trained, tiny_store, tmp_path):
     shutil.copytree(trained, tmp_path / "copy", ignore=shutil.ignore_patterns("tb"))
     proc = run_module("generation_torch.train", "--store", tiny_store, "--out", tmp_path / "copy", "--resume",
                       "--stage", "vae", *TINY, "--vae-channels", "8,16,16", "--steps", "5")
-    assert_one_line_error(proc, "another model shape")
+    assert_one_line_error(proc, "vae_last.pt", "trained under other settings (vae_config.channels)")
     proc = run_module("generation_torch.sample", "--checkpoint", trained / "vae.pt", "--masks-from",
                       tiny_store, "--n", "1", "--out", tmp_path / "s4")
     assert_one_line_error(proc, "emsynth-generator")
