@@ -444,8 +444,9 @@ def resolving_cells(results: dict, cfg: EvidenceConfig) -> list[Cell]:
 @dataclass(frozen=True)
 class Bench:
     """What every cell needs: the config, the scratch folder, the volume, its layout, the log, and the
-    segmenter precision of each pairing group (k, seed): its real-only cell's, so that arms paired by
-    seed train alike on any machine; a group not yet started takes this machine's `native` one."""
+    segmenter precision and XLA use of each pairing group (k, seed): its real-only cell's, so that arms
+    paired by seed train alike on any machine; a group not yet started takes this machine's `native`
+    precision, and XLA where that is float32 (`native_xla`)."""
     cfg: EvidenceConfig
     work: Path
     images: np.ndarray
@@ -454,6 +455,8 @@ class Bench:
     log: Path
     precisions: dict[tuple[int, int], str] = field(default_factory=dict)
     native: str = "float32"
+    xlas: dict[tuple[int, int], bool] = field(default_factory=dict)
+    native_xla: bool = False
 
     def precision(self, cell: Cell) -> str | None:
         """The cell's segmenter precision; None for a group whose real-only cell has not run (it
@@ -462,6 +465,13 @@ class Bench:
             return None
         own = self.precisions.get((cell.k, cell.seed))
         return own or (self.native if cell.arm == "real_only" else None)
+
+    def xla(self, cell: Cell) -> bool | None:
+        """Whether the cell's segmenter trains XLA-compiled: its group's choice, else this machine's;
+        None for the reference (a user's command: Keras's default)."""
+        if cell.arm == "reference":
+            return None
+        return self.xlas.get((cell.k, cell.seed), self.native_xla)
 
     def runnable_here(self, cell: Cell) -> bool:
         """Trains at this machine's speed: the reference, or a group in its native precision (bf16
@@ -565,12 +575,13 @@ class Bench:
                                mask_source=recipe.mask_source)
 
 
-def segmenter_flags(cell: Cell, cfg: EvidenceConfig, synthetic: Path | None, precision: str | None = None
-                    ) -> list[str]:
+def segmenter_flags(cell: Cell, cfg: EvidenceConfig, synthetic: Path | None, precision: str | None = None,
+                    xla: bool | None = None) -> list[str]:
     if cell.arm == "reference":
         return [*cfg.reference_flags, "--seed", str(cell.seed)]
     flags = [*cfg.segmenter_flags, "--seed", str(cell.seed)]
     flags += ["--precision", precision] if precision else []
+    flags += [] if xla is None else ["--xla" if xla else "--no-xla"]
     if cell.arm == "aa":
         flags += ["--data-seed", str(cell.seed + AA_OFFSET)]
     if synthetic is not None:
@@ -618,7 +629,8 @@ def run_cell(cell: Cell, bench: Bench) -> dict:
         # self-training: the real-only budget on the pseudo-labelled pool (the pairs without a generator)
         store = bench.pseudo_store(cell.k) if cell.arm == "self_training" else bench.store(cell.k)
         run(["segmentation_tf.fit", "--store", str(store), "--out", str(seg_dir), "--verbose",
-             "0", *segmenter_flags(cell, bench.cfg, synthetic, bench.precision(cell) or bench.native)],
+             "0", *segmenter_flags(cell, bench.cfg, synthetic, bench.precision(cell) or bench.native,
+                                   bench.xla(cell))],
             bench.log)
     if calibration_version(seg_dir) < CALIBRATION_VERSION:
         run(["segmentation_tf.recalibrate", "--model", str(seg_dir)], bench.log)
@@ -633,7 +645,7 @@ def run_cell(cell: Cell, bench: Bench) -> dict:
             "threshold": summary["calibration"]["threshold"], "calibration": CALIBRATION_VERSION,
             "train_minutes": round(summary["train_seconds_this_process"] / 60, 2),
             "minutes": round((time.time() - start) / 60, 2), "cpu": machine()["cpu"],
-            "precision": summary["policy"]}
+            "precision": summary["policy"], "xla": summary.get("train", {}).get("xla")}
 
 
 def threshold_before(seg_dir: Path) -> float:
@@ -1045,6 +1057,11 @@ def group_precisions(results: dict) -> dict[tuple[int, int], str]:
             if c["arm"] == "real_only" and c.get("precision")}
 
 
+def group_xlas(results: dict) -> dict[tuple[int, int], bool]:
+    """Each pairing group's XLA use: its real-only cell's (a record from before XLA: without it)."""
+    return {(c["k"], c["seed"]): bool(c.get("xla")) for c in results.values() if c["arm"] == "real_only"}
+
+
 def grid_precisions(preset: str, docs: Path = ROOT / "docs") -> dict[tuple[int, int], str]:
     """The pairing groups' precisions in a preset's committed grid results ({} before any): what a
     tool that trains a grid cell outside the grid (bench.generator_levers's judge) must train it in."""
@@ -1088,7 +1105,7 @@ def print_plan(todo: list[Cell], bench: Bench, results: dict, most: int) -> None
     print(f"{len(todo)} cells to run; {len(here)} train here in {bench.native}, {len(waiting)} wait for a "
           f"machine of another precision (arms with a generator to train take longer than the hours below)")
     for i, (cell, precision) in enumerate(here[:most], 1):
-        print(f"  {i:3d}. {cell.key}  ({precision})")
+        print(f"  {i:3d}. {cell.key}  ({precision}{', XLA' if bench.xla(cell) else ''})")
     if len(here) > most:
         print(f"  ... and {len(here) - most} more")
     print(f"here: {len(here)} cells{hours(len(here), segmenter_minutes(results, 'cpu', machine()['cpu']))}")
@@ -1109,6 +1126,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=None, help="results JSON (resumable)")
     parser.add_argument("--max-cells", type=non_negative_int, default=0,
                         help="stop after this many new cells (0: all)")
+    parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True,
+                        help="train new float32 pairing groups XLA-compiled (default; 1.6x on 2 AMD EPYC "
+                             "cores without avx512, bench.segmentation); a group keeps what its real-only "
+                             "cell used")
     parser.add_argument("--plan", type=non_negative_int, default=0, metavar="N",
                         help="print the next N cells in the order this machine runs them, and which wait for "
                              "a machine of another precision; runs and writes nothing")
@@ -1124,8 +1145,10 @@ def main(argv: list[str] | None = None) -> None:
     layout = Layout.of(len(images), cfg, slice_positions())
     for key in drop_other_layouts(results, layout, cfg):
         print(f"{key}: measured on other slices than today's layout gives it; it runs again", flush=True)
-    bench = Bench(cfg, work, images, masks, layout, work / "evidence.log", native=native_precision(),
-                  precisions=group_precisions(results))
+    native = native_precision()
+    bench = Bench(cfg, work, images, masks, layout, work / "evidence.log", native=native,
+                  precisions=group_precisions(results), xlas=group_xlas(results),
+                  native_xla=native == "float32" and args.xla)
     if args.plan:
         print_plan([c for c in cells(cfg, results) if c.key not in results], bench, results, args.plan)
         return
@@ -1139,6 +1162,7 @@ def main(argv: list[str] | None = None) -> None:
     while (todo := [c for c in cells(cfg, results) if c.key not in results]) and \
             (not args.max_cells or done < args.max_cells):
         bench.precisions.update(group_precisions(results))
+        bench.xlas.update(group_xlas(results))
         cell = next_cell(todo, bench)
         if cell != todo[0]:
             print(f"{todo.index(cell)} earlier cells train in another precision than this machine's "

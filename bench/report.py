@@ -16,6 +16,7 @@ SECTIONS = [
     ("bench_tiles.json", "Tile store throughput"),
     ("bench_generator.json", "Generator speed and realism"),
     ("bench_segmentation.json", "Segmenter speed"),
+    ("bench_segmentation_xla.json", "Segmenter training with and without XLA (a CPU without avx512)"),
     ("bench_onnx.json", "onnxruntime vs native frameworks"),
     ("bench_onnx_precision.json", "Reduced precision in onnxruntime (int8 on CPU)"),
     ("bench_volumes.json", "Whole volumes with Dask: memory, workers, time per slice"),

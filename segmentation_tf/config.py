@@ -64,6 +64,9 @@ class TrainConfig:
     synthetic_schedule: str = "mix"   # "mix": synthetic tiles in every batch; "pretrain": synthetic
     #                                   tiles alone first, then fine-tuning on real tiles alone
     pretrain_epochs: int = 0          # epochs of the synthetic phase (0: a third of --epochs, at least 1)
+    xla: bool | None = None           # XLA-compile the training step (None: Keras's choice, on for GPUs and
+    #                                   off for CPUs; 2 AMD EPYC cores without avx512 train 2x faster in
+    #                                   float32 with it: bench.segmentation)
     verbose: int = 2
 
 

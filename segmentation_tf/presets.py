@@ -48,5 +48,5 @@ FLAGS: dict[str, str | tuple[str, ...]] = {
     "synthetic_schedule": "train.synthetic_schedule", "pretrain_epochs": "train.pretrain_epochs",
     "verbose": "train.verbose", "ema": "train.ema_momentum",
     "restore_best": "train.restore_best", "precise_bn": "train.precise_bn",
-    "keep_epochs": "train.keep_epochs",
+    "keep_epochs": "train.keep_epochs", "xla": "train.xla",
 }

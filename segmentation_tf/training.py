@@ -69,7 +69,8 @@ def compiled_model(config: UNetConfig, train: TrainConfig, steps: int, tile_weig
     optimizer = keras.optimizers.Adam(learning_rate(train, steps), gradient_accumulation_steps=accumulate,
                                       **ema)
     model.compile(optimizer=optimizer, loss=BceJaccardLoss(tile_weights=tile_weights),
-                  metrics=[ForegroundIoU(0.5), ForegroundDice(0.5)])
+                  metrics=[ForegroundIoU(0.5), ForegroundDice(0.5)],
+                  jit_compile="auto" if train.xla is None else train.xla)
     return model
 
 
@@ -184,9 +185,9 @@ def pretrained_weights(phase: Phase, inputs: RunInputs, strategy, policy: str) -
     return target
 
 
-# settings that do not decide the trained weights (applied after training, or what is logged and
-# kept): a kept model may be finished under other values of these
-AFTER_TRAINING = frozenset({"overlap", "tta", "precise_bn", "verbose", "keep_epochs"})
+# settings that do not decide the trained weights (applied after training, what is logged and kept, or
+# how the same arithmetic is compiled): a kept model may be finished under other values of these
+AFTER_TRAINING = frozenset({"overlap", "tta", "precise_bn", "verbose", "keep_epochs", "xla"})
 
 
 def training_settings(inputs: RunInputs) -> dict[str, Any]:

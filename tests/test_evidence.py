@@ -21,6 +21,7 @@ from bench.evidence import (
     gain_rows,
     noise_floor,
     reference_row,
+    segmenter_flags,
 )
 from bench.evidence import main as evidence_main
 from bench.stats import paired_interval, seeds_needed, t_interval
@@ -638,7 +639,7 @@ def test_self_training_trains_on_the_pseudo_labelled_pool_with_the_real_only_bud
     record = evidence.run_cell(Cell(1, "self_training", 0.0, 3), bench)
     fit = next(c for c in calls if c[0] == "segmentation_tf.fit")
     assert Path(fit[fit.index("--store") + 1]) == bench.pseudo_store(1)
-    assert fit[-4:] == ["--seed", "3", "--precision", "float32"]  # a new group: this machine's precision
+    assert fit[-5:] == ["--seed", "3", "--precision", "float32", "--no-xla"]  # a new group: this machine's
     assert "--synthetic-store" not in fit and "--data-seed" not in fit
     assert record["test_iou"] == 0.75 and record["arm"] == "self_training"
 
@@ -834,6 +835,28 @@ def test_slice_positions_come_from_the_subsets_json(tmp_path, monkeypatch):
     (tmp_path / "training_slices.json").write_text("{")
     with pytest.raises(evidence.UserError, match="training_slices.json: cannot read"):
         synthetic_ablation.slice_positions()
+
+
+def test_pairing_groups_keep_their_xla_use_and_new_float32_groups_take_it(tmp_path):
+    from segmentation_tf.fit import parser
+
+    cfg = evidence.PRESETS["matched"]
+    results = {Cell(2, "real_only", 0.0, 0).key: _cell(2, "real_only", 0.0, 0, 0.88),  # from before XLA
+               Cell(4, "real_only", 0.0, 0).key: {**_cell(4, "real_only", 0.0, 0, 0.88), "xla": True},
+               Cell(4, "aa", 0.0, 0).key: {**_cell(4, "aa", 0.0, 0, 0.88), "xla": False}}  # arms don't decide
+    assert evidence.group_xlas(results) == {(2, 0): False, (4, 0): True}
+    bench = Bench(cfg, tmp_path, np.zeros((1, 1, 1)), np.zeros((1, 1, 1)), Layout.of(27, cfg), tmp_path / "l",
+                  xlas=evidence.group_xlas(results), native_xla=True)
+    assert bench.xla(Cell(2, "images_plentiful", 0.3, 0, "vpred")) is False  # paired with its real only
+    assert bench.xla(Cell(4, "images_plentiful", 0.3, 0, "vpred")) is True
+    assert bench.xla(Cell(2, "real_only", 0.0, 1)) is True  # a new group: this machine's choice
+    assert replace(bench, native_xla=False).xla(Cell(2, "real_only", 0.0, 1)) is False
+    assert bench.xla(Cell(0, "reference", 0.0, 0)) is None  # a user's command
+    cell = Cell(2, "real_only", 0.0, 0)
+    for xla, flag in ((True, ["--xla"]), (False, ["--no-xla"]), (None, [])):
+        flags = segmenter_flags(cell, cfg, None, "float32", xla)
+        assert flags == [*segmenter_flags(cell, cfg, None, "float32"), *flag]
+        assert parser().parse_args(["--store", "s", *flags]).xla is xla
 
 
 def test_pairing_groups_keep_their_precision_and_a_machine_runs_its_own_first(tmp_path):

@@ -84,3 +84,31 @@ def test_whole_slice_prediction_any_size(tta):
     image = np.random.default_rng(0).uniform(-1, 1, (50, 90)).astype(np.float32)
     prob = predict_slice(model, image, tile=32, overlap=8, tta=tta)
     assert prob.shape == (50, 90) and np.all((prob >= 0) & (prob <= 1))
+
+
+def test_xla_trains_the_same_arithmetic_and_none_keeps_keras_default():
+    from dataclasses import replace
+
+    from segmentation_tf.config import TrainConfig
+    from segmentation_tf.fit import parser
+    from segmentation_tf.presets import FLAGS, PRESETS
+    from segmentation_tf.training import compiled_model
+    from shared.presets import apply_flags
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 32, 32, 1)).astype(np.float32)
+    y = (rng.random((4, 32, 32, 1)) > 0.7).astype(np.float32)
+    config = TrainConfig(epochs=1, ema_momentum=0.9, restore_best=False)
+    assert compiled_model(UNetConfig(base_width=4, depth=2), config, 4).jit_compile is False  # Keras's auto
+    trained = {}
+    for xla in (False, True):  # auto is off on a machine without a GPU
+        keras.utils.set_random_seed(0)
+        model = compiled_model(UNetConfig(base_width=4, depth=2), replace(config, xla=xla), 4)
+        model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        trained[xla] = model
+    assert trained[True].jit_compile is True
+    for a, b in zip(trained[True].get_weights(), trained[False].get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # the same steps, other rounding
+    for flags, want in ((["--xla"], True), (["--no-xla"], False), ([], None)):
+        args = parser().parse_args(["--store", "s", *flags])
+        assert apply_flags(PRESETS["real"], FLAGS, vars(args)).train.xla is want
