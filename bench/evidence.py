@@ -643,9 +643,17 @@ def run_cell(cell: Cell, bench: Bench) -> dict:
             "pool": bench.layout.pool,
             "test_iou": json.loads(scores_path.read_text())["iou"], "val_iou": summary["calibration"]["iou"],
             "threshold": summary["calibration"]["threshold"], "calibration": CALIBRATION_VERSION,
-            "train_minutes": round(summary["train_seconds_this_process"] / 60, 2),
-            "minutes": round((time.time() - start) / 60, 2), "cpu": machine()["cpu"],
+            **cell_minutes(summary, time.time() - start), "cpu": machine()["cpu"],
             "precision": summary["policy"], "xla": summary.get("train", {}).get("xla")}
+
+
+def cell_minutes(summary: dict, seconds_here: float) -> dict[str, float]:
+    """Training minutes and all minutes of a cell, with the training of the killed processes before
+    this one where the fit recorded it (a record from before: this process's only)."""
+    here = summary["train_seconds_this_process"]
+    before = summary.get("train_seconds_all_processes", here) - here
+    return {"train_minutes": round((here + before) / 60, 2),
+            "minutes": round((seconds_here + before) / 60, 2)}
 
 
 def threshold_before(seg_dir: Path) -> float:

@@ -117,15 +117,16 @@ def resumed_epochs(folder: Path) -> int:
         return 0  # unreadable: Keras itself will then start over
 
 
-def guard_resumed_settings(folder: Path, done: int, settings: dict[str, Any]) -> None:
+def guard_resumed_settings(folder: Path, done: int, settings: dict[str, Any]) -> float:
     """A killed fit resumes only under the settings it was trained with: Keras's backup restores
     weights and optimizer state whatever the flags now say. A fresh fit records its settings in the
-    backup folder, which Keras deletes with the backup when fit ends."""
+    backup folder, which Keras deletes with the backup when fit ends. Returns the training seconds of
+    the processes before this one (TrainClock's record; 0 for a fresh fit)."""
     path = folder / "backup" / BACKUP_SETTINGS
     if not done:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, {"settings": settings})
-        return
+        write_json_atomic(path, {"settings": settings, "train_seconds": 0.0})
+        return 0.0
     try:
         kept = json.loads(path.read_text()) if path.is_file() else {}
     except ValueError:
@@ -135,11 +136,29 @@ def guard_resumed_settings(folder: Path, done: int, settings: dict[str, Any]) ->
         raise UserError(f"{path.parent}: a training killed after {done} epoch(s) under other settings "
                         f"({', '.join(changed)}) would resume here; rerun with its flags to continue it, "
                         "or use another --out")
+    return float(kept.get("train_seconds", 0.0))
+
+
+class TrainClock(keras.callbacks.Callback):
+    """Training seconds across the processes of one fit, written beside the backup after every epoch
+    (after BackupAndRestore's own save), so a resumed run reports what its training cost in all."""
+
+    def __init__(self, path: Path, settings: dict[str, Any], before: float):
+        super().__init__()
+        self.path, self.settings, self.before = path, settings, before
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = self.before + time.perf_counter() - self.start
+        write_json_atomic(self.path, {"settings": self.settings, "train_seconds": seconds})
 
 
 def run_phase(phase: Phase, inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str,
-              start_weights: Path | None) -> tuple[keras.Model, Any, float]:
-    """model.fit of one phase from the seeded initial weights (or a previous phase's weights)."""
+              start_weights: Path | None) -> tuple[keras.Model, Any, float, float]:
+    """model.fit of one phase from the seeded initial weights (or a previous phase's weights); the
+    model, its history, this process's training seconds and those of the processes before it."""
     phase.folder.mkdir(parents=True, exist_ok=True)
     tile = inputs.store.tile_size
     pool = (pipeline.synthetic_pool(inputs.synthetic, phase.data) if phase.synthetic_only
@@ -148,7 +167,8 @@ def run_phase(phase: Phase, inputs: RunInputs, strategy: tf.distribute.Strategy,
     n_real, n_syn = pipeline.batch_composition(phase.data.batch_size, phase.data.synthetic_ratio)
     steps = phase.train.steps_per_epoch or pipeline.steps_per_epoch(pool.tiles, n_real)
     done = resumed_epochs(phase.folder)
-    guard_resumed_settings(phase.folder, done, recorded_settings(inputs))
+    settings = recorded_settings(inputs)
+    before = guard_resumed_settings(phase.folder, done, settings)
     train_ds = pipeline.training_dataset(pool, synthetic, phase.data.crop or tile, phase.data, done * steps)
     val_x, val_y = pipeline.validation_arrays(inputs.store, phase.data)
     val_ds = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(phase.data.batch_size)
@@ -168,18 +188,19 @@ def run_phase(phase: Phase, inputs: RunInputs, strategy: tf.distribute.Strategy,
                                    phase.train.time_limit_minutes, phase.train.schedule == "plateau",
                                    phase.train.restore_best,
                                    phase.folder / EPOCHS if phase.train.keep_epochs else None)
+    callbacks.append(TrainClock(phase.folder / "backup" / BACKUP_SETTINGS, settings, before))
     start = time.perf_counter()
     history = model.fit(train_ds, epochs=phase.train.epochs, steps_per_epoch=steps, validation_data=val_ds,
                         callbacks=callbacks, verbose=phase.train.verbose)
     stop_on_nan(history.history.get("loss", []), phase.folder)
-    return model, history, time.perf_counter() - start
+    return model, history, time.perf_counter() - start, before
 
 
 def pretrained_weights(phase: Phase, inputs: RunInputs, strategy, policy: str) -> Path:
     """The synthetic phase's weights, trained once: the file is the phase's completion marker."""
     target = phase.folder / PRETRAINED
     if not target.exists():
-        model, _, _ = run_phase(phase, inputs, strategy, policy, None)
+        model, *_ = run_phase(phase, inputs, strategy, policy, None)
         with atomic_path(target, suffix=".weights.h5") as tmp:
             model.save_weights(tmp)
     return target
@@ -208,21 +229,23 @@ def settings_changed(kept: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return changed_fields(kept["settings"], now) if "settings" in kept else []
 
 
-def trained_model(inputs: RunInputs, strategy, policy: str) -> tuple[keras.Model, dict[str, list], float]:
+def trained_model(inputs: RunInputs, strategy, policy: str
+                  ) -> tuple[keras.Model, dict[str, list], float, float]:
     """The last phase trained (or its weights kept by an earlier process that ended before saving
-    the segmenter) as a float32 model, its per-epoch history and its training seconds."""
+    the segmenter) as a float32 model, its per-epoch history, the training seconds of the process
+    that finished it and those of the killed processes before that one."""
     weights, record = inputs.run_dir / TRAINED, inputs.run_dir / TRAINED_RECORD
     settings = recorded_settings(inputs)
     if not record.is_file():
         *first, last = phases(inputs)
         start_weights = pretrained_weights(first[0], inputs, strategy, policy) if first else None
-        model, history, seconds = run_phase(last, inputs, strategy, policy, start_weights)
+        model, history, seconds, before = run_phase(last, inputs, strategy, policy, start_weights)
         with atomic_path(weights, suffix=".weights.h5") as tmp:
             model.save_weights(tmp)
         logs = {k: [float(np.asarray(x)) for x in v] for k, v in history.history.items()}
         write_json_atomic(record, {"history": logs, "train_seconds": seconds,  # written last: the marker
-                                   "settings": settings})
-        return float32_copy(model, inputs.model), logs, seconds
+                                   "train_seconds_before": before, "settings": settings})
+        return float32_copy(model, inputs.model), logs, seconds, before
     kept = json.loads(record.read_text())
     changed = settings_changed(kept, settings)
     if changed:
@@ -233,19 +256,20 @@ def trained_model(inputs: RunInputs, strategy, policy: str) -> tuple[keras.Model
     model = build_unet(inputs.model)  # under the run's policy, like the model the weights came from
     model.load_weights(weights)
     print(f"training had finished ({weights}); recomputing statistics and calibrating")
-    return float32_copy(model, inputs.model), kept["history"], float(kept["train_seconds"])
+    return (float32_copy(model, inputs.model), kept["history"], float(kept["train_seconds"]),
+            float(kept.get("train_seconds_before", 0.0)))
 
 
 def fit(inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str) -> dict[str, Any]:
     run_dir, store = inputs.run_dir, inputs.store
     run_dir.mkdir(parents=True, exist_ok=True)
     # float32: what is calibrated, saved, exported and served
-    model, history, train_seconds = trained_model(inputs, strategy, policy)
+    model, history, train_seconds, before = trained_model(inputs, strategy, policy)
     batchnorm = (recompute_on_store(model, store, inputs.data.batch_size) if inputs.train.precise_bn
                  else None)
     calibration = calibrate(model, store, inputs.train)
     provenance = {**provenance_of(inputs, policy, strategy, history, train_seconds, calibration),
-                  "batchnorm_recomputed": batchnorm}
+                  "train_seconds_all_processes": train_seconds + before, "batchnorm_recomputed": batchnorm}
     save_segmenter(model, inputs.model, run_dir, calibration["threshold"], store.tile_size, provenance,
                    inputs.train.overlap, inputs.train.tta, store.pixel_size)
     write_json_atomic(run_dir / "train_summary.json", provenance)
@@ -253,7 +277,9 @@ def fit(inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str) -> dic
         (run_dir / name).unlink(missing_ok=True)
     print(f"validation IoU {calibration['iou']:.4f} / Dice {calibration['dice']:.4f} at the calibrated "
           f"threshold {calibration['threshold']:.6g} (IoU {calibration['iou_at_0.5']:.4f} at 0.5); "
-          f"trained {train_seconds / 60:.1f} min; saved {run_dir / 'segmenter.keras'}")
+          f"trained {train_seconds / 60:.1f} min"
+          f"{f' ({(train_seconds + before) / 60:.1f} with the killed runs before)' if before else ''}; "
+          f"saved {run_dir / 'segmenter.keras'}")
     return provenance
 
 

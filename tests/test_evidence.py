@@ -837,6 +837,13 @@ def test_slice_positions_come_from_the_subsets_json(tmp_path, monkeypatch):
         synthetic_ablation.slice_positions()
 
 
+def test_a_resumed_cell_counts_the_training_of_its_killed_processes():
+    resumed = {"train_seconds_this_process": 600.0, "train_seconds_all_processes": 1500.0}
+    assert evidence.cell_minutes(resumed, 900.0) == {"train_minutes": 25.0, "minutes": 30.0}
+    older = {"train_seconds_this_process": 600.0}  # a fit from before it kept the count
+    assert evidence.cell_minutes(older, 900.0) == {"train_minutes": 10.0, "minutes": 15.0}
+
+
 def test_pairing_groups_keep_their_xla_use_and_new_float32_groups_take_it(tmp_path):
     from segmentation_tf.fit import parser
 

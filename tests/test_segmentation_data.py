@@ -193,7 +193,7 @@ def test_a_killed_fit_resumes_only_under_its_own_settings(tmp_path):
 
     trained_under = {"model": {"base_width": 16},
                      "train": {"learning_rate": 1e-3, "time_limit_minutes": 50.0}}
-    guard_resumed_settings(tmp_path, 0, trained_under)  # a fresh fit records what it trains under
+    assert guard_resumed_settings(tmp_path, 0, trained_under) == 0.0  # a fresh fit records its settings
     assert (tmp_path / "backup" / BACKUP_SETTINGS).is_file()
     # the wall-time box is per process: resuming with another one is what a time-boxed user does
     guard_resumed_settings(tmp_path, 3, {**trained_under, "train": {"learning_rate": 1e-3,
@@ -206,3 +206,22 @@ def test_a_killed_fit_resumes_only_under_its_own_settings(tmp_path):
     guard_resumed_settings(tmp_path, 3, other)
     (tmp_path / "backup" / BACKUP_SETTINGS).write_text("{broken")  # a backup from before: resumes
     guard_resumed_settings(tmp_path, 3, trained_under)
+
+
+def test_the_train_clock_carries_the_seconds_of_killed_processes(tmp_path):
+    import json
+
+    import keras
+
+    from segmentation_tf.training import BACKUP_SETTINGS, TrainClock, guard_resumed_settings
+
+    path = tmp_path / "backup" / BACKUP_SETTINGS
+    settings = {"train": {"epochs": 3}}
+    guard_resumed_settings(tmp_path, 0, settings)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    model.fit(np.zeros((4, 2)), np.zeros((4, 1)), epochs=2, verbose=0,
+              callbacks=[TrainClock(path, settings, before=100.0)])
+    record = json.loads(path.read_text())
+    assert record["settings"] == settings and 100.0 < record["train_seconds"] < 160.0
+    assert guard_resumed_settings(tmp_path, 2, settings) == record["train_seconds"]  # what a resume adds
