@@ -1084,6 +1084,17 @@ def native_precision() -> str:
     return resolve_policy("auto")
 
 
+def xla_measured_faster(precision: str) -> bool:
+    """Where XLA was measured to train the segmenter faster: float32 on a CPU without avx512 (1.62x,
+    docs/bench_segmentation_xla.json; 2.2x per epoch in a matched cell). Elsewhere unmeasured: off."""
+    import tensorflow as tf
+
+    from segmentation_tf.precision import cpu_flags
+
+    on_cpu = not tf.config.list_physical_devices("GPU")
+    return precision == "float32" and on_cpu and "avx512f" not in cpu_flags()
+
+
 def next_cell(todo: list[Cell], bench: Bench) -> Cell:
     """The first cell this machine runs at its own speed; the first of all where none does."""
     return next((c for c in todo if bench.runnable_here(c)), todo[0])
@@ -1135,9 +1146,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-cells", type=non_negative_int, default=0,
                         help="stop after this many new cells (0: all)")
     parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True,
-                        help="train new float32 pairing groups XLA-compiled (default; 1.6x on 2 AMD EPYC "
-                             "cores without avx512, bench.segmentation); a group keeps what its real-only "
-                             "cell used")
+                        help="train new pairing groups XLA-compiled where that was measured faster "
+                             "(default: float32 on CPUs without avx512, 1.6x); a group keeps what its "
+                             "real-only cell used")
     parser.add_argument("--plan", type=non_negative_int, default=0, metavar="N",
                         help="print the next N cells in the order this machine runs them, and which wait for "
                              "a machine of another precision; runs and writes nothing")
@@ -1156,7 +1167,7 @@ def main(argv: list[str] | None = None) -> None:
     native = native_precision()
     bench = Bench(cfg, work, images, masks, layout, work / "evidence.log", native=native,
                   precisions=group_precisions(results), xlas=group_xlas(results),
-                  native_xla=native == "float32" and args.xla)
+                  native_xla=args.xla and xla_measured_faster(native))
     if args.plan:
         print_plan([c for c in cells(cfg, results) if c.key not in results], bench, results, args.plan)
         return

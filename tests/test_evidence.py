@@ -936,3 +936,12 @@ def test_the_rise_with_k_is_paired_by_seed_and_names_its_precisions():
     # differences 0.04, 0.03, 0.05: mean 0.04, sd 0.01, t(2) 4.303 -> half width 0.0248
     assert row["mean"] == pytest.approx(0.04) and row["low"] == pytest.approx(0.04 - 0.0248, abs=1e-4)
     assert row["rises"] and row["precisions"] == "bf16, fp32"
+
+
+def test_new_groups_take_xla_only_where_it_was_measured_faster(monkeypatch):
+    from segmentation_tf import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "fma"})
+    assert evidence.xla_measured_faster("float32") and not evidence.xla_measured_faster("mixed_bfloat16")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert not evidence.xla_measured_faster("float32")  # unmeasured there: Keras's default
