@@ -155,10 +155,18 @@ class TrainClock(keras.callbacks.Callback):
         write_json_atomic(self.path, {"settings": self.settings, "train_seconds": seconds})
 
 
+@dataclass
+class Training:
+    """A trained model, its per-epoch logs in this process, and what its training cost."""
+    model: keras.Model
+    history: dict[str, list[float]]
+    seconds: float              # this process's training
+    seconds_before: float = 0.0  # the training of killed processes it resumed from
+
+
 def run_phase(phase: Phase, inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str,
-              start_weights: Path | None) -> tuple[keras.Model, Any, float, float]:
-    """model.fit of one phase from the seeded initial weights (or a previous phase's weights); the
-    model, its history, this process's training seconds and those of the processes before it."""
+              start_weights: Path | None) -> Training:
+    """model.fit of one phase from the seeded initial weights (or a previous phase's weights)."""
     phase.folder.mkdir(parents=True, exist_ok=True)
     tile = inputs.store.tile_size
     pool = (pipeline.synthetic_pool(inputs.synthetic, phase.data) if phase.synthetic_only
@@ -192,15 +200,17 @@ def run_phase(phase: Phase, inputs: RunInputs, strategy: tf.distribute.Strategy,
     start = time.perf_counter()
     history = model.fit(train_ds, epochs=phase.train.epochs, steps_per_epoch=steps, validation_data=val_ds,
                         callbacks=callbacks, verbose=phase.train.verbose)
+    seconds = time.perf_counter() - start
     stop_on_nan(history.history.get("loss", []), phase.folder)
-    return model, history, time.perf_counter() - start, before
+    logs = {k: [float(np.asarray(x)) for x in v] for k, v in history.history.items()}
+    return Training(model, logs, seconds, before)
 
 
 def pretrained_weights(phase: Phase, inputs: RunInputs, strategy, policy: str) -> Path:
     """The synthetic phase's weights, trained once: the file is the phase's completion marker."""
     target = phase.folder / PRETRAINED
     if not target.exists():
-        model, *_ = run_phase(phase, inputs, strategy, policy, None)
+        model = run_phase(phase, inputs, strategy, policy, None).model
         with atomic_path(target, suffix=".weights.h5") as tmp:
             model.save_weights(tmp)
     return target
@@ -229,23 +239,20 @@ def settings_changed(kept: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return changed_fields(kept["settings"], now) if "settings" in kept else []
 
 
-def trained_model(inputs: RunInputs, strategy, policy: str
-                  ) -> tuple[keras.Model, dict[str, list], float, float]:
+def trained_model(inputs: RunInputs, strategy, policy: str) -> Training:
     """The last phase trained (or its weights kept by an earlier process that ended before saving
-    the segmenter) as a float32 model, its per-epoch history, the training seconds of the process
-    that finished it and those of the killed processes before that one."""
+    the segmenter), with a float32 model."""
     weights, record = inputs.run_dir / TRAINED, inputs.run_dir / TRAINED_RECORD
     settings = recorded_settings(inputs)
     if not record.is_file():
         *first, last = phases(inputs)
         start_weights = pretrained_weights(first[0], inputs, strategy, policy) if first else None
-        model, history, seconds, before = run_phase(last, inputs, strategy, policy, start_weights)
+        done = run_phase(last, inputs, strategy, policy, start_weights)
         with atomic_path(weights, suffix=".weights.h5") as tmp:
-            model.save_weights(tmp)
-        logs = {k: [float(np.asarray(x)) for x in v] for k, v in history.history.items()}
-        write_json_atomic(record, {"history": logs, "train_seconds": seconds,  # written last: the marker
-                                   "train_seconds_before": before, "settings": settings})
-        return float32_copy(model, inputs.model), logs, seconds, before
+            done.model.save_weights(tmp)
+        write_json_atomic(record, {"history": done.history, "train_seconds": done.seconds,  # last: the marker
+                                   "train_seconds_before": done.seconds_before, "settings": settings})
+        return dataclasses.replace(done, model=float32_copy(done.model, inputs.model))
     kept = json.loads(record.read_text())
     changed = settings_changed(kept, settings)
     if changed:
@@ -256,19 +263,20 @@ def trained_model(inputs: RunInputs, strategy, policy: str
     model = build_unet(inputs.model)  # under the run's policy, like the model the weights came from
     model.load_weights(weights)
     print(f"training had finished ({weights}); recomputing statistics and calibrating")
-    return (float32_copy(model, inputs.model), kept["history"], float(kept["train_seconds"]),
-            float(kept.get("train_seconds_before", 0.0)))
+    return Training(float32_copy(model, inputs.model), kept["history"], float(kept["train_seconds"]),
+                    float(kept.get("train_seconds_before", 0.0)))
 
 
 def fit(inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str) -> dict[str, Any]:
     run_dir, store = inputs.run_dir, inputs.store
     run_dir.mkdir(parents=True, exist_ok=True)
     # float32: what is calibrated, saved, exported and served
-    model, history, train_seconds, before = trained_model(inputs, strategy, policy)
+    trained = trained_model(inputs, strategy, policy)
+    model, train_seconds, before = trained.model, trained.seconds, trained.seconds_before
     batchnorm = (recompute_on_store(model, store, inputs.data.batch_size) if inputs.train.precise_bn
                  else None)
     calibration = calibrate(model, store, inputs.train)
-    provenance = {**provenance_of(inputs, policy, strategy, history, train_seconds, calibration),
+    provenance = {**provenance_of(inputs, policy, strategy, trained.history, train_seconds, calibration),
                   "train_seconds_all_processes": train_seconds + before, "batchnorm_recomputed": batchnorm}
     save_segmenter(model, inputs.model, run_dir, calibration["threshold"], store.tile_size, provenance,
                    inputs.train.overlap, inputs.train.tta, store.pixel_size)
