@@ -446,7 +446,7 @@ class Bench:
     """What every cell needs: the config, the scratch folder, the volume, its layout, the log, and the
     segmenter precision and XLA use of each pairing group (k, seed): its real-only cell's, so that arms
     paired by seed train alike on any machine; a group not yet started takes this machine's `native`
-    precision, and XLA where that is float32 (`native_xla`)."""
+    precision, and XLA where it was measured faster here (`native_xla`: xla_measured_faster)."""
     cfg: EvidenceConfig
     work: Path
     images: np.ndarray
@@ -1086,7 +1086,8 @@ def native_precision() -> str:
 
 def xla_measured_faster(precision: str) -> bool:
     """Where XLA was measured to train the segmenter faster: float32 on a CPU without avx512 (1.62x,
-    docs/bench_segmentation_xla.json; 2.2x per epoch in a matched cell). Elsewhere unmeasured: off."""
+    docs/bench_segmentation_xla.json; 1.3 vs 2.8-3.0 min per epoch in a matched cell). Elsewhere
+    unmeasured: off."""
     import tensorflow as tf
 
     from segmentation_tf.precision import cpu_flags

@@ -87,7 +87,8 @@ def parser() -> argparse.ArgumentParser:
                    default="auto", help="auto: bf16 on CPUs/GPUs that support it")
     p.add_argument("--xla", action=argparse.BooleanOptionalAction,
                    help="XLA-compile the training step (default: Keras's choice, on for GPUs, off for CPUs; "
-                        "on some CPUs it trains float32 2x faster: python -m bench.segmentation measures it)")
+                        "float32 trained 1.6x faster with it on a CPU without avx512: "
+                        "python -m bench.segmentation)")
     p.add_argument("--cpu-devices", type=non_negative_int, default=0,
                    help="split the CPU into N logical devices under MirroredStrategy (testing)")
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))

@@ -48,7 +48,7 @@ def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str =
     field by field; a field `old` lacks counts as changed)."""
     names = []
     for key, value in new.items():
-        before = old.get(key) if isinstance(old, Mapping) else None
+        before = old.get(key)
         if isinstance(value, Mapping) and isinstance(before, Mapping):
             names += changed_fields(before, value, f"{prefix}{key}.")
         elif before != value:
