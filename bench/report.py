@@ -24,6 +24,8 @@ SECTIONS = [
     ("segmentation_epfl.json", "Segmenter quality on held-out real EPFL slices"),
     ("endings.json", "How a --preset real run should end: four endings of one training, scored on the "
                      "evidence grid's held-out test block"),
+    ("label_budget.json", "Real only below one labelled slice: a square region of one slice, the evidence "
+                          "grid's budget and blocks (bench.label_budget)"),
     ("generator_epfl.json", "Generator quality on held-out real EPFL slices"),
     ("evidence.json",
      "The evidence instrument, standard preset (restore-best; before the border-mirroring tiler)"),
@@ -84,6 +86,7 @@ TABLE_TITLES = {
                      "the same saved segmenters, threshold recalibrated on validation",
     "tile_mean_error_by_t": "The denoiser's x0 estimate of per-tile latent means from real validation "
                             "latents noised to t, beside guessing every tile's mean as the set's mean",
+    "gaps": "Real only on the whole pool - real only on the region, paired by seed",
     "fidelity": "Mask fidelity: the whole-pool real-only segmenter on generated tiles vs their conditioning "
                 "masks, beside the same segmenter on held-out real test tiles",
 }
@@ -127,8 +130,8 @@ def section(path: Path, title: str) -> list[str]:
         figures = ", ".join(f"{k} {cell(v)}" for k, v in summary.items())
         lines += ["", f"{TABLE_TITLES['noise_floor']}: {figures}", "", *table(floor["per_k"])]
     lines.append("")
-    for name in ("rows", "rise", "gains", "resolution", "generators", "recalibration", "fidelity", "cost",
-                 "diagnostics",
+    for name in ("rows", "gaps", "rise", "gains", "resolution", "generators", "recalibration", "fidelity",
+                 "cost", "diagnostics",
                  "cells", "paired", "paired_errors", "results", "tile_mean_error_by_t"):
         if isinstance(data.get(name), list) and data[name]:
             title = [f"{TABLE_TITLES[name]}:", ""] if name in TABLE_TITLES else []
