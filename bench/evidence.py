@@ -48,6 +48,7 @@ import json
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -950,10 +951,12 @@ def plot(results: dict, cfg: EvidenceConfig, path: Path) -> None:
 UNMARKED_CPU = "AMD EPYC"  # cells recorded before the CPU model was
 
 
-def segmenter_minutes(results: dict, key: str, value: str) -> float | None:
-    """Mean minutes of the real-only and A/A cells whose record has `key` == value (None if none)."""
-    seg = [c["minutes"] for c in results.values()
-           if c.get(key, UNMARKED_CPU if key == "cpu" else None) == value and c["arm"] in ("real_only", "aa")]
+def segmenter_minutes(results: dict, **match: object) -> float | None:
+    """Mean minutes of the real-only and A/A cells whose record matches every key=value given (records
+    from before CPU models or XLA were recorded count as UNMARKED_CPU and without XLA); None if none."""
+    unmarked = {"cpu": UNMARKED_CPU, "xla": False}
+    seg = [c["minutes"] for c in results.values() if c["arm"] in ("real_only", "aa") and
+           all((unmarked.get(k) if c.get(k) is None else c[k]) == v for k, v in match.items())]
     return float(np.mean(seg)) if seg else None
 
 
@@ -962,7 +965,7 @@ def cost_by_cpu(results: dict) -> list[dict]:
     rows = []
     for cpu in sorted({c.get("cpu", UNMARKED_CPU) for c in results.values()}):
         own = [c for c in results.values() if c.get("cpu", UNMARKED_CPU) == cpu]
-        seg = segmenter_minutes(results, "cpu", cpu)
+        seg = segmenter_minutes(results, cpu=cpu)
         rows.append({"cpu": cpu, "cells": len(own), "minutes": round(sum(c["minutes"] for c in own), 1),
                      "minutes_per_real_only_cell": round(seg, 2) if seg else None})
     return rows
@@ -1120,6 +1123,19 @@ def hours(cells_left: int, minutes: float | None) -> str:
     return f"; at {minutes:.0f} min a cell, {cells_left * minutes / 60:.0f} h or more" if minutes else ""
 
 
+def hours_here(todo: list[Cell], bench: Bench, results: dict, cpu: str) -> str:
+    """The hours the cells planned here take at this CPU's mean cell minutes with and without XLA, as
+    each cell trains (the CPU's mean over both where one has no cell yet; nothing before any cell)."""
+    either = segmenter_minutes(results, cpu=cpu)
+    if either is None:
+        return ""
+    minutes = {x: segmenter_minutes(results, cpu=cpu, xla=x) or either for x in (True, False)}
+    counts = Counter(bool(bench.xla(c)) for c in todo)
+    parts = ", ".join(f"{counts[x]} {'with' if x else 'without'} XLA at {minutes[x]:.0f} min a cell"
+                      for x in (True, False) if counts[x])
+    return f" ({parts}): {sum(counts[x] * minutes[x] for x in counts) / 60:.0f} h or more"
+
+
 def print_plan(todo: list[Cell], bench: Bench, results: dict, most: int) -> None:
     here, waiting = plan(todo, bench)
     print(f"{len(todo)} cells to run; {len(here)} train here in {bench.native}, {len(waiting)} wait for a "
@@ -1128,11 +1144,11 @@ def print_plan(todo: list[Cell], bench: Bench, results: dict, most: int) -> None
         print(f"  {i:3d}. {cell.key}  ({precision}{', XLA' if bench.xla(cell) else ''})")
     if len(here) > most:
         print(f"  ... and {len(here) - most} more")
-    print(f"here: {len(here)} cells{hours(len(here), segmenter_minutes(results, 'cpu', machine()['cpu']))}")
+    print(f"here: {len(here)} cells{hours_here([c for c, _ in here], bench, results, machine()['cpu'])}")
     for precision in sorted({str(p) for _, p in waiting}):
         keys = [c.key for c, p in waiting if str(p) == precision]
         print(f"wait for {precision}: {len(keys)} cells, first {keys[0]}"
-              f"{hours(len(keys), segmenter_minutes(results, 'precision', precision))}")
+              f"{hours(len(keys), segmenter_minutes(results, precision=precision))}")
 
 
 def main(argv: list[str] | None = None) -> None:

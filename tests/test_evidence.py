@@ -897,9 +897,22 @@ def test_pairing_groups_keep_their_precision_and_a_machine_runs_its_own_first(tm
     assert [c for c, _ in here] == todo and waiting == []
     # the hours a plan prints: the mean minutes of the real-only and A/A cells in that precision
     results[Cell(1, "real_only", 0.0, 0).key]["minutes"] = 31.0  # the others: 1.0
-    assert evidence.segmenter_minutes(results, "precision", "mixed_bfloat16") == pytest.approx(4.0)  # 40 / 10
-    assert evidence.segmenter_minutes(results, "precision", "float32") is None
+    assert evidence.segmenter_minutes(results, precision="mixed_bfloat16") == pytest.approx(4.0)  # 40 / 10
+    assert evidence.segmenter_minutes(results, precision="float32") is None
     assert evidence.hours(30, 4.0) == "; at 4 min a cell, 2 h or more" and evidence.hours(30, None) == ""
+    # the cells planned here: each at this CPU's minutes with or without XLA, as it trains
+    results[Cell(2, "real_only", 0.0, 0).key] = {**_cell(2, "real_only", 0.0, 0, 0.88), "minutes": 110.0,
+                                                 "precision": "float32", "cpu": "EPYC"}
+    xla = replace(fp32, native_xla=True, xlas=evidence.group_xlas(results))
+    plain, new = Cell(2, "aa", 0.0, 0), Cell(4, "aa", 0.0, 0)
+    assert xla.xla(plain) is False and xla.xla(new) is True
+    assert evidence.hours_here([plain, new], xla, results, "EPYC") == \
+        " (1 with XLA at 110 min a cell, 1 without XLA at 110 min a cell): 4 h or more"  # no XLA cell yet
+    results[Cell(4, "real_only", 0.0, 0).key] = {**_cell(4, "real_only", 0.0, 0, 0.88), "minutes": 70.0,
+                                                 "precision": "float32", "cpu": "EPYC", "xla": True}
+    assert evidence.hours_here([plain, new, new], xla, results, "EPYC") == \
+        " (2 with XLA at 70 min a cell, 1 without XLA at 110 min a cell): 4 h or more"  # 250 min
+    assert evidence.hours_here([new], xla, results, "Xeon") == ""
 
 
 def test_a_cell_trained_outside_the_grid_takes_its_groups_recorded_precision(tmp_path):
