@@ -55,8 +55,8 @@ def best_threshold(thresholds: np.ndarray, curve: np.ndarray) -> float:
 
 def calibrate_slices(probs: np.ndarray, masks: np.ndarray) -> dict[str, Any]:
     """The calibration record a segmenter keeps: scores at the best threshold of the default grid,
-    IoU at 0.5, the grid version, and whether the top of the grid still scores best (a higher
-    threshold might do better: the model is over-confident beyond the grid)."""
+    IoU at 0.5, the grid version, and whether the top or the bottom of the grid still scores best (a
+    threshold beyond it might do better: the model is over-confident, or under-calls foreground)."""
     grid = default_thresholds()
     curve = iou_curve(probs, masks, grid)
     threshold = best_threshold(grid, curve)
@@ -64,4 +64,17 @@ def calibrate_slices(probs: np.ndarray, masks: np.ndarray) -> dict[str, Any]:
     result["iou_at_0.5"] = score(probs, masks, 0.5)["iou"]
     result["version"] = VERSION
     result["at_grid_top"] = bool(curve[-1] >= curve.max() > curve[0])
+    result["at_grid_bottom"] = bool(curve[0] >= curve.max() > curve[-1])
     return result
+
+
+def edge_warning(calibration: dict[str, Any]) -> str | None:
+    """A one-line warning where the calibrated threshold sits at an end of the grid (None elsewhere)."""
+    if calibration.get("at_grid_top"):
+        return (f"warning: the best threshold is the top of the grid ({calibration['threshold']:.6g}); "
+                "the model is over-confident and a higher threshold might score more")
+    if calibration.get("at_grid_bottom"):
+        return (f"warning: the best threshold is the bottom of the grid ({calibration['threshold']:.6g}); "
+                "the model under-calls foreground on the validation slices (too few labelled tiles, or "
+                "labels unlike them?) and a lower threshold might score more")
+    return None

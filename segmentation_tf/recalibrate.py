@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     images, masks = load_labelled(args)
     quiet_tensorflow()  # before any TensorFlow import: no start-up lines
     from segmentation_tf.artifacts import load_segmenter  # imports TensorFlow
-    from segmentation_tf.calibration import calibrate_slices
+    from segmentation_tf.calibration import calibrate_slices, edge_warning
     from segmentation_tf.inference import predict_stack
 
     seg = load_segmenter(args.model)
@@ -102,8 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json_atomic(model_paths(args.model)[1], recalibrated(meta, calibration, source))
     print(f"threshold {meta['threshold']:.6g} -> {calibration['threshold']:.6g}: validation IoU "
           f"{calibration['iou']:.4f} on {len(images)} slices ({SIDECAR_NAME} rewritten)")
-    if calibration["at_grid_top"]:
-        print("warning: the best threshold is the top of the grid; the model is over-confident")
+    if warning := edge_warning(calibration):
+        print(warning)
     return 0
 
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 from segmentation_tf import data as pipeline
 from segmentation_tf.artifacts import float32_copy, save_segmenter
 from segmentation_tf.batchnorm import recompute_on_store
-from segmentation_tf.calibration import calibrate_slices
+from segmentation_tf.calibration import calibrate_slices, edge_warning
 from segmentation_tf.callbacks import standard_callbacks
 from segmentation_tf.config import DataConfig, TrainConfig, UNetConfig, pretrain_epochs, tile_weighted
 from segmentation_tf.inference import predict_stack
@@ -288,6 +288,8 @@ def fit(inputs: RunInputs, strategy: tf.distribute.Strategy, policy: str) -> dic
           f"trained {train_seconds / 60:.1f} min"
           f"{f' ({(train_seconds + before) / 60:.1f} with the killed runs before)' if before else ''}; "
           f"saved {run_dir / 'segmenter.keras'}")
+    if warning := edge_warning(calibration):
+        print(warning)
     return provenance
 
 

@@ -92,7 +92,7 @@ def test_calibration_finds_the_separating_threshold():
 def test_calibration_reaches_an_over_confident_segmenters_threshold():
     """Foreground at 0.9999, false positives at 0.999 (a one-slice segmenter's over-segmentation): the
     old 0.02-0.98 grid stopped at 0.98 with IoU 1/2; the logit grid separates them."""
-    from segmentation_tf.calibration import calibrate_slices, default_thresholds
+    from segmentation_tf.calibration import calibrate_slices, default_thresholds, edge_warning
 
     truth = np.zeros((2, 8, 8), bool)
     truth[:, :4, :4] = True  # 32 foreground pixels
@@ -111,3 +111,11 @@ def test_calibration_reaches_an_over_confident_segmenters_threshold():
     probs[truth] = 1.0
     probs[0, 4:, 4:], probs[1, 4:, 4:] = 0.99999, 0.9999999  # the second beyond any grid: flagged
     assert calibrate_slices(probs, truth)["at_grid_top"]
+    assert "top of the grid (0.99999)" in edge_warning(calibrate_slices(probs, truth))
+    # a model that under-calls: its foreground sits below the grid's bottom, background lower still
+    probs = np.where(truth, 0.01, 0.001).astype(np.float32)
+    probs[0, 0, 0] = 0.5  # one confident pixel: the top of the grid does worse than its bottom
+    low = calibrate_slices(probs, truth)
+    assert low["at_grid_bottom"] and not low["at_grid_top"] and low["threshold"] == pytest.approx(0.02)
+    assert "bottom of the grid (0.02)" in edge_warning(low)
+    assert edge_warning(record) is None and not record["at_grid_bottom"]
