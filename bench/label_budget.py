@@ -20,7 +20,7 @@ import argparse
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ from bench.evidence import (
     xla_measured_faster,
 )
 from bench.stats import t_interval
-from bench.synthetic_ablation import load_volume, slice_positions
+from bench.synthetic_ablation import load_volume, make_store, slice_positions
 from shared.atomic import write_json_atomic
 from shared.errors import UserError, non_negative_int, positive_int, run_cli
 from shared.store import TileStore
@@ -95,14 +95,11 @@ def region_store(path: Path, images: np.ndarray, masks: np.ndarray, page: int, r
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    store = TileStore.create(tmp)
+    make_store(tmp, images, masks, [], val)
     tiles, mask_tiles, records = tile_stack(region.crop(images[page])[None], region.crop(masks[page])[None],
                                             "region", {0: "train"})
-    store.append(tiles, mask_tiles, [{**r, "slice": page, "region": [region.y, region.x, region.size]}
-                                     for r in records])
-    tiles, mask_tiles, records = tile_stack(images[val], masks[val], "ablation",
-                                            dict.fromkeys(range(len(val)), "val"))
-    store.append(tiles, mask_tiles, [{**r, "slice": val[r["slice"]]} for r in records])
+    corner = [region.y, region.x, region.size]
+    TileStore(tmp).append(tiles, mask_tiles, [{**r, "slice": page, "region": corner} for r in records])
     tmp.rename(path)
     return path
 
@@ -124,12 +121,11 @@ def cell_key(size: int, seed: int) -> str:
     return f"region={size}|seed={seed}"
 
 
-def run_region(region: Region, seed: int, base: Bench) -> dict:
+def run_region(region: Region, seed: int, base: RegionBench) -> dict:
     """One real-only cell on the region (its own work folder), as the grid's record plus the region."""
     work = base.work / f"region{region.size}"
     work.mkdir(parents=True, exist_ok=True)
-    bench = RegionBench(**{**{f: getattr(base, f) for f in base.__dataclass_fields__}, "work": work,
-                           "log": work / "label_budget.log"}, region=region)
+    bench = replace(base, work=work, log=work / "label_budget.log", region=region)
     for path, stack in zip(bench.test, (base.images[base.layout.test], base.masks[base.layout.test]),
                            strict=True):
         if not path.exists():
@@ -193,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     layout = Layout.of(len(images), cfg, slice_positions())
     regions = {r.size: r for r in nested_regions(masks[layout.first], sizes)}
     native = native_precision()
-    base = Bench(cfg, args.work, images, masks, layout, args.work / "label_budget.log", native=native,
+    base = RegionBench(cfg, args.work, images, masks, layout, args.work / "label_budget.log", native=native,
                  native_xla=args.xla and xla_measured_faster(native))
     saved = read_saved(args.json)
     records: dict[str, dict] = saved.get("results_by_cell", {})
