@@ -9,10 +9,15 @@
 Data: the EPFL CA1 subset beside the checkout (else the phantom). A test z block that no model ever
 sees and a validation z block (early stopping, threshold calibration, the choice of ratio) are cut
 first; the rest is the training pool, less guard bands: pool pages within 10 nm (2 slices) of a held-out
-page are dropped (EPFL neighbours 5 nm apart are near-copies). k labelled slices are nested (k = 1
-within k = 2 within k = 4), spread in z (each next one the pool page farthest from those taken), the
-same for every seed; k = 0 means the whole pool. The work folder records its layout (layout.json) and
-refuses another; results measured on other labelled slices run again.
+page are dropped (EPFL neighbours 5 nm apart are near-copies). A labelled budget k is whole slices or
+a region of one: k labelled slices are nested (k = 1 within k = 2 within k = 4), spread in z (each next
+one the pool page farthest from those taken), the same for every seed; k = 0 means the whole pool;
+k = "256px" is a square region of the first labelled slice (bench.regions: nested, placed where its
+mitochondria fraction is nearest the slice's), the rest of that slice unlabelled. matched and full run
+256 px, 512 px, one slice and the whole pool: at this budget two slices already reach the whole pool,
+and the room generated pairs can fill lies below one slice. The work folder records its layout
+(layout.json; budgets new to it join) and refuses another; results measured on other labelled slices
+or regions run again.
 
 Arms, all paired by seed (a seed fixes the segmenter's initial weights and its real data stream):
 - real_only: the k labelled slices only.
@@ -55,6 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import ROOT, machine
+from bench.regions import Budget, Region, budget_order, budget_region, region_side, region_store
 from bench.stats import paired_interval, seeds_needed, t_interval
 from bench.synthetic_ablation import (
     load_volume,
@@ -159,7 +165,9 @@ EMA_ENDING = ("--no-restore-best", "--ema", "0.99")
 
 @dataclass(frozen=True)
 class EvidenceConfig:
-    ks: tuple[int, ...] = (1, 2, 4, 0)              # labelled slices; 0 = the whole training pool
+    # labelled budgets (bench.regions): whole slices (0 = the whole training pool) or "<side>px", a
+    # square region of the first labelled slice
+    ks: tuple[Budget, ...] = (1, 2, 4, 0)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     choice_seeds: int = 2                           # seeds that run every ratio to choose one on validation
     # at each k, the validation-chosen arm and its real-only pairs run on more seeds, as many as a gain
@@ -186,11 +194,14 @@ class EvidenceConfig:
     recipes: tuple[Recipe, ...] = (TODAY, SPADE, PSEUDO, TEXTURE, LEVERS, LEVERS_PRETRAIN, SPECTRAL, MINSNR,
                                    POOL_PRETRAINED, VPRED, VPRED_PRETRAIN)
     main_recipe: str = "vpred"                      # every lever + v-prediction: in every paired round
-    lever_ks: tuple[int, ...] = (1, 2)              # where the ladder's rungs run
+    lever_ks: tuple[Budget, ...] = (1, 2)           # where the ladder's rungs run
     lever_ratio: float = 0.3
     test_fraction: float = 0.2
     val_fraction: float = 0.15
     slices_seed: int = 0                            # where the nested labelled slices start in the pool
+    # the widest run of slices that start was drawn for (0: the most slices in ks); budgets that change
+    # keep their first labelled page by keeping this
+    anchor_k: int = 0
     # pool pages within this many slices of a held-out page are dropped (2: 10 nm on EPFL's 5 nm grid;
     # pages 14 nm or more apart share 0.41-0.55 of their mask IoU, pages 5 nm apart ~0.9)
     guard_z: int = 2
@@ -231,6 +242,12 @@ def tiles_preset(epochs: int, ema: bool, precise_bn: bool, reference_ending: tup
                    reference_flags=(*USER_REFERENCE, *reference_ending, *bn), recipes=CPU_RECIPES)
 
 
+# labelled budgets below one slice: a 256 px region of the first labelled slice (one tile, 3 EPFL
+# objects), a 512 px region around it (a third of the slice, 6 objects), that slice, the whole pool;
+# generator levers on the two regions; the first labelled page stays the one drawn for runs of 4 slices
+# (page 16, z 75: every earlier k = 1 cell's)
+SUB_SLICE = {"ks": ("256px", "512px", 1, 0), "lever_ks": ("256px", "512px"), "anchor_k": 4}
+
 PRESETS = {
     "standard": STANDARD,
     "final": FINAL,
@@ -264,7 +281,12 @@ PRESETS = {
     # goal +0.008 needs 13 at the A/A noise); since 2026-12-06 its reference ends as the real preset
     # now does (EMA 0.99 of the last weights; bench.endings): the seed-0 reference cell measured at
     # the best epoch (0.8453) was replaced by bench.endings' EMA runs of seeds 0 and 1 (the JSON's note)
-    "matched": replace(tiles_preset(50, ema=True, precise_bn=True, reference_ending=()), resolve_seeds=16),
+    # since 2026-12-06 (fourth session) its labelled budgets lie below one slice (SUB_SLICE): at this
+    # budget two slices reached the whole pool (seed 0: k = 2 0.889, k = 4 0.884, the whole pool 0.887;
+    # those cells stay in the JSON as records), while one 256 px region scored 0.563 and a 512 px
+    # region 0.706 (bench.label_budget): the room generated pairs could fill lies there
+    "matched": replace(tiles_preset(50, ema=True, precise_bn=True, reference_ending=()), resolve_seeds=16,
+                       **SUB_SLICE),
     "quick": EvidenceConfig(
         ks=(1, 0), seeds=(0, 1), choice_seeds=1, ratios=(0.3,), n_synthetic=32,
         segmenter_flags=("--preset", "quick", "--epochs", "3", "--steps-per-epoch", "10", "--no-tta"),
@@ -279,7 +301,7 @@ PRESETS = {
     # tiles, so its step count would grow with k), 8 seeds, every rung, full-size generators
     "full": replace(
         tiles_preset(50, ema=True, precise_bn=True, reference_ending=()), seeds=tuple(range(8)),
-        choice_seeds=3, n_synthetic=512, resolve_seeds=24,
+        choice_seeds=3, n_synthetic=512, resolve_seeds=24, **SUB_SLICE,
         generator_flags=("--preset", "full",),
         recipes=tuple(replace(r, sampling=replace(r.sampling, sampler="ddim", steps=50))
                       for r in (TODAY, SPADE, PSEUDO, TEXTURE, LEVERS, LEVERS_PRETRAIN, SPECTRAL, MINSNR,
@@ -289,7 +311,7 @@ PRESETS = {
 
 @dataclass(frozen=True)
 class Cell:
-    k: int          # labelled slices (0: the whole pool)
+    k: Budget       # labelled slices (0: the whole pool) or a region of the first one ("256px")
     arm: str        # real_only, aa, images_plentiful, strict, reference, self_training, real_pretrain
     ratio: float
     seed: int
@@ -324,10 +346,13 @@ class Layout:
         z = list(range(n_slices)) if z is None else [int(v) for v in z]
         return cls(split["test"], split["val"], pool, z, first_labelled(split["train"], pool, z, cfg))
 
-    def labelled(self, k: int, cfg: EvidenceConfig) -> list[int]:
+    def labelled(self, k: Budget, cfg: EvidenceConfig) -> list[int]:
         """k slices of the pool (sorted), nested across k: from the first, each next one the pool page
         farthest in z from those taken (as a user spreads annotations through a volume: neighbours
-        5 nm apart add little a segmenter has not seen); k = 0: the pool."""
+        5 nm apart add little a segmenter has not seen); k = 0: the pool; a region: the first slice,
+        the page it lies on."""
+        if region_side(k):
+            return [self.first]
         if k == 0 or k >= len(self.pool):
             return list(self.pool)
         taken = [self.first]
@@ -341,12 +366,12 @@ def first_labelled(split_pool: list[int], pool: list[int], z: list[int], cfg: Ev
     """The seeded start of the earlier layout's contiguous labelled runs (page 16 of the EPFL subset:
     every k = 1 cell measured since 2026-11-28 keeps its slice); where a guard band took that page,
     the nearest pool page in z."""
-    widest = min(max(cfg.ks), len(split_pool))
+    widest = min(cfg.anchor_k or max(k for k in cfg.ks if not region_side(k)), len(split_pool))
     drawn = split_pool[int(np.random.default_rng(cfg.slices_seed).integers(0, len(split_pool) - widest + 1))]
     return min(pool, key=lambda p: (abs(z[p] - z[drawn]), p))
 
 
-def chosen_ratio(results: dict, k: int, cfg: EvidenceConfig) -> float | None:
+def chosen_ratio(results: dict, k: Budget, cfg: EvidenceConfig) -> float | None:
     """The images-plentiful ratio of the baseline recipe with the best mean validation IoU over the
     choice seeds (None until every ratio has run on them)."""
     seeds = cfg.seeds[:cfg.choice_seeds]
@@ -399,7 +424,7 @@ def cells(cfg: EvidenceConfig, results: dict) -> list[Cell]:
     # the budget probe first: real only on the fewest slices and on the whole pool, the reference,
     # then the other k's (seed 0); if the whole pool does not beat one slice, the budget (its steps,
     # its crops), not the data, bounds the segmenters and no synthetic comparison on it means anything
-    fewest = min(k for k in cfg.ks if k != 0)
+    fewest = min((k for k in cfg.ks if k != 0), key=budget_order)
     seed0 = cfg.seeds[0]
     probe = [Cell(k, "real_only", 0.0, seed0) for k in (fewest, 0) if k in cfg.ks]
     probe += [Cell(0, "reference", 0.0, seed0)]
@@ -483,19 +508,27 @@ class Bench:
     def test(self) -> tuple[Path, Path]:
         return self.work / "test_images.tif", self.work / "test_masks.tif"
 
-    def store(self, k: int) -> Path:
-        """The labelled store of k (its train split) with the validation block (its val split)."""
-        folder = self.work / f"k{k}"
-        folder.mkdir(parents=True, exist_ok=True)
-        labelled = self.layout.labelled(k, self.cfg)
-        return make_store(folder / "labelled_store", self.images, self.masks, labelled, self.layout.val)
+    def region(self, k: Budget) -> Region | None:
+        """Where a region budget lies on the first labelled slice (nested with the grid's other
+        regions); None for whole slices."""
+        return budget_region(self.masks[self.layout.first], k, self.cfg.ks)
 
-    def labelled_only_store(self, k: int) -> Path:
-        """The k labelled slices alone (no validation tiles: a synthetic store is read whole)."""
+    def store(self, k: Budget) -> Path:
+        """The labelled store of k (its train split: the k slices, or the region alone) with the
+        validation block (its val split)."""
+        return self.labelled_store(k, "labelled_store", self.layout.val)
+
+    def labelled_only_store(self, k: Budget) -> Path:
+        """The k labelled slices (or the region) alone (no validation tiles: a synthetic store is read
+        whole)."""
+        return self.labelled_store(k, "labelled_only_store", [])
+
+    def labelled_store(self, k: Budget, name: str, val: list[int]) -> Path:
         folder = self.work / f"k{k}"
         folder.mkdir(parents=True, exist_ok=True)
-        return make_store(folder / "labelled_only_store", self.images, self.masks,
-                          self.layout.labelled(k, self.cfg), [])
+        if region := self.region(k):
+            return region_store(folder / name, self.images, self.masks, self.layout.first, region, val)
+        return make_store(folder / name, self.images, self.masks, self.layout.labelled(k, self.cfg), val)
 
     def generator_dir(self, cell: Cell) -> Path:
         """One generator per k, regime and recipe generator (recipes with the same flags share it)."""
@@ -509,22 +542,23 @@ class Bench:
         recipe = self.cfg.recipe(cell.recipe)
         return recipe if sampling is None else replace(recipe, sampling=sampling)
 
-    def judge(self, k: int) -> Path:
+    def judge(self, k: Budget) -> Path:
         """The real-only segmenter of the k labelled slices, seed 0 (the grid's own cell)."""
         return self.work / f"k{k}_s{self.cfg.seeds[0]}" / "real_only_r0"
 
-    def pseudo_store(self, k: int, version: int = CALIBRATION_VERSION) -> Path:
+    def pseudo_store(self, k: Budget, version: int = CALIBRATION_VERSION) -> Path:
         """The pool with real masks on the k labelled slices and, on the other pool slices, the masks
         that the k slices' real-only segmenter predicts at its threshold of calibration version
-        `version` (never a test slice; validation keeps its real masks for early stopping)."""
+        `version` (never a test slice; validation keeps its real masks for early stopping). A region
+        budget's slice is predicted too, but for the region, which keeps its real mask."""
         folder = self.work / f"k{k}" / ("pseudo" if version == 1 else f"pseudo_c{version}")
         store = folder / "store"
         if (store / "manifest.json").exists():
             return store
         if not (self.judge(k) / "segmenter.json").exists():
             run_cell(Cell(k, "real_only", 0.0, self.cfg.seeds[0]), self)
-        labelled = self.layout.labelled(k, self.cfg)
-        unlabelled = [z for z in self.layout.pool if z not in labelled]
+        labelled, region = self.layout.labelled(k, self.cfg), self.region(k)
+        unlabelled = [z for z in self.layout.pool if region or z not in labelled]
         folder.mkdir(parents=True, exist_ok=True)
         write_stack(folder / "unlabelled.tif", self.images[unlabelled])
         run(["segmentation_tf.predict", "--model", str(self.judge(k)), "--images",
@@ -532,6 +566,8 @@ class Bench:
              "--threshold", repr(judge_threshold(self.judge(k), version))], self.log)
         masks = self.masks.copy()
         masks[unlabelled] = read_mask_stack(folder / "predicted" / "mask.tif")
+        if region:
+            region.crop(masks[self.layout.first])[...] = region.crop(self.masks[self.layout.first])
         return make_store(store, self.images, masks, self.layout.pool, self.layout.val)
 
     def checkpoint(self, cell: Cell) -> Path:
@@ -640,8 +676,9 @@ def run_cell(cell: Cell, bench: Bench) -> dict:
         run(["segmentation_tf.evaluate", "--model", str(seg_dir), "--images", str(bench.test[0]), "--masks",
              str(bench.test[1]), "--json", str(scores_path)], bench.log)
     summary = json.loads((seg_dir / "segmenter.json").read_text())["provenance"]
+    region = bench.region(cell.k)
     return {**asdict(cell), "labelled_slices": bench.layout.labelled(cell.k, bench.cfg),
-            "pool": bench.layout.pool,
+            **({"region": asdict(region)} if region else {}), "pool": bench.layout.pool,
             "test_iou": json.loads(scores_path.read_text())["iou"], "val_iou": summary["calibration"]["iou"],
             "threshold": summary["calibration"]["threshold"], "calibration": CALIBRATION_VERSION,
             **cell_minutes(summary, time.time() - start), "cpu": machine()["cpu"],
@@ -761,14 +798,14 @@ def generators_to_measure(results: dict, measured: dict, bench: Bench) -> list[C
 
 # ---- the read-out -------------------------------------------------------------------------------
 
-def by_seed(results: dict, k: int, arm: str, ratio: float, recipe: str = "today",
+def by_seed(results: dict, k: Budget, arm: str, ratio: float, recipe: str = "today",
             figure: str = "test_iou") -> dict[int, float]:
     return {c["seed"]: c[figure] for c in results.values()
             if c["k"] == k and c["arm"] == arm and c["ratio"] == ratio
             and (ratio == 0 or c.get("recipe", "today") == recipe)}
 
 
-def _k(k: int) -> int | str:
+def _k(k: Budget) -> Budget:
     return "all" if k == 0 else k
 
 
@@ -779,9 +816,11 @@ def _rounded(interval: dict | None) -> dict:
 
 
 def real_only_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
-    """Real-only test IoU per k with its t interval over seeds."""
+    """Real-only test IoU per labelled budget with its t interval over seeds, fewest labelled pixels
+    first: the grid's budgets and any other its records hold (an earlier grid's)."""
     rows = []
-    for k in cfg.ks:
+    budgets = set(cfg.ks) | {c["k"] for c in results.values() if c["arm"] == "real_only"}
+    for k in sorted(budgets, key=budget_order):
         values = list(by_seed(results, k, "real_only", 0.0).values())
         if values:
             rows.append({"k": _k(k), **_rounded(t_interval(values))})
@@ -791,7 +830,7 @@ def real_only_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
 def rise_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
     """IoU(next k) - IoU(k), paired by seed: the instrument sees data only where each step's interval
     lies above 0."""
-    ordered = sorted(cfg.ks, key=lambda k: k or 10**6)
+    ordered = sorted(cfg.ks, key=budget_order)
     rows = []
     for lo, hi in zip(ordered, ordered[1:], strict=False):
         step = paired_interval(by_seed(results, hi, "real_only", 0.0), by_seed(results, lo, "real_only", 0.0))
@@ -823,7 +862,7 @@ def noise_floor(results: dict, cfg: EvidenceConfig, target: float = 0.01) -> dic
             "met": met, "pairs_needed": MIN_FLOOR_PAIRS, "seeds_for_0.03": seeds_needed(sd, 0.03)}
 
 
-def synthetic_arms(k: int, cfg: EvidenceConfig) -> list[tuple[str, float, str]]:
+def synthetic_arms(k: Budget, cfg: EvidenceConfig) -> list[tuple[str, float, str]]:
     """(arm, ratio, recipe) of every synthetic arm the grid runs at k."""
     arms = [("images_plentiful", r, cfg.baseline) for r in cfg.ratios]
     ladder = cfg.recipes[1:] if k in cfg.lever_ks else [r for r in cfg.recipes if r.name == cfg.main_recipe]
@@ -832,7 +871,7 @@ def synthetic_arms(k: int, cfg: EvidenceConfig) -> list[tuple[str, float, str]]:
     return arms + ([("strict", cfg.strict_ratio, cfg.baseline)] if k != 0 else [])
 
 
-def chosen_arm(results: dict, k: int, cfg: EvidenceConfig) -> tuple[float, str] | None:
+def chosen_arm(results: dict, k: Budget, cfg: EvidenceConfig) -> tuple[float, str] | None:
     """The images-plentiful (ratio, recipe) a user would pick: the best mean validation IoU among the
     arms run on every seed (None until one has)."""
     full = {(r, rec): {s: v for s, v in by_seed(results, k, arm, r, rec, "val_iou").items() if s in cfg.seeds}
@@ -841,7 +880,7 @@ def chosen_arm(results: dict, k: int, cfg: EvidenceConfig) -> tuple[float, str] 
     return max(full, key=lambda a: float(np.mean(list(full[a].values())))) if full else None
 
 
-def gap_to_pool(results: dict, k: int) -> float | None:
+def gap_to_pool(results: dict, k: Budget) -> float | None:
     """Mean real-only IoU on the whole pool - mean real-only IoU at k (the room generated pairs can
     fill; None at k = 0 or before both sides have a cell)."""
     pool, base = by_seed(results, 0, "real_only", 0.0), by_seed(results, k, "real_only", 0.0)
@@ -924,7 +963,7 @@ def plot(results: dict, cfg: EvidenceConfig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    ks = sorted(cfg.ks, key=lambda k: k or 10**6)
+    ks = sorted(cfg.ks, key=budget_order)
     x_of = {k: i for i, k in enumerate(ks)}
     base = cfg.baseline
     arms = [("real_only", 0.0, base, "real only"), ("strict", cfg.strict_ratio, base, f"strict, {base}")]
@@ -940,7 +979,7 @@ def plot(results: dict, cfg: EvidenceConfig, path: Path) -> None:
         ax.plot(xs, [p[1]["mean"] for p in pts], marker="o", label=label)
         ax.fill_between(xs, [p[1]["low"] for p in pts], [p[1]["high"] for p in pts], alpha=0.2)
     ax.set_xticks(range(len(ks)), [str(_k(k)) for k in ks])
-    ax.set_xlabel("labelled real slices k (all: the whole training pool)")
+    ax.set_xlabel("labelled budget k: a region of one slice (px), slices, all (the whole pool)")
     ax.set_ylabel("held-out test IoU (mean, 95% t band over seeds)")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -986,7 +1025,7 @@ def write_results(path: Path, results: dict, bench: Bench, name: str, source: st
     todo = len([c for c in cells(cfg, results) if c.key not in results])
     write_json_atomic(path, {
         "machine": machine(), "command": f"python -m bench.evidence --preset {name}", "source": source,
-        "slices": layout_record(bench.layout, cfg),
+        "slices": layout_record(bench.layout, cfg, region_corners(bench.masks[bench.layout.first], cfg)),
         "config": asdict(cfg),
         "goal": "real only rises with k (each step's 95% interval above 0); A/A paired-difference std "
                 "<= 0.01; whole-pool budget within 0.02 of --preset real; then: synthetic gains with 95% "
@@ -1021,21 +1060,34 @@ def read_saved(path: Path) -> dict:
     return saved
 
 
-def layout_record(layout: Layout, cfg: EvidenceConfig) -> dict:
-    """Which slices are which (pages of the stack), as the results and the work folder record them."""
+def region_corners(first_mask: np.ndarray, cfg: EvidenceConfig) -> dict[str, list[int]]:
+    """Each region budget's [y, x, side] on the first labelled slice (its mask given), as layouts
+    record them."""
+    return {f"region_{k}": [r.y, r.x, r.size] for k in cfg.ks
+            if (r := budget_region(first_mask, k, cfg.ks)) is not None}
+
+
+def layout_record(layout: Layout, cfg: EvidenceConfig, corners: dict[str, list[int]] | None = None) -> dict:
+    """Which slices are which (pages of the stack) and where the region budgets lie (region_corners),
+    as the results and the work folder record them."""
     return {"test": layout.test, "val": layout.val, "pool": layout.pool,
             **{f"labelled_k{_k(k)}": layout.labelled(k, cfg) for k in cfg.ks},
-            "z_of_page": layout.z, "guard_z": cfg.guard_z}
+            **(corners or {}), "z_of_page": layout.z, "guard_z": cfg.guard_z}
 
 
-def claim_work(work: Path, layout: Layout, cfg: EvidenceConfig) -> None:
+def claim_work(work: Path, layout: Layout, cfg: EvidenceConfig, corners: dict[str, list[int]] | None = None
+               ) -> None:
     """Bind the scratch folder to its layout: its stores and cells are reused as they are, so a folder
-    made for other slices must not feed today's cells silently."""
-    path, record = work / "layout.json", layout_record(layout, cfg)
+    made for other slices must not feed today's cells silently. Budgets new to the folder join its
+    record; one it holds must keep its slices (or region)."""
+    path, record = work / "layout.json", layout_record(layout, cfg, corners)
     if path.exists():
-        if json.loads(path.read_text()) != record:
+        saved = json.loads(path.read_text())
+        if any(saved[key] != record[key] for key in saved.keys() & record.keys()):
             raise UserError(f"{work}: made for another slice layout ({path}); move it aside or pass "
                             "another --work")
+        if not record.keys() <= saved.keys():
+            write_json_atomic(path, saved | record)
         return
     if any(work.glob("k*")):
         raise UserError(f"{work}: holds stores made before layouts were recorded; move it aside or pass "
@@ -1046,14 +1098,19 @@ def claim_work(work: Path, layout: Layout, cfg: EvidenceConfig) -> None:
 POOL_ARMS = ("images_plentiful", "self_training")  # arms whose generator or store learns from the pool
 
 
-def drop_other_layouts(results: dict, layout: Layout, cfg: EvidenceConfig) -> list[str]:
+def drop_other_layouts(results: dict, layout: Layout, cfg: EvidenceConfig,
+                       corners: dict[str, list[int]] | None = None) -> list[str]:
     """Remove the cells measured on other slices than today's layout gives them (they run again): other
-    labelled slices for their k, or, where the pool reaches them, another pool (cells from before the
-    guard bands did not record theirs); their keys."""
+    labelled slices for their k, another region where the grid places its region (region_corners),
+    or, where the pool reaches them, another pool (cells from before the guard bands did not record
+    theirs); their keys."""
     def measured_elsewhere(c: dict) -> bool:
         if "labelled_slices" not in c:  # a record without slices (hand-made, tests) is taken as is
             return False
-        return c["labelled_slices"] != layout.labelled(c["k"], cfg) or \
+        placed = (corners or {}).get(f"region_{c['k']}")
+        moved = "region" in c and placed is not None and \
+            [c["region"]["y"], c["region"]["x"], c["region"]["size"]] != placed
+        return moved or c["labelled_slices"] != layout.labelled(c["k"], cfg) or \
             (c["arm"] in POOL_ARMS and c.get("pool") != layout.pool)
 
     stale = [key for key, c in results.items() if measured_elsewhere(c)]
@@ -1179,7 +1236,8 @@ def main(argv: list[str] | None = None) -> None:
                   for g in saved.get("generators", [])}
     images, masks, source = load_volume()
     layout = Layout.of(len(images), cfg, slice_positions())
-    for key in drop_other_layouts(results, layout, cfg):
+    corners = region_corners(masks[layout.first], cfg)
+    for key in drop_other_layouts(results, layout, cfg, corners):
         print(f"{key}: measured on other slices than today's layout gives it; it runs again", flush=True)
     native = native_precision()
     bench = Bench(cfg, work, images, masks, layout, work / "evidence.log", native=native,
@@ -1189,7 +1247,7 @@ def main(argv: list[str] | None = None) -> None:
         print_plan([c for c in cells(cfg, results) if c.key not in results], bench, results, args.plan)
         return
     work.mkdir(parents=True, exist_ok=True)
-    claim_work(work, layout, cfg)
+    claim_work(work, layout, cfg, corners)
     write_stack(bench.test[0], images[bench.layout.test])
     write_stack(bench.test[1], masks[bench.layout.test])
     rescore_stale(results, generators, bench)

@@ -32,6 +32,7 @@ from bench.evidence import (
     native_precision,
     run_cell,
 )
+from bench.regions import parse_budget
 from bench.synthetic_ablation import load_volume, slice_positions
 from shared.atomic import write_json_atomic
 from shared.tiff_io import write_stack
@@ -99,7 +100,8 @@ def chosen_guidance(rows: list[dict]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--k", type=int, default=1, help="labelled slices (the evidence grid's nested runs)")
+    parser.add_argument("--k", type=parse_budget, default=1,
+                        help="labelled budget: slices (the grid's nested runs) or a region, e.g. 256px")
     parser.add_argument("--recipes", default="spade,minsnr", help="comma-separated recipe names")
     parser.add_argument("--guidances", default="1.5,2,3,5", help="comma-separated guidance scales")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="final")

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import ROOT, print_table, write_json
+from bench.regions import parse_budget
 from bench.stats import paired_interval
 from generation_torch.metrics import signed_distances
 from segmentation_tf.calibration import calibrate_threshold, iou_curve
@@ -129,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="matched")
-    parser.add_argument("--k", type=int, default=1, help="labelled slices (0: the whole pool)")
+    parser.add_argument("--k", type=parse_budget, default=1,
+                        help="labelled budget: slices (0: the whole pool) or a region, e.g. 256px")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "evidence",
                         help="the grid's scratch folder")

@@ -40,8 +40,8 @@ def fake_trainers(calls: list):
         out = Path(args[args.index("--out") + 1])
         out.mkdir(parents=True, exist_ok=True)
         if args[0] == "segmentation_tf.predict":
-            n = len(read_image_stack(args[args.index("--images") + 1]))
-            write_stack(out / "mask.tif", np.ones((n, 256, 256), np.uint8))
+            shape = read_image_stack(args[args.index("--images") + 1]).shape
+            write_stack(out / "mask.tif", np.ones(shape, np.uint8))
             return
         product = {"generation_torch.sample": "manifest.json"}.get(args[0])
         (out / (product or ("vae.pt" if "vae" in args else "generator.pt"))).write_text("{}")
@@ -155,6 +155,98 @@ def test_no_test_slice_reaches_a_store_and_validation_only_as_val(tmp_path):
         assert by_split["train"] == set(layout.labelled(k, cfg))
         assert by_split["val"] == set(layout.val)
         assert not {r["slice"] for r in store.records} & set(layout.test)
+
+
+def test_region_budgets_label_part_of_the_first_slice_which_stays_page_16():
+    cfg = evidence.PRESETS["matched"]
+    assert cfg.ks == ("256px", "512px", 1, 0)
+    layout = Layout.of(27, cfg, EPFL_Z)
+    # the first page drawn for the earlier runs of four slices (every k = 1 cell since 2026-11-28)
+    assert layout.first == Layout.of(27, replace(cfg, ks=(1, 2, 4, 0), anchor_k=0), EPFL_Z).first == 16
+    assert layout.labelled("256px", cfg) == layout.labelled("512px", cfg) == layout.labelled(1, cfg) == [16]
+    assert Cell("256px", "real_only", 0.0, 3).key == "k=256px|real_only|r=0|seed=3"
+    assert evidence.segmenter_dir(Cell("256px", "aa", 0.0, 3), Path("w")) == Path("w/k256px_s3/aa_r0")
+
+
+def _region_bench(tmp_path) -> Bench:
+    cfg = EvidenceConfig(ks=("256px", 1, 0))
+    images, masks = phantom_stack(12, seed=0, config=PhantomConfig(height=512, width=512))
+    return Bench(cfg, tmp_path, images, masks, Layout.of(len(images), cfg), tmp_path / "log")
+
+
+def test_a_region_budget_trains_on_its_region_alone_with_the_validation_block(tmp_path):
+    bench = _region_bench(tmp_path)
+    first, region = bench.layout.first, bench.region("256px")
+    assert region.size == 256 and bench.region(1) is None
+    store = TileStore(bench.store("256px"))
+    train = store.indices("train")
+    assert len(train) == 1 and store.records[int(train[0])]["slice"] == first
+    assert store.records[int(train[0])]["region"] == [region.y, region.x, 256]
+    np.testing.assert_array_equal(store.masks(train)[0], region.crop(bench.masks[first]))
+    assert {store.records[int(i)]["slice"] for i in store.indices("val")} == set(bench.layout.val)
+    alone = TileStore(bench.labelled_only_store("256px"))
+    assert len(alone) == 1 and len(alone.indices("val")) == 0
+    corners = evidence.region_corners(bench.masks[first], bench.cfg)
+    assert corners == {"region_256px": [region.y, region.x, 256]}
+
+
+def test_a_region_budgets_pseudo_labels_cover_its_slice_but_the_region(tmp_path, monkeypatch):
+    """The judge of a region predicts every pool slice, the region's own page too; the region keeps its
+    real mask there (the labels a user has), the rest of that page takes the prediction."""
+    from bench import synthetic_ablation
+    from segmentation_tf.slices import slices_of
+    from shared.tiff_io import read_image_stack
+
+    bench = _region_bench(tmp_path)
+    bench.judge("256px").mkdir(parents=True)
+    (bench.judge("256px") / "segmenter.json").write_text(json.dumps(
+        {"provenance": {"calibration": {"threshold": 0.5, "version": evidence.CALIBRATION_VERSION}}}))
+    calls = []
+    monkeypatch.setattr(synthetic_ablation, "run", fake_trainers(calls))
+    monkeypatch.setattr(evidence, "run", fake_trainers(calls))
+    store = TileStore(bench.pseudo_store("256px"))
+    predict = next(c for c in calls if c[0] == "segmentation_tf.predict")
+    assert len(read_image_stack(predict[predict.index("--images") + 1])) == len(bench.layout.pool)
+    first, region = bench.layout.first, bench.region("256px")
+    page = np.ones_like(bench.masks[first])
+    region.crop(page)[...] = region.crop(bench.masks[first])
+    idx = np.array([i for i, r in enumerate(store.records) if r["slice"] == first])
+    (_, got), = slices_of(store, idx)
+    np.testing.assert_array_equal(got, page)
+    assert not region.crop(bench.masks[first]).all()  # the region's real mask is not the prediction
+
+
+def test_a_work_folder_takes_new_budgets_but_refuses_a_moved_region(tmp_path):
+    cfg = EvidenceConfig()
+    layout = Layout.of(27, cfg, EPFL_Z)
+    evidence.claim_work(tmp_path, layout, cfg)
+    wider = replace(cfg, ks=("256px", 1, 2, 4, 0))
+    evidence.claim_work(tmp_path, layout, wider, {"region_256px": [256, 320, 256]})  # joins the record
+    saved = json.loads((tmp_path / "layout.json").read_text())
+    assert saved["region_256px"] == [256, 320, 256] and saved["labelled_k2"] == [0, 16]
+    with pytest.raises(evidence.UserError, match="another slice layout"):
+        evidence.claim_work(tmp_path, layout, wider, {"region_256px": [0, 0, 256]})
+    record = {**_cell("256px", "real_only", 0.0, 0, 0.56), "labelled_slices": [16],
+              "region": {"size": 256, "y": 256, "x": 320, "foreground": 0.056}}
+    results = {"here": record, "moved": {**record, "region": {**record["region"], "x": 256}}}
+    assert evidence.drop_other_layouts(results, layout, wider, {"region_256px": [256, 320, 256]}) == ["moved"]
+
+
+def test_the_rise_runs_from_the_smallest_region_to_the_whole_pool():
+    cfg = replace(evidence.PRESETS["matched"], seeds=(0, 1))
+    values = {"256px": (0.56, 0.58), "512px": (0.70, 0.71), 1: (0.87, 0.875), 0: (0.887, 0.89)}
+    results = {Cell(k, "real_only", 0.0, s).key: _cell(k, "real_only", 0.0, s, v[s])
+               for k, v in values.items() for s in (0, 1)}
+    results[Cell(2, "real_only", 0.0, 0).key] = _cell(2, "real_only", 0.0, 0, 0.889)  # an earlier budget
+    assert [r["step"] for r in evidence.rise_rows(results, cfg)] == \
+        ["k=256px -> 512px", "k=512px -> 1", "k=1 -> all"]
+    assert evidence.rise_rows(results, cfg)[0]["mean"] == pytest.approx(0.135)  # (0.14 + 0.13) / 2
+    assert [r["k"] for r in evidence.real_only_rows(results, cfg)] == ["256px", "512px", 1, 2, "all"]
+    order = cells(cfg, {})
+    assert order[:5] == [Cell("256px", "real_only", 0.0, 0), Cell(0, "real_only", 0.0, 0),
+                         Cell(0, "reference", 0.0, 0), Cell("512px", "real_only", 0.0, 0),
+                         Cell(1, "real_only", 0.0, 0)]
+    assert order[5:7] == [Cell("256px", "aa", 0.0, 0), Cell("256px", "images_plentiful", 0.3, 0, "vpred")]
 
 
 def _cell(k, arm, ratio, seed, test, val=0.5, calibration=evidence.CALIBRATION_VERSION):
@@ -867,7 +959,7 @@ def test_pairing_groups_keep_their_xla_use_and_new_float32_groups_take_it(tmp_pa
 
 
 def test_pairing_groups_keep_their_precision_and_a_machine_runs_its_own_first(tmp_path):
-    cfg = evidence.PRESETS["matched"]
+    cfg = replace(evidence.PRESETS["matched"], ks=(1, 2, 4, 0), lever_ks=(1, 2))  # its slice budgets
     results = {}
     for s in range(5):  # the k = 1 groups ran in bf16 on an AMX machine
         for arm in ("real_only", "aa"):

@@ -1,12 +1,15 @@
-"""bench.label_budget: region placement, the region store, its rows, and resuming cell by cell."""
+"""bench.regions and bench.label_budget: region placement, the region store, the probe's rows, and
+resuming cell by cell."""
 
+import argparse
 import json
 
 import numpy as np
 import pytest
 
 import bench.label_budget as lb
-from bench.label_budget import Region, gaps_to_pool, nested_regions, region_store, summary_row
+from bench.label_budget import gaps_to_pool, grid_real_only, summary_row
+from bench.regions import Region, budget_label, budget_order, nested_regions, parse_budget, region_store
 from segmentation_tf.slices import slices_of
 from shared.errors import UserError
 from shared.phantom import phantom_stack
@@ -80,10 +83,11 @@ def test_finished_cells_are_skipped_on_rerun(tmp_path, monkeypatch):
     monkeypatch.setattr(lb, "native_precision", lambda: "float32")
     trained = []
 
-    def fake_cell(region, seed, base):
-        trained.append((region.size, seed))
-        return {"seed": seed, "test_iou": 0.5 + region.size / 1000, "val_iou": 0.5, "minutes": 1.0,
-                "precision": "float32", "region": {"size": region.size}}
+    def fake_cell(size, seed, base):
+        trained.append((size, seed))
+        assert base.region(f"{size}px").size == size
+        return {"seed": seed, "test_iou": 0.5 + size / 1000, "val_iou": 0.5, "minutes": 1.0,
+                "precision": "float32", "region": {"size": size}}
 
     monkeypatch.setattr(lb, "run_region", fake_cell)
     argv = ["--size", "256", "--size", "512", "--work", str(tmp_path / "w"), "--json",
@@ -96,3 +100,24 @@ def test_finished_cells_are_skipped_on_rerun(tmp_path, monkeypatch):
                                                 "region=512|seed=0", "region=512|seed=1"]
     assert saved["rows"][0]["test_iou"] == 0.756 and saved["rows"][0]["seeds"] == [0, 1]
     assert set(saved["regions"]) == {"256", "512"}
+
+
+def test_budgets_order_by_labelled_pixels_and_bad_ones_are_one_line():
+    budgets = [0, 2, "512px", 1, "256px"]
+    assert sorted(budgets, key=budget_order) == ["256px", "512px", 1, 2, 0]
+    assert [budget_label(k) for k in ("256px", 1, 2, 0)] == ["256 px region", "1 slice", "2 slices",
+                                                             "whole pool"]
+    assert parse_budget("4") == 4 and parse_budget("256px") == "256px"
+    for bad in ("px", "-2px", "0px", "256 px", "two"):
+        with pytest.raises(argparse.ArgumentTypeError, match="labelled budget"):
+            parse_budget(bad)
+    with pytest.raises(UserError, match="labelled budget '256'"):  # a region names its unit
+        budget_order("256")
+
+
+def test_grid_rows_name_regions_and_slices_fewest_pixels_first():
+    grid = {f"{k}{s}": {"arm": "real_only", "k": k, "seed": s, "test_iou": 0.5 + s / 10,
+                        "precision": "float32"} for k in (0, 1, "256px") for s in (0, 1)}
+    rows = grid_real_only(grid)
+    assert [r["labelled"] for r in rows] == ["256 px region (grid)", "1 slice (grid)", "whole pool (grid)"]
+    assert rows[0]["test_iou"] == 0.55 and rows[0]["seeds"] == [0, 1]
