@@ -35,7 +35,7 @@ from bench.evidence import (
     run_cell,
     xla_measured_faster,
 )
-from bench.regions import Budget, budget_label, budget_order, foreground_fraction
+from bench.regions import Budget, Region, budget_label, budget_order, foreground_fraction, region_side
 from bench.stats import t_interval
 from bench.synthetic_ablation import load_volume, slice_positions
 from shared.atomic import write_json_atomic
@@ -61,6 +61,11 @@ def run_region(size: int, seed: int, base: Bench) -> dict:
         if not path.exists():
             write_stack(path, stack)
     return {**run_cell(Cell(f"{size}px", "real_only", 0.0, seed), bench), "labelled_pixels": size ** 2}
+
+
+def same_place(recorded: dict, region: Region) -> bool:
+    """Whether a recorded cell's region is this one (size and corner)."""
+    return [recorded.get(f) for f in ("size", "y", "x")] == [region.size, region.y, region.x]
 
 
 def summary_row(labelled: str, cells: list[dict]) -> dict:
@@ -114,8 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sizes, seeds = args.size or list(SIZES), args.seed or [0]
     grid_cfg = PRESETS[PRESET]
-    # the grid's cell on these region budgets (nested among themselves: 256 and 512 lie as the grid's)
-    cfg = replace(grid_cfg, ks=tuple(f"{s}px" for s in sizes))
+    # the grid's cell on these region budgets, nested with the grid's own regions (so a 256 px region
+    # is the grid's; a size the grid lacks nests between them and may move them: such cells run again)
+    grid_sides = {region_side(k) for k in grid_cfg.ks} - {0}
+    cfg = replace(grid_cfg, ks=tuple(f"{s}px" for s in sorted(grid_sides | set(sizes))))
     images, masks, source = load_volume()
     layout = Layout.of(len(images), grid_cfg, slice_positions())
     native = native_precision()
@@ -146,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     for seed in seeds:
         for size in sizes:
             key = cell_key(size, seed)
-            if key in records:
+            if key in records and same_place(records[key]["region"], regions[size]):
                 continue
             print(f"{key} (region y {regions[size].y}, x {regions[size].x}, foreground "
                   f"{regions[size].foreground:.3f}) ...", flush=True)

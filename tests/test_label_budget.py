@@ -3,6 +3,7 @@ resuming cell by cell."""
 
 import argparse
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -85,9 +86,8 @@ def test_finished_cells_are_skipped_on_rerun(tmp_path, monkeypatch):
 
     def fake_cell(size, seed, base):
         trained.append((size, seed))
-        assert base.region(f"{size}px").size == size
         return {"seed": seed, "test_iou": 0.5 + size / 1000, "val_iou": 0.5, "minutes": 1.0,
-                "precision": "float32", "region": {"size": size}}
+                "precision": "float32", "region": asdict(base.region(f"{size}px"))}
 
     monkeypatch.setattr(lb, "run_region", fake_cell)
     argv = ["--size", "256", "--size", "512", "--work", str(tmp_path / "w"), "--json",
@@ -100,6 +100,15 @@ def test_finished_cells_are_skipped_on_rerun(tmp_path, monkeypatch):
                                                 "region=512|seed=0", "region=512|seed=1"]
     assert saved["rows"][0]["test_iou"] == 0.756 and saved["rows"][0]["seeds"] == [0, 1]
     assert set(saved["regions"]) == {"256", "512"}
+    # one size alone lies where the grid's nesting puts it (inside the 512 px region), so it pairs
+    lb.main(["--size", "256", "--seed", "2", *argv[4:]])
+    again = json.loads((tmp_path / "r.json").read_text())
+    assert again["regions"]["256"] == saved["regions"]["256"] and trained[-1] == (256, 2)
+    # a recorded cell whose region moved runs again
+    again["results_by_cell"]["region=256|seed=0"]["region"]["x"] += 64
+    (tmp_path / "r.json").write_text(json.dumps(again))
+    lb.main(["--size", "256", "--seed", "0", "--seed", "2", *argv[4:]])
+    assert trained[-1] == (256, 0) and len(trained) == 6
 
 
 def test_budgets_order_by_labelled_pixels_and_bad_ones_are_one_line():
