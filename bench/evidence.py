@@ -366,7 +366,7 @@ def first_labelled(split_pool: list[int], pool: list[int], z: list[int], cfg: Ev
     """The seeded start of the earlier layout's contiguous labelled runs (page 16 of the EPFL subset:
     every k = 1 cell measured since 2026-11-28 keeps its slice); where a guard band took that page,
     the nearest pool page in z."""
-    widest = min(cfg.anchor_k or max(k for k in cfg.ks if not region_side(k)), len(split_pool))
+    widest = min(cfg.anchor_k or max((k for k in cfg.ks if not region_side(k)), default=1), len(split_pool))
     drawn = split_pool[int(np.random.default_rng(cfg.slices_seed).integers(0, len(split_pool) - widest + 1))]
     return min(pool, key=lambda p: (abs(z[p] - z[drawn]), p))
 

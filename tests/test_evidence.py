@@ -164,6 +164,7 @@ def test_region_budgets_label_part_of_the_first_slice_which_stays_page_16():
     # the first page drawn for the earlier runs of four slices (every k = 1 cell since 2026-11-28)
     assert layout.first == Layout.of(27, replace(cfg, ks=(1, 2, 4, 0), anchor_k=0), EPFL_Z).first == 16
     assert layout.labelled("256px", cfg) == layout.labelled("512px", cfg) == layout.labelled(1, cfg) == [16]
+    assert Layout.of(27, EvidenceConfig(ks=("256px", 0)), EPFL_Z).first in layout.pool  # regions alone
     assert Cell("256px", "real_only", 0.0, 3).key == "k=256px|real_only|r=0|seed=3"
     assert evidence.segmenter_dir(Cell("256px", "aa", 0.0, 3), Path("w")) == Path("w/k256px_s3/aa_r0")
 
