@@ -557,8 +557,7 @@ class Bench:
             return store
         if not (self.judge(k) / "segmenter.json").exists():
             run_cell(Cell(k, "real_only", 0.0, self.cfg.seeds[0]), self)
-        labelled, region = self.layout.labelled(k, self.cfg), self.region(k)
-        unlabelled = [z for z in self.layout.pool if region or z not in labelled]
+        unlabelled, region = self.predicted_pages(k), self.region(k)
         folder.mkdir(parents=True, exist_ok=True)
         write_stack(folder / "unlabelled.tif", self.images[unlabelled])
         run(["segmentation_tf.predict", "--model", str(self.judge(k)), "--images",
@@ -569,6 +568,11 @@ class Bench:
         if region:
             region.crop(masks[self.layout.first])[...] = region.crop(self.masks[self.layout.first])
         return make_store(store, self.images, masks, self.layout.pool, self.layout.val)
+
+    def predicted_pages(self, k: Budget) -> list[int]:
+        """The pool pages the judge of k pseudo-labels: those not labelled, and a region's own page."""
+        labelled = self.layout.labelled(k, self.cfg)
+        return [z for z in self.layout.pool if self.region(k) or z not in labelled]
 
     def checkpoint(self, cell: Cell) -> Path:
         """Train (or reuse) the cell's generator. images_plentiful: the recipe's VAE on every pool image
@@ -742,7 +746,8 @@ def generator_figures(cell: Cell, bench: Bench) -> dict:
     test tiles; realism against the test tiles (histogram W1, spectrum distance, classifier two-sample
     accuracy) beside the floor of real pool tiles against them; the drawn objects at their mask edges
     against the test block's (object contrast, edge-profile distance: bench.edge_profiles); the VAE's
-    reconstruction of the test tiles (MSE goal <= 0.005)."""
+    reconstruction of the test tiles (MSE goal <= 0.005); for a recipe learning from pseudo-labels,
+    how they match the pool's real masks (pseudo_label_figures)."""
     from bench.synthetic_variants import fidelity, held_out_tile_store
     from generation_torch.evaluate import reconstruction
     from generation_torch.metrics import edge_figures, realism
@@ -759,7 +764,9 @@ def generator_figures(cell: Cell, bench: Bench) -> dict:
     floor = realism(pool.images(pool.indices("train")), real)
     recon, recon_tiles = reconstruction(load_generator(bench.generator_dir(cell) / "generator.pt"), real)
     recipe = bench.cfg.recipe(cell.recipe)
+    pseudo = recipe.pseudo_masks and cell.arm == "images_plentiful" and cell.k != 0
     return {"k": _k(cell.k), "regime": cell.arm, "recipe": cell.recipe, "tiles": len(synthetic),
+            **(pseudo_label_figures(bench, cell.k, recipe.pseudo_masks) if pseudo else {}),
             "guidance": recipe.sampling.guidance, "mask_source": recipe.mask_source,
             **judge_figures(fidelity(synthetic, judge), fidelity(test, judge)),
             **{k: round(v, 4) for k, v in realism(generated, real).items()},
@@ -771,6 +778,23 @@ def generator_figures(cell: Cell, bench: Bench) -> dict:
                                                        test.masks(test_idx)).items()},
             "vae_recon_mse": round(recon["recon_mse"], 5),
             "vae_recon_spectrum_dist": round(realism(recon_tiles, real)["spectrum_dist"], 4)}
+
+
+def pseudo_label_figures(bench: Bench, k: Budget, version: int) -> dict:
+    """How the pseudo-labels that k's judge made (calibration version `version`) match the real masks
+    of the pages it labelled, outside a region's real labels: pooled IoU and both foreground fractions
+    (the benchmark's pool is labelled throughout; a user's is not)."""
+    from segmentation_tf.scores import iou
+
+    pages, region = bench.predicted_pages(k), bench.region(k)
+    predicted = read_mask_stack(bench.pseudo_store(k, version).parent / "predicted" / "mask.tif") > 0
+    real = bench.masks[pages] > 0
+    if region:  # the region keeps its real mask in the store: leave it out of both
+        first = pages.index(bench.layout.first)
+        region.crop(predicted[first])[...] = region.crop(real[first])[...] = False
+    return {"pseudo_iou": round(iou(predicted, real), 4),
+            "pseudo_foreground": round(float(predicted.mean()), 4),
+            "pseudo_real_foreground": round(float(real.mean()), 4)}
 
 
 def judge_figures(drawn: dict, real: dict) -> dict:

@@ -215,6 +215,15 @@ def test_a_region_budgets_pseudo_labels_cover_its_slice_but_the_region(tmp_path,
     (_, got), = slices_of(store, idx)
     np.testing.assert_array_equal(got, page)
     assert not region.crop(bench.masks[first]).all()  # the region's real mask is not the prediction
+    # the labels' quality against the pool's real masks, the region left out: the prediction is all
+    # foreground, so IoU = real foreground / predicted pixels, by count
+    real = bench.masks[bench.layout.pool] > 0
+    region.crop(real[bench.layout.pool.index(first)])[...] = False
+    predicted = real.size - 256 * 256
+    figures = evidence.pseudo_label_figures(bench, "256px", evidence.CALIBRATION_VERSION)
+    assert figures == {"pseudo_iou": round(real.sum() / predicted, 4),
+                       "pseudo_foreground": round(predicted / real.size, 4),
+                       "pseudo_real_foreground": round(real.sum() / real.size, 4)}
 
 
 def test_a_work_folder_takes_new_budgets_but_refuses_a_moved_region(tmp_path):
