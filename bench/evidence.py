@@ -287,8 +287,9 @@ PRESETS = {
     # region 0.706 (bench.label_budget): the room generated pairs could fill lies there
     "matched": replace(tiles_preset(50, ema=True, precise_bn=True, reference_ending=()), resolve_seeds=16,
                        **SUB_SLICE),
+    # the chain in minutes, on matched's kind of budget (a region of one slice, the pool)
     "quick": EvidenceConfig(
-        ks=(1, 0), seeds=(0, 1), choice_seeds=1, ratios=(0.3,), n_synthetic=32,
+        ks=("256px", 0), seeds=(0, 1), choice_seeds=1, ratios=(0.3,), n_synthetic=32, anchor_k=1,
         segmenter_flags=("--preset", "quick", "--epochs", "3", "--steps-per-epoch", "10", "--no-tta"),
         reference_flags=("--preset", "quick", "--epochs", "4"),
         generator_flags=("--preset", "quick", "--vae-steps", "100", "--diffusion-steps", "150",
@@ -296,7 +297,7 @@ PRESETS = {
         recipes=(replace(TODAY, sampling=SamplerSettings("ddim", 8, guidance=3.0)),
                  replace(LEVERS, sampling=SamplerSettings("ddim", 8, guidance=2.0, texture=1.0))),
         main_recipe="levers",
-        lever_ks=(1,)),
+        lever_ks=("256px",)),
     # a GPU job: matched's fixed step budget (the real preset's own epochs are one pass over the real
     # tiles, so its step count would grow with k), 8 seeds, every rung, full-size generators
     "full": replace(

@@ -513,7 +513,7 @@ def test_the_results_page_shows_intervals_noise_floor_and_rise(tmp_path, monkeyp
                    "--max-cells", "11"])
     page = "\n".join(report.section(results, "evidence"))
     assert "A/A noise floor" in page and "pooled_sd" in page
-    assert "k=1 -> all" in page and "| k | n | mean | sd | low | high |" in page
+    assert "k=256px -> all" in page and "| k | n | mean | sd | low | high |" in page
     assert "Can the grid resolve the generator goal?" in page and "seeds_at_aa_sd" in page
     assert (tmp_path / "evidence.png").is_file()
     row = report.table([{"cell": "k=1|aa|r=0|seed=0", "iou": 0.5}])[-1]
