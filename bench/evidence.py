@@ -294,9 +294,11 @@ PRESETS = {
         reference_flags=("--preset", "quick", "--epochs", "4"),
         generator_flags=("--preset", "quick", "--vae-steps", "100", "--diffusion-steps", "150",
                          "--visual-every", "0"),
+        # the main recipe (its pseudo-labels at today's calibration version: a fresh judge has no
+        # version-1 threshold) with 8 DDIM steps
         recipes=(replace(TODAY, sampling=SamplerSettings("ddim", 8, guidance=3.0)),
-                 replace(LEVERS, sampling=SamplerSettings("ddim", 8, guidance=2.0, texture=1.0))),
-        main_recipe="levers",
+                 replace(VPRED, sampling=replace(VPRED.sampling, sampler="ddim", steps=8))),
+        main_recipe="vpred",
         lever_ks=("256px",)),
     # a GPU job: matched's fixed step budget (the real preset's own epochs are one pass over the real
     # tiles, so its step count would grow with k), 8 seeds, every rung, full-size generators
@@ -304,7 +306,10 @@ PRESETS = {
         tiles_preset(50, ema=True, precise_bn=True, reference_ending=()), seeds=tuple(range(8)),
         choice_seeds=3, n_synthetic=512, resolve_seeds=24, **SUB_SLICE,
         generator_flags=("--preset", "full",),
-        recipes=tuple(replace(r, sampling=replace(r.sampling, sampler="ddim", steps=50))
+        # every pseudo-labelling rung at today's calibration version: a fresh grid's judges have no
+        # version-1 threshold (the CPU grids' version-1 rungs are records of judges that had one)
+        recipes=tuple(replace(r, sampling=replace(r.sampling, sampler="ddim", steps=50),
+                              pseudo_masks=r.pseudo_masks and CALIBRATION_VERSION)
                       for r in (TODAY, SPADE, PSEUDO, TEXTURE, LEVERS, LEVERS_PRETRAIN, SPECTRAL, MINSNR,
                                 POOL_PRETRAINED, VPRED, VPRED_PRETRAIN))),
 }

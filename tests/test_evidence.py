@@ -169,6 +169,15 @@ def test_region_budgets_label_part_of_the_first_slice_which_stays_page_16():
     assert evidence.segmenter_dir(Cell("256px", "aa", 0.0, 3), Path("w")) == Path("w/k256px_s3/aa_r0")
 
 
+def test_grids_that_start_fresh_pseudo_label_at_todays_calibration_version():
+    """A judge trained today is calibrated on today's threshold grid only: a recipe asking for an older
+    version's pseudo-labels could not run in a fresh work folder."""
+    for name in ("matched", "full", "quick"):
+        recipes = evidence.PRESETS[name].recipes
+        assert {r.pseudo_masks for r in recipes} <= {0, evidence.CALIBRATION_VERSION}, name
+        assert any(r.pseudo_masks for r in recipes), name
+
+
 def _region_bench(tmp_path) -> Bench:
     cfg = EvidenceConfig(ks=("256px", 1, 0))
     images, masks = phantom_stack(12, seed=0, config=PhantomConfig(height=512, width=512))
