@@ -1001,16 +1001,19 @@ def plot(results: dict, cfg: EvidenceConfig, path: Path) -> None:
     arms += [("images_plentiful", cfg.lever_ratio, r.name, f"images plentiful, {r.name}, ratio "
               f"{cfg.lever_ratio:g}") for r in cfg.recipes[1:]]
     for arm, ratio, recipe, label in arms:
-        pts = [(x_of[k], t_interval(list(v.values()))) for k in ks
-               if len(v := by_seed(results, k, arm, ratio, recipe)) >= 2]
+        # every budget measured, one seed or more (a lone seed is a point without a bar: a sub-slice
+        # budget's first seed is the figure's most telling point)
+        pts = [(x_of[k], list(v.values())) for k in ks if (v := by_seed(results, k, arm, ratio, recipe))]
         if not pts:
             continue
-        xs = [p[0] for p in pts]
-        ax.plot(xs, [p[1]["mean"] for p in pts], marker="o", label=label)
-        ax.fill_between(xs, [p[1]["low"] for p in pts], [p[1]["high"] for p in pts], alpha=0.2)
+        (line,) = ax.plot([x for x, _ in pts], [float(np.mean(v)) for _, v in pts], marker="o", label=label)
+        for x, values in pts:
+            if len(values) >= 2:
+                interval = t_interval(values)
+                ax.vlines(x, interval["low"], interval["high"], color=line.get_color(), alpha=0.4, lw=5)
     ax.set_xticks(range(len(ks)), [str(_k(k)) for k in ks])
     ax.set_xlabel("labelled budget k: a region of one slice (px), slices, all (the whole pool)")
-    ax.set_ylabel("held-out test IoU (mean, 95% t band over seeds)")
+    ax.set_ylabel("held-out test IoU (mean over seeds;\nbars: 95% t interval, 2 or more seeds)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
