@@ -60,7 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import ROOT, machine
-from bench.regions import Budget, Region, budget_order, budget_region, region_side, region_store
+from bench.regions import Budget, Region, budget_order, budget_region, corner_of, region_side, region_store
 from bench.stats import paired_interval, seeds_needed, t_interval
 from bench.synthetic_ablation import (
     load_volume,
@@ -577,8 +577,10 @@ class Bench:
 
     def predicted_pages(self, k: Budget) -> list[int]:
         """The pool pages the judge of k pseudo-labels: those not labelled, and a region's own page."""
+        if self.region(k):
+            return list(self.layout.pool)
         labelled = self.layout.labelled(k, self.cfg)
-        return [z for z in self.layout.pool if self.region(k) or z not in labelled]
+        return [z for z in self.layout.pool if z not in labelled]
 
     def checkpoint(self, cell: Cell) -> Path:
         """Train (or reuse) the cell's generator. images_plentiful: the recipe's VAE on every pool image
@@ -1096,7 +1098,7 @@ def read_saved(path: Path) -> dict:
 def region_corners(first_mask: np.ndarray, cfg: EvidenceConfig) -> dict[str, list[int]]:
     """Each region budget's [y, x, side] on the first labelled slice (its mask given), as layouts
     record them."""
-    return {f"region_{k}": [r.y, r.x, r.size] for k in cfg.ks
+    return {f"region_{k}": r.corner for k in cfg.ks
             if (r := budget_region(first_mask, k, cfg.ks)) is not None}
 
 
@@ -1142,7 +1144,7 @@ def drop_other_layouts(results: dict, layout: Layout, cfg: EvidenceConfig,
             return False
         placed = (corners or {}).get(f"region_{c['k']}")
         moved = "region" in c and placed is not None and \
-            [c["region"]["y"], c["region"]["x"], c["region"]["size"]] != placed
+            corner_of(c["region"]) != placed
         return moved or c["labelled_slices"] != layout.labelled(c["k"], cfg) or \
             (c["arm"] in POOL_ARMS and c.get("pool") != layout.pool)
 

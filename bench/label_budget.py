@@ -35,7 +35,7 @@ from bench.evidence import (
     run_cell,
     xla_measured_faster,
 )
-from bench.regions import Budget, Region, budget_label, budget_order, foreground_fraction, region_side
+from bench.regions import Budget, budget_label, budget_order, corner_of, foreground_fraction, region_side
 from bench.stats import t_interval
 from bench.synthetic_ablation import load_volume, slice_positions
 from shared.atomic import write_json_atomic
@@ -61,11 +61,6 @@ def run_region(size: int, seed: int, base: Bench) -> dict:
         if not path.exists():
             write_stack(path, stack)
     return {**run_cell(Cell(f"{size}px", "real_only", 0.0, seed), bench), "labelled_pixels": size ** 2}
-
-
-def same_place(recorded: dict, region: Region) -> bool:
-    """Whether a recorded cell's region is this one (size and corner)."""
-    return [recorded.get(f) for f in ("size", "y", "x")] == [region.size, region.y, region.x]
 
 
 def summary_row(labelled: str, cells: list[dict]) -> dict:
@@ -153,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     for seed in seeds:
         for size in sizes:
             key = cell_key(size, seed)
-            if key in records and same_place(records[key]["region"], regions[size]):
+            if key in records and corner_of(records[key]["region"]) == regions[size].corner:
                 continue
             print(f"{key} (region y {regions[size].y}, x {regions[size].x}, foreground "
                   f"{regions[size].foreground:.3f}) ...", flush=True)

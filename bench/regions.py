@@ -72,6 +72,16 @@ class Region:
         """The region of a slice (a view: assigning into it writes the slice)."""
         return slice_[self.y:self.y + self.size, self.x:self.x + self.size]
 
+    @property
+    def corner(self) -> list[int]:
+        """[y, x, side]: where the region lies, as stores, layouts and records write it."""
+        return [self.y, self.x, self.size]
+
+
+def corner_of(recorded: dict) -> list[int]:
+    """[y, x, side] of a region as a results record holds it (dataclasses.asdict of a Region)."""
+    return [recorded["y"], recorded["x"], recorded["size"]]
+
 
 def foreground_fraction(mask: np.ndarray) -> float:
     return float(np.count_nonzero(mask)) / mask.size
@@ -122,7 +132,6 @@ def region_store(path: Path, images: np.ndarray, masks: np.ndarray, page: int, r
         TileStore.create(tmp)
     tiles, mask_tiles, records = tile_stack(region.crop(images[page])[None], region.crop(masks[page])[None],
                                             "region", {0: "train"})
-    corner = [region.y, region.x, region.size]
-    TileStore(tmp).append(tiles, mask_tiles, [{**r, "slice": page, "region": corner} for r in records])
+    TileStore(tmp).append(tiles, mask_tiles, [{**r, "slice": page, "region": region.corner} for r in records])
     tmp.rename(path)
     return path
