@@ -605,7 +605,7 @@ class Bench:
         product = folder / "generator.pt"
         if product.exists():
             return product
-        common = [*self.cfg.generator_flags, "--seed", "0", "--no-progress"]
+        common = [*self.cfg.generator_flags, "--seed", "0", "--no-progress", "--resume"]
         vae = trained_vae(self.work / f"pool_vae_{recipe.vae}", self.store(0), common, recipe.vae_flags,
                           self.log)
         folder.mkdir(parents=True, exist_ok=True)

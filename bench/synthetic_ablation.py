@@ -197,7 +197,9 @@ def train_generator(gen_dir: Path, seed: int, regime: str, covers_pool: bool, la
     product = gen_dir / "generator.pt"
     if product.exists():
         return product
-    common = [*cfg.generator_flags, "--seed", str(seed), "--no-progress"]
+    # --resume: a stage killed with the grid continues from its last checkpoint (its time box counts
+    # the killed minutes) instead of starting over
+    common = [*cfg.generator_flags, "--seed", str(seed), "--no-progress", "--resume"]
     if regime == "strict" and not covers_pool:
         run(["generation_torch.train", "--store", str(labelled), "--out", str(gen_dir), *common, *vae_flags,
              *denoiser_flags], log)

@@ -68,7 +68,8 @@ def parser() -> ArgumentParser:
     v.add_argument("--vae-steps", type=positive_int)
     v.add_argument("--vae-batch-size", type=positive_int)
     v.add_argument("--vae-lr", type=positive_float)
-    v.add_argument("--vae-minutes", type=positive_float, help="time box for the VAE stage")
+    v.add_argument("--vae-minutes", type=positive_float,
+                   help="time box for the VAE stage (minutes, killed runs that --resume continues included)")
     d = p.add_argument_group("diffusion")
     d.add_argument("--schedule", choices=diffusion.SCHEDULES)
     d.add_argument("--prediction", choices=diffusion.PREDICTIONS)
@@ -88,7 +89,8 @@ def parser() -> ArgumentParser:
     d.add_argument("--diffusion-batch-size", type=positive_int)
     d.add_argument("--diffusion-lr", type=positive_float)
     d.add_argument("--ema-decay", type=fraction)
-    d.add_argument("--diffusion-minutes", type=positive_float, help="time box for the diffusion stage")
+    d.add_argument("--diffusion-minutes", type=positive_float,
+                   help="time box for the diffusion stage (minutes, as --vae-minutes)")
     return p
 
 

@@ -52,7 +52,7 @@ class LoopContext:
     resume: bool = False
     writer: Any = None                 # a SummaryWriter on the main process, else None
     stop_after: int | None = None      # leave the loop after this many total steps (resumable)
-    max_minutes: float | None = None   # time box for this stage: ends it as if finished
+    max_minutes: float | None = None   # time box for this stage, across resumes: ends it as if finished
     progress: bool = True
     visual_every: int = 5              # epochs between TensorBoard image grids (they cost CPU time)
 
@@ -65,6 +65,7 @@ class LoopState:
     best: float = math.inf
     bad_epochs: int = 0
     finished: bool = False
+    minutes: float = 0.0  # training minutes of the stage so far, killed invocations included
 
 
 @dataclass
@@ -103,8 +104,9 @@ def fit(task: Task, cfg: StageConfig, ctx: LoopContext) -> LoopState:
     last_path, best_path = paths(ctx, task.name)
     if ctx.resume and last_path.exists():
         state = _restore(last_path, task, parts)
-        if state.finished and state.step < cfg.steps and state.bad_epochs < cfg.patience:
-            state.finished = False  # a time box ended it early: --resume trains on to cfg.steps
+        if state.finished and state.step < cfg.steps and state.bad_epochs < cfg.patience \
+                and not boxed_out(state, ctx):
+            state.finished = False  # a time box ended it early: a larger box (or none) trains on
     start_step = state.step
     if state.finished:
         _load_best(best_path, task, parts)
@@ -113,8 +115,8 @@ def fit(task: Task, cfg: StageConfig, ctx: LoopContext) -> LoopState:
                                                                           * ctx.dist.world)))
     bar = tqdm(total=cfg.steps, initial=state.step, desc=task.name, unit="step",
                disable=not (ctx.progress and ctx.dist.main), dynamic_ncols=True)
-    started, seen, t0 = time.monotonic(), 0, time.monotonic()
-    while state.step < cfg.steps:
+    minutes_before, started, seen, t0 = state.minutes, time.monotonic(), 0, time.monotonic()
+    while state.step < cfg.steps and not boxed_out(state, ctx):
         g = torch.Generator().manual_seed(ctx.seed * 1_000_003 + ctx.dist.rank * 7_919 + state.step)
         loss, logs = _train_step(task, wrapped, model, opt, parts.scaler, g, cfg, ctx, state.step + 1)
         parts.sched.step()
@@ -128,7 +130,8 @@ def fit(task: Task, cfg: StageConfig, ctx: LoopContext) -> LoopState:
             bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:.1f}")
             seen, t0 = 0, time.monotonic()
         bar.update(1)
-        timed_out = ctx.max_minutes is not None and time.monotonic() - started > 60 * ctx.max_minutes
+        state.minutes = minutes_before + (time.monotonic() - started) / 60
+        timed_out = boxed_out(state, ctx)
         epoch_end = state.step % per_epoch == 0 or state.step == cfg.steps or timed_out
         if epoch_end and (_end_epoch(task, cfg, ctx, state, parts) or timed_out):
             break
@@ -143,6 +146,12 @@ def fit(task: Task, cfg: StageConfig, ctx: LoopContext) -> LoopState:
         _save_last(last_path, task, parts, state)
     barrier(ctx.dist)
     return state
+
+
+def boxed_out(state: LoopState, ctx: LoopContext) -> bool:
+    """Has the stage used its time box? The box counts every invocation's minutes, so a killed and
+    resumed run trains as long as one that ran straight."""
+    return ctx.max_minutes is not None and state.minutes > ctx.max_minutes
 
 
 def _train_step(task: Task, wrapped: nn.Module, model: nn.Module, opt: torch.optim.Optimizer,

@@ -579,6 +579,7 @@ def test_each_recipe_trains_and_draws_with_its_own_flags(tmp_path, monkeypatch):
     assert len(vaes) == 2 and "--spectral-weight" in vaes[1] and "--spectral-weight" not in vaes[0]
     denoisers = [c for stage, c in stages if stage == "diffusion"]
     assert len(denoisers) == 2  # levers and texture share the pseudo generator; spectral_vae has its own
+    assert all("--resume" in c for _, c in stages)  # a stage killed with the grid continues
     assert len([c for c in calls if c[0] == "segmentation_tf.predict"]) == 1  # pseudo-labels once per k
     assert all("--mask-every-level" in c and "--spectral-weight" not in c for c in denoisers)
     samples = [c for c in calls if c[0] == "generation_torch.sample"]
