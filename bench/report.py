@@ -26,6 +26,8 @@ SECTIONS = [
                      "evidence grid's held-out test block"),
     ("label_budget.json", "Real only below one labelled slice: a square region of one slice, the evidence "
                           "grid's budget and blocks (bench.label_budget)"),
+    ("feature_labels.json", "Pixel classifiers on one labelled region: the generator's denoiser features and "
+                            "classic filters beside the grid's judge (bench.feature_labels)"),
     ("generator_epfl.json", "Generator quality on held-out real EPFL slices"),
     ("evidence.json",
      "The evidence instrument, standard preset (restore-best; before the border-mirroring tiler)"),
