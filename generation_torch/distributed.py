@@ -46,9 +46,19 @@ def mean_across(d: Dist, value: torch.Tensor) -> torch.Tensor:
     """Average a scalar over processes (so every rank sees the same loss, e.g. for the NaN guard)."""
     if not d.enabled:
         return value
-    value = value.detach().clone()
-    dist.all_reduce(value)
-    return value / d.world
+    # on the rank's device: nccl (GPU) reduces no CPU tensor, and the loss arrives on the CPU
+    reduced = value.detach().to(d.device, copy=True)
+    dist.all_reduce(reduced)
+    return (reduced / d.world).to(value.device)
+
+
+def any_across(d: Dist, flag: bool) -> bool:
+    """True on every rank when it is true on any (so all ranks leave a loop at the same step)."""
+    if not d.enabled:
+        return flag
+    value = torch.tensor(float(flag), device=d.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def teardown(d: Dist) -> None:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from generation_torch import checkpoint, precision
 from generation_torch.config import StageConfig, to_dict
-from generation_torch.distributed import Dist, barrier, mean_across
+from generation_torch.distributed import Dist, any_across, barrier, mean_across
 from generation_torch.optim import EMA, make_optimizer, make_scheduler
 from shared.errors import UserError
 from shared.presets import changed_fields
@@ -131,7 +131,8 @@ def fit(task: Task, cfg: StageConfig, ctx: LoopContext) -> LoopState:
             seen, t0 = 0, time.monotonic()
         bar.update(1)
         state.minutes = minutes_before + (time.monotonic() - started) / 60
-        timed_out = boxed_out(state, ctx)
+        # each rank reads its own clock: they agree, or one would leave while the others all-reduce
+        timed_out = ctx.max_minutes is not None and any_across(ctx.dist, boxed_out(state, ctx))
         epoch_end = state.step % per_epoch == 0 or state.step == cfg.steps or timed_out
         if epoch_end and (_end_epoch(task, cfg, ctx, state, parts) or timed_out):
             break

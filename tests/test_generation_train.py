@@ -156,6 +156,27 @@ def test_torchrun_two_processes_on_gloo(tiny_store, tmp_path):
     assert saved["loop"]["step"] == 2
 
 
+def test_ranks_agree_on_a_flag_and_average_a_cpu_loss(tmp_path):
+    """Two gloo processes: a flag true on one rank only is true on both (a time box that one rank's
+    clock crossed first ends the loop on every rank at the same step), and a loss on the CPU averages."""
+    script = tmp_path / "agree.py"
+    script.write_text(
+        "import torch\n"
+        "from generation_torch.distributed import any_across, mean_across, setup, teardown\n"
+        "d = setup('cpu')\n"
+        "flag = any_across(d, d.rank == 0)\n"
+        "mean = float(mean_across(d, torch.tensor(float(d.rank + 1))))\n"
+        "print(f'rank {d.rank} flag {flag} mean {mean}', flush=True)\n"
+        "teardown(d)\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(free_port()), str(script)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank} flag True mean 1.5" in proc.stdout, proc.stdout
+
+
 def test_sample_is_deterministic_with_provenance(trained, tiny_store, tmp_path):
     from shared.store import TileStore
 
