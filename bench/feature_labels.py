@@ -211,14 +211,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timesteps", type=int, nargs="+", default=list(TIMESTEPS))
     parser.add_argument("--json", type=Path, default=Path("docs/feature_labels.json"))
     args = parser.parse_args(argv)
+    if "denoiser" in args.features and args.generator is None:
+        parser.error("denoiser features need --generator")
     layout_file = args.work / "layout.json"
     if not layout_file.is_file():
         raise UserError(f"{layout_file}: no grid layout (run bench.evidence first)")
     layout = json.loads(layout_file.read_text())
+    judge_masks(args.work, args.k)
     images, masks, source = load_volume()
     images = normalize(images)
-    if "denoiser" in args.features and args.generator is None:
-        parser.error("denoiser features need --generator")
     kinds = {"filters": (filter_features, 1)}
     if "denoiser" in args.features:
         gen = load_generator(args.generator)
@@ -255,6 +256,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def judge_masks(work: Path, k) -> Path:
+    """The pool pages the grid's judge of k pseudo-labelled (at today's calibration version)."""
+    path = work / f"k{k}" / "pseudo_c2" / "predicted" / "mask.tif"
+    if not path.is_file():
+        raise UserError(f"{path}: the judge of k = {k} has not pseudo-labelled the pool yet (the grid "
+                        "does so before its first main-recipe cell of that budget)")
+    return path
+
+
 def classify(
     name: str, features, f: int, images: np.ndarray, masks: np.ndarray, layout: dict, k, work: Path
 ) -> dict:
@@ -280,7 +290,7 @@ def classify(
     test = page_probs(layout["test"])
     others = [z for z in layout["pool"] if z not in labelled]
     pool = page_probs(others) >= threshold
-    predicted = read_mask_stack(work / f"k{k}" / "pseudo_c2" / "predicted" / "mask.tif") > 0
+    predicted = read_mask_stack(judge_masks(work, k)) > 0
     judged = [z for z in layout["pool"] if isinstance(k, str) or z not in labelled]  # the judge's pages
     judge_pool = predicted[[judged.index(z) for z in others]]
     truth = masks[others] > 0

@@ -57,3 +57,14 @@ def test_denoiser_features_stack_every_up_level_at_latent_resolution():
     assert feats.shape == (3, 2 * (8 + 16 + 16), 64, 64)
     again = tile_features(gen, tiles[:1], (50, 250))
     assert np.allclose(again, feats[:1], atol=1e-5)  # fixed noise: the same features in another batch
+
+
+def test_a_budget_the_judge_has_not_labelled_is_one_clear_error(tmp_path):
+    from bench.feature_labels import main
+    from shared.errors import UserError
+
+    with pytest.raises(UserError, match=r"layout.json: no grid layout \(run bench.evidence first\)"):
+        main(["--work", str(tmp_path), "--k", "2", "--features", "filters"])
+    (tmp_path / "layout.json").write_text("{}")
+    with pytest.raises(UserError, match=r"k2/pseudo_c2/predicted/mask.tif: the judge of k = 2 has not"):
+        main(["--work", str(tmp_path), "--k", "2", "--features", "filters"])
