@@ -557,7 +557,7 @@ class Bench:
         that the k slices' real-only segmenter predicts at its threshold of calibration version
         `version` (never a test slice; validation keeps its real masks for early stopping). A region
         budget's slice is predicted too, but for the region, which keeps its real mask."""
-        folder = self.work / f"k{k}" / ("pseudo" if version == 1 else f"pseudo_c{version}")
+        folder = pseudo_folder(self.work, k, version)
         store = folder / "store"
         if (store / "manifest.json").exists():
             return store
@@ -622,6 +622,12 @@ class Bench:
         return synthetic_store(self.generator_dir(cell), self.checkpoint(cell), self.store(cell.k), self.cfg,
                                recipe.sampling, 0, self.log, out=self.synthetic_dir(cell, sampling),
                                mask_source=recipe.mask_source)
+
+
+def pseudo_folder(work: Path, k: Budget, version: int = CALIBRATION_VERSION) -> Path:
+    """Where the judge of k pseudo-labels the pool at a calibration version: its prediction in
+    FOLDER/predicted (probability.tif, mask.tif), the pseudo-labelled store in FOLDER/store."""
+    return work / f"k{k}" / ("pseudo" if version == 1 else f"pseudo_c{version}")
 
 
 def segmenter_flags(cell: Cell, cfg: EvidenceConfig, synthetic: Path | None, precision: str | None = None,

@@ -25,7 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import machine, print_table, shown_command
+from bench.evidence import pseudo_folder
 from bench.regions import parse_budget
+from segmentation_tf.calibration import calibrate_threshold
+from segmentation_tf.scores import iou
 from shared.atomic import write_json_atomic
 from shared.errors import UserError, run_cli
 from shared.normalization import normalize
@@ -186,11 +189,6 @@ def upsample(probs: np.ndarray, f: int) -> np.ndarray:
     )[:, 0].numpy()
 
 
-def iou(pred: np.ndarray, truth: np.ndarray) -> float:
-    union = np.logical_or(pred, truth).sum()
-    return float(np.logical_and(pred, truth).sum() / union) if union else 1.0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from bench.synthetic_ablation import load_volume
     from generation_torch.pipeline import load_generator
@@ -258,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def judge_masks(work: Path, k) -> Path:
     """The pool pages the grid's judge of k pseudo-labelled (at today's calibration version)."""
-    path = work / f"k{k}" / "pseudo_c2" / "predicted" / "mask.tif"
+    path = pseudo_folder(work, k) / "predicted" / "mask.tif"
     if not path.is_file():
         raise UserError(f"{path}: the judge of k = {k} has not pseudo-labelled the pool yet (the grid "
                         "does so before its first main-recipe cell of that budget)")
@@ -284,9 +282,7 @@ def classify(
     def page_probs(pages: list[int]) -> np.ndarray:
         return np.concatenate([upsample(predict(features(images[[z]])), f) for z in pages])
 
-    val = page_probs(layout["val"])
-    scores = [iou(val >= t, masks[layout["val"]] > 0) for t in THRESHOLDS]
-    threshold = float(THRESHOLDS[int(np.argmax(scores))])
+    threshold, val_iou = calibrate_threshold(page_probs(layout["val"]), masks[layout["val"]], THRESHOLDS)
     test = page_probs(layout["test"])
     others = [z for z in layout["pool"] if z not in labelled]
     pool = page_probs(others) >= threshold
@@ -301,9 +297,9 @@ def classify(
         "labelled_pixels": int(targets.size * f * f),
         "threshold": threshold,
         # its fit to the labels it learned (a classifier that cannot fit them lacks the features)
-        "labelled_iou": round(iou(upsample(predict(feats), f) >= threshold, truth_labelled), 4),
-        "val_iou": round(max(scores), 4),
-        "test_iou": round(iou(test >= threshold, masks[layout["test"]] > 0), 4),
+        "labelled_iou": round(iou(upsample(predict(feats), f), truth_labelled, threshold), 4),
+        "val_iou": round(val_iou, 4),
+        "test_iou": round(iou(test, masks[layout["test"]], threshold), 4),
         "pool_pages": len(others),
         "pseudo_iou": round(iou(pool, truth), 4),
         "judge_pseudo_iou": round(iou(judge_pool, truth), 4),
