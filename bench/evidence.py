@@ -392,23 +392,26 @@ def cells(cfg: EvidenceConfig, results: dict) -> list[Cell]:
     """Every cell in the order that answers soonest. First a probe of the budget (seed 0): real only
     on the fewest slices and on the whole pool, the reference, real only at the other k's (does real
     only rise with k, i.e. is the budget limited by the data? Every synthetic comparison rests on it).
-    Then at the first ladder k, rounds of real only, A/A and the main recipe per seed (the noise floor
-    and the main gain grow together); then real only at every other k on the other seeds (the rise with
-    k over every seed); then the recipes using the main generator otherwise, their control and
-    self-training at the first k; then the other ladder k's rounds; then A/A and the main recipe at the
-    other k's; then the ladder's other rungs (its bottom rung: the baseline at the ladder's ratio);
-    then per k the baseline's ratio choice (every ratio on the choice seeds, the highest and the chosen
-    one on every seed); strict last."""
+    Then at the first ladder k, rounds of real only, A/A, the main recipe and (if the main recipe learns
+    from pseudo-labels) self-training per seed (the noise floor, the main gain and its control grow
+    together); then real only at every other k on the other seeds (the rise with k over every seed);
+    then the recipes using the main generator otherwise and their control at the first k; then the
+    other ladder k's rounds; then A/A and the main recipe at the other k's; then the ladder's other
+    rungs (its bottom rung: the baseline at the ladder's ratio); then per k the baseline's ratio choice
+    (every ratio on the choice seeds, the highest and the chosen one on every seed); strict last."""
     lever_ks = [k for k in cfg.ks if k in cfg.lever_ks]
     other_ks = [k for k in cfg.ks if k not in cfg.lever_ks]
     names = {r.name for r in cfg.recipes}
     main = [cfg.recipe(cfg.main_recipe)] if cfg.main_recipe in names else []
 
     def paired_rounds(ks: list[int]) -> list[Cell]:
-        # per k and seed: real only, A/A, the main recipe (a session's cells answer one k at a time)
+        # per k and seed: real only, A/A, the main recipe and, where its denoiser learns from
+        # pseudo-labels, self-training (the same labels without a generator: without it no gain can be
+        # credited to the generator); a session's cells answer one k at a time
         return [c for k in ks for s in cfg.seeds
                 for c in (Cell(k, "real_only", 0.0, s), Cell(k, "aa", 0.0, s),
-                          *[Cell(k, "images_plentiful", cfg.lever_ratio, s, r.name) for r in main])]
+                          *[Cell(k, "images_plentiful", cfg.lever_ratio, s, r.name) for r in main],
+                          *[Cell(k, "self_training", 0.0, s) for r in main if r.pseudo_masks])]
 
     def recipe_arms(ks: list[int], recipes: list[Recipe]) -> list[Cell]:
         return [Cell(k, "images_plentiful", cfg.lever_ratio, s, r.name) for r in recipes for k in ks

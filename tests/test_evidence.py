@@ -354,7 +354,8 @@ def test_the_instrument_answers_in_paired_rounds_then_checks_real_only_rises_wit
 
     def block(k: int, rounds_done: bool = False) -> list[Cell]:
         rounds = [c for s in (0, 1) for c in (Cell(k, "real_only", 0.0, s), Cell(k, "aa", 0.0, s),
-                                              Cell(k, "images_plentiful", 0.3, s, "vpred"))]
+                                              Cell(k, "images_plentiful", 0.3, s, "vpred"),
+                                              Cell(k, "self_training", 0.0, s))]
         if rounds_done:
             rounds = [c for c in rounds if c.arm != "real_only"]
         return (rounds + [Cell(k, "images_plentiful", 0.3, s, "vpred_pretrain") for s in (0, 1)]
@@ -364,18 +365,18 @@ def test_the_instrument_answers_in_paired_rounds_then_checks_real_only_rises_wit
     probe = [Cell(1, "real_only", 0.0, 0), Cell(0, "real_only", 0.0, 0), Cell(0, "reference", 0.0, 0),
              Cell(2, "real_only", 0.0, 0)]
     assert order[:4] == probe
-    # k = 1: per seed real only, A/A, the main recipe
-    assert order[4:9] == block(1)[1:6]
+    # k = 1: per seed real only, A/A, the main recipe and its control, self-training on the same
+    # pseudo-labels (the main recipe's denoiser learns from them)
+    assert order[4:11] == block(1)[1:8]
     # then real only at every other k on the other seeds: the budget must be limited by the data
     # before any further synthetic comparison means anything
-    assert order[9:11] == [Cell(2, "real_only", 0.0, 1), Cell(0, "real_only", 0.0, 1)]
-    # then the main generator's other use, its control (the pretrain phase on real tiles) and
-    # self-training at k = 1; then k = 2's block (its real only already ran)
-    assert order[11:15] == block(1)[6:]
-    assert order[15:17] == [Cell(1, "self_training", 0.0, s) for s in (0, 1)]
-    assert order[17:25] == block(2, rounds_done=True)
-    assert order[25:27] == [Cell(2, "self_training", 0.0, s) for s in (0, 1)]
-    # then the whole pool's A/A and the main recipe there, and only then the other rungs at k = 1, 2
+    assert order[11:13] == [Cell(2, "real_only", 0.0, 1), Cell(0, "real_only", 0.0, 1)]
+    # then the main generator's other use and its control (the pretrain phase on real tiles) at
+    # k = 1; then k = 2's block (its real only already ran)
+    assert order[13:17] == block(1)[8:]
+    assert order[17:27] == block(2, rounds_done=True)
+    # then the whole pool's A/A and the main recipe there (no self-training: the pool has its labels),
+    # and only then the other rungs at k = 1, 2
     assert order[27:31] == [Cell(0, "aa", 0.0, 0), Cell(0, "aa", 0.0, 1),
                             *[Cell(0, "images_plentiful", 0.3, s, "vpred") for s in (0, 1)]]
     rungs = ("today", "spade", "pseudo", "texture", "levers", "levers_pretrain", "spectral_vae", "minsnr",
