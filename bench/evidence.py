@@ -769,7 +769,7 @@ def generator_figures(cell: Cell, bench: Bench) -> dict:
     from generation_torch.evaluate import reconstruction
     from generation_torch.metrics import edge_figures, realism
     from generation_torch.pipeline import load_generator
-    from generation_torch.two_sample import two_sample_accuracy
+    from generation_torch.two_sample import c2st_figures
     from shared.store import TileStore
 
     judge = bench.judge(cell.k)
@@ -790,7 +790,7 @@ def generator_figures(cell: Cell, bench: Bench) -> dict:
             "floor_hist_w1": round(floor["hist_w1"], 4),
             "floor_spectrum_dist": round(floor["spectrum_dist"], 4),
             "judge_calibration": calibration_version(judge),
-            "c2st_accuracy": round(two_sample_accuracy(generated, real)["c2st_accuracy"], 4),
+            **c2st_figures(generated, real),
             **{k: round(v, 4) for k, v in edge_figures(generated, synthetic.masks(drawn_idx), real,
                                                        test.masks(test_idx)).items()},
             "vae_recon_mse": round(recon["recon_mse"], 5),
@@ -826,15 +826,27 @@ def judge_figures(drawn: dict, real: dict) -> dict:
 
 def generators_to_measure(results: dict, measured: dict, bench: Bench) -> list[Cell]:
     """One synthetic cell per (k, regime, recipe) whose generator has drawn and whose judge exists,
-    not yet measured."""
+    not yet measured, or measured by an older two-sample test while its tiles are still here (the
+    tiles and weights stay out of git: another machine's records keep their version)."""
     out = {}
     for c in results.values():
         cell = Cell(c["k"], c["arm"], c["ratio"], c["seed"], c.get("recipe", "today"))
         key = generator_key(cell)
         judge = bench.judge(cell.k) / "segmenter.json"
-        if cell.ratio > 0 and key not in measured and key not in out and judge.exists():
+        if cell.ratio > 0 and key not in out and judge.exists() and (
+                key not in measured or stale_two_sample(measured[key], cell, bench)):
             out[key] = cell
     return list(out.values())
+
+
+def stale_two_sample(record: dict, cell: Cell, bench: Bench) -> bool:
+    """A generator record whose two-sample accuracy came from an older test (version 1 records carry
+    none), with the tiles and the generator to measure it again."""
+    from generation_torch.two_sample import VERSION
+
+    here = (bench.synthetic_dir(cell) / "manifest.json").exists() and \
+        (bench.generator_dir(cell) / "generator.pt").exists()
+    return record.get("c2st_version", 1) < VERSION and here
 
 
 # ---- the read-out -------------------------------------------------------------------------------
@@ -1295,6 +1307,8 @@ def main(argv: list[str] | None = None) -> None:
     write_stack(bench.test[0], images[bench.layout.test])
     write_stack(bench.test[1], masks[bench.layout.test])
     rescore_stale(results, generators, bench)
+    for gen_cell in generators_to_measure(results, generators, bench):  # those a new test made stale
+        generators[generator_key(gen_cell)] = generator_figures(gen_cell, bench)
     write_results(results_path, results, bench, args.preset, source, generators, saved.get("note"))
     done = 0
     while (todo := [c for c in cells(cfg, results) if c.key not in results]) and \

@@ -72,7 +72,9 @@ TABLE_TITLES = {
     "noise_floor": "A/A noise floor: real only with another data stream - real only, paired by seed",
     "generators": "Each generator's tiles: mask fidelity (judge: the real-only segmenter of the same k "
                   "slices) beside that judge on real test tiles; realism against the test tiles beside the "
-                  "real pool's floor; classifier two-sample accuracy (0.5: indistinguishable); object "
+                  "real pool's floor; classifier two-sample accuracy (0.5: indistinguishable; "
+                  "c2st_version 2: the crop critic; a record without it came from version 1, a whole-tile "
+                  "critic whose figure swung 0.48-0.92 over critic seeds on one set of tiles); object "
                   "contrast at the mask edges beside the test block's (bench.edge_profiles)",
     "cost": "Cost so far per CPU model (2 cores)",
     "diagnostics": "Per-epoch figures over the second half of training (tiles, threshold 0.5): mean and "

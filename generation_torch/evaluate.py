@@ -7,8 +7,8 @@ Prints the VAE reconstruction MSE and PSNR on the validation tiles (normalized [
 realism of tiles generated for the validation masks against the validation tiles (intensity-histogram
 Wasserstein distance, radially averaged power-spectrum distance), each beside the same figure between
 two disjoint real sets (training vs validation tiles: the floor), and a classifier two-sample test
-(generation_torch.two_sample: a CNN trained from scratch to tell generated from held-out real tiles;
-its accuracy on the half it did not train on, 0.5 = indistinguishable).
+(generation_torch.two_sample: a CNN trained from scratch on crops to tell generated from held-out real
+tiles; its accuracy on the half it did not train on, 0.5 = indistinguishable).
 """
 
 from __future__ import annotations

@@ -546,6 +546,26 @@ def test_each_generator_is_measured_once_and_only_with_its_own_judge(tmp_path):
     assert generators_to_measure(results, {"k=1|images_plentiful|today": {}}, bench) == []
 
 
+def test_a_generator_measured_by_an_older_two_sample_test_is_measured_again_where_its_tiles_are(tmp_path):
+    from bench.evidence import generators_to_measure
+    from generation_torch.two_sample import VERSION
+
+    cfg = EvidenceConfig(ks=(1,), seeds=(0,))
+    bench = Bench(cfg, tmp_path, np.zeros((1, 1, 1)), np.zeros((1, 1, 1)), Layout.of(27, cfg), tmp_path / "l")
+    cell = Cell(1, "images_plentiful", 0.3, 0)
+    results = {cell.key: _cell(1, "images_plentiful", 0.3, 0, 0.5)}
+    (tmp_path / "k1_s0" / "real_only_r0").mkdir(parents=True)
+    (tmp_path / "k1_s0" / "real_only_r0" / "segmenter.json").write_text("{}")
+    old, new = {"k=1|images_plentiful|today": {}}, {"k=1|images_plentiful|today": {"c2st_version": VERSION}}
+    assert generators_to_measure(results, old, bench) == []  # its tiles are on another machine
+    bench.synthetic_dir(cell).mkdir(parents=True)
+    (bench.synthetic_dir(cell) / "manifest.json").write_text("{}")
+    assert generators_to_measure(results, old, bench) == []  # and its weights
+    (bench.generator_dir(cell) / "generator.pt").write_bytes(b"")
+    assert generators_to_measure(results, old, bench) == [cell]
+    assert generators_to_measure(results, new, bench) == []
+
+
 def test_published_paths_name_no_folder_of_this_machine():
     from bench.common import ROOT, shown, shown_command
 

@@ -13,7 +13,7 @@ from shared.normalization import normalize  # noqa: E402
 from shared.phantom import PhantomConfig, phantom_stack  # noqa: E402
 from shared.tiles import tile_stack  # noqa: E402
 
-FAST = TwoSampleConfig(width=8, steps=120)
+FAST = TwoSampleConfig(width=8, steps=120, crop=32, batch_size=32)
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +48,27 @@ def test_two_halves_of_the_same_tiles_are_indistinguishable(tiles):
 def test_too_few_tiles_are_refused(tiles):
     with pytest.raises(ValueError, match="at least 4"):
         two_sample_accuracy(tiles[:3], tiles[3:10], FAST)
+
+
+def test_a_held_out_tile_is_judged_by_its_mean_logit_over_its_crops():
+    import torch
+
+    from generation_torch.two_sample import tile_logits
+
+    class MeanPixel(torch.nn.Module):  # a stand-in critic: a crop's logit is its mean pixel
+        def forward(self, x):
+            return x.mean(dim=(1, 2, 3))[:, None]
+
+    tile = np.zeros((1, 4, 6), np.float32)
+    tile[0, :2, :2], tile[0, 2:, 4:] = 1.0, -3.0  # crops of 2 x 2: means 1, 0, 0 / 0, 0, -3
+    got = tile_logits(MeanPixel(), tile, side=2)
+    assert got.tolist() == pytest.approx([(1.0 - 3.0) / 6])
+    # a side that does not divide the tile: the remainder is left out (rows 0-2, cols 0-2 and 3-5)
+    assert tile_logits(MeanPixel(), tile, side=3).tolist() == pytest.approx([(4 / 9 + (-3 * 2 / 9)) / 2])
+
+
+def test_the_result_names_its_version(tiles):
+    from generation_torch.two_sample import VERSION
+
+    got = two_sample_accuracy(tiles[::2], tiles[1::2], FAST)
+    assert got["c2st_version"] == VERSION == 2 and got["c2st_tiles"] == min(len(tiles[::2]), len(tiles[1::2]))
