@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from bench.common import ROOT, machine
+from bench.common import ROOT, machine, shown_command
 from bench.evidence import (
     PRESETS,
     Bench,
@@ -87,6 +88,24 @@ def lever_row(bench: Bench, cell: Cell, guidance: float, judge: Path, floors: di
             "minutes": round((time.time() - start) / 60, 2)}
 
 
+def lever_figure(path: Path, bench: Bench, cell: Cell, guidances: list[float], n: int = 4) -> None:
+    """The n validation tiles with the most mitochondria beside their masks (top row), then per
+    guidance the recipe's first n drawn tiles beside theirs: what the figures measure, to the eye."""
+    import numpy as np
+
+    from generation_torch.grids import pair_grid, save_png, to_unit
+    from shared.store import TileStore
+
+    val = val_tiles(bench)
+    idx = sorted(val.indices(), key=lambda i: -float(val.masks([i]).mean()))[:n]
+    stores = [val] + [TileStore(bench.synthetic_dir(cell, replace(bench.cfg.recipe(cell.recipe).sampling,
+                                                                 guidance=g))) for g in guidances]
+    rows = [pair_grid(to_unit(store.images(i)), store.masks(i).astype(np.float32), columns=n)
+            for store, i in zip(stores, [idx] + [store.indices()[:n] for store in stores[1:]], strict=True)]
+    gap = np.ones((12, rows[0].shape[1]), np.float32)
+    save_png(path, np.concatenate([part for row in rows for part in (row, gap)][:-1]))
+
+
 def chosen_guidance(rows: list[dict]) -> dict[str, float]:
     """Per (k, recipe): the lowest guidance reaching the fidelity goal, else the most faithful one."""
     out = {}
@@ -109,6 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="final")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "evidence", help="scratch folder")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "generator_levers.json")
+    parser.add_argument("--figure", type=Path, default=None, metavar="PNG",
+                        help="also draw real validation tiles (top) and each guidance's tiles, per recipe "
+                             "(RECIPE in the name is replaced by the recipe's)")
     args = parser.parse_args(argv)
     cfg = PRESETS[args.preset]
     images, masks, _ = load_volume()
@@ -140,12 +162,18 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(row), flush=True)
             ordered = sorted(rows.values(), key=lambda r: (r["k"], r["recipe"], r["guidance"]))
             write_json_atomic(args.results, {
-                "machine": machine(), "command": "python -m bench.generator_levers",
+                "machine": machine(),
+                "command": shown_command("bench.generator_levers", sys.argv[1:] if argv is None else argv),
                 "summary": "validation block only: fidelity judged by the real-only segmenter of the same k "
                            f"slices (goal {FIDELITY_GOAL} of its score on real validation tiles); realism "
                            "against the validation tiles beside the real pool's floor",
                 "slices": {"val": bench.layout.val, "labelled": bench.layout.labelled(args.k, cfg)},
                 "chosen_guidance": chosen_guidance(ordered), "rows": ordered})
+        if args.figure:
+            cell = Cell(args.k, "images_plentiful", cfg.lever_ratio, 0, name)
+            figure = args.figure.with_name(args.figure.name.replace("RECIPE", name))
+            lever_figure(figure, bench, cell, [float(g) for g in args.guidances.split(",")])
+            print(f"figure in {figure}")
     print(f"results in {args.results}")
 
 

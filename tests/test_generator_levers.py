@@ -114,3 +114,41 @@ def test_sampled_latents_decode_to_the_generated_tiles(tmp_path):
     z = gen.sample_latents(masks, settings, TileNoise(tile_seeds(3, 0, 2)))
     assert z.shape == (2, gen.vae.cfg.latent_channels, gen.latent_size, gen.latent_size)
     np.testing.assert_array_equal(gen.decode(z).numpy(), tiles.numpy())
+
+
+def test_the_lever_figure_shows_the_most_labelled_real_tiles_then_each_guidance(tmp_path, monkeypatch):
+    import matplotlib.image
+    import numpy as np
+
+    import bench.generator_levers as levers
+    from bench.evidence import Cell, EvidenceConfig
+    from shared.phantom import PhantomConfig, phantom_stack
+    from shared.store import TileStore
+    from shared.tiles import tile_stack
+
+    images, masks = phantom_stack(2, seed=1, config=PhantomConfig(height=128, width=128))
+
+    def store(path, split):
+        out = TileStore.create(path, tile_size=64)
+        out.append(*tile_stack(images, masks, "t", dict.fromkeys(range(2), split), tile=64))
+        return out
+
+    val = store(tmp_path / "val", "val")
+
+    class FakeBench:  # what lever_figure reads of a Bench: the recipe and where each guidance drew
+        cfg = EvidenceConfig()
+
+        def synthetic_dir(self, cell, sampling):
+            path = tmp_path / f"g{sampling.guidance:g}"
+            if not path.exists():
+                store(path, "train")
+            return path
+
+    monkeypatch.setattr(levers, "val_tiles", lambda bench: val)
+    figure = tmp_path / "f.png"
+    levers.lever_figure(figure, FakeBench(), Cell(1, "images_plentiful", 0.3, 0, "vpred"), [1.5, 2.0], n=2)
+    png = matplotlib.image.imread(figure)[..., 0]
+    assert png.shape[0] == 3 * 64 + 2 * 12  # real tiles, then two guidances, 12 px apart
+    most = max(val.indices(), key=lambda i: float(val.masks([i]).mean()))
+    # the top-left pair: the most labelled validation tile's mask beside it (pairs sit 2 px apart)
+    np.testing.assert_allclose(png[:64, 66:130], val.masks([most])[0], atol=1 / 255)
