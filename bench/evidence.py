@@ -150,6 +150,13 @@ VPRED = replace(LEVERS, name="vpred", generator="spade_pseudo_v_c2", pseudo_mask
 # the same pairs used the other way: the segmenter pre-trained on them alone (a third of the epochs
 # more), then trained on the real tiles alone as real only is (no real crop displaced)
 VPRED_PRETRAIN = replace(VPRED, name="vpred_pretrain", fit_flags=PRETRAIN)
+# the main recipe's denoiser trained longer: the 256 px region's (the real preset's 25-min box: 940
+# of its 3000 steps on 2 AMD EPYC cores, float32) draws clouds without membranes
+# (docs/generator_levers_256px_vpred.png); does length alone bring EM structure? 6000 steps (its
+# schedule spans them), boxed at 180 min (about 160 min there); patience may end it sooner
+VPRED_LONG = replace(VPRED, name="vpred_long", generator="spade_pseudo_v_c2_long",
+                     denoiser_flags=(*VPRED.denoiser_flags, "--diffusion-steps", "6000",
+                                     "--diffusion-minutes", "180"))
 # images plentiful, the other way: the denoiser first learns EM from every pool image (60 min, no mask:
 # shared by every k), then each k's conditioned training starts from it; a side rung beside spade
 POOL_PRETRAINED = replace(SPADE, name="pool_pretrained", generator="spade_pool_pretrained",
@@ -286,7 +293,7 @@ PRESETS = {
     # those cells stay in the JSON as records), while one 256 px region scored 0.563 and a 512 px
     # region 0.706 (bench.label_budget): the room generated pairs could fill lies there
     "matched": replace(tiles_preset(50, ema=True, precise_bn=True, reference_ending=()), resolve_seeds=16,
-                       **SUB_SLICE),
+                       recipes=(*CPU_RECIPES, VPRED_LONG), **SUB_SLICE),
     # the chain in minutes, on matched's kind of budget (a region of one slice, the pool)
     "quick": EvidenceConfig(
         ks=("256px", 0), seeds=(0, 1), choice_seeds=1, ratios=(0.3,), n_synthetic=32, anchor_k=1,

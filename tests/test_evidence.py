@@ -1091,3 +1091,21 @@ def test_new_groups_take_xla_only_where_it_was_measured_faster(monkeypatch):
     assert evidence.xla_measured_faster("float32") and not evidence.xla_measured_faster("mixed_bfloat16")
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
     assert not evidence.xla_measured_faster("float32")  # unmeasured there: Keras's default
+
+
+def test_the_long_denoiser_rung_trains_its_own_denoiser_longer_than_the_preset_allows():
+    from bench.evidence import PRESETS
+    from generation_torch.cli_args import parser, stages_from_args
+
+    cfg = PRESETS["matched"]
+    long, main = cfg.recipe("vpred_long"), cfg.recipe("vpred")
+    assert long.generator != main.generator and long.vae == main.vae  # own denoiser, the same pool VAE
+    assert (long.sampling, long.mask_source, long.pseudo_masks) == (main.sampling, main.mask_source,
+                                                                    main.pseudo_masks)
+    # train_generator puts a recipe's flags after the preset's: they win
+    common = [*cfg.generator_flags, "--seed", "0", "--no-progress", "--resume"]
+    preset = stages_from_args(parser().parse_args(["--store", "s", *common, *main.denoiser_flags]))
+    stages = stages_from_args(parser().parse_args(["--store", "s", *common, *long.denoiser_flags]))
+    assert (stages.diffusion.train.steps, stages.diffusion.minutes) == (6000, 180.0)
+    assert stages.diffusion.train.steps > preset.diffusion.train.steps
+    assert stages.diffusion.minutes > preset.diffusion.minutes
