@@ -54,6 +54,9 @@ SECTIONS = [
      "The evidence instrument at 2000 steps (--preset long: final at 2.5x the steps; refuted budget)"),
     ("generator_levers.json",
      "Generator levers on the validation block: mask fidelity and realism per guidance"),
+    ("generator_levers_matched.json",
+     "Generator levers on the matched grid's generators (validation block; the 256 px region): mask "
+     "fidelity and realism per guidance"),
     ("latent_stats.json", "Where generated tiles leave the real distribution: latents and decoded tiles"),
     ("latent_stats_vpred.json", "The same for the v-prediction denoiser (the vpred rung)"),
     ("synthetic_ablation.json", "Does synthetic data help? (synthetic-ratio ablation, superseded)"),
