@@ -1,14 +1,17 @@
-"""Generator levers on the validation block: how closely each recipe's tiles follow their masks and how
+r"""Generator levers on the validation block: how closely each recipe's tiles follow their masks and how
 real they look, per guidance scale, so the guidance a recipe draws at is chosen where a user would
 choose it (validation slices, never the test block).
 
     python -m bench.generator_levers                                   # k = 1: spade, minsnr at 1.5/2/3/5
     python -m bench.generator_levers --k 2 --recipes minsnr --guidances 2,3
+    python -m bench.generator_levers --preset matched --k 256px --recipes vpred --guidances 1.5,2 \
+        --results docs/generator_levers_matched.json --figure docs/generator_levers_256px_RECIPE.png
 
 Generators are the evidence grid's (`bench.evidence --preset final`, the same folders: trained once,
 reused by the grid). The judge is the grid's real-only segmenter of the same k slices, seed 0 (trained
 here when absent; a user has only those labels). One row per (k, recipe, guidance), written to
-docs/generator_levers.json as it finishes; a rerun skips finished rows. Per recipe, the chosen guidance
+docs/generator_levers.json as it finishes; a rerun skips finished rows (a row of an older two-sample
+test runs again). Per recipe, the chosen guidance
 is the lowest that reaches the mask-fidelity goal (0.9 of the judge on real validation tiles), else the
 one with the highest fidelity.
 """
@@ -96,12 +99,12 @@ def lever_figure(path: Path, bench: Bench, cell: Cell, guidances: list[float], n
     from generation_torch.grids import pair_grid, save_png, to_unit
     from shared.store import TileStore
 
-    val = val_tiles(bench)
-    idx = sorted(val.indices(), key=lambda i: -float(val.masks([i]).mean()))[:n]
-    stores = [val] + [TileStore(bench.synthetic_dir(cell, replace(bench.cfg.recipe(cell.recipe).sampling,
-                                                                 guidance=g))) for g in guidances]
+    val, sampling = val_tiles(bench), bench.cfg.recipe(cell.recipe).sampling
+    drawn = [TileStore(bench.synthetic_dir(cell, replace(sampling, guidance=g))) for g in guidances]
+    shown = [(val, sorted(val.indices(), key=lambda i: -float(val.masks([i]).mean()))[:n])]
+    shown += [(store, store.indices()[:n]) for store in drawn]
     rows = [pair_grid(to_unit(store.images(i)), store.masks(i).astype(np.float32), columns=n)
-            for store, i in zip(stores, [idx] + [store.indices()[:n] for store in stores[1:]], strict=True)]
+            for store, i in shown]
     gap = np.ones((12, rows[0].shape[1]), np.float32)
     save_png(path, np.concatenate([part for row in rows for part in (row, gap)][:-1]))
 
