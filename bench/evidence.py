@@ -798,6 +798,8 @@ def generator_figures(cell: Cell, bench: Bench) -> dict:
             "floor_spectrum_dist": round(floor["spectrum_dist"], 4),
             "judge_calibration": calibration_version(judge),
             **c2st_figures(generated, real),
+            # real pool tiles against the test block: the critic's floor (the blocks differ in z)
+            "floor_c2st_accuracy": c2st_figures(pool.images(pool.indices("train")), real)["c2st_accuracy"],
             **{k: round(v, 4) for k, v in edge_figures(generated, synthetic.masks(drawn_idx), real,
                                                        test.masks(test_idx)).items()},
             "vae_recon_mse": round(recon["recon_mse"], 5),
@@ -847,13 +849,19 @@ def generators_to_measure(results: dict, measured: dict, bench: Bench) -> list[C
 
 
 def stale_two_sample(record: dict, cell: Cell, bench: Bench) -> bool:
-    """A generator record whose two-sample accuracy came from an older test (version 1 records carry
-    none), with the tiles and the generator to measure it again."""
-    from generation_torch.two_sample import VERSION
-
+    """A generator record whose two-sample figures are not current, with the tiles and the generator
+    to measure it again."""
     here = (bench.synthetic_dir(cell) / "manifest.json").exists() and \
         (bench.generator_dir(cell) / "generator.pt").exists()
-    return record.get("c2st_version", 1) < VERSION and here
+    return not two_sample_current(record) and here
+
+
+def two_sample_current(record: dict) -> bool:
+    """Its two-sample accuracy came from today's test (version 1 records carry no version) and has
+    the test's real floor beside it."""
+    from generation_torch.two_sample import VERSION
+
+    return record.get("c2st_version", 1) >= VERSION and "floor_c2st_accuracy" in record
 
 
 # ---- the read-out -------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from bench.evidence import (
     grid_precisions,
     native_precision,
     run_cell,
+    two_sample_current,
 )
 from bench.regions import parse_budget
 from bench.synthetic_ablation import load_volume, slice_positions
@@ -61,13 +62,16 @@ def real_figures(bench: Bench, judge: Path) -> dict:
     """The floors: the judge on real validation tiles, realism of real pool tiles against them."""
     from bench.synthetic_variants import fidelity
     from generation_torch.metrics import realism
+    from generation_torch.two_sample import c2st_figures
     from shared.store import TileStore
 
     val, pool = val_tiles(bench), TileStore(bench.store(0))
-    floor = realism(pool.images(pool.indices("train")), val.images(val.indices()))
+    pool_tiles, val_images = pool.images(pool.indices("train")), val.images(val.indices())
+    floor = realism(pool_tiles, val_images)
     return {"judge_on_real_val": round(fidelity(val, judge)["fidelity_iou"], 4),
             "floor_hist_w1": round(floor["hist_w1"], 4),
-            "floor_spectrum_dist": round(floor["spectrum_dist"], 4)}
+            "floor_spectrum_dist": round(floor["spectrum_dist"], 4),
+            "floor_c2st_accuracy": c2st_figures(pool_tiles, val_images)["c2st_accuracy"]}
 
 
 def lever_row(bench: Bench, cell: Cell, guidance: float, judge: Path, floors: dict) -> dict:
@@ -121,8 +125,6 @@ def chosen_guidance(rows: list[dict]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from generation_torch.two_sample import VERSION as C2ST_VERSION
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=parse_budget, default=1,
                         help="labelled budget: slices (the grid's nested runs) or a region, e.g. 256px")
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     floors = real_figures(bench, judge)
     for name in names:
         for guidance in (float(g) for g in args.guidances.split(",")):
-            if rows.get((args.k, name, guidance), {}).get("c2st_version", 1) >= C2ST_VERSION:
+            if two_sample_current(rows.get((args.k, name, guidance), {})):
                 continue  # finished; a row of an older two-sample test is measured again
             cell = Cell(args.k, "images_plentiful", cfg.lever_ratio, 0, name)
             row = lever_row(bench, cell, guidance, judge, floors)

@@ -75,7 +75,8 @@ TABLE_TITLES = {
     "noise_floor": "A/A noise floor: real only with another data stream - real only, paired by seed",
     "generators": "Each generator's tiles: mask fidelity (judge: the real-only segmenter of the same k "
                   "slices) beside that judge on real test tiles; realism against the test tiles beside the "
-                  "real pool's floor; classifier two-sample accuracy (0.5: indistinguishable; "
+                  "real pool's floor; classifier two-sample accuracy (0.5: indistinguishable; beside it "
+                  "floor_c2st_accuracy, real pool tiles against the same block; "
                   "c2st_version 2: the crop critic; a record without it came from version 1, a whole-tile "
                   "critic whose figure swung 0.48-0.92 over critic seeds on one set of tiles); object "
                   "contrast at the mask edges beside the test block's (bench.edge_profiles)",

@@ -556,7 +556,8 @@ def test_a_generator_measured_by_an_older_two_sample_test_is_measured_again_wher
     results = {cell.key: _cell(1, "images_plentiful", 0.3, 0, 0.5)}
     (tmp_path / "k1_s0" / "real_only_r0").mkdir(parents=True)
     (tmp_path / "k1_s0" / "real_only_r0" / "segmenter.json").write_text("{}")
-    old, new = {"k=1|images_plentiful|today": {}}, {"k=1|images_plentiful|today": {"c2st_version": VERSION}}
+    current = {"c2st_version": VERSION, "floor_c2st_accuracy": 0.5}
+    old, new = {"k=1|images_plentiful|today": {}}, {"k=1|images_plentiful|today": current}
     assert generators_to_measure(results, old, bench) == []  # its tiles are on another machine
     bench.synthetic_dir(cell).mkdir(parents=True)
     (bench.synthetic_dir(cell) / "manifest.json").write_text("{}")
@@ -564,6 +565,8 @@ def test_a_generator_measured_by_an_older_two_sample_test_is_measured_again_wher
     (bench.generator_dir(cell) / "generator.pt").write_bytes(b"")
     assert generators_to_measure(results, old, bench) == [cell]
     assert generators_to_measure(results, new, bench) == []
+    no_floor = {"k=1|images_plentiful|today": {"c2st_version": VERSION}}  # measured before the floor
+    assert generators_to_measure(results, no_floor, bench) == [cell]
 
 
 def test_published_paths_name_no_folder_of_this_machine():
