@@ -785,7 +785,8 @@ def generator_figures(cell: Cell, bench: Bench) -> dict:
     pool = TileStore(bench.store(0))
     drawn_idx, test_idx = synthetic.indices(), test.indices()
     generated, real = synthetic.images(drawn_idx), test.images(test_idx)
-    floor = realism(pool.images(pool.indices("train")), real)
+    pool_tiles = pool.images(pool.indices("train"))
+    floor = realism(pool_tiles, real)
     recon, recon_tiles = reconstruction(load_generator(bench.generator_dir(cell) / "generator.pt"), real)
     recipe = bench.cfg.recipe(cell.recipe)
     pseudo = recipe.pseudo_masks and cell.arm == "images_plentiful" and cell.k != 0
@@ -799,7 +800,7 @@ def generator_figures(cell: Cell, bench: Bench) -> dict:
             "judge_calibration": calibration_version(judge),
             **c2st_figures(generated, real),
             # real pool tiles against the test block: the critic's floor (the blocks differ in z)
-            "floor_c2st_accuracy": c2st_figures(pool.images(pool.indices("train")), real)["c2st_accuracy"],
+            "floor_c2st_accuracy": c2st_figures(pool_tiles, real)["c2st_accuracy"],
             **{k: round(v, 4) for k, v in edge_figures(generated, synthetic.masks(drawn_idx), real,
                                                        test.masks(test_idx)).items()},
             "vae_recon_mse": round(recon["recon_mse"], 5),
@@ -846,6 +847,12 @@ def generators_to_measure(results: dict, measured: dict, bench: Bench) -> list[C
                 key not in measured or stale_two_sample(measured[key], cell, bench)):
             out[key] = cell
     return list(out.values())
+
+
+def measure_generators(results: dict, measured: dict, bench: Bench) -> None:
+    """Measure, into `measured`, every generator that generators_to_measure names."""
+    for cell in generators_to_measure(results, measured, bench):
+        measured[generator_key(cell)] = generator_figures(cell, bench)
 
 
 def stale_two_sample(record: dict, cell: Cell, bench: Bench) -> bool:
@@ -1322,8 +1329,7 @@ def main(argv: list[str] | None = None) -> None:
     write_stack(bench.test[0], images[bench.layout.test])
     write_stack(bench.test[1], masks[bench.layout.test])
     rescore_stale(results, generators, bench)
-    for gen_cell in generators_to_measure(results, generators, bench):  # those a new test made stale
-        generators[generator_key(gen_cell)] = generator_figures(gen_cell, bench)
+    measure_generators(results, generators, bench)  # those a newer two-sample test made stale
     write_results(results_path, results, bench, args.preset, source, generators, saved.get("note"))
     done = 0
     while (todo := [c for c in cells(cfg, results) if c.key not in results]) and \
@@ -1336,8 +1342,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{bench.native}; they wait for such a machine", flush=True)
         print(f"[{len(results) + 1}/{len(results) + len(todo)}] {cell.key} ...", flush=True)
         results[cell.key] = run_cell(cell, bench)
-        for gen_cell in generators_to_measure(results, generators, bench):
-            generators[generator_key(gen_cell)] = generator_figures(gen_cell, bench)
+        measure_generators(results, generators, bench)
         write_results(results_path, results, bench, args.preset, source, generators, saved.get("note"))
         done += 1
         print(f"  test IoU {results[cell.key]['test_iou']:.4f}, val IoU {results[cell.key]['val_iou']:.4f} "
