@@ -138,6 +138,11 @@ def main(argv: list[str] | None = None) -> None:
                              "(RECIPE in the name is replaced by the recipe's)")
     args = parser.parse_args(argv)
     cfg = PRESETS[args.preset]
+    names = [n for n in args.recipes.split(",") if n]
+    known = [r.name for r in (*cfg.recipes, *cfg.side_recipes)]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        parser.error(f"unknown recipe(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     images, masks, _ = load_volume()
     work = args.work / args.preset
     work.mkdir(parents=True, exist_ok=True)
@@ -146,11 +151,6 @@ def main(argv: list[str] | None = None) -> None:
     # the judge is the grid's own cell: it trains in its pairing group's recorded precision, if any
     bench = Bench(cfg, work, images, masks, layout, work / "evidence.log", native=native_precision(),
                   precisions=grid_precisions(args.preset))
-    names = [n for n in args.recipes.split(",") if n]
-    unknown = sorted(set(names) - {r.name for r in cfg.recipes})
-    if unknown:
-        parser.error(f"unknown recipe(s) {', '.join(unknown)}; choose from "
-                     f"{', '.join(r.name for r in cfg.recipes)}")
     saved = json.loads(args.results.read_text()) if args.results.is_file() else {}
     rows = {(r["k"], r["recipe"], r["guidance"]): r for r in saved.get("rows", [])}
     judge_cell = Cell(args.k, "real_only", 0.0, cfg.seeds[0])

@@ -12,21 +12,30 @@ a table, writes docs/latent_stats.json.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.common import ROOT, print_table, shown, write_json
+from bench.common import ROOT, print_table, shown, shown_command, write_json
 
 GRID = ROOT / "runs" / "evidence" / "final"
 BANDS = ((1, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 96), (96, 128))  # radial frequency, cycles/tile
 
 
+def grain_share(z: torch.Tensor) -> float:
+    """Share of (N, C, h, w) latents' variance left after subtracting each element's 3x3 mean
+    (replicated edges): the grain a denoiser must model beside the structure."""
+    smooth = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(z, (1, 1, 1, 1), mode="replicate"), 3, 1)
+    return float((z - smooth).var() / z.var())
+
+
 def latent_figures(z: torch.Tensor) -> dict:
-    """Per-channel mean and std of (N, C, h, w) latents and the std over tiles of each channel's tile mean."""
+    """Per-channel mean and std of (N, C, h, w) latents, the std over tiles of each channel's tile mean,
+    and the latents' grain share."""
     return {"z_mean": z.mean((0, 2, 3)).tolist(), "z_std": z.std((0, 2, 3)).tolist(),
-            "z_tile_mean_std": z.mean((2, 3)).std(0).tolist()}
+            "z_tile_mean_std": z.mean((2, 3)).std(0).tolist(), "z_grain_share": grain_share(z)}
 
 
 def tile_figures(tiles: np.ndarray, real: np.ndarray) -> dict:
@@ -49,10 +58,12 @@ def drawn_latents(gen, masks: np.ndarray, settings) -> tuple[torch.Tensor, np.nd
     return z, gen.decode(z)[:, 0].numpy()
 
 
-def tile_mean_error_by_t(gen, z: torch.Tensor, masks: np.ndarray, ts: list[int]) -> list[dict]:
-    """Per noise level t: the RMS error of the conditional denoiser's x0 estimate in each tile's
+def x0_error_by_t(gen, z: torch.Tensor, masks: np.ndarray, ts: list[int]) -> list[dict]:
+    """Per noise level t, for the conditional denoiser's x0 estimate: the RMS error of each tile's
     per-channel latent mean, beside the error of guessing every tile's mean as the set's mean (a
-    denoiser that knows the data does at least that well at any t)."""
+    denoiser that knows the data does at least that well at any t); and the share of the latents'
+    variance it leaves unexplained (mean squared error over variance), beside that of a * x_t (what a
+    v-denoiser answering 0 estimates)."""
     from generation_torch.unet import mask_condition
     from shared import diffusion
 
@@ -67,8 +78,10 @@ def tile_mean_error_by_t(gen, z: torch.Tensor, masks: np.ndarray, ts: list[int])
         with torch.no_grad():
             pred = gen.unet(x_t, cond, torch.full((len(z),), float(t))).float()
         x0, _ = diffusion.split_prediction(pred, x_t, a, s, gen.prediction)
+        unexplained = lambda estimate: float((estimate - z).square().mean() / z.var())  # noqa: E731
         rows.append({"t": t, "x0_tile_mean_rmse": float(((x0.mean((2, 3)) - truth) ** 2).mean().sqrt()),
-                     "guess_set_mean_rmse": guess})
+                     "guess_set_mean_rmse": guess, "x0_unexplained": unexplained(x0),
+                     "scaled_x_t_unexplained": unexplained(a * x_t)})
     return rows
 
 
@@ -109,14 +122,16 @@ def main(argv: list[str] | None = None) -> None:
         z, tiles = drawn_latents(gen, masks[:args.tiles], settings)
         rows.append(rounded({"tiles": f"generated g{guidance:g}", **latent_figures(z),
                              **tile_figures(tiles, real)}))
-    by_t = [rounded(r) for r in tile_mean_error_by_t(gen, z_real, masks, [999, 900, 700, 500, 300, 100])]
-    print_table("x0 estimate of per-tile latent means from real latents noised to t (conditional)", by_t,
-                ["t", "x0_tile_mean_rmse", "guess_set_mean_rmse"])
+    by_t = [rounded(r) for r in x0_error_by_t(gen, z_real, masks, [999, 900, 700, 500, 300, 100, 50])]
+    print_table("x0 estimate from real latents noised to t (conditional)", by_t,
+                ["t", "x0_tile_mean_rmse", "guess_set_mean_rmse", "x0_unexplained", "scaled_x_t_unexplained"])
     print_table(f"latents and tiles vs {len(real)} real validation tiles", rows,
-                ["tiles", "z_std", "z_tile_mean_std", "std", "tile_mean_std", "spectrum_dist", "hist_w1"])
-    write_json(args.out, {"command": "python -m bench.latent_stats", "generator": shown(args.generator),
-                          "sampler": f"{args.sampler} {args.steps} steps", "latent_scale": gen.latent_scale,
-                          "rows": rows, "tile_mean_error_by_t": by_t})
+                ["tiles", "z_std", "z_grain_share", "z_tile_mean_std", "std", "tile_mean_std",
+                 "spectrum_dist", "hist_w1"])
+    command = shown_command("bench.latent_stats", sys.argv[1:] if argv is None else argv)
+    write_json(args.out, {"command": command,
+                          "generator": shown(args.generator), "sampler": f"{args.sampler} {args.steps} steps",
+                          "latent_scale": gen.latent_scale, "rows": rows, "x0_error_by_t": by_t})
 
 
 if __name__ == "__main__":

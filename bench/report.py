@@ -94,6 +94,9 @@ TABLE_TITLES = {
                      "the same saved segmenters, threshold recalibrated on validation",
     "tile_mean_error_by_t": "The denoiser's x0 estimate of per-tile latent means from real validation "
                             "latents noised to t, beside guessing every tile's mean as the set's mean",
+    "x0_error_by_t": "The denoiser's x0 estimate from real validation latents noised to t: error of "
+                     "per-tile latent means beside guessing the set's mean, and the share of the latents' "
+                     "variance left unexplained beside that of a * x_t",
     "gaps": "Real only on the whole pool - real only on the region, paired by seed",
     "fidelity": "Mask fidelity: the whole-pool real-only segmenter on generated tiles vs their conditioning "
                 "masks, beside the same segmenter on held-out real test tiles",
@@ -140,7 +143,7 @@ def section(path: Path, title: str) -> list[str]:
     lines.append("")
     for name in ("rows", "gaps", "rise", "gains", "resolution", "generators", "recalibration", "fidelity",
                  "cost", "diagnostics",
-                 "cells", "paired", "paired_errors", "results", "tile_mean_error_by_t"):
+                 "cells", "paired", "paired_errors", "results", "tile_mean_error_by_t", "x0_error_by_t"):
         if isinstance(data.get(name), list) and data[name]:
             title = [f"{TABLE_TITLES[name]}:", ""] if name in TABLE_TITLES else []
             lines += title + table(data[name]) + [""]

@@ -1113,3 +1113,32 @@ def test_the_long_denoiser_rung_trains_its_own_denoiser_longer_than_the_preset_a
     assert (stages.diffusion.train.steps, stages.diffusion.minutes) == (6000, 180.0)
     assert stages.diffusion.train.steps > preset.diffusion.train.steps
     assert stages.diffusion.minutes > preset.diffusion.minutes
+
+
+def test_a_side_recipe_is_judged_by_the_levers_but_adds_no_grid_cell():
+    from bench.evidence import PRESETS
+    from generation_torch.cli_args import parser, stages_from_args
+
+    cfg = PRESETS["matched"]
+    f8, main = cfg.recipe("vpred_f8"), cfg.recipe("vpred")
+    assert f8 in cfg.side_recipes and f8 not in cfg.recipes
+    assert not any(c.recipe == "vpred_f8" for c in evidence.cells(cfg, {}))
+    assert evidence.cells(cfg, {}) == evidence.cells(replace(cfg, side_recipes=()), {})
+    # its own pool VAE (another folder) at d = 8 with 8 latent channels, its own denoiser
+    assert (f8.vae, f8.generator) != (main.vae, main.generator)
+    common = [*cfg.generator_flags, "--seed", "0", "--no-progress", "--resume"]
+    stages = stages_from_args(parser().parse_args(["--store", "s", *common, *f8.vae_flags,
+                                                   *f8.denoiser_flags]))
+    assert (stages.vae.model.downsample, stages.vae.model.latent_channels) == (8, 8)
+    assert stages.vae.model.channels == (48, 96, 128)
+    assert (stages.diffusion.train.steps, stages.diffusion.minutes) == (6000, 50.0)
+
+
+def test_generator_levers_names_side_recipes_among_the_known_ones(capsys):
+    from bench import generator_levers
+
+    with pytest.raises(SystemExit) as exit_info:
+        generator_levers.main(["--preset", "matched", "--k", "256px", "--recipes", "nope"])
+    assert exit_info.value.code == 2
+    assert "unknown recipe(s) nope; choose from today, vpred, vpred_pretrain, vpred_long, vpred_f8" in \
+        capsys.readouterr().err

@@ -98,6 +98,18 @@ def test_latent_stats_figures_against_hand_computed_values():
     assert all(abs(v - np.log10(4)) < 1e-3 for v in louder["log10_power_ratio"].values())
 
 
+def test_grain_share_against_a_hand_computed_pair_of_tiles():
+    from bench.latent_stats import grain_share
+
+    # tile 1: a 9 at the centre of 3x3 zeros (every 3x3 window holds it once: mean 1 everywhere, residual
+    # 8 at the centre, -1 elsewhere); tile 2: flat 2 (residual 0). Residual variance 72/17, the
+    # latents' (mean 1.5) 76.5/17
+    z = torch.zeros(2, 1, 3, 3)
+    z[0, 0, 1, 1] = 9.0
+    z[1] = 2.0
+    assert grain_share(z) == pytest.approx(72 / 76.5, rel=1e-6)
+
+
 def test_sampled_latents_decode_to_the_generated_tiles(tmp_path):
     import numpy as np
 
