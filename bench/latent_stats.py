@@ -5,8 +5,9 @@ tiles' contrast, brightness spread and radial power per frequency band against t
     python -m bench.latent_stats                       # the evidence grid's k = 1 pseudo generator
     python -m bench.latent_stats --generator G.pt --val-store STORE --guidances 1,3 --tiles 16
 
-Masks come from the validation store (the tiles' own masks), so both sides show the same layouts. Prints
-a table, writes docs/latent_stats.json.
+Masks come from the validation store (the tiles' own masks, those with the most mitochondria first), so
+both sides show the same layouts. Prints a table, writes docs/latent_stats.json (and with --figure a PNG:
+real tiles, their reconstructions, then each guidance's tiles, beside their masks).
 """
 
 from __future__ import annotations
@@ -85,6 +86,15 @@ def x0_error_by_t(gen, z: torch.Tensor, masks: np.ndarray, ts: list[int]) -> lis
     return rows
 
 
+def save_rows(path: Path, rows: list[np.ndarray], masks: np.ndarray, n: int = 4) -> None:
+    """A PNG of each (N, T, T) tile set's first n tiles beside masks[:n], one set per row."""
+    from generation_torch.grids import pair_grid, save_png, to_unit
+
+    grids = [pair_grid(to_unit(tiles[:n]), masks[:n].astype(np.float32), columns=n) for tiles in rows]
+    gap = np.ones((12, grids[0].shape[1]), np.float32)
+    save_png(path, np.concatenate([part for grid in grids for part in (grid, gap)][:-1]))
+
+
 def rounded(row: dict) -> dict:
     def one(v):
         return round(v, 4) if isinstance(v, float) else [round(x, 3) for x in v] if isinstance(v, list) else v
@@ -105,29 +115,40 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--tiles", type=int, default=16, help="generated tiles per guidance")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "latent_stats.json")
+    parser.add_argument("--figure", type=Path, default=None, metavar="PNG",
+                        help="also draw real tiles, their VAE reconstructions and each guidance's tiles "
+                             "(texture off) beside their masks")
     args = parser.parse_args(argv)
     for path in (args.generator, args.val_store):
         if not path.exists():
             parser.error(f"{path} not found (train it with python -m bench.evidence --preset final)")
     gen = load_generator(args.generator)
     store = TileStore(args.val_store)
-    real, masks = store.images(store.indices()), store.masks(store.indices())
+    # the tiles with the most mitochondria first: those drawn and shown carry the most objects
+    order = sorted(store.indices(), key=lambda i: -float(store.masks([i]).mean()))
+    real, masks = store.images(order), store.masks(order)
     with torch.no_grad():
         z_real = gen.vae.encode(torch.from_numpy(real[:, None]))[0] * gen.latent_scale
+    recon = np.clip(reconstruct(gen.vae, real), -1, 1)
     rows = [rounded({"tiles": "real validation", **latent_figures(z_real), **tile_figures(real, real)}),
-            rounded({"tiles": "VAE reconstructions",
-                     **tile_figures(np.clip(reconstruct(gen.vae, real), -1, 1), real)})]
+            rounded({"tiles": "VAE reconstructions", "recon_mse": float(((recon - real) ** 2).mean()),
+                     **tile_figures(recon, real)})]
+    drawn = [real, recon]
     for guidance in (float(g) for g in args.guidances.split(",")):
         settings = SamplerSettings(args.sampler, args.steps, guidance=guidance)
         z, tiles = drawn_latents(gen, masks[:args.tiles], settings)
+        drawn.append(tiles)
         rows.append(rounded({"tiles": f"generated g{guidance:g}", **latent_figures(z),
                              **tile_figures(tiles, real)}))
+    if args.figure:
+        save_rows(args.figure, drawn, masks)
+        print(f"figure in {args.figure}")
     by_t = [rounded(r) for r in x0_error_by_t(gen, z_real, masks, [999, 900, 700, 500, 300, 100, 50])]
     print_table("x0 estimate from real latents noised to t (conditional)", by_t,
                 ["t", "x0_tile_mean_rmse", "guess_set_mean_rmse", "x0_unexplained", "scaled_x_t_unexplained"])
     print_table(f"latents and tiles vs {len(real)} real validation tiles", rows,
                 ["tiles", "z_std", "z_grain_share", "z_tile_mean_std", "std", "tile_mean_std",
-                 "spectrum_dist", "hist_w1"])
+                 "spectrum_dist", "hist_w1", "recon_mse"])
     command = shown_command("bench.latent_stats", sys.argv[1:] if argv is None else argv)
     write_json(args.out, {"command": command,
                           "generator": shown(args.generator), "sampler": f"{args.sampler} {args.steps} steps",

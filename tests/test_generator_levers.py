@@ -164,3 +164,38 @@ def test_the_lever_figure_shows_the_most_labelled_real_tiles_then_each_guidance(
     most = max(val.indices(), key=lambda i: float(val.masks([i]).mean()))
     # the top-left pair: the most labelled validation tile's mask beside it (pairs sit 2 px apart)
     np.testing.assert_allclose(png[:64, 66:130], val.masks([most])[0], atol=1 / 255)
+
+
+def test_latent_stats_reports_reconstruction_and_unexplained_variance_and_draws_its_rows(tmp_path):
+    import json
+
+    import matplotlib.image
+    import numpy as np
+
+    from bench import latent_stats
+    from shared.phantom import PhantomConfig, phantom_stack
+    from shared.store import TileStore
+    from shared.tiles import tile_stack
+
+    from .test_exporters_generator import tiny_checkpoint
+
+    images, masks = phantom_stack(1, seed=2, config=PhantomConfig(height=256, width=512))
+    val = TileStore.create(tmp_path / "val", tile_size=256)
+    val.append(*tile_stack(images, masks, "t", {0: "val"}, tile=256))
+    out, figure = tmp_path / "stats.json", tmp_path / "rows.png"
+    latent_stats.main(["--generator", str(tiny_checkpoint(tmp_path / "g.pt", texture=False)),
+                       "--val-store", str(tmp_path / "val"), "--guidances", "2", "--steps", "2",
+                       "--tiles", "2", "--out", str(out), "--figure", str(figure)])
+    saved = json.loads(out.read_text())
+    assert saved["command"].startswith("python -m bench.latent_stats --generator")
+    recon = next(r for r in saved["rows"] if r["tiles"] == "VAE reconstructions")
+    assert recon["recon_mse"] > 0
+    assert 0 < saved["rows"][0]["z_grain_share"] <= 1.5
+    by_t = {r["t"]: r for r in saved["x0_error_by_t"]}
+    # a * x_t loses the signal as t grows: at t = 999 it explains almost nothing of the latents
+    assert by_t[999]["scaled_x_t_unexplained"] > by_t[50]["scaled_x_t_unexplained"]
+    assert by_t[999]["scaled_x_t_unexplained"] == pytest.approx(1.0, abs=0.1)
+    png = matplotlib.image.imread(figure)[..., 0]
+    assert png.shape[0] == 3 * 256 + 2 * 12  # real, reconstructions, one guidance
+    most = int(np.argmax([m.mean() for m in val.masks(val.indices())]))
+    np.testing.assert_allclose(png[:256, 258:514], val.masks([val.indices()[most]])[0], atol=1 / 255)
