@@ -7,7 +7,8 @@ tiles' contrast, brightness spread and radial power per frequency band against t
 
 Masks come from the validation store (the tiles' own masks, those with the most mitochondria first), so
 both sides show the same layouts. Prints a table, writes docs/latent_stats.json (and with --figure a PNG:
-real tiles, their reconstructions, then each guidance's tiles, beside their masks).
+real tiles, their reconstructions, the denoiser's x0 estimates from them noised to t = 700, 500, 300,
+then each guidance's tiles, beside their masks).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from bench.common import ROOT, print_table, shown, shown_command, write_json
 
 GRID = ROOT / "runs" / "evidence" / "final"
+FIGURE_TS = (700, 500, 300)  # x0 estimates drawn: from little signal (layout) to much (detail)
 BANDS = ((1, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 96), (96, 128))  # radial frequency, cycles/tile
 
 
@@ -59,12 +61,14 @@ def drawn_latents(gen, masks: np.ndarray, settings) -> tuple[torch.Tensor, np.nd
     return z, gen.decode(z)[:, 0].numpy()
 
 
-def x0_error_by_t(gen, z: torch.Tensor, masks: np.ndarray, ts: list[int]) -> list[dict]:
+def x0_error_by_t(gen, z: torch.Tensor, masks: np.ndarray, ts: list[int], keep: int = 0
+                  ) -> tuple[list[dict], dict[int, torch.Tensor]]:
     """Per noise level t, for the conditional denoiser's x0 estimate: the RMS error of each tile's
     per-channel latent mean, beside the error of guessing every tile's mean as the set's mean (a
     denoiser that knows the data does at least that well at any t); and the share of the latents'
     variance it leaves unexplained (mean squared error over variance), beside that of a * x_t (what a
-    v-denoiser answering 0 estimates)."""
+    v-denoiser answering 0 estimates). Also the first `keep` tiles' x0 estimates per t: what the
+    denoiser knows of a tile when the noise leaves it that much signal."""
     from generation_torch.unet import mask_condition
     from shared import diffusion
 
@@ -72,7 +76,7 @@ def x0_error_by_t(gen, z: torch.Tensor, masks: np.ndarray, ts: list[int]) -> lis
     noise = torch.from_numpy(np.random.default_rng(0).standard_normal(z.shape).astype(np.float32))
     truth = z.mean((2, 3))
     guess = float(((truth - truth.mean(0)) ** 2).mean().sqrt())
-    rows = []
+    rows, estimates = [], {}
     for t in ts:
         a, s = (float(c) for c in gen.schedule.coefficients(t))
         x_t = diffusion.q_sample(z, noise, a, s)
@@ -83,7 +87,8 @@ def x0_error_by_t(gen, z: torch.Tensor, masks: np.ndarray, ts: list[int]) -> lis
         rows.append({"t": t, "x0_tile_mean_rmse": float(((x0.mean((2, 3)) - truth) ** 2).mean().sqrt()),
                      "guess_set_mean_rmse": guess, "x0_unexplained": unexplained(x0),
                      "scaled_x_t_unexplained": unexplained(a * x_t)})
-    return rows
+        estimates[t] = x0[:keep]
+    return rows, estimates
 
 
 def save_rows(path: Path, rows: list[np.ndarray], masks: np.ndarray, n: int = 4) -> None:
@@ -116,8 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tiles", type=int, default=16, help="generated tiles per guidance")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "latent_stats.json")
     parser.add_argument("--figure", type=Path, default=None, metavar="PNG",
-                        help="also draw real tiles, their VAE reconstructions and each guidance's tiles "
-                             "(texture off) beside their masks")
+                        help="also draw real tiles, their VAE reconstructions, the denoiser's x0 "
+                             "estimates from them at t = 700, 500, 300 and each guidance's tiles (texture "
+                             "off) beside their masks")
     args = parser.parse_args(argv)
     for path in (args.generator, args.val_store):
         if not path.exists():
@@ -140,10 +146,12 @@ def main(argv: list[str] | None = None) -> None:
         drawn.append(tiles)
         rows.append(rounded({"tiles": f"generated g{guidance:g}", **latent_figures(z),
                              **tile_figures(tiles, real)}))
-    if args.figure:
-        save_rows(args.figure, drawn, masks)
+    by_t, estimates = x0_error_by_t(gen, z_real, masks, [999, 900, 700, 500, 300, 100, 50], keep=4)
+    by_t = [rounded(r) for r in by_t]
+    if args.figure:  # real, reconstructions, x0 estimates from t = 700, 500, 300, then each guidance
+        known = [gen.decode(estimates[t])[:, 0].numpy() for t in FIGURE_TS]
+        save_rows(args.figure, [*drawn[:2], *known, *drawn[2:]], masks)
         print(f"figure in {args.figure}")
-    by_t = [rounded(r) for r in x0_error_by_t(gen, z_real, masks, [999, 900, 700, 500, 300, 100, 50])]
     print_table("x0 estimate from real latents noised to t (conditional)", by_t,
                 ["t", "x0_tile_mean_rmse", "guess_set_mean_rmse", "x0_unexplained", "scaled_x_t_unexplained"])
     print_table(f"latents and tiles vs {len(real)} real validation tiles", rows,

@@ -33,6 +33,9 @@ def pair_grid(left: np.ndarray, right: np.ndarray, columns: int = 4, gap: int = 
 
 
 def save_png(path: Path, grid: np.ndarray) -> None:
-    import matplotlib.image  # heavy import, only where a PNG is written
+    """An 8-bit grayscale PNG of a [0, 1] image (matplotlib's imsave writes RGBA: 4x the bytes of EM's
+    incompressible grain)."""
+    from PIL import Image  # Pillow comes with matplotlib; imported only where a PNG is written
 
-    matplotlib.image.imsave(path, grid, cmap="gray", vmin=0.0, vmax=1.0)
+    grey = np.round(np.clip(grid, 0.0, 1.0) * 255.0).astype(np.uint8)  # 2-D uint8: Pillow's mode "L"
+    Image.fromarray(grey).save(path, optimize=True)

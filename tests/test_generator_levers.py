@@ -159,7 +159,7 @@ def test_the_lever_figure_shows_the_most_labelled_real_tiles_then_each_guidance(
     monkeypatch.setattr(levers, "val_tiles", lambda bench: val)
     figure = tmp_path / "f.png"
     levers.lever_figure(figure, FakeBench(), Cell(1, "images_plentiful", 0.3, 0, "vpred"), [1.5, 2.0], n=2)
-    png = matplotlib.image.imread(figure)[..., 0]
+    png = matplotlib.image.imread(figure)  # 8-bit grey: (H, W)
     assert png.shape[0] == 3 * 64 + 2 * 12  # real tiles, then two guidances, 12 px apart
     most = max(val.indices(), key=lambda i: float(val.masks([i]).mean()))
     # the top-left pair: the most labelled validation tile's mask beside it (pairs sit 2 px apart)
@@ -195,7 +195,7 @@ def test_latent_stats_reports_reconstruction_and_unexplained_variance_and_draws_
     # a * x_t loses the signal as t grows: at t = 999 it explains almost nothing of the latents
     assert by_t[999]["scaled_x_t_unexplained"] > by_t[50]["scaled_x_t_unexplained"]
     assert by_t[999]["scaled_x_t_unexplained"] == pytest.approx(1.0, abs=0.1)
-    png = matplotlib.image.imread(figure)[..., 0]
-    assert png.shape[0] == 3 * 256 + 2 * 12  # real, reconstructions, one guidance
+    png = matplotlib.image.imread(figure)  # 8-bit grey: (H, W)
+    assert png.shape[0] == 6 * 256 + 5 * 12  # real, reconstructions, x0 at 3 t, one guidance
     most = int(np.argmax([m.mean() for m in val.masks(val.indices())]))
     np.testing.assert_allclose(png[:256, 258:514], val.masks([val.indices()[most]])[0], atol=1 / 255)
