@@ -153,6 +153,10 @@ def main(argv: list[str] | None = None) -> None:
                   precisions=grid_precisions(args.preset))
     saved = json.loads(args.results.read_text()) if args.results.is_file() else {}
     rows = {(r["k"], r["recipe"], r["guidance"]): r for r in saved.get("rows", [])}
+    # every command that wrote rows here, oldest first (rows of other recipes keep theirs)
+    command = shown_command("bench.generator_levers", sys.argv[1:] if argv is None else argv)
+    commands = list(dict.fromkeys([*saved.get("commands", [saved["command"]] if "command" in saved else []),
+                                   command]))
     judge_cell = Cell(args.k, "real_only", 0.0, cfg.seeds[0])
     run_cell(judge_cell, bench)  # the grid's own cell: trained once, reused by the grid
     judge = bench.judge(args.k)
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
             ordered = sorted(rows.values(), key=lambda r: (r["k"], r["recipe"], r["guidance"]))
             write_json_atomic(args.results, {
                 "machine": machine(),
-                "command": shown_command("bench.generator_levers", sys.argv[1:] if argv is None else argv),
+                "command": command, "commands": commands,
                 "summary": "validation block only: fidelity judged by the real-only segmenter of the same k "
                            f"slices (goal {FIDELITY_GOAL} of its score on real validation tiles); realism "
                            "against the validation tiles beside the real pool's floor",

@@ -59,6 +59,10 @@ SECTIONS = [
      "fidelity and realism per guidance"),
     ("latent_stats.json", "Where generated tiles leave the real distribution: latents and decoded tiles"),
     ("latent_stats_vpred.json", "The same for the v-prediction denoiser (the vpred rung)"),
+    ("latent_stats_256px_vpred.json",
+     "The same for the matched grid's 256 px vpred generator (validation block): the denoiser restores "
+     "structure from noised real latents, its drawn tiles lack it"),
+    ("latent_stats_256px_vpred_f8.json", "The same for its d = 8 side recipe (vpred_f8)"),
     ("synthetic_ablation.json", "Does synthetic data help? (synthetic-ratio ablation, superseded)"),
     ("synthetic_variants.json", "What would make generated tiles help? (k = 2 variants)"),
     ("synthetic_variants_unseeded.json", "k = 2 variants, first run (unseeded weights, superseded)"),
@@ -128,6 +132,8 @@ def section(path: Path, title: str) -> list[str]:
              f"{machine.get('cores', '?')} cores · date: {machine.get('date', '?')} · "
              f"source: `docs/{path.name}`",
              ""]
+    if len(data.get("commands", [])) > 1:  # rows written by several commands
+        lines += ["Commands that wrote its rows: " + "; ".join(f"`{c}`" for c in data["commands"]), ""]
     for key in ("source", "goal", "goal_met", "cells_done", "edge_px", "min_object_px", "note", "summary"):
         if key in data:
             lines.append(f"- {key.replace('_', ' ')}: {cell(data[key]) if key != 'summary' else data[key]}")

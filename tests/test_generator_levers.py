@@ -199,3 +199,19 @@ def test_latent_stats_reports_reconstruction_and_unexplained_variance_and_draws_
     assert png.shape[0] == 6 * 256 + 5 * 12  # real, reconstructions, x0 at 3 t, one guidance
     most = int(np.argmax([m.mean() for m in val.masks(val.indices())]))
     np.testing.assert_allclose(png[:256, 258:514], val.masks([val.indices()[most]])[0], atol=1 / 255)
+
+
+def test_the_report_names_every_command_that_wrote_a_results_file(tmp_path):
+    import json
+
+    from bench import report
+
+    base = {"machine": {"cpu": "x", "cores": 2, "date": "d"}, "rows": [{"recipe": "a"}, {"recipe": "b"}]}
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    one.write_text(json.dumps({**base, "command": "python -m x --recipes a",
+                               "commands": ["python -m x --recipes a"]}))
+    two.write_text(json.dumps({**base, "command": "python -m x --recipes b",
+                               "commands": ["python -m x --recipes a", "python -m x --recipes b"]}))
+    assert not any(line.startswith("Commands") for line in report.section(one, "t"))
+    assert "Commands that wrote its rows: `python -m x --recipes a`; `python -m x --recipes b`" in \
+        report.section(two, "t")
