@@ -166,6 +166,11 @@ VPRED_F8 = replace(VPRED, name="vpred_f8", generator="spade_pseudo_v_c2_f8", vae
                    vae_flags=("--downsample", "8", "--latent-channels", "8", "--vae-channels", "48,96,128"),
                    denoiser_flags=(*VPRED.denoiser_flags, "--diffusion-steps", "6000",
                                    "--diffusion-minutes", "50"))
+# the main recipe's denoiser with most training timesteps at mid noise (logit-normal): the 256 px one
+# restores membranes from a noised real tile but does not invent them while sampling, which happens at
+# t = 300-700, where uniform sampling spends 40% of its few steps; the same 25-min box as vpred's
+VPRED_MIDT = replace(VPRED, name="vpred_midt", generator="spade_pseudo_v_c2_midt",
+                     denoiser_flags=(*VPRED.denoiser_flags, "--t-sampling", "logit-normal"))
 # images plentiful, the other way: the denoiser first learns EM from every pool image (60 min, no mask:
 # shared by every k), then each k's conditioned training starts from it; a side rung beside spade
 POOL_PRETRAINED = replace(SPADE, name="pool_pretrained", generator="spade_pool_pretrained",
@@ -304,7 +309,7 @@ PRESETS = {
     # those cells stay in the JSON as records), while one 256 px region scored 0.563 and a 512 px
     # region 0.706 (bench.label_budget): the room generated pairs could fill lies there
     "matched": replace(tiles_preset(50, ema=True, precise_bn=True, reference_ending=()), resolve_seeds=16,
-                       recipes=(*CPU_RECIPES, VPRED_LONG), side_recipes=(VPRED_F8,), **SUB_SLICE),
+                       recipes=(*CPU_RECIPES, VPRED_LONG), side_recipes=(VPRED_F8, VPRED_MIDT), **SUB_SLICE),
     # the chain in minutes, on matched's kind of budget (a region of one slice, the pool)
     "quick": EvidenceConfig(
         ks=("256px", 0), seeds=(0, 1), choice_seeds=1, ratios=(0.3,), n_synthetic=32, anchor_k=1,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from generation_torch.config import PRECISIONS, Stages
+from generation_torch.config import PRECISIONS, T_SAMPLINGS, Stages
 from generation_torch.presets import PRESETS, default_preset
 from shared import diffusion
 from shared.errors import ArgumentParser, UserError, fraction, positive_float, positive_int, unit_interval
@@ -79,6 +79,9 @@ def parser() -> ArgumentParser:
     d.add_argument("--min-snr-gamma", type=positive_float,
                    help="weight the loss by min(SNR, gamma) / SNR (Min-SNR; 5 is usual): noisy timesteps, "
                         "where the mask's layout is decided, are learned sooner")
+    d.add_argument("--t-sampling", choices=T_SAMPLINGS,
+                   help="training timesteps: uniform (default) or logit-normal, most at mid noise, where "
+                        "structure is invented (validation stays uniform)")
     d.add_argument("--unet-channels", type=int_list, help="widths per level, e.g. 64,128,128")
     d.add_argument("--unet-blocks", type=positive_int)
     d.add_argument("--time-dims", type=int_list, help="sinusoid,hidden,out of the timestep MLP")
@@ -110,6 +113,7 @@ FLAGS: dict[str, str | tuple[str, ...]] = {
     "vae_batch_size": "vae.train.batch_size", "vae_lr": "vae.train.optim.lr", "vae_minutes": "vae.minutes",
     "schedule": "diffusion.diffusion.schedule", "prediction": "diffusion.diffusion.prediction",
     "cond_dropout": "diffusion.diffusion.cond_dropout", "min_snr_gamma": "diffusion.diffusion.min_snr_gamma",
+    "t_sampling": "diffusion.diffusion.t_sampling",
     "unet_channels": "diffusion.model.channels",
     "unet_blocks": "diffusion.model.blocks", "time_dims": "diffusion.model.time_dims",
     "heads": "diffusion.model.heads", "diffusion_steps": "diffusion.train.steps",

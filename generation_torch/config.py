@@ -56,12 +56,18 @@ class StageConfig:
     log_every: int = 10
 
 
+T_SAMPLINGS = ("uniform", "logit-normal")  # DiffusionConfig.t_sampling
+
+
 @dataclass(frozen=True)
 class DiffusionConfig:
     schedule: str = "linear"
     prediction: str = "eps"                        # "eps" or "v"
     cond_dropout: float = 0.15                     # share of training samples with the null condition
     min_snr_gamma: float | None = None             # Min-SNR-gamma loss weights (None: uniform)
+    # training timesteps: "uniform" over [0, T), or "logit-normal" (t / T = sigmoid of a standard normal;
+    # Esser et al. 2024): most draws at mid noise, where structure is invented (validation stays uniform)
+    t_sampling: str = "uniform"
 
 
 @dataclass(frozen=True)

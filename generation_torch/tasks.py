@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from generation_torch import grids
-from generation_torch.config import DiffusionConfig, to_dict
+from generation_torch.config import T_SAMPLINGS, DiffusionConfig, to_dict
 from generation_torch.data import LatentCache, dihedral, draw_pooled
 from generation_torch.pipeline import Generator
 from generation_torch.unet import UNet
@@ -65,6 +65,17 @@ class VAETask:
                 "spectral_weight": self.spectral_weight}
 
 
+def draw_timesteps(n: int, timesteps: int, kind: str, g: torch.Generator) -> torch.Tensor:
+    """n integer training timesteps in [0, timesteps): uniform, or logit-normal, floor(sigmoid(u) * T)
+    for u standard normal (t = T / 2 at u = 0; 60% of draws in [0.3 T, 0.7 T) against 40% uniform)."""
+    if kind == "uniform":
+        return torch.randint(0, timesteps, (n,), generator=g)
+    if kind == "logit-normal":
+        u = torch.randn(n, generator=g, dtype=torch.float64)
+        return (torch.sigmoid(u) * timesteps).long().clamp_max(timesteps - 1)
+    raise ValueError(f"unknown timestep sampling {kind!r} (choose from {', '.join(T_SAMPLINGS)})")
+
+
 @dataclass
 class DiffusionTask:
     model: UNet
@@ -90,10 +101,11 @@ class DiffusionTask:
     def n_train(self) -> int:
         return len(self.cache)
 
-    def noisy_batch(self, z0: torch.Tensor, g: torch.Generator
+    def noisy_batch(self, z0: torch.Tensor, g: torch.Generator, t_sampling: str = "uniform"
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, t, target, loss weight per sample) for clean scaled latents z0, t and noise from g."""
-        t = torch.randint(0, self.schedule.timesteps, (len(z0),), generator=g)
+        """(x_t, t, target, loss weight per sample) for clean scaled latents z0, t (drawn by
+        `t_sampling`) and noise from g."""
+        t = draw_timesteps(len(z0), self.schedule.timesteps, t_sampling, g)
         noise = torch.randn(z0.shape, generator=g)
         a, s = (c[t][:, None, None, None] for c in self._coef)
         x_t = diffusion.q_sample(z0, noise, a, s)
@@ -116,7 +128,7 @@ class DiffusionTask:
 
     def loss(self, model: nn.Module, g: torch.Generator, batch_size: int) -> tuple[torch.Tensor, dict]:
         z0, cond = self.batch(g, batch_size)
-        x_t, t, target, weight = self.noisy_batch(z0, g)
+        x_t, t, target, weight = self.noisy_batch(z0, g, self.dcfg.t_sampling)
         pred = model(x_t.to(self.device), cond.to(self.device), t.float().to(self.device))
         per_sample = (pred.float() - target.to(self.device)).square().mean(dim=(1, 2, 3))
         return (weight.to(self.device) * per_sample).mean(), {}
@@ -145,6 +157,9 @@ class DiffusionTask:
         writer.add_image("diffusion/samples_beside_masks", grid[None], step)
 
     def describe(self) -> dict:
-        return {"unet_config": to_dict(self.model.cfg), "diffusion": to_dict(self.dcfg),
+        dcfg = to_dict(self.dcfg)
+        if dcfg["t_sampling"] == "uniform":  # absent means uniform: stages saved before the field resume
+            del dcfg["t_sampling"]
+        return {"unet_config": to_dict(self.model.cfg), "diffusion": dcfg,
                 "latent_scale": self.scale,
                 "unlabelled_latents": 0 if self.unlabelled is None else len(self.unlabelled)}

@@ -1140,5 +1140,5 @@ def test_generator_levers_names_side_recipes_among_the_known_ones(capsys):
     with pytest.raises(SystemExit) as exit_info:
         generator_levers.main(["--preset", "matched", "--k", "256px", "--recipes", "nope"])
     assert exit_info.value.code == 2
-    assert "unknown recipe(s) nope; choose from today, vpred, vpred_pretrain, vpred_long, vpred_f8" in \
-        capsys.readouterr().err
+    known = "today, vpred, vpred_pretrain, vpred_long, vpred_f8, vpred_midt"
+    assert f"unknown recipe(s) nope; choose from {known}" in capsys.readouterr().err

@@ -1,5 +1,7 @@
 """generation_torch building blocks: shapes, conditioning, checkpoints, masks, metrics, precision."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -163,3 +165,54 @@ def test_precision_choice():
     assert precision.resolve("auto", cpu) == (torch.bfloat16 if precision.cpu_has_bf16() else None)
     with pytest.raises(UserError):
         precision.resolve("fp16", cpu)
+
+
+def test_logit_normal_timesteps_against_hand_computed_values():
+    from generation_torch.tasks import draw_timesteps
+
+    # the same generator state gives the same normal draws u: t = floor(sigmoid(u) * T)
+    u = torch.randn(20000, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    t = draw_timesteps(20000, 1000, "logit-normal", torch.Generator().manual_seed(3))
+    expected = np.floor(1000 / (1 + np.exp(-u.numpy()))).astype(np.int64).clip(max=999)
+    np.testing.assert_array_equal(t.numpy(), expected)
+    assert int(t.min()) >= 0 and int(t.max()) <= 999
+    # P(0.3 T <= t < 0.7 T) = P(|u| < logit(0.7) = 0.847) = 0.603; uniform: 0.4
+    mid = lambda ts: float(((ts >= 300) & (ts < 700)).float().mean())  # noqa: E731
+    assert mid(t) == pytest.approx(0.603, abs=0.01)
+    assert mid(draw_timesteps(20000, 1000, "uniform", torch.Generator().manual_seed(3))) == \
+        pytest.approx(0.4, abs=0.01)
+    with pytest.raises(ValueError, match="unknown timestep sampling 'beta'"):
+        draw_timesteps(4, 1000, "beta", torch.Generator())
+
+
+def test_timestep_sampling_reaches_training_and_leaves_validation_uniform(monkeypatch):
+    from generation_torch import tasks
+    from generation_torch.cli_args import parser, stages_from_args
+    from generation_torch.config import DiffusionConfig
+    from generation_torch.data import LatentCache
+    from generation_torch.tasks import DiffusionTask
+
+    args = parser().parse_args(["--preset", "quick", "--t-sampling", "logit-normal"])
+    assert stages_from_args(args).diffusion.diffusion.t_sampling == "logit-normal"
+    default = stages_from_args(parser().parse_args(["--preset", "quick"]))
+    assert default.diffusion.diffusion.t_sampling == "uniform"
+    seen = []
+    real_draw = tasks.draw_timesteps
+    monkeypatch.setattr(tasks, "draw_timesteps",
+                        lambda n, T, kind, g: seen.append(kind) or real_draw(n, T, kind, g))
+    unet = UNet(UNetConfig(channels=(16, 32), time_dims=(16, 32, 32), heads=2))
+    cache = LatentCache(torch.randn(6, 4, 8, 8), torch.full((6, 4, 8, 8), 0.1), torch.ones(6, 2, 8, 8))
+    task = DiffusionTask(unet, cache, cache, diffusion.Schedule.make("linear"),
+                         DiffusionConfig(t_sampling="logit-normal"), 1.0, None, torch.device("cpu"))
+    task.loss(unet, torch.Generator().manual_seed(0), 4)
+    with torch.no_grad():
+        task.validate(unet)
+    assert seen == ["logit-normal", "uniform"]
+    # a stage saved before the field existed resumes under uniform sampling, not under another
+    from shared.presets import changed_fields
+
+    uniform = replace(task, dcfg=DiffusionConfig())
+    before = {"schedule": "linear", "prediction": "eps", "cond_dropout": 0.15, "min_snr_gamma": None}
+    old = {**uniform.describe(), "diffusion": before}
+    assert changed_fields(old, uniform.describe()) == []
+    assert changed_fields(old, task.describe()) == ["diffusion.t_sampling"]
