@@ -100,7 +100,7 @@ def lever_figure(path: Path, bench: Bench, cell: Cell, guidances: list[float], n
     guidance the recipe's first n drawn tiles beside theirs: what the figures measure, to the eye."""
     import numpy as np
 
-    from generation_torch.grids import pair_grid, save_png, to_unit
+    from generation_torch.grids import pair_grid, save_png, stack_rows, to_unit
     from shared.store import TileStore
 
     val, sampling = val_tiles(bench), bench.cfg.recipe(cell.recipe).sampling
@@ -109,8 +109,7 @@ def lever_figure(path: Path, bench: Bench, cell: Cell, guidances: list[float], n
     shown += [(store, store.indices()[:n]) for store in drawn]
     rows = [pair_grid(to_unit(store.images(i)), store.masks(i).astype(np.float32), columns=n)
             for store, i in shown]
-    gap = np.ones((12, rows[0].shape[1]), np.float32)
-    save_png(path, np.concatenate([part for row in rows for part in (row, gap)][:-1]))
+    save_png(path, stack_rows(rows))
 
 
 def chosen_guidance(rows: list[dict]) -> dict[str, float]:

@@ -93,11 +93,10 @@ def x0_error_by_t(gen, z: torch.Tensor, masks: np.ndarray, ts: list[int], keep: 
 
 def save_rows(path: Path, rows: list[np.ndarray], masks: np.ndarray, n: int = 4) -> None:
     """A PNG of each (N, T, T) tile set's first n tiles beside masks[:n], one set per row."""
-    from generation_torch.grids import pair_grid, save_png, to_unit
+    from generation_torch.grids import pair_grid, save_png, stack_rows, to_unit
 
-    grids = [pair_grid(to_unit(tiles[:n]), masks[:n].astype(np.float32), columns=n) for tiles in rows]
-    gap = np.ones((12, grids[0].shape[1]), np.float32)
-    save_png(path, np.concatenate([part for grid in grids for part in (grid, gap)][:-1]))
+    save_png(path, stack_rows([pair_grid(to_unit(tiles[:n]), masks[:n].astype(np.float32), columns=n)
+                               for tiles in rows]))
 
 
 def rounded(row: dict) -> dict:

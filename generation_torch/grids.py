@@ -32,6 +32,12 @@ def pair_grid(left: np.ndarray, right: np.ndarray, columns: int = 4, gap: int = 
     return grid
 
 
+def stack_rows(rows: list[np.ndarray], gap: int = 12) -> np.ndarray:
+    """Equal-width images one above the other, `gap` white pixels apart."""
+    space = np.ones((gap, rows[0].shape[1]), np.float32)
+    return np.concatenate([part for row in rows for part in (row, space)][:-1])
+
+
 def save_png(path: Path, grid: np.ndarray) -> None:
     """An 8-bit grayscale PNG of a [0, 1] image (matplotlib's imsave writes RGBA: 4x the bytes of EM's
     incompressible grain)."""
