@@ -38,7 +38,8 @@ class Task(Protocol):
     use_ema: bool
 
     def loss(self, model: nn.Module, g: torch.Generator, batch_size: int) -> tuple[torch.Tensor, dict]: ...
-    def validate(self, model: nn.Module) -> float: ...
+    # the loss that picks the best weights and runs patience, and scalars logged beside it
+    def validate(self, model: nn.Module) -> tuple[float, dict[str, float]]: ...
     def visuals(self, model: nn.Module, writer: Any, step: int) -> None: ...
     def describe(self) -> dict: ...
 
@@ -188,7 +189,7 @@ def _end_epoch(task: Task, cfg: StageConfig, ctx: LoopContext, state: LoopState,
     eval_model = parts.eval_model
     eval_model.eval()
     with torch.no_grad(), precision.autocast(ctx.dist.device, ctx.autocast):
-        val = task.validate(eval_model)
+        val, val_logs = task.validate(eval_model)
     last_path, best_path = paths(ctx, task.name)
     improved = val < state.best
     if improved:
@@ -197,15 +198,19 @@ def _end_epoch(task: Task, cfg: StageConfig, ctx: LoopContext, state: LoopState,
         state.bad_epochs += 1
     if ctx.dist.main:
         if not ctx.progress:  # logs of unattended runs still show the validation curve
-            print(f"{task.name}: epoch {state.epoch} step {state.step} val {val:.5f}"
+            bands = "".join(f" {k.removeprefix('val_loss_')} {v:.5f}" for k, v in val_logs.items())
+            print(f"{task.name}: epoch {state.epoch} step {state.step} val {val:.5f}{bands}"
                   f"{' (best)' if improved else ''}", flush=True)
         if improved:
             checkpoint.save(best_path, {"format": checkpoint.TRAINING_FORMAT, "stage": task.name,
                                         "weights": eval_model.state_dict(), "step": state.step,
-                                        "val_loss": val, "config": task.describe()})
+                                        "val_loss": val, "val_logs": val_logs,
+                                        "config": task.describe()})
         _save_last(last_path, task, parts, state)
         if ctx.writer is not None:
             ctx.writer.add_scalar(f"{task.name}/val_loss", val, state.step)
+            for key, value in val_logs.items():
+                ctx.writer.add_scalar(f"{task.name}/{key}", value, state.step)
             if ctx.visual_every > 0 and (state.epoch % ctx.visual_every == 0 or state.epoch == 1):
                 with torch.no_grad(), precision.autocast(ctx.dist.device, ctx.autocast):
                     task.visuals(eval_model, ctx.writer, state.step)

@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from generation_torch import checkpoint, metrics, precision  # noqa: E402
+from generation_torch import checkpoint, metrics, precision, tasks  # noqa: E402
 from generation_torch.config import UNetConfig, VAEConfig  # noqa: E402
 from generation_torch.data import dihedral, encode_all, latent_scale  # noqa: E402
 from generation_torch.masks import elastic, varied_masks  # noqa: E402
@@ -186,7 +186,6 @@ def test_logit_normal_timesteps_against_hand_computed_values():
 
 
 def test_timestep_sampling_reaches_training_and_leaves_validation_uniform(monkeypatch):
-    from generation_torch import tasks
     from generation_torch.cli_args import parser, stages_from_args
     from generation_torch.config import DiffusionConfig
     from generation_torch.data import LatentCache
@@ -216,3 +215,15 @@ def test_timestep_sampling_reaches_training_and_leaves_validation_uniform(monkey
     old = {**uniform.describe(), "diffusion": before}
     assert changed_fields(old, uniform.describe()) == []
     assert changed_fields(old, task.describe()) == ["diffusion.t_sampling"]
+
+
+def test_band_means_split_validation_errors_by_noise_level():
+    """Errors at t = 0, 299 | 300, 699 | 999 of T = 1000: means 2, 6 and 10 by hand; an empty band is
+    left out, and a 10-step schedule's bands end at 2, 6 and 9."""
+    errors = torch.tensor([1.0, 3.0, 5.0, 7.0, 10.0], dtype=torch.float64)
+    t = torch.tensor([0, 299, 300, 699, 999])
+    assert tasks.band_means(errors, t, 1000) == {"val_loss_t0-299": 2.0, "val_loss_t300-699": 6.0,
+                                                 "val_loss_t700-999": 10.0}
+    assert tasks.band_means(errors[:2], t[:2], 1000) == {"val_loss_t0-299": 2.0}
+    assert list(tasks.band_means(errors, torch.tensor([0, 2, 3, 6, 9]), 10)) == [
+        "val_loss_t0-2", "val_loss_t3-6", "val_loss_t7-9"]

@@ -79,6 +79,14 @@ def test_train_writes_products_and_tensorboard(trained):
         assert tag in scalars, (tag, scalars)
     assert {"vae/reconstructions", "diffusion/samples_beside_masks"} <= images
     assert len(acc.Scalars("vae/val_loss")) == 3
+    # the denoiser's validation loss per noise band beside its mean (which lies among them), also kept
+    # in the best checkpoint
+    bands = {tag for tag in scalars if tag.startswith("diffusion/val_loss_t")}
+    assert bands and bands <= {f"diffusion/val_loss_t{b}" for b in ("0-299", "300-699", "700-999")}, bands
+    last = [acc.Scalars(tag)[-1].value for tag in bands]
+    assert min(last) - 1e-6 <= acc.Scalars("diffusion/val_loss")[-1].value <= max(last) + 1e-6
+    best = _state(trained / "diffusion_best.pt")
+    assert {f"diffusion/{k}" for k in best["val_logs"]} <= bands and best["val_logs"]
 
 
 def _state(path):
@@ -330,7 +338,7 @@ class _Line:
         return (model(x) - 2 * x).square().mean(), {}
 
     def validate(self, model):
-        return float((model(torch.ones(1, 1)) - 2).square())
+        return float((model(torch.ones(1, 1)) - 2).square()), {}
 
     def visuals(self, model, writer, step):
         pass
