@@ -229,6 +229,13 @@ class EvidenceConfig:
     # pages 14 nm or more apart share 0.41-0.55 of their mask IoU, pages 5 nm apart ~0.9)
     guard_z: int = 2
 
+    def __post_init__(self) -> None:
+        # recipe() looks in both lists: a name in two places would silently resolve to the first
+        names = [r.name for r in (*self.recipes, *self.side_recipes)]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"recipe names repeated across recipes and side recipes: {', '.join(repeated)}")
+
     def recipe(self, name: str) -> Recipe:
         return next(r for r in (*self.recipes, *self.side_recipes) if r.name == name)
 

@@ -1132,6 +1132,9 @@ def test_a_side_recipe_is_judged_by_the_levers_but_adds_no_grid_cell():
     assert (stages.vae.model.downsample, stages.vae.model.latent_channels) == (8, 8)
     assert stages.vae.model.channels == (48, 96, 128)
     assert (stages.diffusion.train.steps, stages.diffusion.minutes) == (6000, 50.0)
+    # a name in both lists would resolve to the grid's recipe without a word: refused
+    with pytest.raises(ValueError, match="repeated across recipes and side recipes: vpred$"):
+        replace(cfg, side_recipes=(*cfg.side_recipes, replace(f8, name="vpred")))
 
 
 def test_generator_levers_names_side_recipes_among_the_known_ones(capsys):
