@@ -7,8 +7,9 @@
         -> OME-Zarr: probabilities + labels/mask, chunk by chunk with dask (exporters.volumes);
            VOL: TIFF stack, zarr / OME-Zarr folder, or HDF5 file; a rerun resumes
     python -m exporters.infer generate --model-dir GEN_ONNX_DIR --masks MASKS.tif --out DIR
-        [--n N --sampler ddim --steps 50 --guidance 2 --seed 0]
-        -> DIR/images.tif (uint8) and DIR/masks.tif (the masks they were drawn for)
+        [--n N --sampler ddim --steps 50 --guidance 2 --seed 0 --strength S --start-from TILES.tif]
+        -> DIR/images.tif (uint8) and DIR/masks.tif (the masks they were drawn for); with --strength
+           below 1 tile k starts from TILES.tif's tile k (the masks' own tiles) noised that far (SDEdit)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from shared.errors import (
     positive_int,
     run_cli,
 )
+from shared.normalization import normalize
 from shared.outputs import add_instances_flag, output_folder, write_segmentation
 from shared.pixel_size import from_metadata, warn_mismatch
 from shared.sampling import add_sampler_flags, settings_from_args
@@ -107,14 +109,31 @@ def generate(args: argparse.Namespace) -> None:
                         f"{model.tile}x{model.tile} tiles")
     n = args.n or len(masks)
     chosen = masks[np.arange(n) % len(masks)]
-    out = output_folder(args.out)
     settings = settings_from_args(args)
+    init = starting_tiles(args, masks.shape)[np.arange(n) % len(masks)] if settings.strength < 1 else None
+    if init is None and args.start_from:
+        raise UserError("--start-from is used with --strength below 1 only")
+    out = output_folder(args.out)
     images = []
     for start in tqdm(range(0, n, args.batch_size), desc="generate", unit="batch", disable=not on_terminal()):
-        images.append(model.sample(chosen[start:start + args.batch_size], settings, args.seed, start))
+        rows = slice(start, start + args.batch_size)
+        images.append(model.sample(chosen[rows], settings, args.seed, start,
+                                   None if init is None else init[rows]))
     write_stack(out / "images.tif", np.concatenate(images))
     write_stack(out / "masks.tif", chosen.astype(np.uint8))
     print(f"wrote {n} tiles to {out / 'images.tif'} with their masks in {out / 'masks.tif'}")
+
+
+def starting_tiles(args: argparse.Namespace, shape: tuple[int, ...]) -> np.ndarray:
+    """--start-from's tiles, normalized: one per mask of --masks, the same size."""
+    if not args.start_from:
+        raise UserError(f"--strength {args.strength} starts from the masks' own tiles: give "
+                        "--start-from TILES.tif")
+    tiles = read_image_stack(args.start_from)
+    if tiles.shape != shape:
+        raise UserError(f"{args.start_from}: {tiles.shape} tiles for {shape} masks in {args.masks}; "
+                        "one tile per mask, the same size")
+    return normalize(tiles)
 
 
 def triple(kind):
@@ -159,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     gen.add_argument("--out", type=Path, required=True)
     gen.add_argument("--n", type=positive_int, default=None, help="tiles (default: one per mask)")
     add_sampler_flags(gen)
+    gen.add_argument("--start-from", type=Path, default=None,
+                     help="(N, 256, 256) tile stack, one per mask: where --strength below 1 starts")
     gen.add_argument("--seed", type=non_negative_int, default=0)
     gen.add_argument("--batch-size", type=positive_int, default=8)
     for p in (seg, gen):

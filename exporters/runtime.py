@@ -230,6 +230,7 @@ class Generator:
         self.latent_shape = tuple(json.loads(self.metadata["latent_shape"]))
         self.tile = int(self.metadata.get("tile_size", TILE))
         self.names = [i.name for i in self.denoiser.get_inputs()]
+        self.device, self.threads, self._encoder = device, threads, None  # the encoder opens when needed
         spectrum = self.folder / TEXTURE_FILE  # absent in exports of older generators
         self.texture_spectrum = np.load(spectrum, allow_pickle=False) if spectrum.is_file() else None
 
@@ -245,19 +246,40 @@ class Generator:
         null = np.zeros_like(cond)
         return diffusion.guided_model(self.denoise, cond, null, guidance, rescale, np.concatenate)
 
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """Normalized images (N, T, T) -> scaled posterior-mean latents (vae_encoder.onnx)."""
+        if self._encoder is None:
+            path = self.folder / "vae_encoder.onnx"
+            if not path.is_file():
+                raise ModelFileError(f"{path}: missing; starting from tiles (strength below 1) needs the "
+                                     "VAE encoder (export the generator again)")
+            self._encoder, meta = open_session(path, self.device, self.threads)
+            check_metadata(path, meta, "vae_encoder")
+        mean = run(self._encoder, {self._encoder.get_inputs()[0].name: images[:, None].astype(np.float32)})[0]
+        return mean * np.float32(self.latent_scale)
+
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Scaled latents -> normalized images (N, T, T) in about [-1, 1]."""
         return run(self.decoder, {self.decoder.get_inputs()[0].name:
                                   (latents / self.latent_scale).astype(np.float32)})[0][:, 0]
 
     def generate(self, masks: np.ndarray, settings: SamplerSettings | None = None, seed: int = 0,
-                 start: int = 0, initial_noise: np.ndarray | None = None) -> np.ndarray:
+                 start: int = 0, initial_noise: np.ndarray | None = None,
+                 init_images: np.ndarray | None = None) -> np.ndarray:
         """Normalized images (N, T, T) in [-1, 1] drawn for binary masks (N, T, T). Image k is tile
         start + k of a request with `seed` and draws from that tile's own noise stream, as in PyTorch
         (shared.sampling): an image does not depend on how a request is cut into calls.
-        initial_noise (N, C, h, w), if given, replaces the streams' first draw (x_T)."""
+        initial_noise (N, C, h, w), if given, replaces the streams' first draw (x_T). With
+        settings.strength below 1, image k starts from init_images[k] (normalized, (N, T, T))."""
         settings = settings or SamplerSettings()
         masks = check_masks(masks, self.tile)
+        init = None
+        if settings.strength < 1.0:
+            if init_images is None or init_images.shape != masks.shape:
+                got = "none" if init_images is None else f"{init_images.shape}"
+                raise InputError(f"strength {settings.strength} starts from one tile per mask {masks.shape}, "
+                                 f"got {got}")
+            init = self.encode(init_images)
         if settings.texture and self.texture_spectrum is None:
             raise InputError(f"{self.folder}: no {TEXTURE_FILE} (exported from a generator trained before "
                              "the texture spectrum was measured): draw with texture 0")
@@ -273,13 +295,15 @@ class Generator:
         cond = mask_condition(masks, self.latent_shape[1])
         fn = self.model_fn(cond, settings.scale, settings.guidance_rescale)
         latents = diffusion.sample(fn, x_T, self.schedule, settings.sampler, steps, eta=settings.eta,
-                                   prediction=self.prediction, noise_fn=lambda a: noise.draw(a.shape[1:]))
+                                   prediction=self.prediction, noise_fn=lambda a: noise.draw(a.shape[1:]),
+                                   init=init, strength=settings.strength)
         return add_texture(self.decode(latents), self.texture_spectrum, settings.texture, noise)
 
     def sample(self, masks: np.ndarray, settings: SamplerSettings | None = None, seed: int = 0,
-               start: int = 0) -> np.ndarray:
-        """uint8 images (N, T, T) drawn for binary masks (N, T, T); same seed, same images."""
-        return denormalize(self.generate(masks, settings, seed, start), np.uint8)
+               start: int = 0, init_images: np.ndarray | None = None) -> np.ndarray:
+        """uint8 images (N, T, T) drawn for binary masks (N, T, T); same seed, same images. init_images:
+        normalized tiles to start from (settings.strength below 1)."""
+        return denormalize(self.generate(masks, settings, seed, start, init_images=init_images), np.uint8)
 
 
 def mask_condition(masks: np.ndarray, size: int) -> np.ndarray:

@@ -28,7 +28,7 @@ from generation_torch.sample import add_run_flags, generate_tiles, sampler_setti
 from generation_torch.stages import VAE_FORMAT, load_vae
 from generation_torch.two_sample import TwoSampleConfig, two_sample_accuracy
 from shared.console import on_terminal
-from shared.errors import ArgumentParser, non_negative_int, positive_int, run_cli
+from shared.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_cli
 from shared.sampling import SamplerSettings
 from shared.sources import add_data_flags, resolve_real_store, source_from_args
 from shared.store import TileStore
@@ -117,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_run_flags(p)
     args = p.parse_args(argv)
     settings = sampler_settings(args)
+    if settings.strength < 1.0:  # starting from the held-out tiles would score copies of them
+        raise UserError("--strength below 1 starts from real tiles; evaluate draws for held-out masks "
+                        "from pure noise (--strength 1)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = precision.resolve(args.precision, device)
     if args.vae_only and checkpoint.load(args.checkpoint).get("format") == VAE_FORMAT:

@@ -69,26 +69,28 @@ class Generator:
 
     @torch.no_grad()
     def generate(self, masks: torch.Tensor, settings: SamplerSettings | None = None, seed: int = 0,
-                 start: int = 0) -> torch.Tensor:
+                 start: int = 0, init_images: torch.Tensor | None = None) -> torch.Tensor:
         """Images (B, 1, T, T) in [-1, 1] for masks (B, T, T) in {0, 1}. Image k is tile start + k of a
         request with `seed` and draws from that tile's own noise stream (shared.sampling, as the
-        onnxruntime sampler): it does not depend on the batch it was drawn in."""
+        onnxruntime sampler): it does not depend on the batch it was drawn in. With settings.strength
+        below 1, image k starts from init_images[k] (B, 1, T, T), normalized, noised that far."""
         settings = settings or SamplerSettings()
         if settings.texture and self.texture_spectrum is None:
             raise UserError("this generator has no texture spectrum (trained before it was measured): "
                             "draw with --texture 0 or retrain its diffusion stage")
         noise = TileNoise(tile_seeds(seed, start, len(masks)))
-        images = self.decode(self.sample_latents(masks, settings, noise))
+        init = None if settings.strength == 1.0 or init_images is None else self.encode(init_images)
+        images = self.decode(self.sample_latents(masks, settings, noise, init))
         if not settings.texture:
             return images
         textured = add_texture(images[:, 0].cpu().numpy(), self.texture_spectrum, settings.texture, noise)
         return torch.from_numpy(textured)[:, None].to(images.device)
 
     @torch.no_grad()
-    def sample_latents(self, masks: torch.Tensor, settings: SamplerSettings,
-                       noise: TileNoise) -> torch.Tensor:
+    def sample_latents(self, masks: torch.Tensor, settings: SamplerSettings, noise: TileNoise,
+                       init: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled latents (B, C, h, w) for masks (B, T, T), drawn from the tiles' noise streams: what
-        `generate` decodes."""
+        `generate` decodes. init: scaled latents to start from when settings.strength < 1."""
         self.vae.eval()
         self.unet.eval()
 
@@ -100,8 +102,18 @@ class Generator:
         cond = mask_condition(masks.to(self.device), self.latent_size)
         fn = self.model_fn(cond, settings.scale, settings.guidance_rescale)
         steps = settings.steps_for(self.schedule.timesteps)
+        if settings.strength < 1.0 and init is None:
+            raise ValueError(f"strength {settings.strength} needs the tiles to start from")
         return diffusion.sample(fn, x_T, self.schedule, settings.sampler, steps, eta=settings.eta,
-                                prediction=self.prediction, noise_fn=noise_fn)
+                                prediction=self.prediction, noise_fn=noise_fn,
+                                init=None if init is None else init.to(self.device),
+                                strength=settings.strength)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Scaled posterior-mean latents of normalized images (B, 1, T, T)."""
+        self.vae.eval()
+        with torch.no_grad(), precision.autocast(self.device, self.autocast):
+            return self.vae.encode(images.to(self.device))[0].float() * self.latent_scale
 
     def decode(self, z_scaled: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), precision.autocast(self.device, self.autocast):

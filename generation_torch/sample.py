@@ -3,13 +3,16 @@
     python -m generation_torch.sample --checkpoint RUN/generator.pt --masks-from STORE_OR_MASKS.tif
         --n 64 --out SYNTH_STORE [--mask-source labelled|composed]
         [--sampler ddim --steps 50 --eta 0 --guidance 2 --seed 0 --batch-size 8]
-        [--guidance-rescale 0 --unconditional --precision auto --grid tiles.png]
+        [--guidance-rescale 0 --unconditional --strength 1 --precision auto --grid tiles.png]
 
 Each tile is drawn for a mask made from the mask source, and stored with that mask and its provenance
 (checkpoint hash, seed, sampler, steps, guidance, how the mask was made): --mask-source labelled
 varies a labelled mask (dihedral + elastic); composed places the labelled objects in new layouts
-(generation_torch.layouts), matching their count and size per tile. Same seed, same
-tiles, whatever the batch size, and the same as `exporters.infer generate` draws (shared.sampling).
+(generation_torch.layouts), matching their count and size per tile. With --strength below 1 (labelled
+masks from a tile store) each tile starts from the mask's own real tile, under the mask's transform
+and deformation, noised that far along the walk (SDEdit): the real layout stays, details are drawn
+anew. Same seed, same tiles, whatever the batch size, and the same as `exporters.infer generate` draws
+(shared.sampling).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from tqdm import tqdm
 from generation_torch import grids, precision
 from generation_torch.config import PRECISIONS
 from generation_torch.layouts import compose_masks, layout_stats
-from generation_torch.masks import load_mask_source, varied_masks
+from generation_torch.masks import load_mask_source, load_pair_source, varied_masks, varied_pairs
 from generation_torch.pipeline import Generator, load_generator
 from shared import diffusion
 from shared.console import on_terminal
@@ -58,13 +61,16 @@ def sampler_settings(args: argparse.Namespace) -> SamplerSettings:
 
 
 def generate_tiles(gen: Generator, masks: np.ndarray, settings: SamplerSettings, seed: int = 0,
-                   batch_size: int = 8, progress: bool = True) -> np.ndarray:
+                   batch_size: int = 8, progress: bool = True, init: np.ndarray | None = None) -> np.ndarray:
     """float32 (N, T, T) images in [-1, 1] for uint8 masks; tile i draws from its own noise stream
-    (seed * 1_000_003 + i, shared.sampling), so the batch size does not change them."""
+    (seed * 1_000_003 + i, shared.sampling), so the batch size does not change them. init: normalized
+    (N, T, T) tiles to start from (settings.strength < 1)."""
     out = np.empty(masks.shape, np.float32)
     for start in tqdm(range(0, len(masks), batch_size), disable=not progress, desc="sample", unit="batch"):
-        m = torch.from_numpy(masks[start:start + batch_size].astype(np.float32))
-        out[start:start + len(m)] = gen.generate(m, settings, seed, start)[:, 0].cpu().numpy()
+        rows = slice(start, start + batch_size)
+        m = torch.from_numpy(masks[rows].astype(np.float32))
+        x = None if init is None else torch.from_numpy(init[rows])[:, None]
+        out[start:start + len(m)] = gen.generate(m, settings, seed, start, x)[:, 0].cpu().numpy()
     return out
 
 
@@ -80,6 +86,17 @@ def refuse_real_store(out: Path) -> None:
     if (out / MANIFEST).exists() and (kind := TileStore(out).manifest.kind) != "synthetic":
         raise UserError(f"{out}: a {kind} tile store; generated tiles go to a synthetic store "
                         "(another --out)")
+
+
+def starting_pairs(path: Path, kind: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """For --strength below 1: n labelled masks varied as conditioning_masks varies them, each with its
+    own real tile under the same transform (normalized), and how each was made."""
+    if kind != "labelled":
+        raise UserError("--strength below 1 starts from each mask's own tile: it needs --mask-source "
+                        "labelled (composed layouts have no tile)")
+    masks, images = load_pair_source(path)
+    varied, tiles, origins = varied_pairs(masks, images, n, seed)
+    return varied, tiles, origins
 
 
 def conditioning_masks(source: np.ndarray, kind: str, n: int, seed: int, path: Path
@@ -120,10 +137,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     gen = load_generator(args.checkpoint, device, precision.resolve(args.precision, device))
     masks_from = args.masks_from or trained_on(gen, args.checkpoint)
     refuse_real_store(args.out)
-    source = load_mask_source(masks_from)
-    masks, origins = conditioning_masks(source, args.mask_source, args.n, args.seed, masks_from)
+    init = None
+    if settings.strength < 1.0:
+        masks, init, origins = starting_pairs(masks_from, args.mask_source, args.n, args.seed)
+    else:
+        masks, origins = conditioning_masks(load_mask_source(masks_from), args.mask_source, args.n, args.seed,
+                                            masks_from)
     images = generate_tiles(gen, masks, settings, args.seed, args.batch_size,
-                            not args.no_progress and on_terminal())
+                            not args.no_progress and on_terminal(), init)
     store = TileStore.open_or_create(args.out, TILE, kind="synthetic", pixel_size=gen.pixel_size)
     provenance = {"source": "synthetic", "checkpoint": str(args.checkpoint),
                   "checkpoint_sha256": file_digest(args.checkpoint), **settings.provenance(),

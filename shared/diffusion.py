@@ -22,8 +22,10 @@ API
     guided_model(denoise, cond, null, ...)  model_fn with guidance: one or two condition halves per call
     sampler_timesteps(n, T)                 evenly spaced descending timesteps (DDPM, DDIM)
     logsnr_timesteps(n, schedule)           timesteps evenly spaced in log-SNR (DPM-Solver++)
+    partial_timesteps(ts, strength)         the last steps of a walk (starting from a noised image)
     ddpm_step / ddim_step / dpmpp_2m_step   one update each
-    sample(model_fn, x_T, schedule, ...)    the whole loop; model_fn(x, t: int) -> prediction
+    sample(model_fn, x_T, schedule, ...)    the whole loop; model_fn(x, t: int) -> prediction;
+                                            with init and strength < 1 it starts from init noised by x_T
 """
 
 from __future__ import annotations
@@ -280,24 +282,42 @@ def timesteps_for(sampler: str, steps: int, schedule: Schedule) -> list[int]:
     return sampler_timesteps(steps, schedule.timesteps)
 
 
+def partial_timesteps(ts: list[int], strength: float) -> list[int]:
+    """The last max(1, int(len(ts) * strength)) timesteps of a sampler's walk, strength in (0, 1]: where
+    a walk that starts from a real image noised to their first timestep goes (SDEdit, Meng et al.
+    2022; the steps diffusers' img2img pipelines keep)."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    return ts[len(ts) - max(1, int(len(ts) * strength)):]
+
+
 def sample(model_fn: ModelFn, x_T: Array, schedule: Schedule, sampler: str = "ddim", steps: int | None = None,
            *, eta: float = 0.0, prediction: str = "eps", noise_fn: NoiseFn | None = None,
-           clip_x0: float | None = None, callback: Callable[[int, int], None] | None = None) -> Array:
+           clip_x0: float | None = None, callback: Callable[[int, int], None] | None = None,
+           init: Array | None = None, strength: float = 1.0) -> Array:
     """Denoise x_T (standard normal, any array type) to x0.
 
     model_fn(x, t) -> the model output ('eps' or 'v' per `prediction`) for the whole batch at integer
     timestep t (guidance, if any, happens inside model_fn; see `guided`). noise_fn(x) -> fresh standard
     normal noise shaped like x (needed by 'ddpm' and by 'ddim' with eta > 0); seeding it makes sampling
-    deterministic. callback(i, n) is called after each step (progress bars).
+    deterministic. callback(i, n) is called after each step (progress bars). With `init` (clean data
+    shaped like x_T) and strength < 1 the walk keeps its last steps (partial_timesteps) and starts from
+    q_sample(init, x_T, ...) at the first of them: the layout of init survives, its details are drawn
+    anew; strength 1 ignores init (pure noise, as without it).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
+    if strength < 1.0 and init is None:
+        raise ValueError(f"strength {strength} needs an init to start from")
     steps = DEFAULT_STEPS[sampler] if steps is None else steps
-    ts = timesteps_for(sampler, steps, schedule)
+    ts = partial_timesteps(timesteps_for(sampler, steps, schedule), strength)
     stochastic = sampler == "ddpm" or (sampler == "ddim" and eta > 0)
     if stochastic and noise_fn is None:
         raise ValueError(f"sampler {sampler!r} with eta={eta} needs a noise_fn")
     x, prev_x0, abar_prev = x_T, None, None
+    if strength < 1.0:
+        a, s = schedule.coefficients(ts[0])
+        x = q_sample(init, x_T, float(a), float(s))
     for i, t in enumerate(ts):
         s = ts[i + 1] if i + 1 < len(ts) else -1
         abar_t, abar_s = schedule.abar(t), schedule.abar(s)

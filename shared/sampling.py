@@ -36,6 +36,8 @@ class SamplerSettings:
     unconditional: bool = False       # ignore the masks (null condition)
     texture: float = 0.0              # share of the decoder's residual power added back (shared.texture;
     #                                   0: the decoded mean, 1: all of it)
+    strength: float = 1.0             # (0, 1]: 1 draws from pure noise; below 1 the walk starts from a
+    #                                   real tile noised that far (diffusion.partial_timesteps: SDEdit)
 
     def __post_init__(self) -> None:
         if self.sampler not in diffusion.SAMPLERS:
@@ -46,6 +48,8 @@ class SamplerSettings:
             raise ValueError(f"guidance_rescale must be in [0, 1], got {self.guidance_rescale}")
         if self.texture < 0:
             raise ValueError(f"texture must be >= 0, got {self.texture}")
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
 
     def steps_for(self, timesteps: int) -> int:
         """The steps to walk on a schedule of `timesteps` (the sampler's default when unset)."""
@@ -61,8 +65,9 @@ class SamplerSettings:
 
     def provenance(self) -> dict[str, object]:
         """What a synthetic tile's record says about how it was drawn."""
-        return {"sampler": self.sampler, "steps": self.steps_for(diffusion.TIMESTEPS), "eta": self.eta,
-                "guidance": self.scale, "guidance_rescale": self.guidance_rescale, "texture": self.texture}
+        drawn = {"sampler": self.sampler, "steps": self.steps_for(diffusion.TIMESTEPS), "eta": self.eta,
+                 "guidance": self.scale, "guidance_rescale": self.guidance_rescale, "texture": self.texture}
+        return {**drawn, "strength": self.strength} if self.strength < 1.0 else drawn
 
 
 def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
@@ -83,11 +88,15 @@ def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--texture", type=non_negative_float, default=d.texture,
                         help="add back this share of the texture the VAE decoder cannot predict (noise "
                              "with the spectrum of its training residuals; 1 = all of it, 0 = off)")
+    parser.add_argument("--strength", type=strength_value, default=d.strength,
+                        help="(0, 1]: below 1, start each tile from a real tile noised this far along the "
+                             "sampler's walk and run its remaining steps (SDEdit): the real tile's layout "
+                             "stays, details are drawn anew; 1 = from pure noise (default)")
 
 
 def settings_from_args(args: argparse.Namespace) -> SamplerSettings:
     return SamplerSettings(args.sampler, args.steps, args.eta, args.guidance, args.guidance_rescale,
-                           args.unconditional, args.texture)
+                           args.unconditional, args.texture, args.strength)
 
 
 def settings_to_flags(settings: SamplerSettings) -> list[str]:
@@ -97,7 +106,16 @@ def settings_to_flags(settings: SamplerSettings) -> list[str]:
              "--guidance-rescale", str(settings.guidance_rescale)]
     flags += ["--steps", str(settings.steps)] if settings.steps is not None else []
     flags += ["--texture", str(settings.texture)] if settings.texture else []
+    flags += ["--strength", str(settings.strength)] if settings.strength < 1.0 else []
     return flags + (["--unconditional"] if settings.unconditional else [])
+
+
+def strength_value(text: str) -> float:
+    """--strength: a number in (0, 1]."""
+    value = unit_interval(text)
+    if value == 0.0:
+        raise argparse.ArgumentTypeError("must be above 0 (0 would leave the real tile unchanged)")
+    return value
 
 
 def tile_seeds(seed: int, start: int, count: int) -> list[int]:

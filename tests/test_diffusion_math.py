@@ -166,6 +166,37 @@ def test_timesteps_descend_from_pure_noise():
     assert diffusion.sampler_timesteps(1000) == list(range(999, -1, -1))
 
 
+def test_partial_timesteps_keep_the_last_steps_of_a_walk():
+    ts = diffusion.sampler_timesteps(10)
+    assert ts == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+    assert diffusion.partial_timesteps(ts, 0.5) == [444, 333, 222, 111, 0]
+    assert diffusion.partial_timesteps(ts, 0.35) == [222, 111, 0]  # int(3.5) steps
+    assert diffusion.partial_timesteps(ts, 0.01) == [0] and diffusion.partial_timesteps(ts, 1.0) == ts
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"strength must be in \(0, 1\]"):
+            diffusion.partial_timesteps(ts, bad)
+
+
+def test_a_partial_walk_starts_from_the_noised_init():
+    """A model that predicts eps = 0 makes DDIM carry x_t0 / a_t0 to the end: the output is
+    init + sqrt((1 - abar) / abar) * noise at the walk's first kept timestep (444 at strength 0.5 of
+    10 steps), by hand; strength 1 ignores init; below 1 without init is refused."""
+    sch = Schedule.make("linear")
+    rng = np.random.default_rng(0)
+    init, noise = rng.standard_normal(8), rng.standard_normal(8)
+
+    def no_eps(x, t):
+        return 0.0 * x
+
+    out = diffusion.sample(no_eps, noise, sch, "ddim", 10, init=init, strength=0.5)
+    abar = sch.abar(444)
+    np.testing.assert_allclose(out, init + math.sqrt((1 - abar) / abar) * noise, rtol=1e-12)
+    np.testing.assert_array_equal(diffusion.sample(no_eps, noise, sch, "ddim", 10, init=init),
+                                  diffusion.sample(no_eps, noise, sch, "ddim", 10))
+    with pytest.raises(ValueError, match="needs an init"):
+        diffusion.sample(no_eps, noise, sch, "ddim", 10, strength=0.5)
+
+
 def test_stochastic_sampler_needs_noise():
     with pytest.raises(ValueError):
         diffusion.sample(lambda x, t: x, np.zeros(3), Schedule.make(), "ddpm", 10)

@@ -102,6 +102,33 @@ def test_onnxruntime_sampler_matches_pytorch_from_the_same_noise(exported, sampl
     assert np.abs(got - want).max() <= 1e-3
 
 
+def test_a_partial_walk_from_tiles_matches_pytorch_and_keeps_their_layout(exported):
+    """Strength 0.5: onnxruntime (its VAE encoder, then the shared sampler) draws what PyTorch draws
+    from the same tiles and seed; at a strength of one last step the drawn tile is the VAE's
+    reconstruction of the tile it started from, which a walk from pure noise is not."""
+    from exporters.runtime import Generator
+    from generation_torch.pipeline import load_generator, reconstruct
+    from shared.sampling import SamplerSettings
+
+    ckpt, folder = exported
+    masks = blob_masks(2, seed=2)
+    tiles = np.where(masks == 1, 0.6, -0.4).astype(np.float32)
+    tiles += np.random.default_rng(0).normal(0.0, 0.1, tiles.shape).astype(np.float32)
+    gen, ort_gen = load_generator(ckpt), Generator(folder, device="cpu")
+
+    def both(settings):
+        want = gen.generate(torch.from_numpy(masks).float(), settings, seed=3,
+                            init_images=torch.from_numpy(tiles)[:, None])[:, 0].numpy()
+        return want, ort_gen.generate(masks, settings, seed=3, init_images=tiles)
+
+    want, got = both(SamplerSettings("ddim", 8, guidance=2.0, strength=0.5))
+    assert np.abs(got - want).max() <= 1e-3
+    recon = np.clip(reconstruct(gen.vae, tiles), -1, 1)
+    last_step, _ = both(SamplerSettings("ddim", 8, guidance=2.0, strength=0.1))
+    from_noise = gen.generate(torch.from_numpy(masks).float(), SamplerSettings("ddim", 8), seed=3)[:, 0]
+    assert np.abs(last_step - recon).mean() < 0.02 < np.abs(from_noise.numpy() - recon).mean()
+
+
 @pytest.mark.slow
 def test_a_v_prediction_generator_exports_and_samples_as_in_pytorch(tmp_path):
     """The v-prediction denoiser (the main recipe's): its type reaches the metadata and the
@@ -218,9 +245,13 @@ def test_generator_runtime_bad_input(exported, tmp_path):
         gen.sample(np.full((1, 256, 256), np.nan, np.float32))
     with pytest.raises(ModelFileError, match="no such folder"):
         Generator(tmp_path / "nothing")
+    with pytest.raises(InputError, match=r"starts from one tile per mask \(1, 256, 256\), got none"):
+        gen.sample(blob_masks(1), SamplerSettings(strength=0.5))
 
 
 def test_infer_generate_cli(exported, tmp_path):
+    from shared.normalization import normalize
+
     masks = blob_masks(3, seed=4)
     tifffile.imwrite(tmp_path / "masks.tif", masks * 255, photometric="minisblack")
     proc = run_module("exporters.infer", "generate", "--model-dir", exported[1], "--masks",
@@ -239,6 +270,23 @@ def test_infer_generate_cli(exported, tmp_path):
     bad = run_module("exporters.infer", "generate", "--model-dir", exported[1], "--masks",
                      tmp_path / "masks.tif", "--out", tmp_path / "g2", "--steps", "0")
     assert_one_line_error(bad, "--steps", ">= 1")
+    # starting from the masks' own tiles: tile k of --start-from goes with mask k
+    tiles = (masks * 150 + 50).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "tiles.tif", tiles, photometric="minisblack")
+    common = ["generate", "--model-dir", exported[1], "--masks", tmp_path / "masks.tif", "--steps", "4",
+              "--strength", "0.5"]
+    proc = run_module("exporters.infer", *common, "--start-from", tmp_path / "tiles.tif", "--out",
+                      tmp_path / "g3")
+    assert proc.returncode == 0, proc.stderr
+    want = Generator(exported[1], device="cpu").sample(masks, SamplerSettings(steps=4, strength=0.5),
+                                                       init_images=normalize(tiles))
+    assert np.abs(tifffile.imread(tmp_path / "g3" / "images.tif").astype(int) - want).max() <= 1
+    assert_one_line_error(run_module("exporters.infer", *common, "--out", tmp_path / "g4"), "--start-from")
+    tifffile.imwrite(tmp_path / "two.tif", tiles[:2], photometric="minisblack")
+    proc = run_module("exporters.infer", *common, "--start-from", tmp_path / "two.tif", "--out",
+                      tmp_path / "g5")
+    assert_one_line_error(proc, "two.tif", "one tile per mask")
+    assert not (tmp_path / "g4").exists() and not (tmp_path / "g5").exists()
 
 
 def test_both_sample_commands_show_one_guidance_default():

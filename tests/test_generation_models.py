@@ -227,3 +227,19 @@ def test_band_means_split_validation_errors_by_noise_level():
     assert tasks.band_means(errors[:2], t[:2], 1000) == {"val_loss_t0-299": 2.0}
     assert list(tasks.band_means(errors, torch.tensor([0, 2, 3, 6, 9]), 10)) == [
         "val_loss_t0-2", "val_loss_t3-6", "val_loss_t7-9"]
+
+
+def test_varied_pairs_move_each_tile_with_its_mask():
+    """The tile of a mask goes through the mask's own flip/rotation and deformation: a tile equal to
+    2 * mask - 1 stays equal to its varied mask except at edge pixels (nearest vs bilinear), and the
+    masks are varied_masks' for the same seed."""
+    from generation_torch.masks import varied_pairs
+
+    yy, xx = np.mgrid[:256, :256]
+    masks = np.stack([(yy - 90) ** 2 + (xx - 150) ** 2 < 40**2, (yy > 200) & (xx < 60)]).astype(np.uint8)
+    varied, tiles, origins = varied_pairs(masks, masks * 2.0 - 1.0, 6, seed=3)
+    assert np.array_equal(varied, varied_masks(masks, 6, seed=3)[0])
+    assert len({o["dihedral"] for o in origins}) > 1  # transforms differ between tiles
+    disagree = (tiles > 0) != (varied == 1)
+    assert disagree.mean() < 0.002 and tiles.dtype == np.float32
+    assert varied_pairs(masks, None, 2, seed=3)[1] is None

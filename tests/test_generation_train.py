@@ -209,6 +209,36 @@ def test_sample_is_deterministic_with_provenance(trained, tiny_store, tmp_path):
     assert proc.returncode == 0 and not np.array_equal(a.raw_images(a.indices()), d.raw_images(d.indices()))
 
 
+def test_sample_from_labelled_tiles_records_its_strength(trained, tiny_store, tmp_path):
+    """--strength below 1: tiles start from the masks' own tiles (same varied masks as a walk from
+    noise with the same seed), the records say so; composed layouts, mask stacks and evaluate refuse."""
+    import tifffile
+
+    from shared.store import TileStore
+
+    args = ["--checkpoint", trained / "generator.pt", "--masks-from", tiny_store, "--n", "3", "--steps", "4",
+            "--seed", "2", "--no-progress", "--precision", "fp32"]
+    for name, extra in (("sd", ["--strength", "0.3"]), ("noise", [])):
+        proc = run_module("generation_torch.sample", *args, *extra, "--out", tmp_path / name)
+        assert proc.returncode == 0, proc.stderr
+    sd, noise = TileStore(tmp_path / "sd"), TileStore(tmp_path / "noise")
+    np.testing.assert_array_equal(sd.masks(sd.indices()), noise.masks(noise.indices()))
+    assert not np.array_equal(sd.raw_images(sd.indices()), noise.raw_images(noise.indices()))
+    assert sd.records[0]["strength"] == 0.3 and "strength" not in noise.records[0]
+    assert sd.records[0]["mask_layout"] == "labelled"
+    proc = run_module("generation_torch.sample", *args, "--strength", "0.3", "--mask-source", "composed",
+                      "--out", tmp_path / "c")
+    assert_one_line_error(proc, "--mask-source labelled")
+    tifffile.imwrite(tmp_path / "m.tif", np.zeros((2, 256, 256), np.uint8))
+    proc = run_module("generation_torch.sample", *args[:2], "--masks-from", tmp_path / "m.tif", "--n", "1",
+                      "--strength", "0.3", "--out", tmp_path / "t")
+    assert_one_line_error(proc, "m.tif", "needs a tile store")
+    proc = run_module("generation_torch.evaluate", "--checkpoint", trained / "generator.pt", "--store",
+                      tiny_store, "--strength", "0.5")
+    assert_one_line_error(proc, "--strength below 1")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "t").exists()
+
+
 def test_sample_composed_layouts_record_how_each_mask_was_made(trained, tiny_store, tmp_path):
     from scipy import ndimage
 

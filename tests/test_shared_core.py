@@ -140,7 +140,8 @@ def test_unnormalize_inverts_normalize_to_unit_range():
 
 @pytest.mark.parametrize("settings_kw", [{}, {"sampler": "dpmpp2m", "steps": 20, "guidance": 12.0},
                                          {"sampler": "ddpm", "eta": 1.0, "guidance_rescale": 0.7,
-                                          "unconditional": True}])
+                                          "unconditional": True},
+                                         {"sampler": "dpmpp2m", "steps": 20, "strength": 0.4}])
 def test_sampler_flags_round_trip(settings_kw):
     import argparse
 
@@ -150,3 +151,20 @@ def test_sampler_flags_round_trip(settings_kw):
     add_sampler_flags(parser)
     settings = SamplerSettings(**settings_kw)
     assert settings_from_args(parser.parse_args(settings_to_flags(settings))) == settings
+    # a record says how far a tile started from a real one only where it did
+    assert settings.provenance().get("strength") == settings_kw.get("strength")
+
+
+def test_strength_is_refused_outside_its_interval():
+    import argparse
+
+    from shared.sampling import SamplerSettings, add_sampler_flags
+
+    for bad in (0.0, 1.2):
+        with pytest.raises(ValueError, match=r"strength must be in \(0, 1\]"):
+            SamplerSettings(strength=bad)
+    parser = argparse.ArgumentParser()
+    add_sampler_flags(parser)
+    for bad in ("0", "1.2"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--strength", bad])
