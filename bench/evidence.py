@@ -93,6 +93,9 @@ class Recipe:
     denoiser_flags: tuple[str, ...] = ("--no-mask-every-level",)  # ... of the diffusion stage
     sampling: SamplerSettings = SamplerSettings("dpmpp2m", 20, guidance=12.0)
     mask_source: str = "labelled"                     # generation_torch.sample --mask-source
+    # the tiles sampling varies (--masks-from): "labelled", the k labelled ones; "pseudo", the pool with
+    # its pseudo-labels (pseudo_masks > 0), e.g. to start from each of its tiles (sampling.strength < 1)
+    masks_from: str = "labelled"
     fit_flags: tuple[str, ...] = ()                   # segmentation_tf.fit flags of its synthetic arms
     # N > 0: the denoiser's conditioned rows also learn from the unlabelled pool slices, with the masks
     # that the real-only segmenter of the same k slices (seed 0) predicts for them (pseudo-labels), at
@@ -112,7 +115,9 @@ class Recipe:
         """Folder of the drawn tiles inside the generator's folder (recipes drawing alike share it)."""
         s = self.sampling
         texture = f"_t{s.texture:g}" if s.texture else ""
-        return f"synthetic_{self.mask_source}_{s.sampler}{s.steps}_g{s.guidance:g}{texture}"
+        start = f"_s{s.strength:g}" if s.strength < 1 else ""
+        pool = "_pool" if self.masks_from == "pseudo" else ""
+        return f"synthetic_{self.mask_source}{pool}_{s.sampler}{s.steps}_g{s.guidance:g}{texture}{start}"
 
 
 # segmentation_tf.fit: the synthetic tiles alone first, then the real ones alone
@@ -171,6 +176,13 @@ VPRED_F8 = replace(VPRED, name="vpred_f8", generator="spade_pseudo_v_c2_f8", vae
 # t = 300-700, where uniform sampling spends 40% of its few steps; the same 25-min box as vpred's
 VPRED_MIDT = replace(VPRED, name="vpred_midt", generator="spade_pseudo_v_c2_midt",
                      denoiser_flags=(*VPRED.denoiser_flags, "--t-sampling", "logit-normal"))
+# the main recipe's generator asked only what it does: the 256 px denoiser restores membranes from a
+# noised real tile but does not invent them (docs/evidence.md), so each tile starts from a real one
+# noised to t = 253 (strength 0.5 of DPM-Solver++ 20: abar 0.51) under its varied mask (SDEdit): from
+# the k labelled tiles (true masks), or from the pool's tiles with their pseudo-labels
+VPRED_SDEDIT = replace(VPRED, name="vpred_sdedit", mask_source="labelled",
+                       sampling=replace(VPRED.sampling, strength=0.5))
+VPRED_SDEDIT_POOL = replace(VPRED_SDEDIT, name="vpred_sdedit_pool", masks_from="pseudo")
 # images plentiful, the other way: the denoiser first learns EM from every pool image (60 min, no mask:
 # shared by every k), then each k's conditioned training starts from it; a side rung beside spade
 POOL_PRETRAINED = replace(SPADE, name="pool_pretrained", generator="spade_pool_pretrained",
@@ -235,6 +247,11 @@ class EvidenceConfig:
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"recipe names repeated across recipes and side recipes: {', '.join(repeated)}")
+        unlabelled = [r.name for r in (*self.recipes, *self.side_recipes)
+                      if r.masks_from == "pseudo" and not r.pseudo_masks]
+        if unlabelled:
+            raise ValueError(f"recipes drawing from pseudo-labels without pseudo_masks: "
+                             f"{', '.join(unlabelled)}")
 
     def recipe(self, name: str) -> Recipe:
         return next(r for r in (*self.recipes, *self.side_recipes) if r.name == name)
@@ -316,7 +333,8 @@ PRESETS = {
     # those cells stay in the JSON as records), while one 256 px region scored 0.563 and a 512 px
     # region 0.706 (bench.label_budget): the room generated pairs could fill lies there
     "matched": replace(tiles_preset(50, ema=True, precise_bn=True, reference_ending=()), resolve_seeds=16,
-                       recipes=(*CPU_RECIPES, VPRED_LONG), side_recipes=(VPRED_F8, VPRED_MIDT), **SUB_SLICE),
+                       recipes=(*CPU_RECIPES, VPRED_LONG),
+                       side_recipes=(VPRED_F8, VPRED_MIDT, VPRED_SDEDIT, VPRED_SDEDIT_POOL), **SUB_SLICE),
     # the chain in minutes, on matched's kind of budget (a region of one slice, the pool)
     "quick": EvidenceConfig(
         ks=("256px", 0), seeds=(0, 1), choice_seeds=1, ratios=(0.3,), n_synthetic=32, anchor_k=1,
@@ -652,7 +670,9 @@ class Bench:
         """The cell's synthetic store, drawn by its trained generator (with the recipe's sampling
         unless another is given)."""
         recipe = self.recipe_sampled(cell, sampling)
-        return synthetic_store(self.generator_dir(cell), self.checkpoint(cell), self.store(cell.k), self.cfg,
+        source = self.pseudo_store(cell.k, recipe.pseudo_masks) if recipe.masks_from == "pseudo" \
+            else self.store(cell.k)
+        return synthetic_store(self.generator_dir(cell), self.checkpoint(cell), source, self.cfg,
                                recipe.sampling, 0, self.log, out=self.synthetic_dir(cell, sampling),
                                mask_source=recipe.mask_source)
 

@@ -87,8 +87,10 @@ def lever_row(bench: Bench, cell: Cell, guidance: float, judge: Path, floors: di
     val = val_tiles(bench)
     generated, real = store.images(store.indices()), val.images(val.indices())
     fid = fidelity(store, judge)["fidelity_iou"]
+    started = {"strength": recipe.sampling.strength, "masks_from": recipe.masks_from} \
+        if recipe.sampling.strength < 1 else {}  # tiles started from real ones (SDEdit)
     return {"k": cell.k, "recipe": cell.recipe, "guidance": guidance, "mask_source": recipe.mask_source,
-            "texture": recipe.sampling.texture, "tiles": len(store), "fidelity_iou": round(fid, 4),
+            "texture": recipe.sampling.texture, **started, "tiles": len(store), "fidelity_iou": round(fid, 4),
             **floors, "fidelity_share": round(fid / floors["judge_on_real_val"], 3),
             **{k: round(v, 4) for k, v in realism(generated, real).items()},
             **c2st_figures(generated, real),

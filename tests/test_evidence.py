@@ -631,9 +631,10 @@ def test_pseudo_labels_cover_only_unlabelled_pool_slices_and_reach_only_the_deno
     test slice); the denoiser's store holds real masks on the labelled and validation slices and the
     predictions elsewhere; the VAE and the drawn masks are unchanged."""
     from bench import synthetic_ablation
+    from bench.evidence import VPRED_SDEDIT, VPRED_SDEDIT_POOL
     from shared.tiff_io import read_image_stack
 
-    cfg = EvidenceConfig(ks=(1, 0))
+    cfg = EvidenceConfig(ks=(1, 0), side_recipes=(VPRED_SDEDIT, VPRED_SDEDIT_POOL))
     images, masks = phantom_stack(12, seed=0, config=PhantomConfig(height=256, width=256))
     bench = Bench(cfg, tmp_path, images, masks, Layout.of(len(images), cfg), tmp_path / "log")
     bench.judge(1).mkdir(parents=True)
@@ -674,6 +675,19 @@ def test_pseudo_labels_cover_only_unlabelled_pool_slices_and_reach_only_the_deno
     assert Path(stages["vae"][stages["vae"].index("--store") + 1]) == bench.store(0)
     sample = next(c for c in calls if c[0] == "generation_torch.sample")
     assert Path(sample[sample.index("--masks-from") + 1]) == bench.store(1)  # masks from labelled slices
+    # starting from real tiles: the labelled ones, or the pool's with its pseudo-labels (version 2), with
+    # vpred's generator (no more training), each into a store of its own
+    trained = len([c for c in calls if c[0] == "generation_torch.train"])
+    for recipe, source in (("vpred_sdedit", bench.store(1)), ("vpred_sdedit_pool", bench.pseudo_store(1, 2))):
+        out = bench.generator(Cell(1, "images_plentiful", 0.3, 0, recipe))
+        sample = [c for c in calls if c[0] == "generation_torch.sample"][-1]
+        assert Path(sample[sample.index("--masks-from") + 1]) == source
+        assert sample[sample.index("--strength") + 1] == "0.5"
+        assert Path(sample[sample.index("--out") + 1]) == out
+    assert len([c for c in calls if c[0] == "generation_torch.train"]) == trained
+    assert len({VPRED_SDEDIT.store, VPRED_SDEDIT_POOL.store, cfg.recipe("vpred").store}) == 3
+    with pytest.raises(ValueError, match="without pseudo_masks: bad"):
+        EvidenceConfig(side_recipes=(replace(VPRED_SDEDIT_POOL, name="bad", pseudo_masks=0),))
 
 
 def test_pool_pretrained_denoiser_trains_once_without_masks_and_starts_every_k(tmp_path, monkeypatch):
