@@ -74,6 +74,14 @@ def real_figures(bench: Bench, judge: Path) -> dict:
             "floor_c2st_accuracy": c2st_figures(pool_tiles, val_images)["c2st_accuracy"]}
 
 
+def saved_rows(path: Path) -> tuple[dict[tuple, dict], list[str]]:
+    """A results file's rows by (k, recipe, guidance), and every command that wrote rows there,
+    oldest first (a file from before the list: its one command)."""
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    rows = {(r["k"], r["recipe"], r["guidance"]): r for r in saved.get("rows", [])}
+    return rows, saved.get("commands", [saved["command"]] if "command" in saved else [])
+
+
 def lever_row(bench: Bench, cell: Cell, guidance: float, judge: Path, floors: dict) -> dict:
     """Draw the recipe's tiles at `guidance` and measure them against the validation block."""
     from bench.synthetic_variants import fidelity
@@ -152,12 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     # the judge is the grid's own cell: it trains in its pairing group's recorded precision, if any
     bench = Bench(cfg, work, images, masks, layout, work / "evidence.log", native=native_precision(),
                   precisions=grid_precisions(args.preset))
-    saved = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    rows = {(r["k"], r["recipe"], r["guidance"]): r for r in saved.get("rows", [])}
-    # every command that wrote rows here, oldest first (rows of other recipes keep theirs)
+    rows, _ = saved_rows(args.results)
     command = shown_command("bench.generator_levers", sys.argv[1:] if argv is None else argv)
-    commands = list(dict.fromkeys([*saved.get("commands", [saved["command"]] if "command" in saved else []),
-                                   command]))
     judge_cell = Cell(args.k, "real_only", 0.0, cfg.seeds[0])
     run_cell(judge_cell, bench)  # the grid's own cell: trained once, reused by the grid
     judge = bench.judge(args.k)
@@ -168,8 +172,11 @@ def main(argv: list[str] | None = None) -> None:
                 continue  # finished; a row of an older two-sample test is measured again
             cell = Cell(args.k, "images_plentiful", cfg.lever_ratio, 0, name)
             row = lever_row(bench, cell, guidance, judge, floors)
-            rows[(args.k, name, guidance)] = row
             print(json.dumps(row), flush=True)
+            # read again: another run may have written rows since this one started (hours of training)
+            rows, commands = saved_rows(args.results)
+            rows[(args.k, name, guidance)] = row
+            commands = list(dict.fromkeys([*commands, command]))
             ordered = sorted(rows.values(), key=lambda r: (r["k"], r["recipe"], r["guidance"]))
             write_json_atomic(args.results, {
                 "machine": machine(),

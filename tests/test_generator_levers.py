@@ -215,3 +215,20 @@ def test_the_report_names_every_command_that_wrote_a_results_file(tmp_path):
     assert not any(line.startswith("Commands") for line in report.section(one, "t"))
     assert "Commands that wrote its rows: `python -m x --recipes a`; `python -m x --recipes b`" in \
         report.section(two, "t")
+
+
+def test_saved_rows_reads_rows_by_cell_and_every_command(tmp_path):
+    """What a levers run reads again before each write (so rows another run wrote while it trained
+    stay): rows by (k, recipe, guidance), and the commands, a file from before the list giving its one."""
+    import json
+
+    from bench.generator_levers import saved_rows
+
+    path = tmp_path / "levers.json"
+    assert saved_rows(path) == ({}, [])
+    path.write_text(json.dumps({"command": "python -m x --recipes a",
+                                "rows": [{"k": 1, "recipe": "a", "guidance": 2.0, "fidelity_iou": 0.5}]}))
+    rows, commands = saved_rows(path)
+    assert list(rows) == [(1, "a", 2.0)] and commands == ["python -m x --recipes a"]
+    path.write_text(json.dumps({"commands": ["c1", "c2"], "rows": []}))
+    assert saved_rows(path) == ({}, ["c1", "c2"])
