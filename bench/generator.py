@@ -31,6 +31,7 @@ from generation_torch.sample import generate_tiles
 from generation_torch.tasks import DiffusionTask
 from generation_torch.train_loop import LoopContext, _train_step
 from generation_torch.unet import mask_condition
+from shared.errors import run_cli
 from shared.sampling import SamplerSettings
 from shared.store import TileStore
 
@@ -159,4 +160,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

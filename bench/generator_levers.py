@@ -40,6 +40,7 @@ from bench.evidence import (
 from bench.regions import parse_budget
 from bench.synthetic_ablation import load_volume, slice_positions
 from shared.atomic import write_json_atomic
+from shared.errors import run_cli
 from shared.tiff_io import write_stack
 
 FIDELITY_GOAL = 0.9  # of the judge's IoU on real validation tiles (the generator issue's goal)
@@ -195,4 +196,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

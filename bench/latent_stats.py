@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from bench.common import ROOT, print_table, shown, shown_command, write_json
+from shared.errors import run_cli
 
 GRID = ROOT / "runs" / "evidence" / "final"
 FIGURE_TS = (700, 500, 300)  # x0 estimates drawn: from little signal (layout) to much (detail)
@@ -163,4 +164,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))
