@@ -6,9 +6,11 @@ tiles' contrast, brightness spread and radial power per frequency band against t
     python -m bench.latent_stats --generator G.pt --val-store STORE --guidances 1,3 --tiles 16
 
 Masks come from the validation store (the tiles' own masks, those with the most mitochondria first), so
-both sides show the same layouts. Prints a table, writes docs/latent_stats.json (and with --figure a PNG:
-real tiles, their reconstructions, the denoiser's x0 estimates from them noised to t = 700, 500, 300,
-then each guidance's tiles, beside their masks).
+both sides show the same layouts. The reconstructions (also with the decoder's texture added) get the
+two-sample critic's accuracy against the tiles they reconstruct: the realism ceiling of the decoder.
+Prints a table, writes docs/latent_stats.json (and with --figure a PNG: real tiles, their
+reconstructions, the denoiser's x0 estimates from them noised to t = 700, 500, 300, then each
+guidance's tiles, beside their masks).
 """
 
 from __future__ import annotations
@@ -92,6 +94,24 @@ def x0_error_by_t(gen, z: torch.Tensor, masks: np.ndarray, ts: list[int], keep: 
     return rows, estimates
 
 
+def decoder_rows(gen, real: np.ndarray, recon: np.ndarray, c2st: bool) -> list[dict]:
+    """The real tiles' reconstructions as the figures see them, and with the decoder's residual texture
+    added as sampling adds it (--texture 1): what any tile drawn through this decoder can reach at
+    best. With c2st, the two-sample critic's accuracy at telling them from the very tiles they
+    reconstruct (layouts equal: only the decoder's signature is left to see)."""
+    from generation_torch.two_sample import c2st_figures
+    from shared.sampling import TileNoise, tile_seeds
+    from shared.texture import add_texture
+
+    sets = [("VAE reconstructions", recon)]
+    if gen.texture_spectrum is not None:
+        noise = TileNoise(tile_seeds(0, 0, len(recon)))
+        sets.append(("VAE reconstructions + texture", add_texture(recon, gen.texture_spectrum, 1.0, noise)))
+    return [rounded({"tiles": name, "recon_mse": float(((tiles - real) ** 2).mean()),
+                     **tile_figures(tiles, real), **(c2st_figures(tiles, real) if c2st else {})})
+            for name, tiles in sets]
+
+
 def save_rows(path: Path, rows: list[np.ndarray], masks: np.ndarray, n: int = 4) -> None:
     """A PNG of each (N, T, T) tile set's first n tiles beside masks[:n], one set per row."""
     from generation_torch.grids import pair_grid, save_png, stack_rows, to_unit
@@ -124,6 +144,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="also draw real tiles, their VAE reconstructions, the denoiser's x0 "
                              "estimates from them at t = 700, 500, 300 and each guidance's tiles (texture "
                              "off) beside their masks")
+    parser.add_argument("--no-c2st", dest="c2st", action="store_false",
+                        help="skip the two-sample critic on the reconstructions (about a minute each)")
     args = parser.parse_args(argv)
     for path in (args.generator, args.val_store):
         if not path.exists():
@@ -137,8 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         z_real = gen.vae.encode(torch.from_numpy(real[:, None]))[0] * gen.latent_scale
     recon = np.clip(reconstruct(gen.vae, real), -1, 1)
     rows = [rounded({"tiles": "real validation", **latent_figures(z_real), **tile_figures(real, real)}),
-            rounded({"tiles": "VAE reconstructions", "recon_mse": float(((recon - real) ** 2).mean()),
-                     **tile_figures(recon, real)})]
+            *decoder_rows(gen, real, recon, args.c2st)]
     drawn = [real, recon]
     for guidance in (float(g) for g in args.guidances.split(",")):
         settings = SamplerSettings(args.sampler, args.steps, guidance=guidance)
@@ -156,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
                 ["t", "x0_tile_mean_rmse", "guess_set_mean_rmse", "x0_unexplained", "scaled_x_t_unexplained"])
     print_table(f"latents and tiles vs {len(real)} real validation tiles", rows,
                 ["tiles", "z_std", "z_grain_share", "z_tile_mean_std", "std", "tile_mean_std",
-                 "spectrum_dist", "hist_w1", "recon_mse"])
+                 "spectrum_dist", "hist_w1", "recon_mse", "c2st_accuracy"])
     command = shown_command("bench.latent_stats", sys.argv[1:] if argv is None else argv)
     write_json(args.out, {"command": command,
                           "generator": shown(args.generator), "sampler": f"{args.sampler} {args.steps} steps",

@@ -166,13 +166,14 @@ def test_the_lever_figure_shows_the_most_labelled_real_tiles_then_each_guidance(
     np.testing.assert_allclose(png[:64, 66:130], val.masks([most])[0], atol=1 / 255)
 
 
-def test_latent_stats_reports_reconstruction_and_unexplained_variance_and_draws_its_rows(tmp_path):
+def test_latent_stats_reports_reconstruction_unexplained_variance_and_draws_its_rows(tmp_path, monkeypatch):
     import json
 
     import matplotlib.image
     import numpy as np
 
     from bench import latent_stats
+    from generation_torch import two_sample
     from shared.phantom import PhantomConfig, phantom_stack
     from shared.store import TileStore
     from shared.tiles import tile_stack
@@ -183,13 +184,20 @@ def test_latent_stats_reports_reconstruction_and_unexplained_variance_and_draws_
     val = TileStore.create(tmp_path / "val", tile_size=256)
     val.append(*tile_stack(images, masks, "t", {0: "val"}, tile=256))
     out, figure = tmp_path / "stats.json", tmp_path / "rows.png"
-    latent_stats.main(["--generator", str(tiny_checkpoint(tmp_path / "g.pt", texture=False)),
+    # the critic's verdict stands in as the mean |tile - real tile|: it shows what it was shown
+    monkeypatch.setattr(two_sample, "c2st_figures", lambda generated, real: {
+        "c2st_accuracy": float(np.abs(generated - real).mean()), "c2st_version": two_sample.VERSION})
+    latent_stats.main(["--generator", str(tiny_checkpoint(tmp_path / "g.pt")),
                        "--val-store", str(tmp_path / "val"), "--guidances", "2", "--steps", "2",
                        "--tiles", "2", "--out", str(out), "--figure", str(figure)])
     saved = json.loads(out.read_text())
     assert saved["command"].startswith("python -m bench.latent_stats --generator")
     recon = next(r for r in saved["rows"] if r["tiles"] == "VAE reconstructions")
     assert recon["recon_mse"] > 0
+    # the critic saw reconstructions against the tiles they reconstruct; the textured ones differ more
+    textured = next(r for r in saved["rows"] if r["tiles"] == "VAE reconstructions + texture")
+    assert recon["c2st_accuracy"] == pytest.approx(np.sqrt(recon["recon_mse"]), rel=0.6)
+    assert textured["c2st_accuracy"] > recon["c2st_accuracy"] and textured["recon_mse"] > recon["recon_mse"]
     assert 0 < saved["rows"][0]["z_grain_share"] <= 1.5
     by_t = {r["t"]: r for r in saved["x0_error_by_t"]}
     # a * x_t loses the signal as t grows: at t = 999 it explains almost nothing of the latents
