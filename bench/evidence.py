@@ -183,6 +183,10 @@ VPRED_MIDT = replace(VPRED, name="vpred_midt", generator="spade_pseudo_v_c2_midt
 VPRED_SDEDIT = replace(VPRED, name="vpred_sdedit", mask_source="labelled",
                        sampling=replace(VPRED.sampling, strength=0.5))
 VPRED_SDEDIT_POOL = replace(VPRED_SDEDIT, name="vpred_sdedit_pool", masks_from="pseudo")
+# the same from t = 103 (strength 0.4: abar 0.89): the decoder's reconstructions with its texture pass
+# the two-sample critic (0.48, floor 0.44), so less of the walk may keep more of that realism
+VPRED_SDEDIT_POOL_LOW = replace(VPRED_SDEDIT_POOL, name="vpred_sdedit_pool_low",
+                                sampling=replace(VPRED_SDEDIT_POOL.sampling, strength=0.4))
 # images plentiful, the other way: the denoiser first learns EM from every pool image (60 min, no mask:
 # shared by every k), then each k's conditioned training starts from it; a side rung beside spade
 POOL_PRETRAINED = replace(SPADE, name="pool_pretrained", generator="spade_pool_pretrained",
@@ -334,7 +338,8 @@ PRESETS = {
     # region 0.706 (bench.label_budget): the room generated pairs could fill lies there
     "matched": replace(tiles_preset(50, ema=True, precise_bn=True, reference_ending=()), resolve_seeds=16,
                        recipes=(*CPU_RECIPES, VPRED_LONG),
-                       side_recipes=(VPRED_F8, VPRED_MIDT, VPRED_SDEDIT, VPRED_SDEDIT_POOL), **SUB_SLICE),
+                       side_recipes=(VPRED_F8, VPRED_MIDT, VPRED_SDEDIT, VPRED_SDEDIT_POOL,
+                                     VPRED_SDEDIT_POOL_LOW), **SUB_SLICE),
     # the chain in minutes, on matched's kind of budget (a region of one slice, the pool)
     "quick": EvidenceConfig(
         ks=("256px", 0), seeds=(0, 1), choice_seeds=1, ratios=(0.3,), n_synthetic=32, anchor_k=1,
