@@ -886,8 +886,9 @@ def test_the_long_and_tiles_presets_as_fit_reads_their_flags():
     assert vars(full) == vars(matched)
     for name in ("long", "tiles", "matched_ema", "matched_best", "matched"):
         assert evidence.PRESETS[name].generator_flags == evidence.PRESETS["final"].generator_flags
-        # baseline, main recipe, its pretrain use; matched also the long-denoiser rung (2 regions x 5 seeds)
-        assert len(cells(evidence.PRESETS[name], {})) == (152 if name == "matched" else 142)
+        # baseline, main recipe, its pretrain use; matched also the long-denoiser rung and the paired
+        # starting-from-real-tiles recipe (2 regions x 5 seeds each)
+        assert len(cells(evidence.PRESETS[name], {})) == (162 if name == "matched" else 142)
 
 
 def test_threshold_readouts_by_hand():
@@ -1151,11 +1152,33 @@ def test_a_side_recipe_is_judged_by_the_levers_but_adds_no_grid_cell():
         replace(cfg, side_recipes=(*cfg.side_recipes, replace(f8, name="vpred")))
 
 
+def test_paired_recipes_follow_self_training_in_every_round_and_must_share_the_main_generator():
+    """matched's starting-from-real-tiles recipe runs beside self-training, its control, in each paired
+    round (seed by seed, before the next seed's real-only cell), once; a paired recipe that is not a
+    grid recipe, or trains a generator of its own, is refused."""
+    from bench.evidence import PRESETS, VPRED_F8
+
+    cfg = PRESETS["matched"]
+    order = evidence.cells(cfg, {})
+    assert len(order) == len(set(order))
+    for seed in cfg.seeds:
+        i = order.index(Cell("256px", "self_training", 0.0, seed))
+        sdedit = Cell("256px", "images_plentiful", cfg.lever_ratio, seed, "vpred_sdedit_pool_low")
+        assert order[i + 1] == sdedit
+    assert order.index(Cell("256px", "images_plentiful", 0.3, 0, "vpred_sdedit_pool_low")) < order.index(
+        Cell("256px", "real_only", 0.0, 1))
+    with pytest.raises(ValueError, match="paired recipes must be grid recipes .*: vpred_f8"):
+        replace(cfg, paired_recipes=("vpred_f8",))  # a side recipe
+    with pytest.raises(ValueError, match="paired recipes must be grid recipes .*: vpred_f8"):
+        replace(cfg, recipes=(*cfg.recipes, VPRED_F8), side_recipes=(), paired_recipes=("vpred_f8",))
+
+
 def test_generator_levers_names_side_recipes_among_the_known_ones(capsys):
     from bench import generator_levers
 
     with pytest.raises(SystemExit) as exit_info:
         generator_levers.main(["--preset", "matched", "--k", "256px", "--recipes", "nope"])
     assert exit_info.value.code == 2
-    known = "today, vpred, vpred_pretrain, vpred_long, vpred_f8, vpred_midt"
+    known = ("today, vpred, vpred_pretrain, vpred_long, vpred_sdedit_pool_low, vpred_f8, vpred_midt, "
+             "vpred_sdedit, vpred_sdedit_pool")
     assert f"unknown recipe(s) nope; choose from {known}" in capsys.readouterr().err
