@@ -108,9 +108,10 @@ def generate(args: argparse.Namespace) -> None:
         raise UserError(f"{args.masks}: masks are {masks.shape[2]}x{masks.shape[1]}, the generator makes "
                         f"{model.tile}x{model.tile} tiles")
     n = args.n or len(masks)
-    chosen = masks[np.arange(n) % len(masks)]
+    order = np.arange(n) % len(masks)  # masks (and their tiles) reused in order
+    chosen = masks[order]
     settings = settings_from_args(args)
-    init = starting_tiles(args, masks.shape)[np.arange(n) % len(masks)] if settings.strength < 1 else None
+    init = starting_tiles(args, masks.shape)[order] if settings.strength < 1 else None
     if init is None and args.start_from:
         raise UserError("--start-from is used with --strength below 1 only")
     out = output_folder(args.out)

@@ -94,9 +94,7 @@ def starting_pairs(path: Path, kind: str, n: int, seed: int) -> tuple[np.ndarray
     if kind != "labelled":
         raise UserError("--strength below 1 starts from each mask's own tile: it needs --mask-source "
                         "labelled (composed layouts have no tile)")
-    masks, images = load_pair_source(path)
-    varied, tiles, origins = varied_pairs(masks, images, n, seed)
-    return varied, tiles, origins
+    return varied_pairs(*load_pair_source(path), n, seed)
 
 
 def conditioning_masks(source: np.ndarray, kind: str, n: int, seed: int, path: Path
