@@ -53,8 +53,8 @@ import json
 import shutil
 import sys
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +73,7 @@ from bench.synthetic_ablation import (
 )
 from segmentation_tf.calibration import VERSION as CALIBRATION_VERSION
 from shared.atomic import write_json_atomic
-from shared.errors import UserError, non_negative_int, run_cli
+from shared.errors import UserError, non_negative_int, positive_float, run_cli
 from shared.sampling import SamplerSettings
 from shared.splits import guard_bands, z_block_split
 from shared.tiff_io import read_mask_stack, write_stack
@@ -1302,6 +1302,112 @@ def next_cell(todo: list[Cell], bench: Bench) -> Cell:
     return next((c for c in todo if bench.runnable_here(c)), todo[0])
 
 
+# what a cell does around its trained stages, roughly (2 AMD EPYC cores: drawing 128 tiles and judging
+# them took 5-6.5 min on one thread, the generator's figures after its first cell about as long; the
+# judge labelling the pool a few minutes)
+DRAW_MINUTES = 15.0
+PREDICT_MINUTES = 5.0
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A cell's estimated minutes on this machine (None: not estimable, no real-only cell measured on
+    this CPU or a stage without a time box) and what it trains first, absent here: what each is, and
+    the folder that holds it once made."""
+    minutes: float | None
+    first: tuple[tuple[str, Path], ...] = ()
+
+
+@cache
+def stage_boxes(flags: tuple[str, ...]) -> tuple[float | None, float | None]:
+    """The VAE's and the denoiser's time boxes in minutes under generation_torch.train's flags (None:
+    trained to its last step)."""
+    from generation_torch import cli_args
+
+    stages = cli_args.stages_from_args(cli_args.parser().parse_args(list(flags)))
+    return stages.vae.minutes, stages.diffusion.minutes
+
+
+def cell_cost(cell: Cell, bench: Bench, results: dict, made: frozenset[Path] = frozenset()) -> Cost:
+    """What the cell costs here: its segmenter at this CPU's mean real-only minutes (with or without
+    XLA as it trains), and before it whatever it needs that is absent from the work folder and not in
+    `made` (a plan's earlier cells make them): the judge that pseudo-labels the pool, the pool's
+    pseudo-labels, the generator's stages at their time boxes, the drawing of its tiles."""
+    cpu = machine()["cpu"]
+
+    def segmenter(c: Cell) -> float | None:
+        own = segmenter_minutes(results, cpu=cpu, xla=bool(bench.xla(c)))
+        return own or segmenter_minutes(results, cpu=cpu)
+
+    def absent(product: Path) -> bool:
+        return product not in made and not product.exists()
+
+    minutes, first = segmenter(cell), []
+    if (segmenter_dir(cell, bench.work) / "segmenter.json").exists():
+        return Cost(minutes)
+    recipe = bench.cfg.recipe(cell.recipe)
+    drawn = cell.ratio > 0 and absent(bench.synthetic_dir(cell) / "manifest.json")
+    generator = drawn and absent(bench.generator_dir(cell) / "generator.pt")
+    versions = {CALIBRATION_VERSION} if cell.arm == "self_training" else set()
+    if recipe.pseudo_masks and cell.k != 0 and cell.arm == "images_plentiful" and (
+            generator or (drawn and recipe.masks_from == "pseudo")):
+        versions.add(recipe.pseudo_masks)
+    for version in sorted(versions):
+        store = pseudo_folder(bench.work, cell.k, version) / "store" / "manifest.json"
+        if absent(store):
+            judge = bench.judge(cell.k) / "segmenter.json"
+            if absent(judge):
+                first.append(("its judge", judge))
+                minutes = _plus(minutes, segmenter(Cell(cell.k, "real_only", 0.0, bench.cfg.seeds[0])))
+            first.append(("pseudo-labels", store))
+            minutes = _plus(minutes, PREDICT_MINUTES)
+    if generator:
+        common = bench.cfg.generator_flags
+        vae_box = stage_boxes((*common, *recipe.vae_flags))[0]
+        denoiser_box = stage_boxes((*common, *recipe.denoiser_flags))[1]
+        if cell.arm == "strict" and cell.k != 0:
+            stages = [vae_box, denoiser_box]
+        else:
+            vae = bench.work / f"pool_vae_{recipe.vae}" / "vae.pt"
+            stages = [vae_box] if absent(vae) else []
+            first += [("the pool VAE", vae)] if stages else []
+            pool = bench.work / f"pool_denoiser_{recipe.generator}" / "generator.pt"
+            if recipe.pool_denoiser_minutes and absent(pool):
+                first.append(("the pool denoiser", pool))
+                stages.append(recipe.pool_denoiser_minutes)
+            stages.append(denoiser_box)
+        first.append(("the generator", bench.generator_dir(cell) / "generator.pt"))
+        for box in stages:
+            minutes = _plus(minutes, box)
+    if drawn:
+        first.append(("its tiles", bench.synthetic_dir(cell) / "manifest.json"))
+        minutes = _plus(minutes, DRAW_MINUTES)
+    return Cost(minutes, tuple(first))
+
+
+def _plus(minutes: float | None, more: float | None) -> float | None:
+    return None if minutes is None or more is None else minutes + more
+
+
+def affordable_cell(todo: list[Cell], bench: Bench, results: dict, minutes_left: float
+                    ) -> tuple[Cell | None, list[tuple[Cell, Cost]]]:
+    """The first cell this machine runs at its own speed whose estimated cost fits in minutes_left
+    (None if none does), and those before it that do not fit: a session with a deadline finishes what
+    it starts, and leaves a cell that must first train a generator to a session with the time."""
+    passed = []
+    for cell in (c for c in todo if bench.runnable_here(c)):
+        cost = cell_cost(cell, bench, results)
+        if cost.minutes is not None and cost.minutes <= minutes_left:
+            return cell, passed
+        passed.append((cell, cost))
+    return None, passed
+
+
+def describe_cost(cost: Cost) -> str:
+    what = f"about {cost.minutes:.0f} min" if cost.minutes is not None else "cost unknown here"
+    return what + (f", first {', '.join(name for name, _ in cost.first)}" if cost.first else "")
+
+
 def plan(todo: list[Cell], bench: Bench) -> tuple[list[tuple[Cell, str]], list[tuple[Cell, str | None]]]:
     """The cells this machine would run, in its order, each with its precision (a real-only cell
     fixes its group's as it goes), and those left for a machine of another precision: what it can tell
@@ -1321,28 +1427,49 @@ def hours(cells_left: int, minutes: float | None) -> str:
     return f"; at {minutes:.0f} min a cell, {cells_left * minutes / 60:.0f} h or more" if minutes else ""
 
 
-def hours_here(todo: list[Cell], bench: Bench, results: dict, cpu: str) -> str:
-    """The hours the cells planned here take at this CPU's mean cell minutes with and without XLA, as
-    each cell trains (the CPU's mean over both where one has no cell yet; nothing before any cell)."""
-    either = segmenter_minutes(results, cpu=cpu)
-    if either is None:
-        return ""
-    minutes = {x: segmenter_minutes(results, cpu=cpu, xla=x) or either for x in (True, False)}
-    counts = Counter(bool(bench.xla(c)) for c in todo)
-    parts = ", ".join(f"{counts[x]} {'with' if x else 'without'} XLA at {minutes[x]:.0f} min a cell"
-                      for x in (True, False) if counts[x])
-    return f" ({parts}): {sum(counts[x] * minutes[x] for x in counts) / 60:.0f} h or more"
+def planned_costs(here: list[Cell], bench: Bench, results: dict) -> list[Cost]:
+    """Each planned cell's cost, what earlier cells of the plan train counted as made for later ones
+    (the first cell of a recipe trains its generator, the next seeds reuse it)."""
+    made: set[Path] = set()
+    costs = []
+    for cell in here:
+        cost = cell_cost(cell, bench, results, frozenset(made))
+        made |= {path for _, path in cost.first} | {segmenter_dir(cell, bench.work) / "segmenter.json"}
+        costs.append(cost)
+    return costs
+
+
+def hours_estimate(costs: list[Cost]) -> str:
+    known = [c.minutes for c in costs if c.minutes is not None]
+    unknown = f"; {len(costs) - len(known)} not estimable here" if len(known) < len(costs) else ""
+    return f", about {sum(known) / 60:.0f} h{unknown}" if known else ""
+
+
+def cell_within(todo: list[Cell], bench: Bench, results: dict, minutes_left: float) -> Cell | None:
+    """affordable_cell, saying which cells it passes over and why, and when none fits."""
+    cell, passed = affordable_cell(todo, bench, results, minutes_left)
+    for skipped, cost in passed[:3]:
+        print(f"{skipped.key}: {describe_cost(cost)}; does not fit in the {minutes_left:.0f} min left",
+              flush=True)
+    if len(passed) > 3:
+        print(f"... and {len(passed) - 3} more cells that do not fit", flush=True)
+    if cell is None:
+        print(f"no cell left fits in the {minutes_left:.0f} min left of --minutes", flush=True)
+    return cell
 
 
 def print_plan(todo: list[Cell], bench: Bench, results: dict, most: int) -> None:
     here, waiting = plan(todo, bench)
+    costs = planned_costs([c for c, _ in here], bench, results)
     print(f"{len(todo)} cells to run; {len(here)} train here in {bench.native}, {len(waiting)} wait for a "
-          f"machine of another precision (arms with a generator to train take longer than the hours below)")
-    for i, (cell, precision) in enumerate(here[:most], 1):
-        print(f"  {i:3d}. {cell.key}  ({precision}{', XLA' if bench.xla(cell) else ''})")
+          f"machine of another precision (estimates: this CPU's mean real-only cell, plus the time boxes "
+          f"of what a cell trains first)")
+    for i, ((cell, precision), cost) in enumerate(zip(here[:most], costs[:most], strict=True), 1):
+        xla = ", XLA" if bench.xla(cell) else ""
+        print(f"  {i:3d}. {cell.key}  ({precision}{xla}; {describe_cost(cost)})")
     if len(here) > most:
         print(f"  ... and {len(here) - most} more")
-    print(f"here: {len(here)} cells{hours_here([c for c, _ in here], bench, results, machine()['cpu'])}")
+    print(f"here: {len(here)} cells{hours_estimate(costs)}")
     for precision in sorted({str(p) for _, p in waiting}):
         keys = [c.key for c, p in waiting if str(p) == precision]
         print(f"wait for {precision}: {len(keys)} cells, first {keys[0]}"
@@ -1364,6 +1491,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="train new pairing groups XLA-compiled where that was measured faster "
                              "(default: float32 on CPUs without avx512, 1.6x); a group keeps what its "
                              "real-only cell used")
+    parser.add_argument("--minutes", type=positive_float, default=None, metavar="M",
+                        help="start only cells whose estimated cost (see --plan) fits in the M minutes "
+                             "left of this run, so a session that ends finishes what it starts; a cell "
+                             "that must first train a judge or a generator waits for a longer session, one "
+                             "not estimable (no real-only cell on this CPU yet, an unboxed stage) is not "
+                             "started")
     parser.add_argument("--plan", type=non_negative_int, default=0, metavar="N",
                         help="print the next N cells in the order this machine runs them, and which wait for "
                              "a machine of another precision; runs and writes nothing")
@@ -1394,13 +1527,16 @@ def main(argv: list[str] | None = None) -> None:
     rescore_stale(results, generators, bench)
     measure_generators(results, generators, bench)  # those a newer two-sample test made stale
     write_results(results_path, results, bench, args.preset, source, generators, saved.get("note"))
-    done = 0
+    done, deadline = 0, None if args.minutes is None else time.monotonic() + args.minutes * 60
     while (todo := [c for c in cells(cfg, results) if c.key not in results]) and \
             (not args.max_cells or done < args.max_cells):
         bench.precisions.update(group_precisions(results))
         bench.xlas.update(group_xlas(results))
-        cell = next_cell(todo, bench)
-        if cell != todo[0]:
+        cell = next_cell(todo, bench) if deadline is None else \
+            cell_within(todo, bench, results, (deadline - time.monotonic()) / 60)
+        if cell is None:
+            break
+        if cell != todo[0] and deadline is None:
             print(f"{todo.index(cell)} earlier cells train in another precision than this machine's "
                   f"{bench.native}; they wait for such a machine", flush=True)
         print(f"[{len(results) + 1}/{len(results) + len(todo)}] {cell.key} ...", flush=True)

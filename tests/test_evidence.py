@@ -1052,19 +1052,85 @@ def test_pairing_groups_keep_their_precision_and_a_machine_runs_its_own_first(tm
     assert evidence.segmenter_minutes(results, precision="mixed_bfloat16") == pytest.approx(4.0)  # 40 / 10
     assert evidence.segmenter_minutes(results, precision="float32") is None
     assert evidence.hours(30, 4.0) == "; at 4 min a cell, 2 h or more" and evidence.hours(30, None) == ""
-    # the cells planned here: each at this CPU's minutes with or without XLA, as it trains
-    results[Cell(2, "real_only", 0.0, 0).key] = {**_cell(2, "real_only", 0.0, 0, 0.88), "minutes": 110.0,
-                                                 "precision": "float32", "cpu": "EPYC"}
-    xla = replace(fp32, native_xla=True, xlas=evidence.group_xlas(results))
-    plain, new = Cell(2, "aa", 0.0, 0), Cell(4, "aa", 0.0, 0)
-    assert xla.xla(plain) is False and xla.xla(new) is True
-    assert evidence.hours_here([plain, new], xla, results, "EPYC") == \
-        " (1 with XLA at 110 min a cell, 1 without XLA at 110 min a cell): 4 h or more"  # no XLA cell yet
-    results[Cell(4, "real_only", 0.0, 0).key] = {**_cell(4, "real_only", 0.0, 0, 0.88), "minutes": 70.0,
-                                                 "precision": "float32", "cpu": "EPYC", "xla": True}
-    assert evidence.hours_here([plain, new, new], xla, results, "EPYC") == \
-        " (2 with XLA at 70 min a cell, 1 without XLA at 110 min a cell): 4 h or more"  # 250 min
-    assert evidence.hours_here([new], xla, results, "Xeon") == ""
+
+
+def _costed_bench(tmp_path, monkeypatch, cfg=None):
+    """A float32 bench without XLA on a CPU called EPYC, whose 256 px real-only seed 0 took 80 min."""
+    cfg = cfg or evidence.PRESETS["matched"]
+    monkeypatch.setattr(evidence, "machine", lambda: {"cpu": "EPYC"})
+    results = {Cell("256px", "real_only", 0.0, 0).key: {**_cell("256px", "real_only", 0.0, 0, 0.56),
+                                                         "minutes": 80.0, "cpu": "EPYC", "xla": False,
+                                                         "precision": "float32"}}
+    bench = Bench(cfg, tmp_path, np.zeros((1, 1, 1)), np.zeros((1, 1, 1)), Layout.of(27, cfg, EPFL_Z),
+                  tmp_path / "l", evidence.group_precisions(results), native="float32",
+                  xlas=evidence.group_xlas(results))
+    return bench, results
+
+
+def _touch(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{}")
+
+
+def test_a_cells_cost_adds_what_it_must_train_first(tmp_path, monkeypatch):
+    bench, results = _costed_bench(tmp_path, monkeypatch)
+    cost = lambda cell: evidence.cell_cost(cell, bench, results)  # noqa: E731
+    names = lambda c: [name for name, _ in c.first]  # noqa: E731
+    assert cost(Cell("256px", "real_only", 0.0, 1)) == evidence.Cost(80.0)
+    self_training = Cell("256px", "self_training", 0.0, 0)
+    # the judge (the grid's real-only seed 0, absent here) trains again, then labels the pool
+    assert cost(self_training).minutes == pytest.approx(80 + 80 + evidence.PREDICT_MINUTES)
+    assert names(cost(self_training)) == ["its judge", "pseudo-labels"]
+    _touch(bench.judge("256px") / "segmenter.json")
+    assert cost(self_training).minutes == pytest.approx(80 + evidence.PREDICT_MINUTES)
+    _touch(evidence.pseudo_folder(bench.work, "256px") / "store" / "manifest.json")
+    assert cost(self_training) == evidence.Cost(80.0)
+    # the main recipe's generator: the pool VAE (35 min box of the real preset), the denoiser (25), drawing
+    vpred = Cell("256px", "images_plentiful", 0.3, 0, "vpred")
+    assert cost(vpred).minutes == pytest.approx(80 + 35 + 25 + evidence.DRAW_MINUTES)
+    assert names(cost(vpred)) == ["the pool VAE", "the generator", "its tiles"]
+    _touch(bench.work / f"pool_vae_{bench.cfg.recipe('vpred').vae}" / "vae.pt")
+    assert cost(vpred).minutes == pytest.approx(80 + 25 + evidence.DRAW_MINUTES)
+    # a plan counts what its earlier cells make: the next seed only trains its segmenter, and a recipe
+    # drawn by the same generator only draws
+    sdedit = Cell("256px", "images_plentiful", 0.3, 0, "vpred_sdedit_pool_low")
+    later = evidence.planned_costs([vpred, replace(vpred, seed=1), sdedit], bench, results)
+    assert [c.minutes for c in later] == pytest.approx([80 + 25 + 15, 80, 80 + evidence.DRAW_MINUTES])
+    # a trained segmenter costs its scoring only, still counted at a cell's minutes (an upper bound)
+    _touch(evidence.segmenter_dir(vpred, bench.work) / "segmenter.json")
+    assert cost(vpred) == evidence.Cost(80.0)
+    # nothing measured on this CPU, or a stage without a time box (the GPU preset): not estimable
+    assert evidence.cell_cost(vpred, bench, {}).minutes is None
+    full, _ = _costed_bench(tmp_path / "full", monkeypatch, evidence.PRESETS["full"])
+    assert evidence.cell_cost(replace(vpred, seed=1), full, results).minutes is None
+
+
+def test_a_deadline_starts_only_cells_that_fit(tmp_path, monkeypatch):
+    bench, results = _costed_bench(tmp_path, monkeypatch)
+    self_training, plain = Cell("256px", "self_training", 0.0, 0), Cell("256px", "aa", 0.0, 0)
+    other_precision = Cell(1, "aa", 0.0, 0)
+    bench.precisions[(1, 0)] = "mixed_bfloat16"
+    todo = [other_precision, self_training, plain]
+    cell, passed = evidence.affordable_cell(todo, bench, results, 100.0)
+    assert cell == plain and [c for c, _ in passed] == [self_training]  # 165 min does not fit in 100
+    assert evidence.affordable_cell(todo, bench, results, 200.0)[0] == self_training
+    assert evidence.affordable_cell(todo, bench, results, 79.0)[0] is None
+
+
+def test_a_run_with_minutes_stops_where_no_cell_fits(tmp_path, monkeypatch, capsys):
+    images, masks = phantom_stack(10, seed=0, config=PhantomConfig(height=256, width=256))
+    monkeypatch.setattr(evidence, "load_volume", lambda: (images, masks, "phantom"))
+    monkeypatch.setattr(evidence, "slice_positions", lambda: None)
+    monkeypatch.setattr(evidence, "native_precision", lambda: "float32")
+    monkeypatch.setattr(evidence, "run", lambda *a, **k: pytest.fail("nothing may train"))
+    results = tmp_path / "r.json"
+    evidence.main(["--preset", "quick", "--work", str(tmp_path / "w"), "--results", str(results),
+                   "--minutes", "30"])
+    assert "no cell left fits in the 30 min left of --minutes" in capsys.readouterr().out  # none measured
+    assert json.loads(results.read_text())["results_by_cell"] == {}
+    with pytest.raises(SystemExit) as exit_info:
+        evidence.main(["--preset", "quick", "--minutes", "0"])
+    assert exit_info.value.code == 2 and "--minutes: must be > 0" in capsys.readouterr().err
 
 
 def test_a_cell_trained_outside_the_grid_takes_its_groups_recorded_precision(tmp_path):
