@@ -72,7 +72,7 @@ from bench.synthetic_ablation import (
     trained_vae,
 )
 from segmentation_tf.calibration import VERSION as CALIBRATION_VERSION
-from shared.atomic import write_json_atomic
+from shared.atomic import write_atomic, write_json_atomic
 from shared.errors import UserError, non_negative_int, positive_float, run_cli
 from shared.sampling import SamplerSettings
 from shared.splits import guard_bands, z_block_split
@@ -560,6 +560,9 @@ class Bench:
     native: str = "float32"
     xlas: dict[tuple[int, int], bool] = field(default_factory=dict)
     native_xla: bool = False
+    # where the judges' pseudo-labels are kept beside the committed results (None: not kept), so a
+    # fresh machine starts from the same labels instead of training each judge again
+    kept: Path | None = None
 
     def precision(self, cell: Cell) -> str | None:
         """The cell's segmenter precision; None for a group whose real-only cell has not run (it
@@ -632,19 +635,87 @@ class Bench:
         store = folder / "store"
         if (store / "manifest.json").exists():
             return store
-        if not (self.judge(k) / "segmenter.json").exists():
-            run_cell(Cell(k, "real_only", 0.0, self.cfg.seeds[0]), self)
         unlabelled, region = self.predicted_pages(k), self.region(k)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_stack(folder / "unlabelled.tif", self.images[unlabelled])
-        run(["segmentation_tf.predict", "--model", str(self.judge(k)), "--images",
-             str(folder / "unlabelled.tif"), "--out", str(folder / "predicted"),
-             "--threshold", repr(judge_threshold(self.judge(k), version))], self.log)
+        if not self.restore_pseudo(k, version, folder / "predicted" / "mask.tif"):
+            if not (self.judge(k) / "segmenter.json").exists():
+                run_cell(Cell(k, "real_only", 0.0, self.cfg.seeds[0]), self)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_stack(folder / "unlabelled.tif", self.images[unlabelled])
+            run(["segmentation_tf.predict", "--model", str(self.judge(k)), "--images",
+                 str(folder / "unlabelled.tif"), "--out", str(folder / "predicted"),
+                 "--threshold", repr(judge_threshold(self.judge(k), version))], self.log)
+            self.keep_pseudo(k, version, folder / "predicted" / "mask.tif")
         masks = self.masks.copy()
         masks[unlabelled] = read_mask_stack(folder / "predicted" / "mask.tif")
         if region:
             region.crop(masks[self.layout.first])[...] = region.crop(self.masks[self.layout.first])
         return make_store(store, self.images, masks, self.layout.pool, self.layout.val)
+
+    def kept_pseudo(self, k: Budget, version: int) -> tuple[Path, Path] | None:
+        """The kept pseudo-labels of k at a calibration version: a zlib TIFF of the predicted pages and
+        the JSON saying which pages, which region and which judge made them."""
+        if self.kept is None:
+            return None
+        stem = self.kept / f"k{k}_c{version}"
+        return stem.with_suffix(".tif"), stem.with_suffix(".json")
+
+    def pseudo_record(self, k: Budget, version: int) -> dict:
+        """What kept pseudo-labels must match to stand in for the judge's prediction today."""
+        region = self.region(k)
+        return {"k": k, "version": version, "pages": self.predicted_pages(k),
+                "z": [self.layout.z[p] for p in self.predicted_pages(k)],
+                "region": asdict(region) if region else None, "shape": list(self.masks.shape[1:])}
+
+    def keep_pseudo(self, k: Budget, version: int, predicted: Path) -> None:
+        """Copy the judge's prediction (pages x H x W masks) beside the results, with its provenance
+        (the judge's threshold and scores), to be committed: under 1 MB compressed."""
+        import tifffile
+
+        kept = self.kept_pseudo(k, version)
+        if kept is None:
+            return
+        tif, record = kept
+        tif.parent.mkdir(parents=True, exist_ok=True)
+        masks = (read_mask_stack(predicted) > 0).astype(np.uint8) * 255
+        write_atomic(tif, lambda tmp: tifffile.imwrite(tmp, masks, compression="zlib"))
+        scores = self.judge(k) / "test_scores.json"
+        judge = {"cell": Cell(k, "real_only", 0.0, self.cfg.seeds[0]).key,
+                 "threshold": judge_threshold(self.judge(k), version),
+                 "test_iou": json.loads(scores.read_text())["iou"] if scores.exists() else None}
+        write_json_atomic(record, {**self.pseudo_record(k, version), "judge": judge, "cpu": machine()["cpu"],
+                                   "date": time.strftime("%Y-%m-%d", time.gmtime())})
+
+    def kept_record(self, k: Budget, version: int) -> dict | None:
+        """The provenance of the kept pseudo-labels of k (None where none are kept)."""
+        kept = self.kept_pseudo(k, version)
+        return json.loads(kept[1].read_text()) if kept and kept[1].exists() else None
+
+    def pseudo_kept_today(self, k: Budget, version: int) -> bool:
+        """Kept pseudo-labels of k made for today's pages and region."""
+        saved = self.kept_record(k, version)
+        return saved is not None and saved == {**saved, **self.pseudo_record(k, version)}
+
+    def restore_pseudo(self, k: Budget, version: int, predicted: Path) -> bool:
+        """Write the kept pseudo-labels of k as the judge's prediction when they were made for today's
+        pages and region; False (the judge predicts again) when none are kept or they do not match."""
+        saved = self.kept_record(k, version)
+        if saved is None:
+            return False
+        tif, record = self.kept_pseudo(k, version)
+        if not self.pseudo_kept_today(k, version):
+            print(f"{record}: made for other pages or another region than today's; the judge predicts "
+                  f"again", flush=True)
+            return False
+        wanted = self.pseudo_record(k, version)
+        masks = read_mask_stack(tif)
+        if masks.shape != (len(wanted["pages"]), *wanted["shape"]):
+            raise UserError(f"{tif}: holds {masks.shape} masks, {record.name} says "
+                            f"{(len(wanted['pages']), *wanted['shape'])}")
+        predicted.parent.mkdir(parents=True, exist_ok=True)
+        write_stack(predicted, (masks > 0).astype(np.uint8))
+        print(f"k={k}: pseudo-labels from {tif} (judge {saved['judge']['cell']}, test IoU "
+              f"{saved['judge']['test_iou']}, made {saved['date']})", flush=True)
+        return True
 
     def predicted_pages(self, k: Budget) -> list[int]:
         """The pool pages the judge of k pseudo-labels: those not labelled, and a region's own page."""
@@ -1188,6 +1259,11 @@ def results_file(preset: str, docs: Path = ROOT / "docs") -> Path:
     return docs / ("evidence.json" if preset == "standard" else f"evidence_{preset}.json")
 
 
+def pseudo_kept_dir(results: Path) -> Path:
+    """Where a grid keeps its judges' pseudo-labels: beside its results file, committed with them."""
+    return results.with_name(f"{results.stem}_pseudo")
+
+
 def read_saved(path: Path) -> dict:
     """The grid's committed results ({} before its first cell); a damaged file is the user's to mend."""
     if not path.is_file():
@@ -1354,7 +1430,7 @@ def cell_cost(cell: Cell, bench: Bench, results: dict, made: frozenset[Path] = f
         versions.add(recipe.pseudo_masks)
     for version in sorted(versions):
         store = pseudo_folder(bench.work, cell.k, version) / "store" / "manifest.json"
-        if absent(store):
+        if absent(store) and not bench.pseudo_kept_today(cell.k, version):
             judge = bench.judge(cell.k) / "segmenter.json"
             if absent(judge):
                 first.append(("its judge", judge))
@@ -1516,7 +1592,7 @@ def main(argv: list[str] | None = None) -> None:
     native = native_precision()
     bench = Bench(cfg, work, images, masks, layout, work / "evidence.log", native=native,
                   precisions=group_precisions(results), xlas=group_xlas(results),
-                  native_xla=args.xla and xla_measured_faster(native))
+                  native_xla=args.xla and xla_measured_faster(native), kept=pseudo_kept_dir(results_path))
     if args.plan:
         print_plan([c for c in cells(cfg, results) if c.key not in results], bench, results, args.plan)
         return

@@ -626,6 +626,66 @@ def test_generator_levers_choose_the_lowest_guidance_that_follows_the_masks():
     assert chosen_guidance(rows) == {"k=1|minsnr": 3.0, "k=1|spade": 3.0}
 
 
+def test_kept_pseudo_labels_stand_in_for_a_judge_that_is_not_here(tmp_path, monkeypatch, capsys):
+    """A grid keeps its judge's pseudo-labels beside its results; a fresh work folder builds the same
+    pseudo-labelled store from them without the judge, unless they were made for other pages."""
+    import tifffile
+
+    from bench import synthetic_ablation
+    from shared.tiff_io import read_image_stack, write_stack
+
+    calls = []
+
+    def fake_run(args, log):  # the judge predicts a pattern that differs page by page
+        calls.append(args)
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        images = read_image_stack(args[args.index("--images") + 1])
+        above = images > np.median(images, axis=(1, 2), keepdims=True)
+        write_stack(out / "mask.tif", above.astype(np.uint8))
+
+    monkeypatch.setattr(evidence, "run", fake_run)
+    monkeypatch.setattr(synthetic_ablation, "run", fake_run)
+    kept = tmp_path / "evidence_matched_pseudo"
+    bench = replace(_region_bench(tmp_path / "first"), kept=kept)
+    bench.judge("256px").mkdir(parents=True)
+    (bench.judge("256px") / "segmenter.json").write_text(json.dumps(
+        {"provenance": {"calibration": {"threshold": 0.35, "version": evidence.CALIBRATION_VERSION}}}))
+    (bench.judge("256px") / "test_scores.json").write_text(json.dumps({"iou": 0.56}))
+    def all_masks(store):
+        return TileStore(store).masks(np.arange(len(TileStore(store))))
+
+    made = all_masks(bench.pseudo_store("256px"))
+    tif, record = bench.kept_pseudo("256px", evidence.CALIBRATION_VERSION)
+    saved = json.loads(record.read_text())
+    assert saved["pages"] == bench.predicted_pages("256px") == bench.layout.pool
+    assert saved["judge"] == {"cell": "k=256px|real_only|r=0|seed=0", "threshold": 0.35, "test_iou": 0.56}
+    assert saved["region"]["size"] == 256
+    with tifffile.TiffFile(tif) as t:
+        assert t.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+    # another machine: no judge, no work folder; nothing may train or predict
+    monkeypatch.setattr(evidence, "run", lambda *a, **k: pytest.fail("the judge was not needed"))
+    fresh = replace(bench, work=tmp_path / "second", log=tmp_path / "second.log")
+    np.testing.assert_array_equal(all_masks(fresh.pseudo_store("256px")), made)
+    assert made.any() and not made.all()
+    assert "pseudo-labels from" in capsys.readouterr().out
+    # labels made for other pages are not used: the judge (trained again here) predicts
+    record.write_text(json.dumps({**saved, "pages": saved["pages"][1:]}))
+    monkeypatch.setattr(evidence, "run", fake_run)
+    monkeypatch.setattr(evidence, "run_cell", lambda cell, b: calls.append(["run_cell", cell.key]))
+    third = replace(bench, work=tmp_path / "third")
+    before = len(calls)
+    with pytest.raises(FileNotFoundError):  # the fake judge leaves no weights behind
+        third.pseudo_store("256px")
+    assert calls[before] == ["run_cell", "k=256px|real_only|r=0|seed=0"]
+    assert "made for other pages or another region" in capsys.readouterr().out
+    # a kept stack of the wrong size is the user's to mend, named
+    record.write_text(json.dumps(saved))
+    tifffile.imwrite(tif, np.zeros((2, 8, 8), np.uint8))
+    with pytest.raises(evidence.UserError, match="holds"):
+        replace(bench, work=tmp_path / "fourth").pseudo_store("256px")
+
+
 def test_pseudo_labels_cover_only_unlabelled_pool_slices_and_reach_only_the_denoiser(tmp_path, monkeypatch):
     """The pseudo recipe: the k slices' judge predicts the other pool slices (never a validation or
     test slice); the denoiser's store holds real masks on the labelled and validation slices and the
@@ -1061,7 +1121,9 @@ def _costed_bench(tmp_path, monkeypatch, cfg=None):
     results = {Cell("256px", "real_only", 0.0, 0).key: {**_cell("256px", "real_only", 0.0, 0, 0.56),
                                                          "minutes": 80.0, "cpu": "EPYC", "xla": False,
                                                          "precision": "float32"}}
-    bench = Bench(cfg, tmp_path, np.zeros((1, 1, 1)), np.zeros((1, 1, 1)), Layout.of(27, cfg, EPFL_Z),
+    masks = np.zeros((27, 768, 1024), np.uint8)
+    masks[:, 300:340, 400:460] = 1  # one mitochondrion per page: the regions find their corners
+    bench = Bench(cfg, tmp_path, np.zeros((1, 1, 1)), masks, Layout.of(27, cfg, EPFL_Z),
                   tmp_path / "l", evidence.group_precisions(results), native="float32",
                   xlas=evidence.group_xlas(results))
     return bench, results
@@ -1085,6 +1147,13 @@ def test_a_cells_cost_adds_what_it_must_train_first(tmp_path, monkeypatch):
     assert cost(self_training).minutes == pytest.approx(80 + evidence.PREDICT_MINUTES)
     _touch(evidence.pseudo_folder(bench.work, "256px") / "store" / "manifest.json")
     assert cost(self_training) == evidence.Cost(80.0)
+    # pseudo-labels kept beside the results for today's pages stand in for an absent judge
+    kept = replace(bench, work=tmp_path / "fresh", kept=tmp_path / "kept")
+    assert names(evidence.cell_cost(self_training, kept, results)) == ["its judge", "pseudo-labels"]
+    record = kept.kept_pseudo("256px", evidence.CALIBRATION_VERSION)[1]
+    record.parent.mkdir()
+    record.write_text(json.dumps(kept.pseudo_record("256px", evidence.CALIBRATION_VERSION)))
+    assert evidence.cell_cost(self_training, kept, results) == evidence.Cost(80.0)
     # the main recipe's generator: the pool VAE (35 min box of the real preset), the denoiser (25), drawing
     vpred = Cell("256px", "images_plentiful", 0.3, 0, "vpred")
     assert cost(vpred).minutes == pytest.approx(80 + 35 + 25 + evidence.DRAW_MINUTES)
