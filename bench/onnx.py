@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ import onnxruntime as ort  # noqa: E402
 from bench.common import EPFL, ROOT, print_table, write_json  # noqa: E402
 from bench.flops import graph_flops, measured_sgemm_gflops, nominal_peak_gflops  # noqa: E402
 from exporters.runtime import Generator, Segmenter, session_options  # noqa: E402
+from shared.errors import run_cli  # noqa: E402
 from shared.normalization import normalize  # noqa: E402
 from shared.phantom import PhantomConfig, phantom_stack  # noqa: E402
 from shared.sampling import SamplerSettings  # noqa: E402
@@ -152,14 +154,14 @@ def generator_rows(checkpoint: Path | None, workdir: Path, masks: np.ndarray, pe
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--segmenter", type=Path, help="trained segmenter run folder (default: untrained)")
     parser.add_argument("--generator", type=Path, help="generator.pt (default: untrained)")
     parser.add_argument("--slices", type=int, default=2)
     parser.add_argument("--tiles", type=int, default=8)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench_onnx.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -190,4 +192,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -10,6 +10,7 @@ TTA as stored in the file, and without TTA); int8 is calibrated on training tile
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from bench.common import ROOT, print_table, write_json
 from exporters.runtime import Segmenter
+from shared.errors import run_cli
 from shared.store import TileStore
 from shared.tiff_io import read_pair
 
@@ -36,13 +38,13 @@ def score(model: Segmenter, images: np.ndarray, masks: np.ndarray, tta: bool) ->
     return {"iou": float(inter / union), "slices/s": len(images) / (time.perf_counter() - start)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--onnx", type=Path, required=True,
                         help="float32 segmenter.onnx (X.int8.onnx beside it)")
     parser.add_argument("--store", type=Path, required=True, help="real store with a 'val' z block")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench_onnx_precision.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     images, masks, slices = held_out_slices(TileStore(args.store))
     rows = []
     for precision, path in (("float32", args.onnx), ("int8", args.onnx.with_suffix(".int8.onnx"))):
@@ -62,4 +64,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

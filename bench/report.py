@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from bench.common import ROOT
+from shared.errors import run_cli
 
 DOCS = ROOT / "docs"
 SECTIONS = [
@@ -176,10 +178,11 @@ def build() -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    del argv  # no flags
     (DOCS / "results.md").write_text(build())
     print(f"wrote {DOCS / 'results.md'}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

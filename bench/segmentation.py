@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ from segmentation_tf.inference import predict_slice  # noqa: E402
 from segmentation_tf.precision import resolve_policy  # noqa: E402
 from segmentation_tf.slices import store_slices  # noqa: E402
 from segmentation_tf.training import compiled_model  # noqa: E402
+from shared.errors import run_cli  # noqa: E402
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -77,7 +79,7 @@ def predict_rate(policy: str, model_cfg: UNetConfig, weights, images: np.ndarray
     return n / (time.perf_counter() - start)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per measurement")
     parser.add_argument("--slices", type=int, default=2, help="timed slices per prediction measurement")
@@ -87,7 +89,7 @@ def main() -> None:
                              "without native bf16 takes long over mixed")
     parser.add_argument("--quick", action="store_true", help="tiny model and few steps (smoke test)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench_segmentation.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     model_cfg = UNetConfig(base_width=4, depth=4) if args.quick else UNetConfig(base_width=16, depth=4)
     steps, n_slices = (3, 1) if args.quick else (args.steps, args.slices)
     mixed = resolve_policy("auto")
@@ -163,4 +165,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -36,7 +36,7 @@ import numpy as np
 
 from bench.common import EPFL, ROOT, machine
 from shared.atomic import write_json_atomic
-from shared.errors import UserError
+from shared.errors import UserError, run_cli
 from shared.phantom import phantom_stack
 from shared.sampling import SamplerSettings, settings_to_flags
 from shared.splits import z_block_split
@@ -440,7 +440,7 @@ def write_results(path: Path, results: dict, fidelity: list[dict], cfg_name: str
         plot(rows, path.with_suffix(".png"))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="standard",
                         help="standard: ~3 h on 2 CPU cores (default); quick: minutes; full: real presets")
@@ -450,7 +450,7 @@ def main() -> None:
     parser.add_argument("--max-cells", type=int, default=0, help="stop after this many new cells (0: all)")
     parser.add_argument("--fidelity-only", action="store_true",
                         help="run no new cell: measure mask fidelity of the generators trained so far")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     name = "quick" if args.quick else args.preset
     cfg = PRESETS[name]
     stem = {"standard": "synthetic_ablation"}.get(name, f"synthetic_ablation_{name}")
@@ -484,4 +484,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

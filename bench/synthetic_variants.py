@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from bench.synthetic_ablation import (
 )
 from generation_torch.metrics import realism
 from shared.atomic import write_json_atomic
+from shared.errors import run_cli
 from shared.splits import z_block_split
 from shared.store import TileStore
 from shared.tiff_io import read_pair, write_stack
@@ -150,11 +152,11 @@ def sample_grids(gen_root: Path, n: int = 8) -> list[str]:
     return names
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "variants", help="scratch folder")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "synthetic_variants.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     cfg = PRESETS["standard"]
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -223,4 +225,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -9,12 +9,14 @@ within 3x of copying the same bytes in memory.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from bench.common import EPFL, ROOT, print_table, rate, write_json
+from shared.errors import run_cli
 from shared.normalization import normalize
 from shared.phantom import write_phantom
 from shared.store import TileStore
@@ -30,12 +32,12 @@ def build_bench_store(workdir: Path) -> tuple[TileStore, str]:
     return build_store(images, masks, workdir / "store"), source
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench_tiles.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         store, source = build_bench_store(Path(tmp))
         n = len(store)
@@ -80,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

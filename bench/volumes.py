@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import ROOT, machine, print_table, write_json
+from shared.errors import run_cli
 
 WORK = ROOT / "runs" / "bench_volumes"
 SLICES, HEIGHT, WIDTH = 27, 768, 1024  # the EPFL subset
@@ -122,12 +123,12 @@ def in_memory_seconds_per_slice(model: Path, source: Path) -> float:
     return (time.perf_counter() - began) / len(stack)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,4,16", help="volume sizes, multiples of the EPFL subset")
     parser.add_argument("--ratio-size", type=int, default=4, help="size at which 2 workers are compared to 1")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench_volumes.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     WORK.mkdir(parents=True, exist_ok=True)
     model = build_segmenter(WORK / "segmenter_w8.onnx")
@@ -167,4 +168,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     np.seterr(all="ignore")
-    main()
+    sys.exit(run_cli(main))
