@@ -843,7 +843,7 @@ def run_cell(cell: Cell, bench: Bench) -> dict:
             **({"region": asdict(region)} if region else {}), "pool": bench.layout.pool,
             "test_iou": json.loads(scores_path.read_text())["iou"], "val_iou": summary["calibration"]["iou"],
             "threshold": summary["calibration"]["threshold"], "calibration": CALIBRATION_VERSION,
-            **cell_minutes(summary, time.time() - start), "cpu": machine()["cpu"],
+            **cell_minutes(summary, time.time() - start), "cpu": machine()["cpu"], "isa": machine()["isa"],
             "precision": summary["policy"], "xla": summary.get("train", {}).get("xla")}
 
 
@@ -1405,15 +1405,19 @@ def stage_boxes(flags: tuple[str, ...]) -> tuple[float | None, float | None]:
 
 
 def cell_cost(cell: Cell, bench: Bench, results: dict, made: frozenset[Path] = frozenset()) -> Cost:
-    """What the cell costs here: its segmenter at this CPU's mean real-only minutes (with or without
-    XLA as it trains), and before it whatever it needs that is absent from the work folder and not in
-    `made` (a plan's earlier cells make them): the judge that pseudo-labels the pool, the pool's
-    pseudo-labels, the generator's stages at their time boxes, the drawing of its tiles."""
-    cpu = machine()["cpu"]
+    """What the cell costs here: its segmenter at this CPU's mean real-only minutes (the same
+    instruction set and XLA use where measured), and before it whatever it needs that is absent from
+    the work folder and not in `made` (a plan's earlier cells make them): the judge that pseudo-labels
+    the pool, the pool's pseudo-labels, the generator's stages at their time boxes, the drawing of its
+    tiles."""
+    here = machine()
 
-    def segmenter(c: Cell) -> float | None:
-        own = segmenter_minutes(results, cpu=cpu, xla=bool(bench.xla(c)))
-        return own or segmenter_minutes(results, cpu=cpu)
+    def segmenter(c: Cell) -> float | None:  # the closest match measured: CPU and ISA, CPU, any XLA
+        xla = bool(bench.xla(c))
+        for match in ({"isa": here["isa"], "xla": xla}, {"xla": xla}, {}):
+            if (minutes := segmenter_minutes(results, cpu=here["cpu"], **match)) is not None:
+                return minutes
+        return None
 
     def absent(product: Path) -> bool:
         return product not in made and not product.exists()

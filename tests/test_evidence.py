@@ -1117,7 +1117,7 @@ def test_pairing_groups_keep_their_precision_and_a_machine_runs_its_own_first(tm
 def _costed_bench(tmp_path, monkeypatch, cfg=None):
     """A float32 bench without XLA on a CPU called EPYC, whose 256 px real-only seed 0 took 80 min."""
     cfg = cfg or evidence.PRESETS["matched"]
-    monkeypatch.setattr(evidence, "machine", lambda: {"cpu": "EPYC"})
+    monkeypatch.setattr(evidence, "machine", lambda: {"cpu": "EPYC", "isa": "avx512_bf16"})
     results = {Cell("256px", "real_only", 0.0, 0).key: {**_cell("256px", "real_only", 0.0, 0, 0.56),
                                                          "minutes": 80.0, "cpu": "EPYC", "xla": False,
                                                          "precision": "float32"}}
@@ -1168,6 +1168,10 @@ def test_a_cells_cost_adds_what_it_must_train_first(tmp_path, monkeypatch):
     # a trained segmenter costs its scoring only, still counted at a cell's minutes (an upper bound)
     _touch(evidence.segmenter_dir(vpred, bench.work) / "segmenter.json")
     assert cost(vpred) == evidence.Cost(80.0)
+    # a cell measured on this CPU model with this instruction set counts before the model's others
+    results[Cell("256px", "real_only", 0.0, 1).key] = {**results[Cell("256px", "real_only", 0.0, 0).key],
+                                                       "seed": 1, "minutes": 40.0, "isa": "avx512_bf16"}
+    assert cost(Cell("256px", "real_only", 0.0, 2)) == evidence.Cost(40.0)
     # nothing measured on this CPU, or a stage without a time box (the GPU preset): not estimable
     assert evidence.cell_cost(vpred, bench, {}).minutes is None
     full, _ = _costed_bench(tmp_path / "full", monkeypatch, evidence.PRESETS["full"])
@@ -1245,6 +1249,16 @@ def test_new_groups_take_xla_only_where_it_was_measured_faster(monkeypatch):
     assert evidence.xla_measured_faster("float32") and not evidence.xla_measured_faster("mixed_bfloat16")
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
     assert not evidence.xla_measured_faster("float32")  # unmeasured there: Keras's default
+
+
+def test_cells_name_the_widest_instruction_set_of_their_cpu():
+    from bench.common import machine, widest_isa
+
+    assert widest_isa({"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"}) == "amx"
+    assert widest_isa({"avx2", "avx512f", "avx512_bf16"}) == "avx512_bf16"
+    assert widest_isa({"avx2", "avx512f"}) == "avx512" and widest_isa({"avx2"}) == "avx2"
+    assert widest_isa(set()) == "other"
+    assert machine()["isa"] in ("amx", "avx512_bf16", "avx512", "avx2", "other")
 
 
 def test_the_long_denoiser_rung_trains_its_own_denoiser_longer_than_the_preset_allows():
