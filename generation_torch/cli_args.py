@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from generation_torch.config import PRECISIONS, T_SAMPLINGS, Stages
+from generation_torch.config import PRECISIONS, T_SAMPLINGS, VAL_SELECTIONS, Stages
 from generation_torch.presets import PRESETS, default_preset
 from shared import diffusion
 from shared.errors import ArgumentParser, UserError, fraction, positive_float, positive_int, unit_interval
@@ -82,6 +82,10 @@ def parser() -> ArgumentParser:
     d.add_argument("--t-sampling", choices=T_SAMPLINGS,
                    help="training timesteps: uniform (default) or logit-normal, most at mid noise, where "
                         "structure is invented (validation stays uniform)")
+    d.add_argument("--val-selection", choices=VAL_SELECTIONS,
+                   help="the validation loss that keeps the best weights and runs patience: over every t "
+                        "(all, default) or a noise band: low (t < 0.3 T), mid (0.3-0.7 T, where structure "
+                        "is invented), high, low-mid; the others are logged beside it")
     d.add_argument("--unet-channels", type=int_list, help="widths per level, e.g. 64,128,128")
     d.add_argument("--unet-blocks", type=positive_int)
     d.add_argument("--time-dims", type=int_list, help="sinusoid,hidden,out of the timestep MLP")
@@ -113,7 +117,7 @@ FLAGS: dict[str, str | tuple[str, ...]] = {
     "vae_batch_size": "vae.train.batch_size", "vae_lr": "vae.train.optim.lr", "vae_minutes": "vae.minutes",
     "schedule": "diffusion.diffusion.schedule", "prediction": "diffusion.diffusion.prediction",
     "cond_dropout": "diffusion.diffusion.cond_dropout", "min_snr_gamma": "diffusion.diffusion.min_snr_gamma",
-    "t_sampling": "diffusion.diffusion.t_sampling",
+    "t_sampling": "diffusion.diffusion.t_sampling", "val_selection": "diffusion.diffusion.val_selection",
     "unet_channels": "diffusion.model.channels",
     "unet_blocks": "diffusion.model.blocks", "time_dims": "diffusion.model.time_dims",
     "heads": "diffusion.model.heads", "diffusion_steps": "diffusion.train.steps",

@@ -57,6 +57,7 @@ class StageConfig:
 
 
 T_SAMPLINGS = ("uniform", "logit-normal")  # DiffusionConfig.t_sampling
+VAL_SELECTIONS = ("all", "low", "mid", "high", "low-mid")  # DiffusionConfig.val_selection
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,10 @@ class DiffusionConfig:
     # training timesteps: "uniform" over [0, T), or "logit-normal" (t / T = sigmoid of a standard normal;
     # Esser et al. 2024): most draws at mid noise, where structure is invented (validation stays uniform)
     t_sampling: str = "uniform"
+    # the validation loss that picks the best weights and runs patience: over every t, or over a noise
+    # band (low t < 0.3 T, mid 0.3-0.7 T, high >= 0.7 T, low-mid t < 0.7 T): the high band, the mean's
+    # largest part, can turn up while the mid band, where structure is invented, still falls
+    val_selection: str = "all"
 
 
 @dataclass(frozen=True)

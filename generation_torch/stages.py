@@ -111,7 +111,9 @@ def train_diffusion(store: TileStore, stage: DiffusionStage, ctx: LoopContext, t
         checkpoint.save(out, product_dict(vae, unet.cpu(), stage.diffusion, scale, trained_precision,
                                           data={**identity, "pixel_size": pixel_size},
                                           texture_spectrum=spectrum))
-        print(f"diffusion: best validation loss {state.best:.5f}; wrote {out}")
+        selection = stage.diffusion.val_selection
+        band = "" if selection == "all" else f" ({selection} noise band)"
+        print(f"diffusion: best validation loss{band} {state.best:.5f}; wrote {out}")
     barrier(ctx.dist)
     return out if state.finished else None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ VAL_SEED = 1234  # validation draws the same t and noise every epoch, so epochs 
 # noise bands of the denoiser's validation loss, as fractions of T: the uniform mean is dominated by
 # high-t error that no training removes, while structure is invented at mid t (bench.latent_stats)
 VAL_BANDS = (0.0, 0.3, 0.7, 1.0)
+# the t range of each validation selection (DiffusionConfig.val_selection), as fractions of T
+SELECTION_RANGES = {"all": (0.0, 1.0), "low": (0.0, 0.3), "mid": (0.3, 0.7), "high": (0.7, 1.0),
+                    "low-mid": (0.0, 0.7)}
 
 
 @dataclass
@@ -36,6 +39,7 @@ class VAETask:
     spectral_weight: float = 0.0
     name: str = "vae"
     use_ema: bool = False
+    fields_added: ClassVar[dict] = {"spectral_weight": 0.0}
 
     @property
     def n_train(self) -> int:
@@ -86,10 +90,23 @@ def band_means(values: torch.Tensor, t: torch.Tensor, timesteps: int) -> dict[st
     edges = [round(f * timesteps) for f in VAL_BANDS]
     out = {}
     for lo, hi in itertools.pairwise(edges):
-        inside = (t >= lo) & (t < hi)
-        if bool(inside.any()):
-            out[f"val_loss_t{lo}-{hi - 1}"] = float(values[inside].mean())
+        if (mean := range_mean(values, t, lo, hi)) is not None:
+            out[f"val_loss_t{lo}-{hi - 1}"] = mean
     return out
+
+
+def range_mean(values: torch.Tensor, t: torch.Tensor, lo: int, hi: int) -> float | None:
+    """Mean of the values whose t lies in [lo, hi); None where none does."""
+    inside = (t >= lo) & (t < hi)
+    return float(values[inside].mean()) if bool(inside.any()) else None
+
+
+def selected_loss(values: torch.Tensor, t: torch.Tensor, timesteps: int, selection: str) -> float:
+    """The validation loss a selection (SELECTION_RANGES) picks weights by: the mean over its t range,
+    the mean over every t where no validation draw falls in the range (a tiny validation set)."""
+    lo, hi = (round(f * timesteps) for f in SELECTION_RANGES[selection])
+    mean = range_mean(values, t, lo, hi)
+    return float(values.mean()) if mean is None else mean
 
 
 @dataclass
@@ -107,6 +124,9 @@ class DiffusionTask:
     unlabelled: LatentCache | None = None   # latents of unlabelled images (null condition only)
     name: str = "diffusion"
     use_ema: bool = True
+    # what describe()'s fields added later were before they existed (stages saved then resume)
+    fields_added: ClassVar[dict] = {"diffusion": {"t_sampling": "uniform", "val_selection": "all"},
+                                    "unet_config": {"mask_every_level": False}}
     _coef: tuple[torch.Tensor, torch.Tensor] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -151,7 +171,8 @@ class DiffusionTask:
 
     def validate(self, model: nn.Module) -> tuple[float, dict[str, float]]:
         """Plain MSE of the prediction over validation latents at fixed draws of t and noise (uniform
-        t), and the same per noise band (VAL_BANDS), e.g. {"val_loss_t300-699": ...}."""
+        t) over the t range of dcfg.val_selection, and beside it the same per noise band (VAL_BANDS),
+        e.g. {"val_loss_t300-699": ...}, and over every t ("val_loss_all") where a band selects."""
         g = torch.Generator().manual_seed(VAL_SEED)
         errors, steps = [], []
         for start in range(0, len(self.val_cache), 32):
@@ -163,7 +184,12 @@ class DiffusionTask:
             errors.append((pred.float() - target.to(self.device)).square().mean(dim=(1, 2, 3)).cpu())
             steps.append(t)
         per_sample, t = torch.cat(errors).double(), torch.cat(steps)
-        return float(per_sample.mean()), band_means(per_sample, t, self.schedule.timesteps)
+        bands = band_means(per_sample, t, self.schedule.timesteps)
+        selection = self.dcfg.val_selection
+        if selection == "all":
+            return float(per_sample.mean()), bands
+        return (selected_loss(per_sample, t, self.schedule.timesteps, selection),
+                {**bands, "val_loss_all": float(per_sample.mean())})
 
     def visuals(self, model: nn.Module, writer: Any, step: int) -> None:
         if self.val_masks is None:
@@ -176,9 +202,6 @@ class DiffusionTask:
         writer.add_image("diffusion/samples_beside_masks", grid[None], step)
 
     def describe(self) -> dict:
-        dcfg = to_dict(self.dcfg)
-        if dcfg["t_sampling"] == "uniform":  # absent means uniform: stages saved before the field resume
-            del dcfg["t_sampling"]
-        return {"unet_config": to_dict(self.model.cfg), "diffusion": dcfg,
+        return {"unet_config": to_dict(self.model.cfg), "diffusion": to_dict(self.dcfg),
                 "latent_scale": self.scale,
                 "unlabelled_latents": 0 if self.unlabelled is None else len(self.unlabelled)}

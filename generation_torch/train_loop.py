@@ -36,6 +36,7 @@ class Task(Protocol):
     model: nn.Module     # the module being trained (not wrapped)
     n_train: int         # training samples (defines an epoch)
     use_ema: bool
+    fields_added: dict   # describe()'s fields added later: their values before they existed
 
     def loss(self, model: nn.Module, g: torch.Generator, batch_size: int) -> tuple[torch.Tensor, dict]: ...
     # the loss that picks the best weights and runs patience, and scalars logged beside it
@@ -241,7 +242,8 @@ def _restore(path: Path, task: Task, parts: Trainables) -> LoopState:
     if saved.get("stage") != task.name:
         raise UserError(f"{path}: holds a {saved.get('stage')!r} stage, not {task.name!r}")
     # the saved weights and optimizer state were trained under these: other ones would mix two runs
-    changed = changed_fields(saved["config"], task.describe()) if "config" in saved else []
+    changed = changed_fields(saved["config"], task.describe(), absent=task.fields_added) \
+        if "config" in saved else []
     if changed:
         raise UserError(f"{path}: --resume of a {task.name} stage trained under other settings "
                         f"({', '.join(changed)}); resume with its flags, or train into another --out")

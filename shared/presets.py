@@ -43,14 +43,21 @@ def apply_flags(preset: T, table: FlagTable, flags: Mapping[str, Any]) -> T:
     return out
 
 
-def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "",
+                   absent: Mapping[str, Any] | None = None) -> list[str]:
     """Dotted names of the fields of `new` whose values differ in `old` (nested mappings compared
-    field by field; a field `old` lacks counts as changed)."""
+    field by field). A field `old` lacks counts as changed unless `absent` (nested like `new`) gives
+    the value it had before it existed and `new` holds that value: settings saved before a field was
+    added resume under the behaviour they were trained with."""
+    absent = absent or {}
     names = []
     for key, value in new.items():
-        before = old.get(key)
+        before, was = old.get(key), absent.get(key)
         if isinstance(value, Mapping) and isinstance(before, Mapping):
-            names += changed_fields(before, value, f"{prefix}{key}.")
+            nested = was if isinstance(was, Mapping) else None
+            names += changed_fields(before, value, f"{prefix}{key}.", nested)
+        elif key not in old and key in absent and not isinstance(was, Mapping):
+            names += [] if was == value else [f"{prefix}{key}"]
         elif before != value:
             names.append(f"{prefix}{key}")
     return names

@@ -213,8 +213,14 @@ def test_timestep_sampling_reaches_training_and_leaves_validation_uniform(monkey
     uniform = replace(task, dcfg=DiffusionConfig())
     before = {"schedule": "linear", "prediction": "eps", "cond_dropout": 0.15, "min_snr_gamma": None}
     old = {**uniform.describe(), "diffusion": before}
-    assert changed_fields(old, uniform.describe()) == []
-    assert changed_fields(old, task.describe()) == ["diffusion.t_sampling"]
+    assert changed_fields(old, uniform.describe(), absent=task.fields_added) == []
+    assert changed_fields(old, task.describe(), absent=task.fields_added) == ["diffusion.t_sampling"]
+    assert changed_fields(old, uniform.describe()) == ["diffusion.t_sampling", "diffusion.val_selection"]
+    # a run from before per-level conditioning was input-only: resumed per level, it changed
+    unet_before = {k: v for k, v in old["unet_config"].items() if k != "mask_every_level"}
+    no_level = {**old, "unet_config": unet_before}
+    assert changed_fields(no_level, uniform.describe(), absent=task.fields_added) == \
+        ["unet_config.mask_every_level"]
 
 
 def test_band_means_split_validation_errors_by_noise_level():
@@ -227,6 +233,34 @@ def test_band_means_split_validation_errors_by_noise_level():
     assert tasks.band_means(errors[:2], t[:2], 1000) == {"val_loss_t0-299": 2.0}
     assert list(tasks.band_means(errors, torch.tensor([0, 2, 3, 6, 9]), 10)) == [
         "val_loss_t0-2", "val_loss_t3-6", "val_loss_t7-9"]
+
+
+def test_a_validation_selection_picks_weights_by_its_noise_band():
+    """Errors 1, 3 | 5, 7 | 10 at t = 0, 299 | 300, 699 | 999: by hand, all 5.2, low 2, mid 6, high 10,
+    low-mid 4; a band no draw falls in falls back to the mean over every t."""
+    from generation_torch.cli_args import parser, stages_from_args
+    from generation_torch.config import DiffusionConfig
+    from generation_torch.data import LatentCache
+    from generation_torch.tasks import DiffusionTask
+
+    errors = torch.tensor([1.0, 3.0, 5.0, 7.0, 10.0], dtype=torch.float64)
+    t = torch.tensor([0, 299, 300, 699, 999])
+    picked = {s: tasks.selected_loss(errors, t, 1000, s) for s in tasks.SELECTION_RANGES}
+    assert picked == pytest.approx({"all": 5.2, "low": 2.0, "mid": 6.0, "high": 10.0, "low-mid": 4.0})
+    assert tasks.selected_loss(errors[:2], t[:2], 1000, "high") == pytest.approx(2.0)
+    # the task validates by its selection and logs the mean over every t beside the bands
+    unet = UNet(UNetConfig(channels=(16, 32), time_dims=(16, 32, 32), heads=2))
+    cache = LatentCache(torch.randn(40, 4, 8, 8), torch.full((40, 4, 8, 8), 0.1), torch.ones(40, 2, 8, 8))
+    task = DiffusionTask(unet, cache, cache, diffusion.Schedule.make("linear"), DiffusionConfig(), 1.0, None,
+                         torch.device("cpu"))
+    with torch.no_grad():
+        mean, bands = task.validate(unet)
+        mid, logs = replace(task, dcfg=DiffusionConfig(val_selection="mid")).validate(unet)
+    assert "val_loss_all" not in bands and logs["val_loss_all"] == pytest.approx(mean)
+    assert mid == pytest.approx(logs["val_loss_t300-699"]) and mid != pytest.approx(mean)
+    stages = stages_from_args(parser().parse_args(["--val-selection", "mid"]))
+    assert stages.diffusion.diffusion.val_selection == "mid"
+    assert stages_from_args(parser().parse_args([])).diffusion.diffusion.val_selection == "all"
 
 
 def test_varied_pairs_move_each_tile_with_its_mask():

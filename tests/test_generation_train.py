@@ -359,6 +359,7 @@ def test_init_denoiser_starts_from_another_run_with_the_same_vae(trained, tiny_s
 class _Line:
     """The smallest Task: a linear model fitting y = 2x (the loop's clock is what is under test)."""
     name, n_train, use_ema = "vae", 8, False
+    fields_added: dict = {}
 
     def __init__(self):
         self.model = torch.nn.Linear(1, 1)

@@ -111,6 +111,11 @@ def test_changed_fields_name_every_differing_leaf_by_its_dotted_path():
     assert changed_fields(old, new) == ["model.width", "model.added", "store"]
     assert changed_fields(old, old) == []
     assert changed_fields({"model": 3}, {"model": {"width": 8}}) == ["model"]  # a group where a value was
+    # fields added later: absent from old settings, they had the value `absent` gives
+    absent = {"model": {"added": 0}, "store": "b"}
+    assert changed_fields(old, new, absent=absent) == ["model.width", "store"]  # old has a store: it differs
+    assert changed_fields({"beta": 1e-5}, {"beta": 1e-5, "store": "b"}, absent=absent) == []
+    assert changed_fields({"beta": 1e-5}, {"beta": 1e-5, "store": "c"}, absent=absent) == ["store"]
 
 
 def test_sampler_settings_defaults_and_tile_noise_streams():
