@@ -162,6 +162,11 @@ VPRED_PRETRAIN = replace(VPRED, name="vpred_pretrain", fit_flags=PRETRAIN)
 VPRED_LONG = replace(VPRED, name="vpred_long", generator="spade_pseudo_v_c2_long",
                      denoiser_flags=(*VPRED.denoiser_flags, "--diffusion-steps", "6000",
                                      "--diffusion-minutes", "180"))
+# vpred_long stopped at 2650 steps on the mean validation loss (best 1900) while its mid band (t 300-699,
+# where structure is invented) still fell and its high band rose (docs/evidence.md): the same run with
+# its best weights and patience on the mid band
+VPRED_LONG_MID = replace(VPRED_LONG, name="vpred_long_mid", generator="spade_pseudo_v_c2_long_mid",
+                         denoiser_flags=(*VPRED_LONG.denoiser_flags, "--val-selection", "mid"))
 # the main recipe on a coarser latent: the 256 px pool VAE (d = 4, 4 channels) reconstructs membranes
 # (MSE 0.0054 on validation tiles) but its 64x64 latent keeps EM's grain (a fifth of its variance above
 # a 3x3 mean), which the denoiser must then model; at 940 steps it drew grain and no membrane. A d = 8
@@ -352,7 +357,8 @@ PRESETS = {
     "matched": replace(tiles_preset(50, ema=True, precise_bn=True, reference_ending=()), resolve_seeds=16,
                        recipes=(*CPU_RECIPES, VPRED_LONG, VPRED_SDEDIT_POOL_LOW),
                        paired_recipes=(VPRED_SDEDIT_POOL_LOW.name,),
-                       side_recipes=(VPRED_F8, VPRED_MIDT, VPRED_SDEDIT, VPRED_SDEDIT_POOL), **SUB_SLICE),
+                       side_recipes=(VPRED_F8, VPRED_MIDT, VPRED_SDEDIT, VPRED_SDEDIT_POOL, VPRED_LONG_MID),
+                       **SUB_SLICE),
     # the chain in minutes, on matched's kind of budget (a region of one slice, the pool)
     "quick": EvidenceConfig(
         ks=("256px", 0), seeds=(0, 1), choice_seeds=1, ratios=(0.3,), n_synthetic=32, anchor_k=1,

@@ -1277,6 +1277,13 @@ def test_the_long_denoiser_rung_trains_its_own_denoiser_longer_than_the_preset_a
     assert (stages.diffusion.train.steps, stages.diffusion.minutes) == (6000, 180.0)
     assert stages.diffusion.train.steps > preset.diffusion.train.steps
     assert stages.diffusion.minutes > preset.diffusion.minutes
+    # its side twin differs only in the validation loss that keeps the best weights: the mid band
+    mid = cfg.recipe("vpred_long_mid")
+    assert mid.generator not in (long.generator, main.generator) and mid.vae == main.vae
+    twin = stages_from_args(parser().parse_args(["--store", "s", *common, *mid.denoiser_flags]))
+    assert twin.diffusion.diffusion.val_selection == "mid"
+    assert stages.diffusion.diffusion.val_selection == "all"
+    assert replace(twin.diffusion, diffusion=stages.diffusion.diffusion) == stages.diffusion
 
 
 def test_a_side_recipe_is_judged_by_the_levers_but_adds_no_grid_cell():
