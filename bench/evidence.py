@@ -1587,6 +1587,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="print the next N cells in the order this machine runs them, and which wait for "
                              "a machine of another precision; runs and writes nothing")
     args = parser.parse_args(argv)
+    deadline = None if args.minutes is None else time.monotonic() + args.minutes * 60  # from the start
     cfg = PRESETS[args.preset]
     results_path = args.results or results_file(args.preset)
     work = args.work / args.preset
@@ -1613,7 +1614,7 @@ def main(argv: list[str] | None = None) -> None:
     rescore_stale(results, generators, bench)
     measure_generators(results, generators, bench)  # those a newer two-sample test made stale
     write_results(results_path, results, bench, args.preset, source, generators, saved.get("note"))
-    done, deadline = 0, None if args.minutes is None else time.monotonic() + args.minutes * 60
+    done = 0
     while (todo := [c for c in cells(cfg, results) if c.key not in results]) and \
             (not args.max_cells or done < args.max_cells):
         bench.precisions.update(group_precisions(results))
