@@ -1218,12 +1218,15 @@ def segmenter_minutes(results: dict, **match: object) -> float | None:
 
 
 def cost_by_cpu(results: dict) -> list[dict]:
-    """Minutes spent per CPU model (2 cores each): in all, and per real-only or A/A cell."""
+    """Minutes spent per CPU model and instruction set where recorded (2 cores each): in all, and per
+    real-only or A/A cell."""
     rows = []
-    for cpu in sorted({c.get("cpu", UNMARKED_CPU) for c in results.values()}):
-        own = [c for c in results.values() if c.get("cpu", UNMARKED_CPU) == cpu]
-        seg = segmenter_minutes(results, cpu=cpu)
-        rows.append({"cpu": cpu, "cells": len(own), "minutes": round(sum(c["minutes"] for c in own), 1),
+    machines = {(c.get("cpu", UNMARKED_CPU), c.get("isa")) for c in results.values()}
+    for cpu, isa in sorted(machines, key=lambda m: (m[0], m[1] or "")):
+        own = [c for c in results.values() if (c.get("cpu", UNMARKED_CPU), c.get("isa")) == (cpu, isa)]
+        seg = segmenter_minutes(results, cpu=cpu, isa=isa)
+        rows.append({"cpu": cpu, **({"isa": isa} if isa else {}), "cells": len(own),
+                     "minutes": round(sum(c["minutes"] for c in own), 1),
                      "minutes_per_real_only_cell": round(seg, 2) if seg else None})
     return rows
 

@@ -1178,6 +1178,19 @@ def test_a_cells_cost_adds_what_it_must_train_first(tmp_path, monkeypatch):
     assert evidence.cell_cost(replace(vpred, seed=1), full, results).minutes is None
 
 
+def test_the_cost_rows_keep_apart_the_instruction_sets_of_one_cpu_model():
+    """One model name covers EPYCs with and without avx512: cells that recorded the set count apart."""
+    results = {Cell(1, "real_only", 0.0, s).key: {**_cell(1, "real_only", 0.0, s, 0.87), "minutes": m,
+                                                  "cpu": "AMD EPYC", **isa}
+               for s, m, isa in ((0, 90.0, {}), (1, 70.0, {}), (2, 30.0, {"isa": "avx512_bf16"}))}
+    results[Cell(1, "aa", 0.0, 2).key] = {**_cell(1, "aa", 0.0, 2, 0.87), "minutes": 40.0, "cpu": "AMD EPYC",
+                                          "isa": "avx512_bf16"}
+    assert evidence.cost_by_cpu(results) == [
+        {"cpu": "AMD EPYC", "cells": 2, "minutes": 160.0, "minutes_per_real_only_cell": 80.0},
+        {"cpu": "AMD EPYC", "isa": "avx512_bf16", "cells": 2, "minutes": 70.0,
+         "minutes_per_real_only_cell": 35.0}]
+
+
 def test_a_deadline_starts_only_cells_that_fit(tmp_path, monkeypatch):
     bench, results = _costed_bench(tmp_path, monkeypatch)
     self_training, plain = Cell("256px", "self_training", 0.0, 0), Cell("256px", "aa", 0.0, 0)
