@@ -688,7 +688,8 @@ class Bench:
         judge = {"cell": Cell(k, "real_only", 0.0, self.cfg.seeds[0]).key,
                  "threshold": judge_threshold(self.judge(k), version),
                  "test_iou": json.loads(scores.read_text())["iou"] if scores.exists() else None}
-        write_json_atomic(record, {**self.pseudo_record(k, version), "judge": judge, "cpu": machine()["cpu"],
+        write_json_atomic(record, {**self.pseudo_record(k, version), "judge": judge,
+                                   **predicted_label_figures(self, k, masks > 0), "cpu": machine()["cpu"],
                                    "date": time.strftime("%Y-%m-%d", time.gmtime())})
 
     def kept_record(self, k: Budget, version: int) -> dict | None:
@@ -951,11 +952,16 @@ def pseudo_label_figures(bench: Bench, k: Budget, version: int) -> dict:
     """How the pseudo-labels that k's judge made (calibration version `version`) match the real masks
     of the pages it labelled, outside a region's real labels: pooled IoU and both foreground fractions
     (the benchmark's pool is labelled throughout; a user's is not)."""
+    predicted = read_mask_stack(bench.pseudo_store(k, version).parent / "predicted" / "mask.tif") > 0
+    return predicted_label_figures(bench, k, predicted)
+
+
+def predicted_label_figures(bench: Bench, k: Budget, predicted: np.ndarray) -> dict:
+    """pseudo_label_figures of a prediction of k's predicted pages (a boolean stack)."""
     from segmentation_tf.scores import iou
 
     pages, region = bench.predicted_pages(k), bench.region(k)
-    predicted = read_mask_stack(bench.pseudo_store(k, version).parent / "predicted" / "mask.tif") > 0
-    real = bench.masks[pages] > 0
+    predicted, real = predicted.copy(), bench.masks[pages] > 0
     if region:  # the region keeps its real mask in the store: leave it out of both
         first = pages.index(bench.layout.first)
         region.crop(predicted[first])[...] = region.crop(real[first])[...] = False

@@ -661,6 +661,8 @@ def test_kept_pseudo_labels_stand_in_for_a_judge_that_is_not_here(tmp_path, monk
     assert saved["pages"] == bench.predicted_pages("256px") == bench.layout.pool
     assert saved["judge"] == {"cell": "k=256px|real_only|r=0|seed=0", "threshold": 0.35, "test_iou": 0.56}
     assert saved["region"]["size"] == 256
+    figures = evidence.pseudo_label_figures(bench, "256px", evidence.CALIBRATION_VERSION)
+    assert {key: saved[key] for key in figures} == figures and figures["pseudo_foreground"] > 0
     with tifffile.TiffFile(tif) as t:
         assert t.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
     # another machine: no judge, no work folder; nothing may train or predict
