@@ -34,6 +34,8 @@ from bench.evidence import (
     claim_work,
     grid_precisions,
     native_precision,
+    pseudo_kept_dir,
+    results_file,
     run_cell,
     two_sample_current,
 )
@@ -158,9 +160,10 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     layout = Layout.of(len(images), cfg, slice_positions())
     claim_work(work, layout, cfg)
-    # the judge is the grid's own cell: it trains in its pairing group's recorded precision, if any
+    # the judge is the grid's own cell: it trains in its pairing group's recorded precision, if any;
+    # pseudo-labels are the grid's kept ones where they match, so levers and grid learn from the same
     bench = Bench(cfg, work, images, masks, layout, work / "evidence.log", native=native_precision(),
-                  precisions=grid_precisions(args.preset))
+                  precisions=grid_precisions(args.preset), kept=pseudo_kept_dir(results_file(args.preset)))
     rows, _ = saved_rows(args.results)
     command = shown_command("bench.generator_levers", sys.argv[1:] if argv is None else argv)
     judge_cell = Cell(args.k, "real_only", 0.0, cfg.seeds[0])
