@@ -24,9 +24,11 @@ VAL_SEED = 1234  # validation draws the same t and noise every epoch, so epochs 
 # noise bands of the denoiser's validation loss, as fractions of T: the uniform mean is dominated by
 # high-t error that no training removes, while structure is invented at mid t (bench.latent_stats)
 VAL_BANDS = (0.0, 0.3, 0.7, 1.0)
-# the t range of each validation selection (DiffusionConfig.val_selection), as fractions of T
-SELECTION_RANGES = {"all": (0.0, 1.0), "low": (0.0, 0.3), "mid": (0.3, 0.7), "high": (0.7, 1.0),
-                    "low-mid": (0.0, 0.7)}
+# the t range of each validation selection (DiffusionConfig.val_selection), as fractions of T: the
+# bands' edges
+_LOW, _MID, _HIGH, _END = VAL_BANDS
+SELECTION_RANGES = {"all": (_LOW, _END), "low": (_LOW, _MID), "mid": (_MID, _HIGH), "high": (_HIGH, _END),
+                    "low-mid": (_LOW, _HIGH)}
 
 
 @dataclass

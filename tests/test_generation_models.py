@@ -245,6 +245,9 @@ def test_a_validation_selection_picks_weights_by_its_noise_band():
 
     errors = torch.tensor([1.0, 3.0, 5.0, 7.0, 10.0], dtype=torch.float64)
     t = torch.tensor([0, 299, 300, 699, 999])
+    from generation_torch.config import VAL_SELECTIONS
+
+    assert set(VAL_SELECTIONS) == set(tasks.SELECTION_RANGES)  # every flag value has its range
     picked = {s: tasks.selected_loss(errors, t, 1000, s) for s in tasks.SELECTION_RANGES}
     assert picked == pytest.approx({"all": 5.2, "low": 2.0, "mid": 6.0, "high": 10.0, "low-mid": 4.0})
     assert tasks.selected_loss(errors[:2], t[:2], 1000, "high") == pytest.approx(2.0)
