@@ -667,9 +667,8 @@ class Bench:
 
     def pseudo_record(self, k: Budget, version: int) -> dict:
         """What kept pseudo-labels must match to stand in for the judge's prediction today."""
-        region = self.region(k)
-        return {"k": k, "version": version, "pages": self.predicted_pages(k),
-                "z": [self.layout.z[p] for p in self.predicted_pages(k)],
+        region, pages = self.region(k), self.predicted_pages(k)
+        return {"k": k, "version": version, "pages": pages, "z": [self.layout.z[p] for p in pages],
                 "region": asdict(region) if region else None, "shape": list(self.masks.shape[1:])}
 
     def keep_pseudo(self, k: Budget, version: int, predicted: Path) -> None:
@@ -700,7 +699,7 @@ class Bench:
     def pseudo_kept_today(self, k: Budget, version: int) -> bool:
         """Kept pseudo-labels of k made for today's pages and region."""
         saved = self.kept_record(k, version)
-        return saved is not None and saved == {**saved, **self.pseudo_record(k, version)}
+        return saved is not None and made_for(saved, self.pseudo_record(k, version))
 
     def restore_pseudo(self, k: Budget, version: int, predicted: Path) -> bool:
         """Write the kept pseudo-labels of k as the judge's prediction when they were made for today's
@@ -709,11 +708,11 @@ class Bench:
         if saved is None:
             return False
         tif, record = self.kept_pseudo(k, version)
-        if not self.pseudo_kept_today(k, version):
+        wanted = self.pseudo_record(k, version)
+        if not made_for(saved, wanted):
             print(f"{record}: made for other pages or another region than today's; the judge predicts "
                   f"again", flush=True)
             return False
-        wanted = self.pseudo_record(k, version)
         masks = read_mask_stack(tif)
         if masks.shape != (len(wanted["pages"]), *wanted["shape"]):
             raise UserError(f"{tif}: holds {masks.shape} masks, {record.name} says "
@@ -773,6 +772,11 @@ class Bench:
         return synthetic_store(self.generator_dir(cell), self.checkpoint(cell), source, self.cfg,
                                recipe.sampling, 0, self.log, out=self.synthetic_dir(cell, sampling),
                                mask_source=recipe.mask_source)
+
+
+def made_for(saved: dict, wanted: dict) -> bool:
+    """A kept record holds every field of today's record with today's value (it may hold more)."""
+    return saved == {**saved, **wanted}
 
 
 def pseudo_folder(work: Path, k: Budget, version: int = CALIBRATION_VERSION) -> Path:
@@ -845,12 +849,12 @@ def run_cell(cell: Cell, bench: Bench) -> dict:
         run(["segmentation_tf.evaluate", "--model", str(seg_dir), "--images", str(bench.test[0]), "--masks",
              str(bench.test[1]), "--json", str(scores_path)], bench.log)
     summary = json.loads((seg_dir / "segmenter.json").read_text())["provenance"]
-    region = bench.region(cell.k)
+    region, here = bench.region(cell.k), machine()
     return {**asdict(cell), "labelled_slices": bench.layout.labelled(cell.k, bench.cfg),
             **({"region": asdict(region)} if region else {}), "pool": bench.layout.pool,
             "test_iou": json.loads(scores_path.read_text())["iou"], "val_iou": summary["calibration"]["iou"],
             "threshold": summary["calibration"]["threshold"], "calibration": CALIBRATION_VERSION,
-            **cell_minutes(summary, time.time() - start), "cpu": machine()["cpu"], "isa": machine()["isa"],
+            **cell_minutes(summary, time.time() - start), "cpu": here["cpu"], "isa": here["isa"],
             "precision": summary["policy"], "xla": summary.get("train", {}).get("xla")}
 
 
