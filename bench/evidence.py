@@ -1216,15 +1216,30 @@ def plot(results: dict, cfg: EvidenceConfig, path: Path) -> None:
 
 
 UNMARKED_CPU = "AMD EPYC"  # cells recorded before the CPU model was
+SCORE_MINUTES = 1.5  # recalibration and the test block's scoring after the fit (1.3-1.4 min, avx512 EPYC)
+
+
+def record_matches(cell: dict, match: dict) -> bool:
+    """Whether a cell's record has every key=value given (records from before CPU models or XLA were
+    recorded count as UNMARKED_CPU and without XLA)."""
+    unmarked = {"cpu": UNMARKED_CPU, "xla": False}
+    return all((unmarked.get(k) if cell.get(k) is None else cell[k]) == v for k, v in match.items())
 
 
 def segmenter_minutes(results: dict, **match: object) -> float | None:
-    """Mean minutes of the real-only and A/A cells whose record matches every key=value given (records
-    from before CPU models or XLA were recorded count as UNMARKED_CPU and without XLA); None if none."""
-    unmarked = {"cpu": UNMARKED_CPU, "xla": False}
-    seg = [c["minutes"] for c in results.values() if c["arm"] in ("real_only", "aa") and
-           all((unmarked.get(k) if c.get(k) is None else c[k]) == v for k, v in match.items())]
+    """Mean minutes of the real-only and A/A cells whose record matches every key=value given; None if
+    none."""
+    seg = [c["minutes"] for c in results.values()
+           if c["arm"] in ("real_only", "aa") and record_matches(c, match)]
     return float(np.mean(seg)) if seg else None
+
+
+def fit_minutes(results: dict, **match: object) -> float | None:
+    """Mean segmenter-training minutes of the cells of any arm whose record matches (every arm trains
+    the same budget), plus SCORE_MINUTES; None if none. It stands in where no real-only or A/A cell
+    was measured with this CPU's instruction set and XLA use, but another arm's was."""
+    fits = [c["train_minutes"] for c in results.values() if "train_minutes" in c and record_matches(c, match)]
+    return float(np.mean(fits)) + SCORE_MINUTES if fits else None
 
 
 def cost_by_cpu(results: dict) -> list[dict]:
@@ -1431,11 +1446,16 @@ def cell_cost(cell: Cell, bench: Bench, results: dict, made: frozenset[Path] = f
     tiles."""
     here = machine()
 
-    def segmenter(c: Cell) -> float | None:  # the closest match measured: CPU and ISA, CPU, any XLA
+    def segmenter(c: Cell) -> float | None:
+        """The closest match measured: real-only/A/A cells of this CPU and ISA, any arm's fit there,
+        then the CPU's cells of this XLA use, then any."""
         xla = bool(bench.xla(c))
-        for match in ({"isa": here["isa"], "xla": xla}, {"xla": xla}, {}):
-            if (minutes := segmenter_minutes(results, cpu=here["cpu"], **match)) is not None:
-                return minutes
+        same = {"cpu": here["cpu"], "isa": here["isa"], "xla": xla}
+        for estimate in (segmenter_minutes(results, **same), fit_minutes(results, **same),
+                         segmenter_minutes(results, cpu=here["cpu"], xla=xla),
+                         segmenter_minutes(results, cpu=here["cpu"])):
+            if estimate is not None:
+                return estimate
         return None
 
     def absent(product: Path) -> bool:

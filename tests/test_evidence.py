@@ -1180,6 +1180,26 @@ def test_a_cells_cost_adds_what_it_must_train_first(tmp_path, monkeypatch):
     assert evidence.cell_cost(replace(vpred, seed=1), full, results).minutes is None
 
 
+def test_another_arms_fit_on_this_isa_counts_before_other_isas_real_only_cells(tmp_path, monkeypatch):
+    """Where this CPU's instruction set has no real-only or A/A cell with the group's XLA use, another
+    arm's training minutes there (plus the scoring) beat the model's other machines' cells."""
+    bench, results = _costed_bench(tmp_path, monkeypatch)  # real only seed 0: 80 min, no ISA recorded
+    seed1 = Cell("256px", "real_only", 0.0, 1)
+    assert evidence.cell_cost(seed1, bench, results) == evidence.Cost(80.0)
+    here = {"cpu": "EPYC", "isa": "avx512_bf16", "xla": False, "precision": "float32"}
+    results[Cell("256px", "self_training", 0.0, 2).key] = {
+        **_cell("256px", "self_training", 0.0, 2, 0.57), **here, "minutes": 60.0, "train_minutes": 18.5}
+    results[Cell("256px", "images_plentiful", 0.3, 2, "vpred").key] = {
+        **_cell("256px", "images_plentiful", 0.3, 2, 0.6), **here, "minutes": 90.0, "train_minutes": 21.5}
+    assert evidence.fit_minutes(results, **here) == pytest.approx(20.0 + evidence.SCORE_MINUTES)
+    assert evidence.cell_cost(seed1, bench, results) == evidence.Cost(20.0 + evidence.SCORE_MINUTES)
+    # another XLA use there is not this one: the model's cells count again
+    assert evidence.fit_minutes(results, **{**here, "xla": True}) is None
+    results[Cell("256px", "real_only", 0.0, 3).key] = {**_cell("256px", "real_only", 0.0, 3, 0.5), **here,
+                                                       "minutes": 25.0, "train_minutes": 23.0}
+    assert evidence.cell_cost(seed1, bench, results) == evidence.Cost(25.0)  # real only there: first
+
+
 def test_the_cost_rows_keep_apart_the_instruction_sets_of_one_cpu_model():
     """One model name covers EPYCs with and without avx512: cells that recorded the set count apart."""
     results = {Cell(1, "real_only", 0.0, s).key: {**_cell(1, "real_only", 0.0, s, 0.87), "minutes": m,
