@@ -49,6 +49,7 @@ endings gain about 0.02 and the whole pool exceeds the untreated reference).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -850,7 +851,9 @@ def run_cell(cell: Cell, bench: Bench) -> dict:
              str(bench.test[1]), "--json", str(scores_path)], bench.log)
     summary = json.loads((seg_dir / "segmenter.json").read_text())["provenance"]
     region, here = bench.region(cell.k), machine()
-    return {**asdict(cell), "labelled_slices": bench.layout.labelled(cell.k, bench.cfg),
+    weights = bench.generator_dir(cell) / "generator.pt"
+    drawn_by = {"generator": generator_identity(weights)} if cell.ratio > 0 and weights.exists() else {}
+    return {**asdict(cell), **drawn_by, "labelled_slices": bench.layout.labelled(cell.k, bench.cfg),
             **({"region": asdict(region)} if region else {}), "pool": bench.layout.pool,
             "test_iou": json.loads(scores_path.read_text())["iou"], "val_iou": summary["calibration"]["iou"],
             "threshold": summary["calibration"]["threshold"], "calibration": CALIBRATION_VERSION,
@@ -909,6 +912,24 @@ def generator_key(cell: Cell) -> str:
     return f"k={cell.k}|{cell.arm}|{cell.recipe}"
 
 
+def record_key(record: dict) -> str:
+    """A generator record's key among the measured ones: its cell's generator_key, and for a record
+    of weights trained again since (superseded), the identity of those earlier weights."""
+    key = f"k={0 if record['k'] == 'all' else record['k']}|{record['regime']}|{record.get('recipe', 'today')}"
+    return f"{key}|{record.get('generator', 'unrecorded')}" if "superseded_by" in record else key
+
+
+def generator_identity(weights: Path) -> str:
+    """The first 12 hex digits of the weights file's SHA-256: cells and generator records name the
+    generator they drew from or measured, so a generator trained again on another machine (weights
+    stay out of git) is told apart from the one earlier cells used."""
+    digest = hashlib.sha256()
+    with weights.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
 def generator_figures(cell: Cell, bench: Bench) -> dict:
     """How a cell's generator draws: mask fidelity judged by the real-only segmenter of the same k
     slices (seed 0; the honest judge, a user has only those labels) beside that judge on held-out real
@@ -924,7 +945,7 @@ def generator_figures(cell: Cell, bench: Bench) -> dict:
     from generation_torch.two_sample import c2st_figures
     from shared.store import TileStore
 
-    judge = bench.judge(cell.k)
+    judge, weights = bench.judge(cell.k), bench.generator_dir(cell) / "generator.pt"
     synthetic = TileStore(bench.synthetic_dir(cell))
     test = held_out_tile_store(bench.test, bench.work)
     pool = TileStore(bench.store(0))
@@ -932,10 +953,11 @@ def generator_figures(cell: Cell, bench: Bench) -> dict:
     generated, real = synthetic.images(drawn_idx), test.images(test_idx)
     pool_tiles = pool.images(pool.indices("train"))
     floor = realism(pool_tiles, real)
-    recon, recon_tiles = reconstruction(load_generator(bench.generator_dir(cell) / "generator.pt"), real)
+    recon, recon_tiles = reconstruction(load_generator(weights), real)
     recipe = bench.cfg.recipe(cell.recipe)
     pseudo = recipe.pseudo_masks and cell.arm == "images_plentiful" and cell.k != 0
-    return {"k": _k(cell.k), "regime": cell.arm, "recipe": cell.recipe, "tiles": len(synthetic),
+    return {"k": _k(cell.k), "regime": cell.arm, "recipe": cell.recipe,
+            "generator": generator_identity(weights), "tiles": len(synthetic),
             **(pseudo_label_figures(bench, cell.k, recipe.pseudo_masks) if pseudo else {}),
             "guidance": recipe.sampling.guidance, "mask_source": recipe.mask_source,
             **judge_figures(fidelity(synthetic, judge), fidelity(test, judge)),
@@ -986,23 +1008,38 @@ def judge_figures(drawn: dict, real: dict) -> dict:
 
 def generators_to_measure(results: dict, measured: dict, bench: Bench) -> list[Cell]:
     """One synthetic cell per (k, regime, recipe) whose generator has drawn and whose judge exists,
-    not yet measured, or measured by an older two-sample test while its tiles are still here (the
-    tiles and weights stay out of git: another machine's records keep their version)."""
+    not yet measured, or measured by an older two-sample test while its tiles are still here, or
+    measured as other weights than the ones here that a cell records drawing from (the tiles and
+    weights stay out of git: another machine's records keep their version)."""
     out = {}
     for c in results.values():
         cell = Cell(c["k"], c["arm"], c["ratio"], c["seed"], c.get("recipe", "today"))
         key = generator_key(cell)
         judge = bench.judge(cell.k) / "segmenter.json"
         if cell.ratio > 0 and key not in out and judge.exists() and (
-                key not in measured or stale_two_sample(measured[key], cell, bench)):
+                key not in measured or stale_two_sample(measured[key], cell, bench)
+                or trained_again(measured[key], c, cell, bench)):
             out[key] = cell
     return list(out.values())
 
 
+def trained_again(record: dict, drawn: dict, cell: Cell, bench: Bench) -> bool:
+    """A cell's record names the weights here as those it drew from, and the generator record
+    measured others (or named none: measured before identities were recorded)."""
+    weights = bench.generator_dir(cell) / "generator.pt"
+    return "generator" in drawn and weights.exists() and \
+        drawn["generator"] == generator_identity(weights) != record.get("generator")
+
+
 def measure_generators(results: dict, measured: dict, bench: Bench) -> None:
-    """Measure, into `measured`, every generator that generators_to_measure names."""
+    """Measure, into `measured`, every generator that generators_to_measure names; a record of other
+    weights (or of unnamed ones) is kept beside the new one, marked superseded."""
     for cell in generators_to_measure(results, measured, bench):
-        measured[generator_key(cell)] = generator_figures(cell, bench)
+        key, figures = generator_key(cell), generator_figures(cell, bench)
+        if key in measured and measured[key].get("generator") != figures["generator"]:
+            earlier = {**measured.pop(key), "superseded_by": figures["generator"]}
+            measured[record_key(earlier)] = earlier
+        measured[key] = figures
 
 
 def stale_two_sample(record: dict, cell: Cell, bench: Bench) -> bool:
@@ -1626,8 +1663,7 @@ def main(argv: list[str] | None = None) -> None:
     work = args.work / args.preset
     saved = read_saved(results_path)
     results = saved.get("results_by_cell", {})
-    generators = {f"k={0 if g['k'] == 'all' else g['k']}|{g['regime']}|{g.get('recipe', 'today')}": g
-                  for g in saved.get("generators", [])}
+    generators = {record_key(g): g for g in saved.get("generators", [])}
     images, masks, source = load_volume()
     layout = Layout.of(len(images), cfg, slice_positions())
     corners = region_corners(masks[layout.first], cfg)

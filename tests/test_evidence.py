@@ -569,6 +569,38 @@ def test_a_generator_measured_by_an_older_two_sample_test_is_measured_again_wher
     assert generators_to_measure(results, no_floor, bench) == [cell]
 
 
+def test_a_generator_trained_again_is_measured_again_and_its_earlier_record_kept(tmp_path, monkeypatch):
+    """Weights stay out of git, so a later machine trains a recipe's generator again: cells name the
+    weights they drew from, and a record of other weights is measured again, the earlier one kept."""
+    from bench.evidence import generator_identity, generators_to_measure, measure_generators, record_key
+    from generation_torch.two_sample import VERSION
+
+    cfg = EvidenceConfig(ks=(1,), seeds=(0, 1))
+    bench = Bench(cfg, tmp_path, np.zeros((1, 1, 1)), np.zeros((1, 1, 1)), Layout.of(27, cfg), tmp_path / "l")
+    first, second = Cell(1, "images_plentiful", 0.3, 0), Cell(1, "images_plentiful", 0.3, 1)
+    _touch(tmp_path / "k1_s0" / "real_only_r0" / "segmenter.json")
+    _touch(bench.synthetic_dir(first) / "manifest.json")
+    weights = bench.generator_dir(first) / "generator.pt"
+    weights.write_bytes(b"abc")
+    assert generator_identity(weights) == "ba7816bf8f01"  # sha256("abc"), first 12 hex digits
+    earlier = {"k": 1, "regime": "images_plentiful", "recipe": "today", "c2st_version": VERSION,
+               "floor_c2st_accuracy": 0.5, "fidelity_iou": 0.2}  # measured before identities
+    measured = {record_key(earlier): earlier}
+    results = {first.key: _cell(1, "images_plentiful", 0.3, 0, 0.5)}
+    assert generators_to_measure(results, measured, bench) == []  # no cell names these weights
+    results[second.key] = {**_cell(1, "images_plentiful", 0.3, 1, 0.6), "generator": "ba7816bf8f01"}
+    assert generators_to_measure(results, measured, bench) == [second]  # the cell that names them
+    monkeypatch.setattr(evidence, "generator_figures", lambda cell, bench: {
+        **earlier, "generator": generator_identity(weights), "fidelity_iou": 0.35})
+    measure_generators(results, measured, bench)
+    assert measured["k=1|images_plentiful|today"]["fidelity_iou"] == 0.35
+    assert measured["k=1|images_plentiful|today|unrecorded"] == {**earlier, "superseded_by": "ba7816bf8f01"}
+    assert {record_key(g) for g in measured.values()} == set(measured)  # keys survive a reload
+    assert generators_to_measure(results, measured, bench) == []  # measured as the weights here
+    weights.write_bytes(b"abd")  # trained once more: the cells name other weights than these
+    assert generators_to_measure(results, measured, bench) == []
+
+
 def test_published_paths_name_no_folder_of_this_machine():
     from bench.common import ROOT, shown, shown_command
 
