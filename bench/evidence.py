@@ -49,7 +49,6 @@ endings gain about 0.02 and the whole pool exceeds the untreated reference).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -74,6 +73,7 @@ from bench.synthetic_ablation import (
 )
 from segmentation_tf.calibration import VERSION as CALIBRATION_VERSION
 from shared.atomic import write_atomic, write_json_atomic
+from shared.digest import file_digest
 from shared.errors import UserError, non_negative_int, positive_float, run_cli
 from shared.sampling import SamplerSettings
 from shared.splits import guard_bands, z_block_split
@@ -920,14 +920,11 @@ def record_key(record: dict) -> str:
 
 
 def generator_identity(weights: Path) -> str:
-    """The first 12 hex digits of the weights file's SHA-256: cells and generator records name the
-    generator they drew from or measured, so a generator trained again on another machine (weights
-    stay out of git) is told apart from the one earlier cells used."""
-    digest = hashlib.sha256()
-    with weights.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
+    """The first 12 hex digits of the weights file's SHA-256 (a prefix of the checkpoint_sha256 that
+    drawn tiles record): cells and generator records name the generator they drew from or measured,
+    so a generator trained again on another machine (weights stay out of git) is told apart from the
+    one earlier cells used."""
+    return file_digest(weights)[:12]
 
 
 def generator_figures(cell: Cell, bench: Bench) -> dict:
