@@ -621,6 +621,10 @@ class Bench:
         """One generator per k, regime and recipe generator (recipes with the same flags share it)."""
         return self.work / f"gen_k{cell.k}" / f"{cell.arm}_{self.cfg.recipe(cell.recipe).generator}"
 
+    def weights(self, cell: Cell) -> Path:
+        """The cell's trained generator (present or not)."""
+        return self.generator_dir(cell) / "generator.pt"
+
     def synthetic_dir(self, cell: Cell, sampling: SamplerSettings | None = None) -> Path:
         """Where the cell's generator draws its tiles (with the recipe's sampling unless another is given)."""
         return self.generator_dir(cell) / self.recipe_sampled(cell, sampling).store
@@ -851,7 +855,7 @@ def run_cell(cell: Cell, bench: Bench) -> dict:
              str(bench.test[1]), "--json", str(scores_path)], bench.log)
     summary = json.loads((seg_dir / "segmenter.json").read_text())["provenance"]
     region, here = bench.region(cell.k), machine()
-    weights = bench.generator_dir(cell) / "generator.pt"
+    weights = bench.weights(cell)
     drawn_by = {"generator": generator_identity(weights)} if cell.ratio > 0 and weights.exists() else {}
     return {**asdict(cell), **drawn_by, "labelled_slices": bench.layout.labelled(cell.k, bench.cfg),
             **({"region": asdict(region)} if region else {}), "pool": bench.layout.pool,
@@ -942,7 +946,7 @@ def generator_figures(cell: Cell, bench: Bench) -> dict:
     from generation_torch.two_sample import c2st_figures
     from shared.store import TileStore
 
-    judge, weights = bench.judge(cell.k), bench.generator_dir(cell) / "generator.pt"
+    judge, weights = bench.judge(cell.k), bench.weights(cell)
     synthetic = TileStore(bench.synthetic_dir(cell))
     test = held_out_tile_store(bench.test, bench.work)
     pool = TileStore(bench.store(0))
@@ -1023,9 +1027,9 @@ def generators_to_measure(results: dict, measured: dict, bench: Bench) -> list[C
 def trained_again(record: dict, drawn: dict, cell: Cell, bench: Bench) -> bool:
     """A cell's record names the weights here as those it drew from, and the generator record
     measured others (or named none: measured before identities were recorded)."""
-    weights = bench.generator_dir(cell) / "generator.pt"
-    return "generator" in drawn and weights.exists() and \
-        drawn["generator"] == generator_identity(weights) != record.get("generator")
+    weights = bench.weights(cell)  # hashed only when the cell and the record disagree
+    return "generator" in drawn and drawn["generator"] != record.get("generator") and weights.exists() \
+        and drawn["generator"] == generator_identity(weights)
 
 
 def measure_generators(results: dict, measured: dict, bench: Bench) -> None:
@@ -1043,7 +1047,7 @@ def stale_two_sample(record: dict, cell: Cell, bench: Bench) -> bool:
     """A generator record whose two-sample figures are not current, with the tiles and the generator
     to measure it again."""
     here = (bench.synthetic_dir(cell) / "manifest.json").exists() and \
-        (bench.generator_dir(cell) / "generator.pt").exists()
+        bench.weights(cell).exists()
     return not two_sample_current(record) and here
 
 
@@ -1500,7 +1504,7 @@ def cell_cost(cell: Cell, bench: Bench, results: dict, made: frozenset[Path] = f
         return Cost(minutes)
     recipe = bench.cfg.recipe(cell.recipe)
     drawn = cell.ratio > 0 and absent(bench.synthetic_dir(cell) / "manifest.json")
-    generator = drawn and absent(bench.generator_dir(cell) / "generator.pt")
+    generator = drawn and absent(bench.weights(cell))
     versions = {CALIBRATION_VERSION} if cell.arm == "self_training" else set()
     if recipe.pseudo_masks and cell.k != 0 and cell.arm == "images_plentiful" and (
             generator or (drawn and recipe.masks_from == "pseudo")):
@@ -1529,7 +1533,7 @@ def cell_cost(cell: Cell, bench: Bench, results: dict, made: frozenset[Path] = f
                 first.append(("the pool denoiser", pool))
                 stages.append(recipe.pool_denoiser_minutes)
             stages.append(denoiser_box)
-        first.append(("the generator", bench.generator_dir(cell) / "generator.pt"))
+        first.append(("the generator", bench.weights(cell)))
         for box in stages:
             minutes = _plus(minutes, box)
     if drawn:
