@@ -105,6 +105,9 @@ class Recipe:
     # minutes of an unconditional denoiser (--cond-dropout 1) pre-trained on every pool image once,
     # that each k's denoiser then starts from (--init-denoiser); 0: from random weights
     pool_denoiser_minutes: float = 0.0
+    # no generator: the labelled objects with their own pixels pasted at the recipe's mask layouts onto
+    # the pool's tiles (generation_torch.copy_paste; masks_from "pseudo": under their pseudo-labels)
+    pasted: bool = False
 
     @property
     def pretrains(self) -> bool:
@@ -118,6 +121,8 @@ class Recipe:
         texture = f"_t{s.texture:g}" if s.texture else ""
         start = f"_s{s.strength:g}" if s.strength < 1 else ""
         pool = "_pool" if self.masks_from == "pseudo" else ""
+        if self.pasted:
+            return f"pasted_{self.mask_source}{pool}"
         return f"synthetic_{self.mask_source}{pool}_{s.sampler}{s.steps}_g{s.guidance:g}{texture}{start}"
 
 
@@ -196,6 +201,12 @@ VPRED_SDEDIT_POOL = replace(VPRED_SDEDIT, name="vpred_sdedit_pool", masks_from="
 # pool tiles and pseudo-labels without the generator)
 VPRED_SDEDIT_POOL_LOW = replace(VPRED_SDEDIT_POOL, name="vpred_sdedit_pool_low",
                                 sampling=replace(VPRED_SDEDIT_POOL.sampling, strength=0.4))
+# the generator's arm without a generator: the region's labelled mitochondria, each with its own pixels,
+# pasted at the main recipe's composed layouts onto the pool's tiles, whose pseudo-labels (the judge's,
+# as the main generator learned from) are kept in the masks (simple copy-paste, Ghiasi et al. 2021; the
+# standard baseline for synthetic pairs): do the generator's tiles or the composed masks carry its gain?
+COPY_PASTE = Recipe("copy_paste", generator="copy_paste", mask_source="composed", masks_from="pseudo",
+                    pseudo_masks=VPRED.pseudo_masks, pasted=True)
 # images plentiful, the other way: the denoiser first learns EM from every pool image (60 min, no mask:
 # shared by every k), then each k's conditioned training starts from it; a side rung beside spade
 POOL_PRETRAINED = replace(SPADE, name="pool_pretrained", generator="spade_pool_pretrained",
@@ -265,11 +276,11 @@ class EvidenceConfig:
             raise ValueError(f"recipe names repeated across recipes and side recipes: {', '.join(repeated)}")
         grid = {r.name: r for r in self.recipes}
         main = grid.get(self.main_recipe)
-        strays = [n for n in self.paired_recipes
-                  if main is None or n not in grid or grid[n].generator != main.generator]
+        strays = [n for n in self.paired_recipes if main is None or n not in grid
+                  or not (grid[n].pasted or grid[n].generator == main.generator)]
         if strays:
-            raise ValueError(f"paired recipes must be grid recipes drawn by the main recipe's generator: "
-                             f"{', '.join(strays)}")
+            raise ValueError(f"paired recipes must be grid recipes with no generator of their own to train "
+                             f"(drawn by the main recipe's, or pasted): {', '.join(strays)}")
         unlabelled = [r.name for r in (*self.recipes, *self.side_recipes)
                       if r.masks_from == "pseudo" and not r.pseudo_masks]
         if unlabelled:
@@ -356,8 +367,8 @@ PRESETS = {
     # those cells stay in the JSON as records), while one 256 px region scored 0.563 and a 512 px
     # region 0.706 (bench.label_budget): the room generated pairs could fill lies there
     "matched": replace(tiles_preset(50, ema=True, precise_bn=True, reference_ending=()), resolve_seeds=16,
-                       recipes=(*CPU_RECIPES, VPRED_LONG, VPRED_SDEDIT_POOL_LOW),
-                       paired_recipes=(VPRED_SDEDIT_POOL_LOW.name,),
+                       recipes=(*CPU_RECIPES, VPRED_LONG, VPRED_SDEDIT_POOL_LOW, COPY_PASTE),
+                       paired_recipes=(VPRED_SDEDIT_POOL_LOW.name, COPY_PASTE.name),
                        side_recipes=(VPRED_F8, VPRED_MIDT, VPRED_SDEDIT, VPRED_SDEDIT_POOL, VPRED_LONG_MID),
                        **SUB_SLICE),
     # the chain in minutes, on matched's kind of budget (a region of one slice, the pool)
@@ -774,9 +785,23 @@ class Bench:
         recipe = self.recipe_sampled(cell, sampling)
         source = self.pseudo_store(cell.k, recipe.pseudo_masks) if recipe.masks_from == "pseudo" \
             else self.store(cell.k)
+        if recipe.pasted:
+            return pasted_store(self.synthetic_dir(cell), self.store(cell.k), source, self.cfg.n_synthetic,
+                                self.log)
         return synthetic_store(self.generator_dir(cell), self.checkpoint(cell), source, self.cfg,
                                recipe.sampling, 0, self.log, out=self.synthetic_dir(cell, sampling),
                                mask_source=recipe.mask_source)
+
+
+def pasted_store(out: Path, labelled: Path, backgrounds: Path, n: int, log: Path) -> Path:
+    """n pairs of the labelled store's objects pasted onto the backgrounds store's tiles (seed 0), with
+    a grid of them beside the store."""
+    if not (out / "manifest.json").exists():
+        shutil.rmtree(out, ignore_errors=True)  # a crash mid-append leaves a partial store
+        run(["generation_torch.copy_paste", "--labelled", str(labelled), "--backgrounds", str(backgrounds),
+             "--n", str(n), "--out", str(out), "--seed", "0", "--no-progress", "--grid",
+             str(out.parent / f"{out.name}.png")], log)
+    return out
 
 
 def made_for(saved: dict, wanted: dict) -> bool:
@@ -954,13 +979,19 @@ def generator_figures(cell: Cell, bench: Bench) -> dict:
     generated, real = synthetic.images(drawn_idx), test.images(test_idx)
     pool_tiles = pool.images(pool.indices("train"))
     floor = realism(pool_tiles, real)
-    recon, recon_tiles = reconstruction(load_generator(weights), real)
     recipe = bench.cfg.recipe(cell.recipe)
+    vae = {}
+    if not recipe.pasted:
+        recon, recon_tiles = reconstruction(load_generator(weights), real)
+        vae = {"vae_recon_mse": round(recon["recon_mse"], 5),
+               "vae_recon_spectrum_dist": round(realism(recon_tiles, real)["spectrum_dist"], 4)}
     pseudo = recipe.pseudo_masks and cell.arm == "images_plentiful" and cell.k != 0
     return {"k": _k(cell.k), "regime": cell.arm, "recipe": cell.recipe,
-            "generator": generator_identity(weights), "tiles": len(synthetic),
+            **({} if recipe.pasted else {"generator": generator_identity(weights),
+                                         "guidance": recipe.sampling.guidance}),
+            "tiles": len(synthetic),
             **(pseudo_label_figures(bench, cell.k, recipe.pseudo_masks) if pseudo else {}),
-            "guidance": recipe.sampling.guidance, "mask_source": recipe.mask_source,
+            "mask_source": recipe.mask_source,
             **judge_figures(fidelity(synthetic, judge), fidelity(test, judge)),
             **{k: round(v, 4) for k, v in realism(generated, real).items()},
             "floor_hist_w1": round(floor["hist_w1"], 4),
@@ -970,9 +1001,7 @@ def generator_figures(cell: Cell, bench: Bench) -> dict:
             # real pool tiles against the test block: the critic's floor (the blocks differ in z)
             "floor_c2st_accuracy": c2st_figures(pool_tiles, real)["c2st_accuracy"],
             **{k: round(v, 4) for k, v in edge_figures(generated, synthetic.masks(drawn_idx), real,
-                                                       test.masks(test_idx)).items()},
-            "vae_recon_mse": round(recon["recon_mse"], 5),
-            "vae_recon_spectrum_dist": round(realism(recon_tiles, real)["spectrum_dist"], 4)}
+                                                       test.masks(test_idx)).items()}, **vae}
 
 
 def pseudo_label_figures(bench: Bench, k: Budget, version: int) -> dict:
@@ -1137,8 +1166,10 @@ def synthetic_arms(k: Budget, cfg: EvidenceConfig) -> list[tuple[str, float, str
 def chosen_arm(results: dict, k: Budget, cfg: EvidenceConfig) -> tuple[float, str] | None:
     """The images-plentiful (ratio, recipe) a user would pick: the best mean validation IoU among the
     arms run on every seed (None until one has)."""
+    # generated pairs only: a control without a generator (pasted) is not the generator's arm
     full = {(r, rec): {s: v for s, v in by_seed(results, k, arm, r, rec, "val_iou").items() if s in cfg.seeds}
-            for arm, r, rec in synthetic_arms(k, cfg) if arm == "images_plentiful"}
+            for arm, r, rec in synthetic_arms(k, cfg)
+            if arm == "images_plentiful" and not cfg.recipe(rec).pasted}
     full = {a: v for a, v in full.items() if len(v) == len(cfg.seeds)}  # seeds beyond (resolving) never count
     return max(full, key=lambda a: float(np.mean(list(full[a].values())))) if full else None
 
@@ -1169,6 +1200,23 @@ def gain_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
                              "validation_chosen": plentiful and (ratio, recipe) == arm_choice,
                              **_rounded(gain), "ci_above_0": bool(gain["low"] > 0),
                              **({"gap_closed": round(gain["mean"] / gap, 2)} if gap and gap > 0 else {})})
+    return rows
+
+
+def control_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
+    """The main recipe's arm - each of its controls at k, paired by seed: self-training (its labels
+    without a generator) and the paired recipes (the same generator drawn otherwise, or no generator at
+    all: pasted). Above 0: the generator's tiles add what the control's pairs do not."""
+    rows = []
+    for k in cfg.lever_ks:
+        main = by_seed(results, k, "images_plentiful", cfg.lever_ratio, cfg.main_recipe)
+        controls = [("self_training", 0.0, cfg.baseline)] if cfg.recipe(cfg.main_recipe).pseudo_masks else []
+        controls += [("images_plentiful", cfg.lever_ratio, name) for name in cfg.paired_recipes]
+        for arm, ratio, recipe in controls:
+            diff = paired_interval(main, by_seed(results, k, arm, ratio, recipe))
+            if diff and diff["n"] >= 2:
+                rows.append({"k": _k(k), "arm": cfg.main_recipe, "minus": recipe if ratio else arm,
+                             **_rounded(diff), "ci_above_0": bool(diff["low"] > 0)})
     return rows
 
 
@@ -1318,7 +1366,8 @@ def write_results(path: Path, results: dict, bench: Bench, name: str, source: st
         "cost": cost_by_cpu(results),
         "rows": real_only_rows(results, cfg), "rise": rise_rows(results, cfg),
         "noise_floor": noise_floor(results, cfg), "reference": reference_row(results, cfg),
-        "gains": gain_rows(results, cfg), "resolution": resolution_rows(results, cfg),
+        "gains": gain_rows(results, cfg), "controls": control_rows(results, cfg),
+        "resolution": resolution_rows(results, cfg),
         "generators": list((generators or {}).values()),
         "recalibration": recalibration_rows(results),
         "results_by_cell": results, "figures": [f"{path.stem}.png"], **({"note": note} if note else {})})
@@ -1454,6 +1503,7 @@ def next_cell(todo: list[Cell], bench: Bench) -> Cell:
 # them took 5-6.5 min on one thread, the generator's figures after its first cell about as long; the
 # judge labelling the pool a few minutes)
 DRAW_MINUTES = 15.0
+PASTE_MINUTES = 0.5  # 128 pasted pairs: seconds
 PREDICT_MINUTES = 5.0
 
 
@@ -1504,7 +1554,7 @@ def cell_cost(cell: Cell, bench: Bench, results: dict, made: frozenset[Path] = f
         return Cost(minutes)
     recipe = bench.cfg.recipe(cell.recipe)
     drawn = cell.ratio > 0 and absent(bench.synthetic_dir(cell) / "manifest.json")
-    generator = drawn and absent(bench.weights(cell))
+    generator = drawn and not recipe.pasted and absent(bench.weights(cell))
     versions = {CALIBRATION_VERSION} if cell.arm == "self_training" else set()
     if recipe.pseudo_masks and cell.k != 0 and cell.arm == "images_plentiful" and (
             generator or (drawn and recipe.masks_from == "pseudo")):
@@ -1538,7 +1588,7 @@ def cell_cost(cell: Cell, bench: Bench, results: dict, made: frozenset[Path] = f
             minutes = _plus(minutes, box)
     if drawn:
         first.append(("its tiles", bench.synthetic_dir(cell) / "manifest.json"))
-        minutes = _plus(minutes, DRAW_MINUTES)
+        minutes = _plus(minutes, PASTE_MINUTES if recipe.pasted else DRAW_MINUTES)
     return Cost(minutes, tuple(first))
 
 

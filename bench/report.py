@@ -74,6 +74,9 @@ SECTIONS = [
 TABLE_TITLES = {
     "gains": "Paired gain of synthetic tiles per recipe: IoU(arm) - IoU(real only), same slices and seed; "
              "gap_closed: the gain over (real only on the whole pool - real only at k)",
+    "controls": "The main recipe's arm - each of its controls, paired by seed: self-training (its "
+                "pseudo-labels, no generator), its generator drawn otherwise (SDEdit), no generator at all "
+                "(copy_paste: the labelled objects' own pixels pasted at composed layouts onto pool tiles)",
     "rise": "Does real only rise with k? IoU(next k) - IoU(k), paired by seed, 95% t interval",
     "resolution": "Can the grid resolve the generator goal? goal: half the gap (real only on the whole "
                   "pool - real only at k); seeds a paired gain of that size needs for its 95% interval to "
@@ -149,8 +152,8 @@ def section(path: Path, title: str) -> list[str]:
         figures = ", ".join(f"{k} {cell(v)}" for k, v in summary.items())
         lines += ["", f"{TABLE_TITLES['noise_floor']}: {figures}", "", *table(floor["per_k"])]
     lines.append("")
-    for name in ("rows", "gaps", "rise", "gains", "resolution", "generators", "recalibration", "fidelity",
-                 "cost", "diagnostics",
+    for name in ("rows", "gaps", "rise", "gains", "controls", "resolution", "generators", "recalibration",
+                 "fidelity", "cost", "diagnostics",
                  "cells", "paired", "paired_errors", "results", "tile_mean_error_by_t", "x0_error_by_t"):
         if isinstance(data.get(name), list) and data[name]:
             title = [f"{TABLE_TITLES[name]}:", ""] if name in TABLE_TITLES else []

@@ -32,6 +32,12 @@ def pair_grid(left: np.ndarray, right: np.ndarray, columns: int = 4, gap: int = 
     return grid
 
 
+def save_pairs(path: Path, images: np.ndarray, masks: np.ndarray, most: int = 16) -> None:
+    """A PNG of the first `most` normalized tiles, each beside its mask (a drawn store's picture)."""
+    k = min(most, len(images))
+    save_png(path, pair_grid(to_unit(images[:k]), masks[:k].astype(np.float32)))
+
+
 def stack_rows(rows: list[np.ndarray], gap: int = 12) -> np.ndarray:
     """Equal-width images one above the other, `gap` white pixels apart."""
     space = np.ones((gap, rows[0].shape[1]), np.float32)

@@ -33,6 +33,7 @@ class Instance:
     patch: np.ndarray    # (h, w) bool, the component cropped to its bounding box
     tile: int            # index of the labelled tile it came from
     interior: bool       # not cut by the tile border (whole shapes are preferred)
+    box: tuple[slice, slice] = (slice(0), slice(0))  # where the patch lies in its tile
 
 
 def instances(masks: np.ndarray, config: ComposeConfig = ComposeConfig()) -> list[Instance]:
@@ -46,7 +47,7 @@ def instances(masks: np.ndarray, config: ComposeConfig = ComposeConfig()) -> lis
                 continue
             touches = box[0].start == 0 or box[1].start == 0 or box[0].stop == mask.shape[0] \
                 or box[1].stop == mask.shape[1]
-            out.append(Instance(patch, t, not touches))
+            out.append(Instance(patch, t, not touches, box))
     return out
 
 
@@ -54,26 +55,58 @@ def objects_per_tile(found: list[Instance], tiles: int) -> np.ndarray:
     return np.bincount([inst.tile for inst in found], minlength=tiles).astype(np.int64)
 
 
-def transformed(patch: np.ndarray, rng: np.random.Generator, config: ComposeConfig
-                ) -> tuple[np.ndarray, dict]:
-    """The patch rotated by a random angle, mirrored or not, scaled and elastically deformed."""
+@dataclass(frozen=True)
+class Transform:
+    """One object's random rotation, scale, mirror and elastic deformation (drawn once, applied to its
+    mask and, for pasted objects, its pixels alike)."""
+    angle: float
+    scale: float
+    mirror: bool
+    coarse: np.ndarray | None  # (2, grid, grid) displacements at the control points (None: no elastic)
+
+    def record(self) -> dict:
+        return {"angle": round(self.angle, 1), "scale": round(self.scale, 3), "mirror": self.mirror}
+
+
+def draw_transform(rng: np.random.Generator, config: ComposeConfig) -> Transform:
     angle = float(rng.uniform(0, 360))
     scale = float(np.exp(rng.uniform(-1, 1) * np.log(config.scale_range)))
     mirror = bool(rng.integers(2))
-    x = np.pad(patch[:, ::-1] if mirror else patch, 4).astype(np.float32)
-    x = ndimage.zoom(x, scale, order=1)
-    x = ndimage.rotate(x, angle, order=1, reshape=True)
-    if config.elastic_sigma > 0:
-        coarse = rng.normal(0, config.elastic_sigma, (2, config.elastic_grid, config.elastic_grid))
-        field = [ndimage.zoom(c, np.divide(x.shape, c.shape), order=3) for c in coarse]
+    coarse = rng.normal(0, config.elastic_sigma, (2, config.elastic_grid, config.elastic_grid)) \
+        if config.elastic_sigma > 0 else None
+    return Transform(angle, scale, mirror, coarse)
+
+
+def applied(x: np.ndarray, how: Transform, order: int = 1) -> np.ndarray:
+    """x (float, 0 outside the object's frame) mirrored, padded, scaled, rotated and deformed by `how`
+    (the output grows to hold the rotated frame), each step interpolated at spline `order` (the same
+    geometry at any order: a mask at 1, the pixels it carries at 3, which keeps more of their grain)."""
+    x = np.pad(x[:, ::-1] if how.mirror else x, 4).astype(np.float32)
+    x = ndimage.zoom(x, how.scale, order=order)
+    x = ndimage.rotate(x, how.angle, order=order, reshape=True)
+    if how.coarse is not None:
+        field = [ndimage.zoom(c, np.divide(x.shape, c.shape), order=3) for c in how.coarse]
         grid = np.indices(x.shape, np.float32)
-        x = ndimage.map_coordinates(x, [grid[0] + field[0], grid[1] + field[1]], order=1)
-    out = x > 0.5
-    rows, cols = np.flatnonzero(out.any(1)), np.flatnonzero(out.any(0))
+        x = ndimage.map_coordinates(x, [grid[0] + field[0], grid[1] + field[1]], order=order)
+    return x
+
+
+def bounding_box(mask: np.ndarray) -> tuple[slice, slice] | None:
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if len(rows) == 0:
+        return None
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
+def transformed(patch: np.ndarray, rng: np.random.Generator, config: ComposeConfig
+                ) -> tuple[np.ndarray, dict]:
+    """The patch rotated by a random angle, mirrored or not, scaled and elastically deformed."""
+    how = draw_transform(rng, config)
+    out = applied(patch, how) > 0.5
+    box = bounding_box(out)
+    if box is None:
         return out[:0, :0], {}
-    return out[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], {"angle": round(angle, 1),
-                                                             "scale": round(scale, 3), "mirror": mirror}
+    return out[box], how.record()
 
 
 def place(canvas: np.ndarray, blocked: np.ndarray, obj: np.ndarray, rng: np.random.Generator,

@@ -152,8 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                for s, o in zip(seeds, origins, strict=True)]
     store.append(denormalize(images, np.uint8), masks, records)
     if args.grid:
-        k = min(16, args.n)
-        grids.save_png(args.grid, grids.pair_grid(grids.to_unit(images[:k]), masks[:k].astype(np.float32)))
+        grids.save_pairs(args.grid, images, masks)
     print(f"wrote {args.n} synthetic tiles + masks to {args.out} ({len(store)} tiles in the store)")
     return 0
 

@@ -15,6 +15,7 @@ ENTRY_POINTS = {
     "generation_torch.sample": ["--checkpoint", f"{MISSING}.pt", "--masks-from", MISSING, "--n", "1",
                                 "--out", "/tmp/emsynth-cli-test-s"],
     "generation_torch.evaluate": ["--checkpoint", f"{MISSING}.pt"],
+    "generation_torch.copy_paste": ["--labelled", MISSING, "--backgrounds", MISSING, "--out", "/tmp/cp"],
     "segmentation_tf.fit": ["--store", MISSING, "--out", "/tmp/emsynth-cli-test"],
     "segmentation_tf.predict": ["--model", MISSING, "--images", f"{MISSING}.tif", "--out", "/tmp/p"],
     "segmentation_tf.evaluate": ["--model", MISSING, "--images", f"{MISSING}.tif",

@@ -4,6 +4,7 @@ themselves run in `python -m bench.evidence`, not here)."""
 
 import json
 import math
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,10 +44,24 @@ def fake_trainers(calls: list):
             shape = read_image_stack(args[args.index("--images") + 1]).shape
             write_stack(out / "mask.tif", np.ones(shape, np.uint8))
             return
-        product = {"generation_torch.sample": "manifest.json"}.get(args[0])
+        product = {"generation_torch.sample": "manifest.json", "generation_torch.copy_paste": "manifest.json"
+                   }.get(args[0])
         (out / (product or ("vae.pt" if "vae" in args else "generator.pt"))).write_text("{}")
 
     return fake_run
+
+
+def _faked_bench(tmp_path, monkeypatch, cfg):
+    """A bench on a 12-page phantom whose trainers are fake_trainers (the calls are returned)."""
+    from bench import synthetic_ablation
+
+    images, masks = phantom_stack(12, seed=0, config=PhantomConfig(height=256, width=256))
+    bench = Bench(cfg, tmp_path, images, masks, Layout.of(len(images), cfg), tmp_path / "log")
+    calls = []
+    fake_run = fake_trainers(calls)
+    monkeypatch.setattr(synthetic_ablation, "run", fake_run)  # the generator helpers evidence shares
+    monkeypatch.setattr(evidence, "run", fake_run)
+    return bench, calls
 
 
 def test_t_interval_matches_the_hand_computed_student_interval():
@@ -785,17 +800,7 @@ def test_pseudo_labels_cover_only_unlabelled_pool_slices_and_reach_only_the_deno
 
 
 def test_pool_pretrained_denoiser_trains_once_without_masks_and_starts_every_k(tmp_path, monkeypatch):
-    from bench import synthetic_ablation
-
-    cfg = EvidenceConfig(ks=(1, 2, 0))
-    images, masks = phantom_stack(12, seed=0, config=PhantomConfig(height=256, width=256))
-    bench = Bench(cfg, tmp_path, images, masks, Layout.of(len(images), cfg), tmp_path / "log")
-    calls = []
-
-    fake_run = fake_trainers(calls)
-
-    monkeypatch.setattr(synthetic_ablation, "run", fake_run)
-    monkeypatch.setattr(evidence, "run", fake_run)
+    bench, calls = _faked_bench(tmp_path, monkeypatch, EvidenceConfig(ks=(1, 2, 0)))
     for k in (1, 2):
         bench.generator(Cell(k, "images_plentiful", 0.3, 0, "pool_pretrained"))
     denoisers = [c for c in calls if c[0] == "generation_torch.train" and "diffusion" in c]
@@ -981,8 +986,8 @@ def test_the_long_and_tiles_presets_as_fit_reads_their_flags():
     for name in ("long", "tiles", "matched_ema", "matched_best", "matched"):
         assert evidence.PRESETS[name].generator_flags == evidence.PRESETS["final"].generator_flags
         # baseline, main recipe, its pretrain use; matched also the long-denoiser rung and the paired
-        # starting-from-real-tiles recipe (2 regions x 5 seeds each)
-        assert len(cells(evidence.PRESETS[name], {})) == (162 if name == "matched" else 142)
+        # starting-from-real-tiles and copy-paste recipes (2 regions x 5 seeds each)
+        assert len(cells(evidence.PRESETS[name], {})) == (172 if name == "matched" else 142)
 
 
 def test_threshold_readouts_by_hand():
@@ -1405,3 +1410,66 @@ def test_generator_levers_names_side_recipes_among_the_known_ones(capsys):
     known = ("today, vpred, vpred_pretrain, vpred_long, vpred_sdedit_pool_low, vpred_f8, vpred_midt, "
              "vpred_sdedit, vpred_sdedit_pool")
     assert f"unknown recipe(s) nope; choose from {known}" in capsys.readouterr().err
+
+
+def test_the_copy_paste_control_pastes_onto_the_pseudo_labelled_pool_without_a_generator(tmp_path,
+                                                                                         monkeypatch):
+    """matched's copy-paste cell trains no generator: its pairs are pasted from the k labelled tiles
+    onto the pool store with the judge's pseudo-labels (the main generator's own masks source), into
+    its own folder; its cost is the pseudo-labels and the pasting, never a generator stage."""
+    cfg = replace(evidence.PRESETS["matched"], ks=(1, 0), lever_ks=(1,))
+    bench, calls = _faked_bench(tmp_path, monkeypatch, cfg)
+    bench.judge(1).mkdir(parents=True)
+    calibration = {"threshold": 0.99, "version": evidence.CALIBRATION_VERSION}
+    (bench.judge(1) / "segmenter.json").write_text(json.dumps({"provenance": {"calibration": calibration}}))
+    cell = Cell(1, "images_plentiful", 0.3, 2, "copy_paste")
+    out = bench.generator(cell)
+    assert [c[0] for c in calls] == ["segmentation_tf.predict", "generation_torch.copy_paste"]
+    paste = calls[-1]
+    assert Path(paste[paste.index("--labelled") + 1]) == bench.store(1)
+    assert Path(paste[paste.index("--backgrounds") + 1]) == bench.pseudo_store(1, evidence.VPRED.pseudo_masks)
+    assert out == bench.generator_dir(cell) / "pasted_composed_pool"
+    assert paste[paste.index("--seed") + 1] == "0"
+    assert not bench.weights(cell).exists()
+    flags = segmenter_flags(cell, cfg, out)
+    assert flags[flags.index("--synthetic-ratio") + 1] == "0.3"
+    # its cost: the segmenter and the pasting (the pseudo-labels are here now), no generator stage
+    monkeypatch.setattr(evidence, "machine", lambda: {"cpu": "EPYC", "isa": "avx512_bf16"})
+    results = {Cell(1, "real_only", 0.0, 0).key: {**_cell(1, "real_only", 0.0, 0, 0.5), "minutes": 20.0,
+                                                   "cpu": "EPYC", "isa": "avx512_bf16", "xla": False}}
+    shutil.rmtree(out)
+    cost = evidence.cell_cost(cell, bench, results)
+    assert cost.minutes == pytest.approx(20 + evidence.PASTE_MINUTES)
+    assert [name for name, _ in cost.first] == ["its tiles"]
+    # the levers do not sweep it: it has no guidance
+    with pytest.raises(SystemExit):
+        from bench import generator_levers
+
+        generator_levers.main(["--preset", "matched", "--k", "256px", "--recipes", "copy_paste"])
+
+
+def test_the_main_arm_minus_each_control_by_hand_and_a_control_is_never_the_users_pick():
+    """controls: vpred - self-training and vpred - copy_paste, paired by seed (by hand: +0.06 and +0.02
+    on seeds 0 and 1); copy_paste, though best on validation, is not the chosen (generated) arm."""
+    from bench.evidence import COPY_PASTE, VPRED, chosen_arm, control_rows
+
+    cfg = EvidenceConfig(ks=(1, 0), seeds=(0, 1), ratios=(0.3,), lever_ks=(1,),
+                         recipes=(evidence.TODAY, VPRED, COPY_PASTE), paired_recipes=("copy_paste",))
+    results = {}
+    for s in (0, 1):
+        results[Cell(1, "real_only", 0.0, s).key] = _cell(1, "real_only", 0.0, s, 0.60)
+        results[Cell(1, "self_training", 0.0, s).key] = _cell(1, "self_training", 0.0, s, 0.62 + 0.02 * s)
+        arms = (("vpred", 0.70, 0.6), ("copy_paste", 0.66 + 0.02 * s, 0.9), ("today", 0.6, 0.5))
+        for recipe, test, val in arms:
+            c = Cell(1, "images_plentiful", 0.3, s, recipe)
+            results[c.key] = {**_cell(1, "images_plentiful", 0.3, s, test), "val_iou": val, "recipe": recipe}
+    rows = {r["minus"]: r for r in control_rows(results, cfg)}
+    assert set(rows) == {"self_training", "copy_paste"}
+    assert rows["self_training"]["mean"] == pytest.approx(0.07) and rows["self_training"]["n"] == 2
+    assert rows["copy_paste"]["mean"] == pytest.approx(0.03) and rows["copy_paste"]["sd"] == pytest.approx(
+        0.02 * math.sqrt(0.5), abs=1e-4)
+    assert rows["copy_paste"]["ci_above_0"] is False  # t(0.975, 1) = 12.71: 0.03 +- 12.71 * 0.01
+    assert chosen_arm(results, 1, cfg) == (0.3, "vpred")
+    # a pasted recipe may be paired (no generator to train); another generator may not
+    with pytest.raises(ValueError, match="paired recipes must be grid recipes .*: levers"):
+        replace(cfg, recipes=(*cfg.recipes, evidence.LEVERS), paired_recipes=("copy_paste", "levers"))
