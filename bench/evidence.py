@@ -798,6 +798,7 @@ def pasted_store(out: Path, labelled: Path, backgrounds: Path, n: int, log: Path
     a grid of them beside the store."""
     if not (out / "manifest.json").exists():
         shutil.rmtree(out, ignore_errors=True)  # a crash mid-append leaves a partial store
+        out.parent.mkdir(parents=True, exist_ok=True)  # no generator made the folder
         run(["generation_torch.copy_paste", "--labelled", str(labelled), "--backgrounds", str(backgrounds),
              "--n", str(n), "--out", str(out), "--seed", "0", "--no-progress", "--grid",
              str(out.parent / f"{out.name}.png")], log)

@@ -39,6 +39,9 @@ def fake_trainers(calls: list):
     def fake_run(args, log):
         calls.append(args)
         out = Path(args[args.index("--out") + 1])
+        if args[0] in ("generation_torch.sample", "generation_torch.copy_paste"):
+            # as a tile store is created: into an existing folder only
+            assert out.parent.is_dir(), f"{out.parent}: output folder does not exist"
         out.mkdir(parents=True, exist_ok=True)
         if args[0] == "segmentation_tf.predict":
             shape = read_image_stack(args[args.index("--images") + 1]).shape
@@ -686,6 +689,9 @@ def test_kept_pseudo_labels_stand_in_for_a_judge_that_is_not_here(tmp_path, monk
     def fake_run(args, log):  # the judge predicts a pattern that differs page by page
         calls.append(args)
         out = Path(args[args.index("--out") + 1])
+        if args[0] in ("generation_torch.sample", "generation_torch.copy_paste"):
+            # as a tile store is created: into an existing folder only
+            assert out.parent.is_dir(), f"{out.parent}: output folder does not exist"
         out.mkdir(parents=True, exist_ok=True)
         images = read_image_stack(args[args.index("--images") + 1])
         above = images > np.median(images, axis=(1, 2), keepdims=True)
