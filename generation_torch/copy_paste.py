@@ -36,7 +36,7 @@ from shared.tiling import TILE, dihedral
 
 @dataclass(frozen=True)
 class PasteConfig:
-    # gap 4 = ring + 2: a pasted object's ring of own pixels never covers another object
+    # 4 px between objects (composed masks keep 2): room for each one's ring of own pixels
     compose: ComposeConfig = ComposeConfig(gap=4)
     ring: int = 2          # pixels around the mask carried with the object (its membrane lies on the edge)
     feather: float = 1.0   # std (pixels) of the alpha edge: no hard seam for a segmenter to learn
@@ -132,9 +132,9 @@ def paste_pairs(objects: tuple[np.ndarray, np.ndarray], backgrounds: tuple[np.nd
     return out_images, out_masks, records
 
 
-def pair_tiles(path: Path, what: str) -> tuple[TileStore, tuple[np.ndarray, np.ndarray]]:
-    """A 256 px tile store with masks, and (masks, normalized images) of its train split (all tiles
-    where that split is empty)."""
+def pair_tiles(path: Path, what: str) -> tuple[TileStore, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """A 256 px tile store with masks, the indices of its train split (all tiles where that split is
+    empty), and their (masks, normalized images)."""
     if not (path / MANIFEST).exists():
         raise UserError(f"{path}: not a tile store (no {MANIFEST}); --{what} needs one")
     store = TileStore(path)
@@ -146,7 +146,7 @@ def pair_tiles(path: Path, what: str) -> tuple[TileStore, tuple[np.ndarray, np.n
     idx = idx if len(idx) else store.indices()
     if len(idx) == 0:
         raise UserError(f"{path}: the store is empty")
-    return store, (store.masks(idx), store.images(idx))
+    return store, idx, (store.masks(idx), store.images(idx))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,8 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--grid", type=Path, help="also write a PNG of (up to 16) tiles beside their masks")
     args = p.parse_args(argv)
-    labelled, objects = pair_tiles(args.labelled, "labelled")
-    _, backgrounds = pair_tiles(args.backgrounds, "backgrounds")
+    labelled, _, objects = pair_tiles(args.labelled, "labelled")
+    _, background_idx, backgrounds = pair_tiles(args.backgrounds, "backgrounds")
     if (args.out / MANIFEST).exists() and (kind := TileStore(args.out).manifest.kind) != "synthetic":
         raise UserError(f"{args.out}: a {kind} tile store; pasted pairs go to a synthetic store "
                         "(another --out)")
@@ -176,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = TileStore.open_or_create(args.out, TILE, kind="synthetic", pixel_size=labelled.pixel_size)
     provenance = {"source": "copy_paste", "mask_source": str(args.labelled),
                   "backgrounds": str(args.backgrounds), "seed": args.seed, "split": "train"}
-    store.append(denormalize(images, np.uint8), masks, [{**provenance, **o} for o in origins])
+    records = [{**provenance, **o, "background": int(background_idx[o["background"]])} for o in origins]
+    store.append(denormalize(images, np.uint8), masks, records)  # background: its record in --backgrounds
     if args.grid:
         from generation_torch import grids  # torch: only for the picture
         grids.save_pairs(args.grid, images, masks)

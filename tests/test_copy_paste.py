@@ -128,17 +128,25 @@ def _store(path, images, masks, kind="real"):
     return path
 
 
-def test_the_command_writes_a_synthetic_store_with_provenance(tmp_path, objects, backgrounds, capsys):
+def test_the_command_writes_a_synthetic_store_with_provenance(tmp_path, objects, capsys):
     labelled = _store(tmp_path / "labelled", objects[1], objects[0])
-    pool = _store(tmp_path / "pool", backgrounds[1], backgrounds[0])
+    grain = np.random.default_rng(0).uniform(-1, 1, (4, 256, 256)).astype(np.float32)  # tiles told apart
+    pool = _store(tmp_path / "pool", grain, np.zeros((4, 256, 256), np.uint8))
     out = tmp_path / "pasted"
     assert run_cli(main, ["--labelled", str(labelled), "--backgrounds", str(pool), "--n", "5", "--out",
                           str(out), "--no-progress", "--grid", str(tmp_path / "grid.png")]) == 0
     store = TileStore(out)
     assert store.manifest.kind == "synthetic" and len(store) == 5 and (tmp_path / "grid.png").exists()
-    record = store.records[0]
-    assert record["source"] == "copy_paste" and record["pasted"] and record["backgrounds"] == str(pool)
     assert "layouts  objects_per_tile_mean: 2 labelled" in capsys.readouterr().out
+    for i, record in enumerate(store.records):
+        assert record["source"] == "copy_paste" and record["pasted"] and record["backgrounds"] == str(pool)
+        # away from the pasted objects: the background its record names, in the backgrounds store
+        background = TileStore(pool).raw_images([record["background"]])[0]
+        turned = dihedral(background, record["background_dihedral"])
+        objects_here = store.masks([i])[0] > 0
+        far = ~ndimage.binary_dilation(objects_here, np.ones((3, 3)), iterations=PasteConfig().margin)
+        far[:8], far[-8:], far[:, :8], far[:, -8:] = False, False, False, False
+        np.testing.assert_array_equal(store.raw_images([i])[0][far], turned[far])
 
 
 def test_bad_stores_are_one_line_naming_the_file(tmp_path, objects, backgrounds, capsys):
