@@ -207,6 +207,9 @@ VPRED_SDEDIT_POOL_LOW = replace(VPRED_SDEDIT_POOL, name="vpred_sdedit_pool_low",
 # standard baseline for synthetic pairs): do the generator's tiles or the composed masks carry its gain?
 COPY_PASTE = Recipe("copy_paste", generator="copy_paste", mask_source="composed", masks_from="pseudo",
                     pseudo_masks=VPRED.pseudo_masks, pasted=True)
+# the same objects pasted onto the labelled tiles themselves (the region's own tile, turned): real labels
+# only, no pool and so no pseudo-label noise under the pasted objects, but a single background at 256 px
+COPY_PASTE_LABELLED = replace(COPY_PASTE, name="copy_paste_labelled", masks_from="labelled", pseudo_masks=0)
 # images plentiful, the other way: the denoiser first learns EM from every pool image (60 min, no mask:
 # shared by every k), then each k's conditioned training starts from it; a side rung beside spade
 POOL_PRETRAINED = replace(SPADE, name="pool_pretrained", generator="spade_pool_pretrained",
@@ -367,7 +370,8 @@ PRESETS = {
     # those cells stay in the JSON as records), while one 256 px region scored 0.563 and a 512 px
     # region 0.706 (bench.label_budget): the room generated pairs could fill lies there
     "matched": replace(tiles_preset(50, ema=True, precise_bn=True, reference_ending=()), resolve_seeds=16,
-                       recipes=(*CPU_RECIPES, VPRED_LONG, VPRED_SDEDIT_POOL_LOW, COPY_PASTE),
+                       recipes=(*CPU_RECIPES, VPRED_LONG, VPRED_SDEDIT_POOL_LOW, COPY_PASTE,
+                                COPY_PASTE_LABELLED),
                        paired_recipes=(VPRED_SDEDIT_POOL_LOW.name, COPY_PASTE.name),
                        side_recipes=(VPRED_F8, VPRED_MIDT, VPRED_SDEDIT, VPRED_SDEDIT_POOL, VPRED_LONG_MID),
                        **SUB_SLICE),
@@ -1206,13 +1210,14 @@ def gain_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
 
 def control_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
     """The main recipe's arm - each of its controls at k, paired by seed: self-training (its labels
-    without a generator) and the paired recipes (the same generator drawn otherwise, or no generator at
-    all: pasted). Above 0: the generator's tiles add what the control's pairs do not."""
+    without a generator), the paired recipes (the same generator drawn otherwise) and every pasted
+    recipe (no generator at all). Above 0: the generator's tiles add what the control's pairs do not."""
     rows = []
     for k in cfg.lever_ks:
         main = by_seed(results, k, "images_plentiful", cfg.lever_ratio, cfg.main_recipe)
         controls = [("self_training", 0.0, cfg.baseline)] if cfg.recipe(cfg.main_recipe).pseudo_masks else []
-        controls += [("images_plentiful", cfg.lever_ratio, name) for name in cfg.paired_recipes]
+        controls += [("images_plentiful", cfg.lever_ratio, r.name) for r in cfg.recipes
+                     if r.name in cfg.paired_recipes or r.pasted]
         for arm, ratio, recipe in controls:
             diff = paired_interval(main, by_seed(results, k, arm, ratio, recipe))
             if diff and diff["n"] >= 2:

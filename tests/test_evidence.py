@@ -992,8 +992,9 @@ def test_the_long_and_tiles_presets_as_fit_reads_their_flags():
     for name in ("long", "tiles", "matched_ema", "matched_best", "matched"):
         assert evidence.PRESETS[name].generator_flags == evidence.PRESETS["final"].generator_flags
         # baseline, main recipe, its pretrain use; matched also the long-denoiser rung and the paired
-        # starting-from-real-tiles and copy-paste recipes (2 regions x 5 seeds each)
-        assert len(cells(evidence.PRESETS[name], {})) == (172 if name == "matched" else 142)
+        # starting-from-real-tiles and copy-paste recipes, and copy-paste onto the labelled tiles (2 regions
+        # x 5 seeds each)
+        assert len(cells(evidence.PRESETS[name], {})) == (182 if name == "matched" else 142)
 
 
 def test_threshold_readouts_by_hand():
@@ -1447,6 +1448,13 @@ def test_the_copy_paste_control_pastes_onto_the_pseudo_labelled_pool_without_a_g
     cost = evidence.cell_cost(cell, bench, results)
     assert cost.minutes == pytest.approx(20 + evidence.PASTE_MINUTES)
     assert [name for name, _ in cost.first] == ["its tiles"]
+    # onto the labelled tiles: the labelled store is both objects and backgrounds; no pseudo-labels needed
+    onto_labelled = Cell(1, "images_plentiful", 0.3, 2, "copy_paste_labelled")
+    out = bench.generator(onto_labelled)
+    paste = calls[-1]
+    flag = lambda name: Path(paste[paste.index(name) + 1])  # noqa: E731
+    assert flag("--backgrounds") == bench.store(1) == flag("--labelled")
+    assert out == bench.generator_dir(onto_labelled) / "pasted_composed"
     # the levers do not sweep it: it has no guidance
     with pytest.raises(SystemExit):
         from bench import generator_levers
