@@ -105,8 +105,8 @@ class Recipe:
     # minutes of an unconditional denoiser (--cond-dropout 1) pre-trained on every pool image once,
     # that each k's denoiser then starts from (--init-denoiser); 0: from random weights
     pool_denoiser_minutes: float = 0.0
-    # no generator: the labelled objects with their own pixels pasted at the recipe's mask layouts onto
-    # the pool's tiles (generation_torch.copy_paste; masks_from "pseudo": under their pseudo-labels)
+    # no generator: the labelled objects with their own pixels pasted at composed layouts onto the tiles
+    # of masks_from (generation_torch.copy_paste): the pool under its pseudo-labels, or the labelled ones
     pasted: bool = False
 
     @property
@@ -968,7 +968,8 @@ def generator_figures(cell: Cell, bench: Bench) -> dict:
     accuracy) beside the floor of real pool tiles against them; the drawn objects at their mask edges
     against the test block's (object contrast, edge-profile distance: bench.edge_profiles); the VAE's
     reconstruction of the test tiles (MSE goal <= 0.005); for a recipe learning from pseudo-labels,
-    how they match the pool's real masks (pseudo_label_figures)."""
+    how they match the pool's real masks (pseudo_label_figures). A pasted recipe has no generator: no
+    VAE figures, no identity, no guidance."""
     from bench.synthetic_variants import fidelity, held_out_tile_store
     from generation_torch.evaluate import reconstruction
     from generation_torch.metrics import edge_figures, realism
@@ -1081,7 +1082,7 @@ def stale_two_sample(record: dict, cell: Cell, bench: Bench) -> bool:
     """A generator record whose two-sample figures are not current, with the tiles and the generator
     to measure it again."""
     here = (bench.synthetic_dir(cell) / "manifest.json").exists() and \
-        bench.weights(cell).exists()
+        (bench.weights(cell).exists() or bench.cfg.recipe(cell.recipe).pasted)  # pasted: no weights
     return not two_sample_current(record) and here
 
 

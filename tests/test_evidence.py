@@ -585,6 +585,16 @@ def test_a_generator_measured_by_an_older_two_sample_test_is_measured_again_wher
     assert generators_to_measure(results, new, bench) == []
     no_floor = {"k=1|images_plentiful|today": {"c2st_version": VERSION}}  # measured before the floor
     assert generators_to_measure(results, no_floor, bench) == [cell]
+    # pasted pairs have no weights: their tiles alone are measured again
+    pasted = Cell(1, "images_plentiful", 0.3, 0, "copy_paste")
+    cfg = replace(cfg, recipes=(*cfg.recipes, evidence.COPY_PASTE))
+    bench = replace(bench, cfg=cfg)
+    results = {pasted.key: {**_cell(1, "images_plentiful", 0.3, 0, 0.5), "recipe": "copy_paste"}}
+    stale = {"k=1|images_plentiful|copy_paste": {}}
+    assert generators_to_measure(results, stale, bench) == []
+    bench.synthetic_dir(pasted).mkdir(parents=True)
+    (bench.synthetic_dir(pasted) / "manifest.json").write_text("{}")
+    assert generators_to_measure(results, stale, bench) == [pasted]
 
 
 def test_a_generator_trained_again_is_measured_again_and_its_earlier_record_kept(tmp_path, monkeypatch):
