@@ -1409,7 +1409,9 @@ def test_paired_recipes_follow_self_training_in_every_round_and_must_share_the_m
     for seed in cfg.seeds:
         i = order.index(Cell("256px", "self_training", 0.0, seed))
         sdedit = Cell("256px", "images_plentiful", cfg.lever_ratio, seed, "vpred_sdedit_pool_low")
-        assert order[i + 1] == sdedit
+        pasted = [Cell("256px", "images_plentiful", cfg.lever_ratio, seed, name)
+                  for name in ("copy_paste", "copy_paste_labelled")]
+        assert order[i + 1:i + 4] == [sdedit, *pasted]  # the generator's controls, round by round
     assert order.index(Cell("256px", "images_plentiful", 0.3, 0, "vpred_sdedit_pool_low")) < order.index(
         Cell("256px", "real_only", 0.0, 1))
     with pytest.raises(ValueError, match="paired recipes must be grid recipes .*: vpred_f8"):
