@@ -30,7 +30,7 @@ from generation_torch.layouts import ComposeConfig, Instance, Transform
 from shared.console import on_terminal
 from shared.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_cli
 from shared.normalization import denormalize
-from shared.store import MANIFEST, TileStore
+from shared.store import TileStore, refuse_real_store
 from shared.tiling import TILE, dihedral
 
 
@@ -132,20 +132,10 @@ def paste_pairs(objects: tuple[np.ndarray, np.ndarray], backgrounds: tuple[np.nd
     return out_images, out_masks, records
 
 
-def pair_tiles(path: Path, what: str) -> tuple[TileStore, np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """A 256 px tile store with masks, the indices of its train split (all tiles where that split is
-    empty), and their (masks, normalized images)."""
-    if not (path / MANIFEST).exists():
-        raise UserError(f"{path}: not a tile store (no {MANIFEST}); --{what} needs one")
-    store = TileStore(path)
-    if store.tile_size != TILE:
-        raise UserError(f"{path}: holds {store.tile_size}px tiles; pairs are {TILE}px")
-    if not store.has_masks:
-        raise UserError(f"{path}: an images-only store; --{what} needs its masks")
-    idx = store.indices("train")
-    idx = idx if len(idx) else store.indices()
-    if len(idx) == 0:
-        raise UserError(f"{path}: the store is empty")
+def pair_tiles(path: Path) -> tuple[TileStore, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """A 256 px tile store, the indices of its train split (all tiles where that split is empty), and
+    their (masks, normalized images)."""
+    store, idx = layouts.source_tiles(path, "train")
     return store, idx, (store.masks(idx), store.images(idx))
 
 
@@ -160,11 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--grid", type=Path, help="also write a PNG of (up to 16) tiles beside their masks")
     args = p.parse_args(argv)
-    labelled, _, objects = pair_tiles(args.labelled, "labelled")
-    _, background_idx, backgrounds = pair_tiles(args.backgrounds, "backgrounds")
-    if (args.out / MANIFEST).exists() and (kind := TileStore(args.out).manifest.kind) != "synthetic":
-        raise UserError(f"{args.out}: a {kind} tile store; pasted pairs go to a synthetic store "
-                        "(another --out)")
+    labelled, _, objects = pair_tiles(args.labelled)
+    _, background_idx, backgrounds = pair_tiles(args.backgrounds)
+    refuse_real_store(args.out, "pasted pairs")
     try:
         images, masks, origins = paste_pairs(objects, backgrounds, args.n, args.seed,
                                              progress=not args.no_progress and on_terminal())

@@ -13,9 +13,14 @@ seen; composed layouts put the same kind of objects in arrangements no labelled 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
+from shared.errors import UserError
+from shared.store import MANIFEST, TileStore
+from shared.tiling import TILE
 
 
 @dataclass(frozen=True)
@@ -168,3 +173,18 @@ def layout_stats(masks: np.ndarray, config: ComposeConfig = ComposeConfig()) -> 
             "object_area_median": float(np.median(areas)) if areas else 0.0,
             "object_area_mean": float(np.mean(areas)) if areas else 0.0,
             "foreground_fraction": float(masks.mean())}
+
+
+def source_tiles(path: Path, split: str) -> tuple[TileStore, np.ndarray]:
+    """A 256 px tile store and its `split` indices (all where that split is empty): where masks to
+    compose or vary, and pairs to paste or start from, are read."""
+    if not (path / MANIFEST).exists():
+        raise UserError(f"{path}: not a tile store (no {MANIFEST})")
+    store = TileStore(path)
+    if store.tile_size != TILE:
+        raise UserError(f"{path}: store holds {store.tile_size}px tiles; the generator makes {TILE}px")
+    idx = store.indices(split)
+    idx = idx if len(idx) else store.indices()
+    if len(idx) == 0:
+        raise UserError(f"{path}: the store is empty, no masks to condition on")
+    return store, idx

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from generation_torch.layouts import source_tiles
 from shared.errors import UserError
-from shared.store import MANIFEST, TileStore
 from shared.tiff_io import read_mask_stack
 from shared.tiling import TILE, dihedral
 
@@ -19,7 +19,7 @@ def load_mask_source(path: Path, split: str = "train") -> np.ndarray:
     """(N, 256, 256) uint8 {0, 1} masks from a tile store (its `split` tiles, else all) or a TIFF
     stack of 256x256 masks."""
     if path.is_dir():
-        store, idx = _source_tiles(path, split)
+        store, idx = source_tiles(path, split)
         return store.masks(idx)
     masks = read_mask_stack(path)
     if masks.shape[1:] != (TILE, TILE):
@@ -34,22 +34,8 @@ def load_pair_source(path: Path, split: str = "train") -> tuple[np.ndarray, np.n
     if not path.is_dir():
         raise UserError(f"{path}: a mask stack has no tiles to start from; --strength below 1 needs a "
                         "tile store (its tiles and masks)")
-    store, idx = _source_tiles(path, split)
+    store, idx = source_tiles(path, split)
     return store.masks(idx), store.images(idx)
-
-
-def _source_tiles(path: Path, split: str) -> tuple[TileStore, np.ndarray]:
-    """A 256 px tile store and its `split` indices (all where that split is empty)."""
-    if not (path / MANIFEST).exists():
-        raise UserError(f"{path}: not a tile store (no {MANIFEST})")
-    store = TileStore(path)
-    if store.tile_size != TILE:
-        raise UserError(f"{path}: store holds {store.tile_size}px tiles; the generator makes {TILE}px")
-    idx = store.indices(split)
-    idx = idx if len(idx) else store.indices()
-    if len(idx) == 0:
-        raise UserError(f"{path}: the store is empty, no masks to condition on")
-    return store, idx
 
 
 def elastic_grid(shape: tuple[int, int], rng: np.random.Generator, alpha: float = 8.0,

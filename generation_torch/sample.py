@@ -38,7 +38,7 @@ from shared.errors import ArgumentParser, UserError, non_negative_int, positive_
 from shared.normalization import denormalize
 from shared.sampling import SamplerSettings, add_sampler_flags, settings_from_args, tile_seeds
 from shared.sources import DEFAULT_GENERATOR_RUN, DEFAULT_SYNTHETIC_STORE
-from shared.store import MANIFEST, TileStore
+from shared.store import TileStore, refuse_real_store
 from shared.tiling import TILE
 
 
@@ -79,13 +79,6 @@ def trained_on(gen: Generator, ckpt: Path) -> Path:
     if gen.labelled_store is None or not gen.labelled_store.is_dir():
         raise UserError(f"{ckpt}: the store it learned from is not recorded or gone; give --masks-from")
     return gen.labelled_store
-
-
-def refuse_real_store(out: Path) -> None:
-    """Generated tiles never go into a store of real tiles (a trainer would take them for real)."""
-    if (out / MANIFEST).exists() and (kind := TileStore(out).manifest.kind) != "synthetic":
-        raise UserError(f"{out}: a {kind} tile store; generated tiles go to a synthetic store "
-                        "(another --out)")
 
 
 def starting_pairs(path: Path, kind: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:

@@ -246,6 +246,13 @@ class TileStore:
         return out
 
 
+def refuse_real_store(out: Path, what: str = "generated tiles") -> None:
+    """Generated (or pasted) tiles never go into a store of real tiles (a trainer would take them for
+    real)."""
+    if (out / MANIFEST).exists() and (kind := TileStore(out).manifest.kind) != "synthetic":
+        raise UserError(f"{out}: a {kind} tile store; {what} go to a synthetic store (another --out)")
+
+
 def _chunk_name(n: int, what: str) -> str:
     return f"chunk-{n:05d}-{what}.tif"
 
