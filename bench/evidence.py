@@ -53,6 +53,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -108,6 +109,10 @@ class Recipe:
     # no generator: the labelled objects with their own pixels pasted at composed layouts onto the tiles
     # of masks_from (generation_torch.copy_paste): the pool under its pseudo-labels, or the labelled ones
     pasted: bool = False
+    # grid recipes whose stores' tiles make this recipe's, in equal shares (the i-th recipe gives its
+    # i-th share of tile indices, so no two tiles share a composed layout): its generator's tiles are
+    # the first recipe's, so it lives (and is paired) beside that recipe's generator
+    halves: tuple[str, ...] = ()
 
     @property
     def pretrains(self) -> bool:
@@ -121,6 +126,8 @@ class Recipe:
         texture = f"_t{s.texture:g}" if s.texture else ""
         start = f"_s{s.strength:g}" if s.strength < 1 else ""
         pool = "_pool" if self.masks_from == "pseudo" else ""
+        if self.halves:
+            return "shares_" + "_and_".join(self.halves)
         if self.pasted:
             return f"pasted_{self.mask_source}{pool}"
         return f"synthetic_{self.mask_source}{pool}_{s.sampler}{s.steps}_g{s.guidance:g}{texture}{start}"
@@ -211,6 +218,11 @@ COPY_PASTE = Recipe("copy_paste", generator="copy_paste", mask_source="composed"
 # only, no pool and so no pseudo-label noise under the pasted objects, but a single background at 256 px;
 # on seed 0 it matched vpred (0.642 against 0.643, 2026-12-07): in every paired round since
 COPY_PASTE_LABELLED = replace(COPY_PASTE, name="copy_paste_labelled", masks_from="labelled", pseudo_masks=0)
+# does the generator add to copy-paste? Half of the tiles drawn by the main recipe, half pasted onto the
+# labelled tile (the two matched each other on seeds 0 and 2, 2026-12-07), at the same tile count: above
+# both, the generator's tiles bring what pasting one background cannot (new backgrounds, new context)
+VPRED_AND_PASTE = replace(VPRED, name="vpred_and_copy_paste_labelled",
+                          halves=(VPRED.name, COPY_PASTE_LABELLED.name))
 # images plentiful, the other way: the denoiser first learns EM from every pool image (60 min, no mask:
 # shared by every k), then each k's conditioned training starts from it; a side rung beside spade
 POOL_PRETRAINED = replace(SPADE, name="pool_pretrained", generator="spade_pool_pretrained",
@@ -285,6 +297,11 @@ class EvidenceConfig:
         if strays:
             raise ValueError(f"paired recipes must be grid recipes with no generator of their own to train "
                              f"(drawn by the main recipe's, or pasted): {', '.join(strays)}")
+        split = [r.name for r in self.recipes if r.halves
+                 and not all(n in grid and not grid[n].halves for n in r.halves)]
+        if split:
+            raise ValueError(f"recipes made of shares must name grid recipes that are not shares: "
+                             f"{', '.join(split)}")
         unlabelled = [r.name for r in (*self.recipes, *self.side_recipes)
                       if r.masks_from == "pseudo" and not r.pseudo_masks]
         if unlabelled:
@@ -293,6 +310,11 @@ class EvidenceConfig:
 
     def recipe(self, name: str) -> Recipe:
         return next(r for r in (*self.recipes, *self.side_recipes) if r.name == name)
+
+    def pastes(self, name: str) -> bool:
+        """Whether some of the recipe's tiles are pasted, not drawn by a generator."""
+        recipe = self.recipe(name)
+        return recipe.pasted or any(self.recipe(part).pasted for part in recipe.halves)
 
     @property
     def baseline(self) -> str:
@@ -372,8 +394,9 @@ PRESETS = {
     # region 0.706 (bench.label_budget): the room generated pairs could fill lies there
     "matched": replace(tiles_preset(50, ema=True, precise_bn=True, reference_ending=()), resolve_seeds=16,
                        recipes=(*CPU_RECIPES, VPRED_LONG, VPRED_SDEDIT_POOL_LOW, COPY_PASTE,
-                                COPY_PASTE_LABELLED),
-                       paired_recipes=(VPRED_SDEDIT_POOL_LOW.name, COPY_PASTE.name, COPY_PASTE_LABELLED.name),
+                                COPY_PASTE_LABELLED, VPRED_AND_PASTE),
+                       paired_recipes=(VPRED_SDEDIT_POOL_LOW.name, COPY_PASTE.name, COPY_PASTE_LABELLED.name,
+                                       VPRED_AND_PASTE.name),
                        side_recipes=(VPRED_F8, VPRED_MIDT, VPRED_SDEDIT, VPRED_SDEDIT_POOL, VPRED_LONG_MID),
                        **SUB_SLICE),
     # the chain in minutes, on matched's kind of budget (a region of one slice, the pool)
@@ -790,6 +813,10 @@ class Bench:
         recipe = self.recipe_sampled(cell, sampling)
         source = self.pseudo_store(cell.k, recipe.pseudo_masks) if recipe.masks_from == "pseudo" \
             else self.store(cell.k)
+        if recipe.halves:
+            parts = [self.synthetic_dir(part) if (self.synthetic_dir(part) / "manifest.json").exists()
+                     else self.generator(part) for part in (replace(cell, recipe=n) for n in recipe.halves)]
+            return shares_store(self.synthetic_dir(cell), parts, self.cfg.n_synthetic)
         if recipe.pasted:
             return pasted_store(self.synthetic_dir(cell), self.store(cell.k), source, self.cfg.n_synthetic,
                                 self.log)
@@ -807,6 +834,33 @@ def pasted_store(out: Path, labelled: Path, backgrounds: Path, n: int, log: Path
         run(["generation_torch.copy_paste", "--labelled", str(labelled), "--backgrounds", str(backgrounds),
              "--n", str(n), "--out", str(out), "--seed", "0", "--no-progress", "--grid",
              str(out.parent / f"{out.name}.png")], log)
+    return out
+
+
+def shares_store(out: Path, parts: list[Path], n: int) -> Path:
+    """n tiles in equal shares of the part stores, the i-th giving its i-th share of tile indices (parts
+    drawn at the same composed layouts then keep n distinct layouts); each record names its part. Built
+    beside and renamed, so a killed build leaves no store."""
+    from generation_torch.grids import save_pairs
+    from shared.store import TileStore
+
+    if (out / "manifest.json").exists():
+        return out
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    bounds = np.linspace(0, n, len(parts) + 1).round().astype(int)
+    sources = [TileStore(p) for p in parts]
+    store = TileStore.create(partial, sources[0].tile_size, kind="synthetic")
+    for source, start, stop in zip(sources, bounds[:-1], bounds[1:], strict=True):
+        if len(source) < stop:
+            raise UserError(f"{source.path}: {len(source)} tiles, a share of tiles {start}-{stop - 1} wanted")
+        idx = np.arange(start, stop)
+        records = [{k: v for k, v in source.records[i].items() if k not in ("chunk", "index")}
+                   | {"part": source.path.name, "part_index": int(i)} for i in idx]
+        store.append(source.raw_images(idx), source.masks(idx), records)
+    picked = np.linspace(0, n - 1, min(n, 16)).round().astype(int)  # the grid shows every share
+    save_pairs(out.with_name(f"{out.name}.png"), store.images(picked), store.masks(picked))
+    partial.rename(out)
     return out
 
 
@@ -1173,10 +1227,10 @@ def synthetic_arms(k: Budget, cfg: EvidenceConfig) -> list[tuple[str, float, str
 def chosen_arm(results: dict, k: Budget, cfg: EvidenceConfig) -> tuple[float, str] | None:
     """The images-plentiful (ratio, recipe) a user would pick: the best mean validation IoU among the
     arms run on every seed (None until one has)."""
-    # generated pairs only: a control without a generator (pasted) is not the generator's arm
+    # generated pairs only: a control with pasted tiles is not the generator's arm
     full = {(r, rec): {s: v for s, v in by_seed(results, k, arm, r, rec, "val_iou").items() if s in cfg.seeds}
             for arm, r, rec in synthetic_arms(k, cfg)
-            if arm == "images_plentiful" and not cfg.recipe(rec).pasted}
+            if arm == "images_plentiful" and not cfg.pastes(rec)}
     full = {a: v for a, v in full.items() if len(v) == len(cfg.seeds)}  # seeds beyond (resolving) never count
     return max(full, key=lambda a: float(np.mean(list(full[a].values())))) if full else None
 
@@ -1219,11 +1273,15 @@ def control_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
         main = by_seed(results, k, "images_plentiful", cfg.lever_ratio, cfg.main_recipe)
         controls = [("self_training", 0.0, cfg.baseline)] if cfg.recipe(cfg.main_recipe).pseudo_masks else []
         controls += [("images_plentiful", cfg.lever_ratio, r.name) for r in cfg.recipes
-                     if r.name in cfg.paired_recipes or r.pasted]
-        for arm, ratio, recipe in controls:
-            diff = paired_interval(main, by_seed(results, k, arm, ratio, recipe))
+                     if (r.name in cfg.paired_recipes or r.pasted) and not r.halves]
+        pairs = [(cfg.main_recipe, main, control) for control in controls]
+        # a recipe of shares against each of its parts: above 0, each part adds to the other
+        pairs += [(r.name, by_seed(results, k, "images_plentiful", cfg.lever_ratio, r.name),
+                   ("images_plentiful", cfg.lever_ratio, part)) for r in cfg.recipes for part in r.halves]
+        for name, arm_iou, (arm, ratio, recipe) in pairs:
+            diff = paired_interval(arm_iou, by_seed(results, k, arm, ratio, recipe))
             if diff and diff["n"] >= 2:
-                rows.append({"k": _k(k), "arm": cfg.main_recipe, "minus": recipe if ratio else arm,
+                rows.append({"k": _k(k), "arm": name, "minus": recipe if ratio else arm,
                              **_rounded(diff), "ci_above_0": bool(diff["low"] > 0)})
     return rows
 
@@ -1554,14 +1612,24 @@ def cell_cost(cell: Cell, bench: Bench, results: dict, made: frozenset[Path] = f
                 return estimate
         return None
 
-    def absent(product: Path) -> bool:
-        return product not in made and not product.exists()
-
-    minutes, first = segmenter(cell), []
     if (segmenter_dir(cell, bench.work) / "segmenter.json").exists():
-        return Cost(minutes)
+        return Cost(segmenter(cell))
+    minutes, first = products_cost(cell, bench, lambda p: p not in made and not p.exists(), segmenter)
+    return Cost(_plus(segmenter(cell), minutes), tuple(first))
+
+
+def products_cost(cell: Cell, bench: Bench, absent: Callable[[Path], bool],
+                  segmenter: Callable[[Cell], float | None]) -> tuple[float | None, list]:
+    """(minutes, [(what, product)]) of what the cell needs before its segmenter and lacks (`absent`):
+    judge, pseudo-labels, generator stages, its tiles; a recipe of shares needs its parts'."""
+    minutes, first = 0.0, []
     recipe = bench.cfg.recipe(cell.recipe)
     drawn = cell.ratio > 0 and absent(bench.synthetic_dir(cell) / "manifest.json")
+    if recipe.halves:
+        for name in recipe.halves if drawn else ():
+            more, theirs = products_cost(replace(cell, recipe=name), bench, absent, segmenter)
+            minutes, first = _plus(minutes, more), first + theirs
+        return minutes, first  # the shares themselves: a copy of seconds
     generator = drawn and not recipe.pasted and absent(bench.weights(cell))
     versions = {CALIBRATION_VERSION} if cell.arm == "self_training" else set()
     if recipe.pseudo_masks and cell.k != 0 and cell.arm == "images_plentiful" and (
@@ -1597,7 +1665,7 @@ def cell_cost(cell: Cell, bench: Bench, results: dict, made: frozenset[Path] = f
     if drawn:
         first.append(("its tiles", bench.synthetic_dir(cell) / "manifest.json"))
         minutes = _plus(minutes, PASTE_MINUTES if recipe.pasted else DRAW_MINUTES)
-    return Cost(minutes, tuple(first))
+    return minutes, first
 
 
 def _plus(minutes: float | None, more: float | None) -> float | None:

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = PRESETS[args.preset]
     names = [n for n in args.recipes.split(",") if n]
-    known = [r.name for r in (*cfg.recipes, *cfg.side_recipes) if not r.pasted]  # pasted: no guidance
+    known = [r.name for r in (*cfg.recipes, *cfg.side_recipes) if not cfg.pastes(r.name)]  # no guidance
     unknown = sorted(set(names) - set(known))
     if unknown:
         parser.error(f"unknown recipe(s) {', '.join(unknown)}; choose from {', '.join(known)}")

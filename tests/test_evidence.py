@@ -4,6 +4,7 @@ themselves run in `python -m bench.evidence`, not here)."""
 
 import json
 import math
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -1410,8 +1411,8 @@ def test_paired_recipes_follow_self_training_in_every_round_and_must_share_the_m
         i = order.index(Cell("256px", "self_training", 0.0, seed))
         sdedit = Cell("256px", "images_plentiful", cfg.lever_ratio, seed, "vpred_sdedit_pool_low")
         pasted = [Cell("256px", "images_plentiful", cfg.lever_ratio, seed, name)
-                  for name in ("copy_paste", "copy_paste_labelled")]
-        assert order[i + 1:i + 4] == [sdedit, *pasted]  # the generator's controls, round by round
+                  for name in ("copy_paste", "copy_paste_labelled", "vpred_and_copy_paste_labelled")]
+        assert order[i + 1:i + 5] == [sdedit, *pasted]  # the generator's controls, round by round
     assert order.index(Cell("256px", "images_plentiful", 0.3, 0, "vpred_sdedit_pool_low")) < order.index(
         Cell("256px", "real_only", 0.0, 1))
     with pytest.raises(ValueError, match="paired recipes must be grid recipes .*: vpred_f8"):
@@ -1499,3 +1500,86 @@ def test_the_main_arm_minus_each_control_by_hand_and_a_control_is_never_the_user
     # a pasted recipe may be paired (no generator to train); another generator may not
     with pytest.raises(ValueError, match="paired recipes must be grid recipes .*: levers"):
         replace(cfg, recipes=(*cfg.recipes, evidence.LEVERS), paired_recipes=("copy_paste", "levers"))
+
+
+def _pairs_store(path: Path, n: int, value: int) -> Path:
+    """A synthetic store of n 256 px tiles: tile i is filled with value + i, its mask is 1 from row i."""
+    store = TileStore.create(path, 256, kind="synthetic")
+    images = (value + np.arange(n, dtype=np.uint8))[:, None, None] * np.ones((1, 256, 256), np.uint8)
+    masks = (np.arange(256)[None, :, None] >= np.arange(n)[:, None, None]).astype(np.uint8) * np.ones(
+        (1, 1, 256), np.uint8)
+    store.append(images, masks, [{"source": path.name, "layout_index": i} for i in range(n)])
+    return path
+
+
+def test_a_recipe_of_shares_takes_each_parts_own_share_of_tile_indices(tmp_path, monkeypatch):
+    """vpred_and_copy_paste_labelled: tiles 0-2 of vpred's drawn store and tiles 3-5 of the pasted one
+    (n = 6), so the two parts' layouts (both drawn at layout seed 0) never repeat; each record names its
+    part; it trains nothing, costs only its segmenter once its parts exist, and lives beside vpred's
+    generator. A part with too few tiles is refused by name; a recipe of shares of a non-grid recipe too."""
+    from bench.evidence import VPRED_AND_PASTE
+
+    cfg = replace(evidence.PRESETS["matched"], ks=(1, 0), lever_ks=(1,), n_synthetic=6)
+    bench, calls = _faked_bench(tmp_path, monkeypatch, cfg)
+    cell = Cell(1, "images_plentiful", 0.3, 2, VPRED_AND_PASTE.name)
+    drawn, pasted = (bench.synthetic_dir(replace(cell, recipe=name)) for name in VPRED_AND_PASTE.halves)
+    for folder, value in ((drawn, 10), (pasted, 100)):
+        folder.parent.mkdir(parents=True)
+        _pairs_store(folder, 6, value)
+    bench.weights(cell).write_text("{}")  # vpred's generator: the shares store lives beside it
+    monkeypatch.setattr(evidence, "machine", lambda: {"cpu": "EPYC", "isa": "avx512_bf16"})
+    results = {Cell(1, "real_only", 0.0, 0).key: {**_cell(1, "real_only", 0.0, 0, 0.5), "minutes": 20.0,
+                                                   "cpu": "EPYC", "isa": "avx512_bf16", "xla": False}}
+    cost = evidence.cell_cost(cell, bench, results)
+    assert cost.minutes == pytest.approx(20.0) and cost.first == ()
+    out = bench.generator(cell)
+    assert calls == [] and out == bench.synthetic_dir(cell) and out.parent == drawn.parent
+    store = TileStore(out)
+    assert store.raw_images(store.indices())[:, 0, 0].tolist() == [10, 11, 12, 103, 104, 105]
+    assert [int(m[:, 0].sum()) for m in store.masks(store.indices())] == [256 - i for i in range(6)]
+    assert [(r["part"], r["part_index"], r["layout_index"]) for r in store.records] == [
+        (drawn.name, 0, 0), (drawn.name, 1, 1), (drawn.name, 2, 2),
+        (pasted.name, 3, 3), (pasted.name, 4, 4), (pasted.name, 5, 5)]
+    assert out.with_name(f"{out.name}.png").exists() and not out.with_name(f"{out.name}.partial").exists()
+    assert segmenter_flags(cell, cfg, out)[-2:] == ["--synthetic-ratio", "0.3"]
+    # a part too small for its share: refused by name, nothing left behind
+    shutil.rmtree(out)
+    shutil.rmtree(pasted)
+    _pairs_store(pasted, 5, 100)
+    too_few = re.escape(f"{pasted}: 5 tiles, a share of tiles 3-5 wanted")
+    with pytest.raises(evidence.UserError, match=too_few):
+        bench.generator(cell)
+    assert not out.exists()
+    # the pasted part absent: it costs the pasting (no generator stage, vpred's store is there)
+    shutil.rmtree(pasted)
+    cost = evidence.cell_cost(cell, bench, results)
+    assert cost.minutes == pytest.approx(20.0 + evidence.PASTE_MINUTES)
+    assert cost.first == (("its tiles", pasted / "manifest.json"),)
+    with pytest.raises(ValueError, match="recipes made of shares must name grid recipes .*: mixed"):
+        replace(cfg, recipes=(*cfg.recipes, replace(VPRED_AND_PASTE, name="mixed", halves=("vpred", "nope"))))
+
+
+def test_a_recipe_of_shares_is_compared_with_each_part_and_is_never_the_users_pick():
+    """controls: vpred_and_copy_paste_labelled minus vpred and minus copy_paste_labelled, paired by seed
+    (by hand: +0.02 and +0.04 on seeds 0, 1 against vpred; +0.01 against the pasted part), beside vpred
+    minus each control; best on validation, it is still not the chosen (generated) arm."""
+    from bench.evidence import COPY_PASTE_LABELLED, VPRED, VPRED_AND_PASTE, chosen_arm, control_rows
+
+    cfg = EvidenceConfig(ks=(1, 0), seeds=(0, 1), ratios=(0.3,), lever_ks=(1,),
+                         recipes=(evidence.TODAY, VPRED, COPY_PASTE_LABELLED, VPRED_AND_PASTE),
+                         paired_recipes=(COPY_PASTE_LABELLED.name, VPRED_AND_PASTE.name))
+    results = {}
+    for s in (0, 1):
+        results[Cell(1, "real_only", 0.0, s).key] = _cell(1, "real_only", 0.0, s, 0.60)
+        arms = (("vpred", 0.70 - 0.02 * s, 0.6), ("copy_paste_labelled", 0.71, 0.7),
+                (VPRED_AND_PASTE.name, 0.72, 0.9), ("today", 0.6, 0.5))
+        for recipe, test, val in arms:
+            c = Cell(1, "images_plentiful", 0.3, s, recipe)
+            results[c.key] = {**_cell(1, "images_plentiful", 0.3, s, test), "val_iou": val, "recipe": recipe}
+    rows = {(r["arm"], r["minus"]): r for r in control_rows(results, cfg)}
+    assert set(rows) == {("vpred", "copy_paste_labelled"), (VPRED_AND_PASTE.name, "vpred"),
+                         (VPRED_AND_PASTE.name, "copy_paste_labelled")}
+    assert rows[(VPRED_AND_PASTE.name, "vpred")]["mean"] == pytest.approx(0.03)
+    assert rows[(VPRED_AND_PASTE.name, "copy_paste_labelled")]["mean"] == pytest.approx(0.01)
+    assert rows[("vpred", "copy_paste_labelled")]["mean"] == pytest.approx(-0.02)
+    assert chosen_arm(results, 1, cfg) == (0.3, "vpred")
