@@ -1560,6 +1560,17 @@ def xla_measured_faster(precision: str) -> bool:
     return precision == "float32" and on_cpu and "avx512f" not in cpu_flags()
 
 
+def named_cells(keys: list[str], cfg: EvidenceConfig, results: dict, preset: str) -> list[Cell]:
+    """The grid's cells of these keys, in their order (--cell); one measured already is said and left."""
+    grid = {c.key: c for c in cells(cfg, results)}
+    for key in keys:
+        if key not in grid:
+            raise UserError(f"--cell {key}: not a cell of the {preset} grid (--plan N lists the next N)")
+        if key in results:
+            print(f"{key}: measured already ({results[key]['test_iou']:.4f}); skipped", flush=True)
+    return [grid[key] for key in dict.fromkeys(keys)]
+
+
 def next_cell(todo: list[Cell], bench: Bench) -> Cell:
     """The first cell this machine runs at its own speed; the first of all where none does."""
     return next((c for c in todo if bench.runnable_here(c)), todo[0])
@@ -1780,6 +1791,10 @@ def main(argv: list[str] | None = None) -> None:
                              "that must first train a judge or a generator waits for a longer session, one "
                              "not estimable (no real-only cell on this CPU yet, an unboxed stage) is not "
                              "started")
+    parser.add_argument("--cell", action="append", default=[], metavar="KEY",
+                        help="run this grid cell only, not the plan's next (repeatable: in the order given; "
+                             "measured ones are skipped); KEY as --plan prints it, e.g. "
+                             "'k=256px|real_only|r=0|seed=4'")
     parser.add_argument("--plan", type=non_negative_int, default=0, metavar="N",
                         help="print the next N cells in the order this machine runs them, and which wait for "
                              "a machine of another precision; runs and writes nothing")
@@ -1803,6 +1818,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.plan:
         print_plan([c for c in cells(cfg, results) if c.key not in results], bench, results, args.plan)
         return
+    named = named_cells(args.cell, cfg, results, args.preset)
     work.mkdir(parents=True, exist_ok=True)
     claim_work(work, layout, cfg, corners)
     write_stack(bench.test[0], images[bench.layout.test])
@@ -1811,12 +1827,14 @@ def main(argv: list[str] | None = None) -> None:
     measure_generators(results, generators, bench)  # those a newer two-sample test made stale
     write_results(results_path, results, bench, args.preset, source, generators, saved.get("note"))
     done = 0
-    while (todo := [c for c in cells(cfg, results) if c.key not in results]) and \
+    while (todo := [c for c in (named or cells(cfg, results)) if c.key not in results]) and \
             (not args.max_cells or done < args.max_cells):
         bench.precisions.update(group_precisions(results))
         bench.xlas.update(group_xlas(results))
-        cell = next_cell(todo, bench) if deadline is None else \
-            cell_within(todo, bench, results, (deadline - time.monotonic()) / 60)
+        if deadline is not None:
+            cell = cell_within(todo, bench, results, (deadline - time.monotonic()) / 60)
+        else:
+            cell = todo[0] if named else next_cell(todo, bench)
         if cell is None:
             break
         if cell != todo[0] and deadline is None:

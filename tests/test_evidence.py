@@ -6,7 +6,7 @@ import json
 import math
 import re
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -1302,6 +1302,38 @@ def test_a_cell_trained_outside_the_grid_takes_its_groups_recorded_precision(tmp
     saved = {"results_by_cell": {Cell(1, "real_only", 0.0, 0).key: record}}
     (tmp_path / "evidence_matched.json").write_text(json.dumps(saved))
     assert evidence.grid_precisions("matched", tmp_path) == {(1, 0): "mixed_bfloat16"}
+
+
+def test_named_cells_run_in_the_order_given_and_a_wrong_key_exits_2(tmp_path, monkeypatch, capsys):
+    """--cell: the named cells only, in the order given (not the plan's), a measured one skipped with
+    a line; a key outside the grid is one line naming it, exit 2, before anything is written."""
+    images, masks = phantom_stack(10, seed=0, config=PhantomConfig(height=256, width=256))
+    monkeypatch.setattr(evidence, "load_volume", lambda: (images, masks, "phantom"))
+    monkeypatch.setattr(evidence, "slice_positions", lambda: None)
+    monkeypatch.setattr(evidence, "native_precision", lambda: "float32")
+    monkeypatch.setattr(evidence, "measure_generators", lambda *a: None)
+    ran = []
+
+    def fake_cell(cell, bench):
+        ran.append(cell.key)
+        return {**asdict(cell), "test_iou": 0.5, "val_iou": 0.5, "minutes": 1.0,
+                "calibration": evidence.CALIBRATION_VERSION}
+
+    monkeypatch.setattr(evidence, "run_cell", fake_cell)
+    monkeypatch.setattr(evidence, "write_results", lambda path, results, *a: path.write_text(
+        json.dumps({"results_by_cell": results})))
+    results = tmp_path / "r.json"
+    first, second = "k=0|real_only|r=0|seed=1", "k=256px|real_only|r=0|seed=0"
+    common = ["--preset", "quick", "--work", str(tmp_path / "w"), "--results", str(results)]
+    evidence.main([*common, "--cell", first, "--cell", second])
+    assert ran == [first, second]
+    evidence.main([*common, "--cell", second])
+    assert ran == [first, second]
+    assert f"{second}: measured already (0.5000); skipped" in capsys.readouterr().out
+    assert run_cli(evidence_main, [*common, "--cell", "k=3|real_only|r=0|seed=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: --cell k=3|real_only|r=0|seed=0: not a cell of the quick grid "
+                   "(--plan N lists the next N)")
 
 
 def test_plan_writes_nothing(tmp_path, monkeypatch, capsys):
