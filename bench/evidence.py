@@ -113,6 +113,14 @@ class Recipe:
     # i-th share of tile indices, so no two tiles share a composed layout): its generator's tiles are
     # the first recipe's, so it lives (and is paired) beside that recipe's generator
     halves: tuple[str, ...] = ()
+    # a pasted grid recipe whose pairs sampling starts from (strength < 1, each tile under its own mask
+    # varied), in place of the labelled tiles: the generator re-renders copy-paste
+    over: str = ""
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The grid recipes whose tiles this one's are made from."""
+        return (*self.halves, *((self.over,) if self.over else ()))
 
     @property
     def pretrains(self) -> bool:
@@ -125,7 +133,7 @@ class Recipe:
         s = self.sampling
         texture = f"_t{s.texture:g}" if s.texture else ""
         start = f"_s{s.strength:g}" if s.strength < 1 else ""
-        pool = "_pool" if self.masks_from == "pseudo" else ""
+        pool = "_pool" if self.masks_from == "pseudo" else f"_over_{self.over}" if self.over else ""
         if self.halves:
             return "shares_" + "_and_".join(self.halves)
         if self.pasted:
@@ -223,6 +231,11 @@ COPY_PASTE_LABELLED = replace(COPY_PASTE, name="copy_paste_labelled", masks_from
 # both, the generator's tiles bring what pasting one background cannot (new backgrounds, new context)
 VPRED_AND_PASTE = replace(VPRED, name="vpred_and_copy_paste_labelled",
                           halves=(VPRED.name, COPY_PASTE_LABELLED.name))
+# the generator on top of copy-paste: each pasted pair re-rendered by the main generator from t = 103
+# (SDEdit at strength 0.4, as vpred_sdedit_pool_low) under its own clean mask, varied: seams and
+# textures redrawn, objects kept where the mask says (the judge's fidelity tells how well)
+VPRED_OVER_PASTE = replace(VPRED_SDEDIT_POOL_LOW, name="vpred_sdedit_over_copy_paste_labelled",
+                           masks_from="labelled", over=COPY_PASTE_LABELLED.name)
 # images plentiful, the other way: the denoiser first learns EM from every pool image (60 min, no mask:
 # shared by every k), then each k's conditioned training starts from it; a side rung beside spade
 POOL_PRETRAINED = replace(SPADE, name="pool_pretrained", generator="spade_pool_pretrained",
@@ -298,10 +311,16 @@ class EvidenceConfig:
             raise ValueError(f"paired recipes must be grid recipes with no generator of their own to train "
                              f"(drawn by the main recipe's, or pasted): {', '.join(strays)}")
         split = [r.name for r in self.recipes if r.halves
-                 and not all(n in grid and not grid[n].halves for n in r.halves)]
+                 and not all(n in grid and not grid[n].parts for n in r.halves)]
         if split:
-            raise ValueError(f"recipes made of shares must name grid recipes that are not shares: "
+            raise ValueError(f"recipes made of shares must name grid recipes made of no others: "
                              f"{', '.join(split)}")
+        over = [r.name for r in (*self.recipes, *self.side_recipes) if r.over and not (
+            r.over in grid and grid[r.over].pasted and r.sampling.strength < 1
+            and r.mask_source == "labelled")]
+        if over:
+            raise ValueError(f"recipes drawn over pairs must name a pasted grid recipe and start from its "
+                             f"tiles (strength < 1, labelled masks): {', '.join(over)}")
         unlabelled = [r.name for r in (*self.recipes, *self.side_recipes)
                       if r.masks_from == "pseudo" and not r.pseudo_masks]
         if unlabelled:
@@ -394,9 +413,9 @@ PRESETS = {
     # region 0.706 (bench.label_budget): the room generated pairs could fill lies there
     "matched": replace(tiles_preset(50, ema=True, precise_bn=True, reference_ending=()), resolve_seeds=16,
                        recipes=(*CPU_RECIPES, VPRED_LONG, VPRED_SDEDIT_POOL_LOW, COPY_PASTE,
-                                COPY_PASTE_LABELLED, VPRED_AND_PASTE),
+                                COPY_PASTE_LABELLED, VPRED_AND_PASTE, VPRED_OVER_PASTE),
                        paired_recipes=(VPRED_SDEDIT_POOL_LOW.name, COPY_PASTE.name, COPY_PASTE_LABELLED.name,
-                                       VPRED_AND_PASTE.name),
+                                       VPRED_AND_PASTE.name, VPRED_OVER_PASTE.name),
                        side_recipes=(VPRED_F8, VPRED_MIDT, VPRED_SDEDIT, VPRED_SDEDIT_POOL, VPRED_LONG_MID),
                        **SUB_SLICE),
     # the chain in minutes, on matched's kind of budget (a region of one slice, the pool)
@@ -811,12 +830,12 @@ class Bench:
         """The cell's synthetic store, drawn by its trained generator (with the recipe's sampling
         unless another is given)."""
         recipe = self.recipe_sampled(cell, sampling)
-        source = self.pseudo_store(cell.k, recipe.pseudo_masks) if recipe.masks_from == "pseudo" \
-            else self.store(cell.k)
+        parts = [self.synthetic_dir(part) if (self.synthetic_dir(part) / "manifest.json").exists()
+                 else self.generator(part) for part in (replace(cell, recipe=n) for n in recipe.parts)]
         if recipe.halves:
-            parts = [self.synthetic_dir(part) if (self.synthetic_dir(part) / "manifest.json").exists()
-                     else self.generator(part) for part in (replace(cell, recipe=n) for n in recipe.halves)]
-            return shares_store(self.synthetic_dir(cell), parts, self.cfg.n_synthetic)
+            return shares_store(self.synthetic_dir(cell, sampling), parts, self.cfg.n_synthetic)
+        source = parts[0] if recipe.over else self.pseudo_store(cell.k, recipe.pseudo_masks) \
+            if recipe.masks_from == "pseudo" else self.store(cell.k)
         if recipe.pasted:
             return pasted_store(self.synthetic_dir(cell), self.store(cell.k), source, self.cfg.n_synthetic,
                                 self.log)
@@ -1273,11 +1292,11 @@ def control_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
         main = by_seed(results, k, "images_plentiful", cfg.lever_ratio, cfg.main_recipe)
         controls = [("self_training", 0.0, cfg.baseline)] if cfg.recipe(cfg.main_recipe).pseudo_masks else []
         controls += [("images_plentiful", cfg.lever_ratio, r.name) for r in cfg.recipes
-                     if (r.name in cfg.paired_recipes or r.pasted) and not r.halves]
+                     if (r.name in cfg.paired_recipes or r.pasted) and not r.parts]
         pairs = [(cfg.main_recipe, main, control) for control in controls]
-        # a recipe of shares against each of its parts: above 0, each part adds to the other
+        # a recipe made of others' tiles against each: above 0, it adds to what they hold
         pairs += [(r.name, by_seed(results, k, "images_plentiful", cfg.lever_ratio, r.name),
-                   ("images_plentiful", cfg.lever_ratio, part)) for r in cfg.recipes for part in r.halves]
+                   ("images_plentiful", cfg.lever_ratio, part)) for r in cfg.recipes for part in r.parts]
         for name, arm_iou, (arm, ratio, recipe) in pairs:
             diff = paired_interval(arm_iou, by_seed(results, k, arm, ratio, recipe))
             if diff and diff["n"] >= 2:
@@ -1636,10 +1655,10 @@ def products_cost(cell: Cell, bench: Bench, absent: Callable[[Path], bool],
     minutes, first = 0.0, []
     recipe = bench.cfg.recipe(cell.recipe)
     drawn = cell.ratio > 0 and absent(bench.synthetic_dir(cell) / "manifest.json")
+    for name in recipe.parts if drawn else ():
+        more, theirs = products_cost(replace(cell, recipe=name), bench, absent, segmenter)
+        minutes, first = _plus(minutes, more), first + theirs
     if recipe.halves:
-        for name in recipe.halves if drawn else ():
-            more, theirs = products_cost(replace(cell, recipe=name), bench, absent, segmenter)
-            minutes, first = _plus(minutes, more), first + theirs
         return minutes, first  # the shares themselves: a copy of seconds
     generator = drawn and not recipe.pasted and absent(bench.weights(cell))
     versions = {CALIBRATION_VERSION} if cell.arm == "self_training" else set()

@@ -77,8 +77,10 @@ TABLE_TITLES = {
     "controls": "The main recipe's arm - each of its controls, paired by seed: self-training (its "
                 "pseudo-labels, no generator), its generator drawn otherwise (SDEdit), no generator at all "
                 "(copy_paste: the labelled objects' own pixels pasted at composed layouts onto pool tiles; "
-                "copy_paste_labelled: onto the labelled tiles); and a recipe made of shares of two others "
-                "(vpred_and_copy_paste_labelled: half drawn, half pasted) minus each of its parts",
+                "copy_paste_labelled: onto the labelled tiles); and recipes made of others' tiles "
+                "(vpred_and_copy_paste_labelled: half drawn, half pasted; "
+                "vpred_sdedit_over_copy_paste_labelled: the pasted pairs re-rendered by the generator from "
+                "strength 0.4) minus each of those",
     "rise": "Does real only rise with k? IoU(next k) - IoU(k), paired by seed, 95% t interval",
     "resolution": "Can the grid resolve the generator goal? goal: half the gap (real only on the whole "
                   "pool - real only at k); seeds a paired gain of that size needs for its 95% interval to "

@@ -1003,9 +1003,9 @@ def test_the_long_and_tiles_presets_as_fit_reads_their_flags():
     for name in ("long", "tiles", "matched_ema", "matched_best", "matched"):
         assert evidence.PRESETS[name].generator_flags == evidence.PRESETS["final"].generator_flags
         # baseline, main recipe, its pretrain use; matched also the long-denoiser rung and the paired
-        # starting-from-real-tiles and copy-paste recipes, and copy-paste onto the labelled tiles (2 regions
-        # x 5 seeds each)
-        assert len(cells(evidence.PRESETS[name], {})) == (182 if name == "matched" else 142)
+        # starting-from-real-tiles and copy-paste recipes, copy-paste onto the labelled tiles, half drawn
+        # half pasted, and the pasted re-rendered (2 regions x 5 seeds each)
+        assert len(cells(evidence.PRESETS[name], {})) == (202 if name == "matched" else 142)
 
 
 def test_threshold_readouts_by_hand():
@@ -1443,8 +1443,9 @@ def test_paired_recipes_follow_self_training_in_every_round_and_must_share_the_m
         i = order.index(Cell("256px", "self_training", 0.0, seed))
         sdedit = Cell("256px", "images_plentiful", cfg.lever_ratio, seed, "vpred_sdedit_pool_low")
         pasted = [Cell("256px", "images_plentiful", cfg.lever_ratio, seed, name)
-                  for name in ("copy_paste", "copy_paste_labelled", "vpred_and_copy_paste_labelled")]
-        assert order[i + 1:i + 5] == [sdedit, *pasted]  # the generator's controls, round by round
+                  for name in ("copy_paste", "copy_paste_labelled", "vpred_and_copy_paste_labelled",
+                               "vpred_sdedit_over_copy_paste_labelled")]
+        assert order[i + 1:i + 6] == [sdedit, *pasted]  # the generator's controls, round by round
     assert order.index(Cell("256px", "images_plentiful", 0.3, 0, "vpred_sdedit_pool_low")) < order.index(
         Cell("256px", "real_only", 0.0, 1))
     with pytest.raises(ValueError, match="paired recipes must be grid recipes .*: vpred_f8"):
@@ -1459,8 +1460,8 @@ def test_generator_levers_names_side_recipes_among_the_known_ones(capsys):
     with pytest.raises(SystemExit) as exit_info:
         generator_levers.main(["--preset", "matched", "--k", "256px", "--recipes", "nope"])
     assert exit_info.value.code == 2
-    known = ("today, vpred, vpred_pretrain, vpred_long, vpred_sdedit_pool_low, vpred_f8, vpred_midt, "
-             "vpred_sdedit, vpred_sdedit_pool")
+    known = ("today, vpred, vpred_pretrain, vpred_long, vpred_sdedit_pool_low, "
+             "vpred_sdedit_over_copy_paste_labelled, vpred_f8, vpred_midt, vpred_sdedit, vpred_sdedit_pool")
     assert f"unknown recipe(s) nope; choose from {known}" in capsys.readouterr().err
 
 
@@ -1591,26 +1592,75 @@ def test_a_recipe_of_shares_takes_each_parts_own_share_of_tile_indices(tmp_path,
         replace(cfg, recipes=(*cfg.recipes, replace(VPRED_AND_PASTE, name="mixed", halves=("vpred", "nope"))))
 
 
+def test_a_recipe_drawn_over_pasted_pairs_starts_from_them_under_their_own_masks(tmp_path, monkeypatch):
+    """vpred_sdedit_over_copy_paste_labelled: the main generator samples from each pasted pair (noised
+    to strength 0.4) under its mask, into a store of its own beside vpred's; it needs the pasted pairs
+    first (their pasting is in its cost, never a generator of its own); only a pasted grid recipe, drawn
+    from at strength < 1 with labelled masks, can be drawn over."""
+    from bench.evidence import COPY_PASTE_LABELLED, VPRED_OVER_PASTE
+
+    cfg = replace(evidence.PRESETS["matched"], ks=(1, 0), lever_ks=(1,), n_synthetic=6)
+    bench, calls = _faked_bench(tmp_path, monkeypatch, cfg)
+    bench.judge(1).mkdir(parents=True)
+    calibration = {"threshold": 0.99, "version": evidence.CALIBRATION_VERSION}
+    (bench.judge(1) / "segmenter.json").write_text(json.dumps({"provenance": {"calibration": calibration}}))
+    cell = Cell(1, "images_plentiful", 0.3, 2, VPRED_OVER_PASTE.name)
+    pasted = bench.synthetic_dir(replace(cell, recipe=COPY_PASTE_LABELLED.name))
+    bench.weights(cell).parent.mkdir(parents=True)
+    bench.weights(cell).write_text("{}")
+    monkeypatch.setattr(evidence, "machine", lambda: {"cpu": "EPYC", "isa": "avx512_bf16"})
+    results = {Cell(1, "real_only", 0.0, 0).key: {**_cell(1, "real_only", 0.0, 0, 0.5), "minutes": 20.0,
+                                                   "cpu": "EPYC", "isa": "avx512_bf16", "xla": False}}
+    cost = evidence.cell_cost(cell, bench, results)
+    assert [what for what, _ in cost.first] == ["its tiles", "its tiles"]  # the pasted pairs, then its own
+    assert cost.minutes == pytest.approx(20.0 + evidence.PASTE_MINUTES + evidence.DRAW_MINUTES)
+    out = bench.generator(cell)
+    assert [c[0] for c in calls if c[0] != "segmentation_tf.predict"] == [
+        "generation_torch.copy_paste", "generation_torch.sample"]
+    sample = calls[-1]
+    flag = lambda name: sample[sample.index(name) + 1]  # noqa: E731
+    assert Path(flag("--masks-from")) == pasted and flag("--mask-source") == "labelled"
+    assert flag("--strength") == "0.4" and flag("--guidance") == "1.5"
+    assert out.parent == bench.generator_dir(cell)
+    assert out.name == "synthetic_labelled_over_copy_paste_labelled_dpmpp2m20_g1.5_t1_s0.4"
+    assert bench.weights(cell) == bench.weights(replace(cell, recipe="vpred"))  # the main generator
+    with pytest.raises(ValueError, match="drawn over pairs must name a pasted grid recipe .*: over_vpred"):
+        replace(cfg, recipes=(*cfg.recipes, replace(VPRED_OVER_PASTE, name="over_vpred", over="vpred")))
+    with pytest.raises(ValueError, match="drawn over pairs .*: from_noise"):
+        replace(cfg, recipes=(*cfg.recipes, replace(VPRED_OVER_PASTE, name="from_noise", sampling=replace(
+            VPRED_OVER_PASTE.sampling, strength=1.0))))
+
+
 def test_a_recipe_of_shares_is_compared_with_each_part_and_is_never_the_users_pick():
     """controls: vpred_and_copy_paste_labelled minus vpred and minus copy_paste_labelled, paired by seed
     (by hand: +0.02 and +0.04 on seeds 0, 1 against vpred; +0.01 against the pasted part), beside vpred
     minus each control; best on validation, it is still not the chosen (generated) arm."""
-    from bench.evidence import COPY_PASTE_LABELLED, VPRED, VPRED_AND_PASTE, chosen_arm, control_rows
+    from bench.evidence import (
+        COPY_PASTE_LABELLED,
+        VPRED,
+        VPRED_AND_PASTE,
+        VPRED_OVER_PASTE,
+        chosen_arm,
+        control_rows,
+    )
 
+    paired = (COPY_PASTE_LABELLED, VPRED_AND_PASTE, VPRED_OVER_PASTE)
     cfg = EvidenceConfig(ks=(1, 0), seeds=(0, 1), ratios=(0.3,), lever_ks=(1,),
-                         recipes=(evidence.TODAY, VPRED, COPY_PASTE_LABELLED, VPRED_AND_PASTE),
-                         paired_recipes=(COPY_PASTE_LABELLED.name, VPRED_AND_PASTE.name))
+                         recipes=(evidence.TODAY, VPRED, *paired),
+                         paired_recipes=tuple(r.name for r in paired))
     results = {}
     for s in (0, 1):
         results[Cell(1, "real_only", 0.0, s).key] = _cell(1, "real_only", 0.0, s, 0.60)
         arms = (("vpred", 0.70 - 0.02 * s, 0.6), ("copy_paste_labelled", 0.71, 0.7),
-                (VPRED_AND_PASTE.name, 0.72, 0.9), ("today", 0.6, 0.5))
+                (VPRED_AND_PASTE.name, 0.72, 0.9), ("today", 0.6, 0.5), (VPRED_OVER_PASTE.name, 0.66, 0.4))
         for recipe, test, val in arms:
             c = Cell(1, "images_plentiful", 0.3, s, recipe)
             results[c.key] = {**_cell(1, "images_plentiful", 0.3, s, test), "val_iou": val, "recipe": recipe}
     rows = {(r["arm"], r["minus"]): r for r in control_rows(results, cfg)}
     assert set(rows) == {("vpred", "copy_paste_labelled"), (VPRED_AND_PASTE.name, "vpred"),
-                         (VPRED_AND_PASTE.name, "copy_paste_labelled")}
+                         (VPRED_AND_PASTE.name, "copy_paste_labelled"),
+                         (VPRED_OVER_PASTE.name, "copy_paste_labelled")}
+    assert rows[(VPRED_OVER_PASTE.name, "copy_paste_labelled")]["mean"] == pytest.approx(-0.05)
     assert rows[(VPRED_AND_PASTE.name, "vpred")]["mean"] == pytest.approx(0.03)
     assert rows[(VPRED_AND_PASTE.name, "copy_paste_labelled")]["mean"] == pytest.approx(0.01)
     assert rows[("vpred", "copy_paste_labelled")]["mean"] == pytest.approx(-0.02)
