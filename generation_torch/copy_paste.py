@@ -4,13 +4,14 @@ deformed, never touching) onto real background tiles; each mask is the backgroun
 pasted objects. The standard baseline for synthetic pairs (Ghiasi et al. 2021, "Simple Copy-Paste"):
 a generator's pairs earn their keep only where they beat these.
 
-    python -m generation_torch.copy_paste --labelled STORE --backgrounds STORE --n 128 --out SYNTH_STORE
-        [--seed 0 --grid tiles.png]
+    python -m generation_torch.copy_paste --labelled STORE --n 128 --out SYNTH_STORE
+        [--backgrounds STORE --seed 0 --grid tiles.png]
 
 --labelled: a tile store whose masks hold the objects (its images give their pixels); --backgrounds: a
-tile store whose tiles receive them, with its masks (real ones, or pseudo-labels: a background's own
-unlabelled objects would otherwise be taught as background). Both read their train split (all tiles
-where it is empty). Same seed, same pairs.
+tile store whose tiles receive them, with its masks (default: the labelled store itself, real masks
+only; pseudo-labels of unlabelled tiles miss some of their objects, which are then taught as
+background: on the 256 px region of docs/evidence.md that undid the gain). Both read their train split
+(all tiles where it is empty). Same seed, same pairs.
 """
 
 from __future__ import annotations
@@ -142,14 +143,16 @@ def pair_tiles(path: Path) -> tuple[TileStore, np.ndarray, tuple[np.ndarray, np.
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m generation_torch.copy_paste", description=__doc__.splitlines()[0])
     p.add_argument("--labelled", type=Path, required=True, help="tile store of the labelled tiles (objects)")
-    p.add_argument("--backgrounds", type=Path, required=True,
-                   help="tile store of the tiles to paste onto, with their masks")
+    p.add_argument("--backgrounds", type=Path,
+                   help="tile store of the tiles to paste onto, with their masks (default: the labelled "
+                        "tiles themselves: real masks under every pasted object)")
     p.add_argument("--n", type=positive_int, default=64, help="pairs to make (default 64)")
     p.add_argument("--out", type=Path, required=True, help="synthetic tile store, created or appended to")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--grid", type=Path, help="also write a PNG of (up to 16) tiles beside their masks")
     args = p.parse_args(argv)
+    args.backgrounds = args.backgrounds or args.labelled
     labelled, _, objects = pair_tiles(args.labelled)
     _, background_idx, backgrounds = pair_tiles(args.backgrounds)
     refuse_real_store(args.out, "pasted pairs")

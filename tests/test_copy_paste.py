@@ -147,6 +147,11 @@ def test_the_command_writes_a_synthetic_store_with_provenance(tmp_path, objects,
         far = ~ndimage.binary_dilation(objects_here, np.ones((3, 3)), iterations=PasteConfig().margin)
         far[:8], far[-8:], far[:, :8], far[:, -8:] = False, False, False, False
         np.testing.assert_array_equal(store.raw_images([i])[0][far], turned[far])
+    # without --backgrounds: onto the labelled tiles themselves
+    onto_labelled = tmp_path / "onto_labelled"
+    assert run_cli(main, ["--labelled", str(labelled), "--n", "2", "--out", str(onto_labelled),
+                          "--no-progress"]) == 0
+    assert {r["backgrounds"] for r in TileStore(onto_labelled).records} == {str(labelled)}
 
 
 def test_bad_stores_are_one_line_naming_the_file(tmp_path, objects, backgrounds, capsys):
