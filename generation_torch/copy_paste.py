@@ -31,7 +31,7 @@ from generation_torch.layouts import ComposeConfig, Instance, Transform
 from shared.console import on_terminal
 from shared.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_cli
 from shared.normalization import denormalize
-from shared.store import TileStore, refuse_real_store
+from shared.store import TileStore, refuse_partial_annotations, refuse_real_store
 from shared.tiling import TILE, dihedral
 
 
@@ -154,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.backgrounds = args.backgrounds or args.labelled
     labelled, _, objects = pair_tiles(args.labelled)
-    _, background_idx, backgrounds = pair_tiles(args.backgrounds)
+    background_store, background_idx, backgrounds = pair_tiles(args.backgrounds)
+    refuse_partial_annotations(background_store, "pasting onto its tiles (their masks are kept)")
     refuse_real_store(args.out, "pasted pairs")
     try:
         images, masks, origins = paste_pairs(objects, backgrounds, args.n, args.seed,

@@ -11,11 +11,12 @@ import numpy as np
 import torch
 
 from shared.errors import UserError
-from shared.store import TileStore
+from shared.store import TileStore, refuse_partial_annotations
 
 
 def load_split(store: TileStore, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(images (N, 1, T, T) float32 in [-1, 1], masks (N, 1, T, T) float32 in {0, 1})."""
+    refuse_partial_annotations(store, "the generator (its masks condition every pixel)")
     images = load_images(store, split)
     masks = torch.from_numpy(store.masks(store.indices(split)).astype(np.float32))[:, None]
     return images, masks

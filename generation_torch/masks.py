@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 from generation_torch.layouts import source_tiles
 from shared.errors import UserError
+from shared.store import refuse_partial_annotations
 from shared.tiff_io import read_mask_stack
 from shared.tiling import TILE, dihedral
 
@@ -35,6 +36,7 @@ def load_pair_source(path: Path, split: str = "train") -> tuple[np.ndarray, np.n
         raise UserError(f"{path}: a mask stack has no tiles to start from; --strength below 1 needs a "
                         "tile store (its tiles and masks)")
     store, idx = source_tiles(path, split)
+    refuse_partial_annotations(store, "starting from a tile under its mask (--strength below 1)")
     return store.masks(idx), store.images(idx)
 
 

@@ -3,7 +3,9 @@
 y_true is (B, H, W, 1) with the {0, 1} mask, or (B, H, W, 2) with the mask and a per-pixel weight
 map (the U-Net paper's border weights, see `weights.py`); with `tile_weights` a last channel holds
 each tile's loss weight (--synthetic-weight: W on synthetic tiles, 1 on real ones), which weights both
-terms. y_pred is the sigmoid probability. All arithmetic is float32, whatever the mixed-precision policy.
+terms; it is 0 on pixels nobody annotated (a partially annotated store), which leave both terms, the
+BCE then being a mean over the annotated pixels. y_pred is the sigmoid probability. All arithmetic is
+float32, whatever the mixed-precision policy.
 """
 
 from __future__ import annotations
@@ -59,7 +61,10 @@ class BceJaccardLoss(keras.losses.Loss):
         pixel = tile if weight is None else (weight if tile is None else weight * tile)
         loss = ops.convert_to_tensor(0.0, "float32")
         if self.bce_weight:
-            loss = loss + self.bce_weight * binary_crossentropy(mask, prob, pixel)
+            bce = binary_crossentropy(mask, prob, pixel)
+            if tile is not None:  # a mean over the annotated pixels (all of them: unchanged)
+                bce = bce / ops.maximum(ops.mean(ops.cast(tile > 0, "float32")), EPS)
+            loss = loss + self.bce_weight * bce
         if self.jaccard_weight:
             loss = loss + self.jaccard_weight * (1.0 - soft_jaccard(mask, prob, self.smooth, tile))
         return loss

@@ -11,8 +11,10 @@ from shared.store import TileStore
 from shared.tiling import stitch_tiles
 
 
-def slices_of(store: TileStore, idx: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Reassemble whole (tile-padded) slices from their grid tiles: [(image, mask)] per slice."""
+def slice_tiles(store: TileStore, idx: np.ndarray) -> list[tuple[np.ndarray, list[tuple[int, int]],
+                                                                  tuple[int, int]]]:
+    """The grid tiles of each (file, slice) among idx, in slice order: (members, their origins, the
+    tile-padded slice shape)."""
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i in idx:
         r = store.records[int(i)]
@@ -22,10 +24,21 @@ def slices_of(store: TileStore, idx: np.ndarray) -> list[tuple[np.ndarray, np.nd
     for key in sorted(groups):
         members = np.array(groups[key])
         origins = [(int(store.records[i]["y"]), int(store.records[i]["x"])) for i in members]
-        shape = (max(y for y, _ in origins) + t, max(x for _, x in origins) + t)
-        out.append((stitch_tiles(store.images(members), origins, shape),
-                    stitch_tiles(store.masks(members), origins, shape)))
+        out.append((members, origins, (max(y for y, _ in origins) + t, max(x for _, x in origins) + t)))
     return out
+
+
+def slices_of(store: TileStore, idx: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Reassemble whole (tile-padded) slices from their grid tiles: [(image, mask)] per slice."""
+    return [(stitch_tiles(store.images(members), origins, shape), stitch_tiles(store.masks(members), origins,
+                                                                               shape))
+            for members, origins, shape in slice_tiles(store, idx)]
+
+
+def annotated_slices(store: TileStore, idx: np.ndarray) -> list[np.ndarray]:
+    """The annotated areas of the same slices, in slices_of's order."""
+    return [stitch_tiles(store.annotated(members), origins, shape)
+            for members, origins, shape in slice_tiles(store, idx)]
 
 
 def store_slices(store: TileStore, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ from segmentation_tf.artifacts import float32_copy, save_segmenter
 from segmentation_tf.batchnorm import recompute_on_store
 from segmentation_tf.calibration import calibrate_slices, edge_warning
 from segmentation_tf.callbacks import standard_callbacks
-from segmentation_tf.config import DataConfig, TrainConfig, UNetConfig, pretrain_epochs, tile_weighted
+from segmentation_tf.config import DataConfig, TrainConfig, UNetConfig, pretrain_epochs
 from segmentation_tf.inference import predict_stack
 from segmentation_tf.losses import BceJaccardLoss
 from segmentation_tf.metrics import ForegroundDice, ForegroundIoU
@@ -178,13 +178,14 @@ def run_phase(phase: Phase, inputs: RunInputs, strategy: tf.distribute.Strategy,
     settings = recorded_settings(inputs)
     before = guard_resumed_settings(phase.folder, done, settings)
     train_ds = pipeline.training_dataset(pool, synthetic, phase.data.crop or tile, phase.data, done * steps)
-    val_x, val_y = pipeline.validation_arrays(inputs.store, phase.data)
+    weighted = pipeline.pixel_weighted(phase.data, pool, synthetic)  # a loss-weight channel ends the targets
+    val_x, val_y = pipeline.validation_arrays(inputs.store, phase.data, weighted=weighted)
     val_ds = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(phase.data.batch_size)
     # --seed fixes the initial weights as well as the data stream, so two runs of one command (and the
     # cells of an ablation paired by seed) start from the same model
     keras.utils.set_random_seed(phase.train.init_seed)
     with strategy.scope():
-        model = compiled_model(inputs.model, phase.train, steps, tile_weighted(phase.data))
+        model = compiled_model(inputs.model, phase.train, steps, weighted)
         if start_weights is not None:
             model.load_weights(start_weights)
     batch = (f"{n_real} synthetic tiles (pre-training)" if phase.synthetic_only

@@ -5,6 +5,10 @@
     STORE/chunk-00000-images.tif       uncompressed (Z, 256, 256) stacks, memory-mapped on read
     STORE/chunk-00000-masks.tif        uint8 {0, 1}, same Z (absent in an images-only store:
                                        manifest "masks": false, chunk "masks": "")
+    STORE/chunk-00000-annotated.tif    uint8 {0, 1}, same Z, only in a partially annotated store: 1
+                                       where the masks were drawn, 0 where nobody looked (masks hold 0
+                                       there; trainers leave those pixels out of the loss); chunk
+                                       "annotated": "" where every pixel was annotated
 
 Appends write a new chunk pair (temp + rename) and then the manifest (temp + rename) under an
 exclusive lock, so a reader only ever sees tiles whose chunk is complete.
@@ -42,6 +46,11 @@ class Chunk:
     masks: str
     count: int
     dtype: str
+    annotated: str = ""  # the chunk's annotated-area stack ("": every pixel annotated)
+
+    def to_json(self) -> dict[str, Any]:
+        """Its fields; "annotated" only where set (fully annotated stores read as they always did)."""
+        return {k: v for k, v in vars(self).items() if k != "annotated" or v}
 
 
 @dataclass
@@ -57,7 +66,7 @@ class Manifest:
         return {"format": FORMAT, "version": VERSION, "kind": self.kind, "masks": self.has_masks,
                 "tile_size": self.tile_size,
                 "pixel_size": self.pixel_size.to_json() if self.pixel_size else None,
-                "normalization": norm.metadata(), "chunks": [vars(c) for c in self.chunks],
+                "normalization": norm.metadata(), "chunks": [c.to_json() for c in self.chunks],
                 "records": self.records}
 
 
@@ -68,6 +77,7 @@ class TileStore:
         self.path = Path(path)
         self.manifest = _load_manifest(self.path)
         self._maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._annotated: dict[int, np.ndarray] = {}
         self._chunk_of = np.array([r["chunk"] for r in self.records], np.int64)
         self._index_in_chunk = np.array([r["index"] for r in self.records], np.int64)
 
@@ -114,6 +124,11 @@ class TileStore:
     def pixel_size(self) -> PixelSize | None:
         return self.manifest.pixel_size
 
+    @property
+    def partially_annotated(self) -> bool:
+        """Whether some tiles' masks cover only part of the tile (see `annotated`)."""
+        return any(c.annotated for c in self.manifest.chunks)
+
     def __len__(self) -> int:
         return len(self.records)
 
@@ -136,10 +151,29 @@ class TileStore:
             raise UserError(f"{self.path}: an images-only store (built without --masks) has no masks")
         return self._gather(idx, 1)
 
-    def _gather(self, idx: Sequence[int] | np.ndarray, which: int, normalized: bool = False) -> np.ndarray:
+    def annotated(self, idx: Sequence[int] | np.ndarray) -> np.ndarray:
+        """uint8 {0, 1}, shape (N, T, T): 1 where the tile's mask was annotated, 0 where nobody looked
+        (all ones for tiles of fully annotated chunks)."""
+        idx = self._checked(idx)
+        out = np.ones((len(idx), self.tile_size, self.tile_size), np.uint8)
+        chunks = self._chunk_of[idx]
+        for c in np.unique(chunks):
+            chunk = self.manifest.chunks[int(c)]
+            if chunk.annotated:
+                sel = np.flatnonzero(chunks == c)
+                if int(c) not in self._annotated:
+                    self._annotated[int(c)] = self._open_stack(chunk.annotated, chunk.count)
+                out[sel] = self._annotated[int(c)][self._index_in_chunk[idx[sel]]]
+        return out
+
+    def _checked(self, idx: Sequence[int] | np.ndarray) -> np.ndarray:
         idx = np.asarray(idx, np.int64)
         if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"tile index out of range for a store of {len(self)} tiles")
+        return idx
+
+    def _gather(self, idx: Sequence[int] | np.ndarray, which: int, normalized: bool = False) -> np.ndarray:
+        idx = self._checked(idx)
         chunks = self._chunk_of[idx]
         dtype = np.float32 if normalized else self._dtype(which, chunks)
         out = np.empty((len(idx), self.tile_size, self.tile_size), dtype)
@@ -186,20 +220,27 @@ class TileStore:
 
     # -- appending ------------------------------------------------------------------------
     def append(self, images: np.ndarray, masks: np.ndarray | None, records: list[dict[str, Any]],
-               lock_timeout: float = 60.0) -> list[int]:
+               lock_timeout: float = 60.0, annotated: np.ndarray | None = None) -> list[int]:
         """Add tiles (stored pixels, e.g. uint8) + {0,1} masks (None in an images-only store) + one record
-        each; returns their indices."""
-        _check_append(self, images, masks, records)
+        each, and where the masks cover only part of the tiles their annotated areas ({0, 1}; masks are
+        zeroed outside); returns their indices."""
+        _check_append(self, images, masks, records, annotated)
+        if annotated is not None:
+            annotated = (np.asarray(annotated) > 0).astype(np.uint8)
+            masks = np.where(annotated > 0, masks, 0).astype(np.uint8)  # nothing known outside
         with self._locked(lock_timeout):
             self.manifest = _load_manifest(self.path)  # another writer may have appended meanwhile
             n = len(self.manifest.chunks)
             while (self.path / _chunk_name(n, "images")).exists():  # leftovers of a crashed append
                 n += 1
             chunk = Chunk(_chunk_name(n, "images"), _chunk_name(n, "masks") if masks is not None else "",
-                          len(images), str(images.dtype))
+                          len(images), str(images.dtype),
+                          _chunk_name(n, "annotated") if annotated is not None else "")
             write_stack(self.path / chunk.images, images, self.pixel_size)
             if masks is not None:
                 write_stack(self.path / chunk.masks, masks.astype(np.uint8), self.pixel_size)
+            if annotated is not None:
+                write_stack(self.path / chunk.annotated, annotated, self.pixel_size)
             start = len(self.manifest.records)
             c = len(self.manifest.chunks)
             new = [{**rec, "chunk": c, "index": k} for k, rec in enumerate(records)]
@@ -225,8 +266,17 @@ class TileStore:
             lock.release()
 
     # -- summaries ------------------------------------------------------------------------
+    def _foreground_fraction(self, idx: Sequence[int] | np.ndarray) -> float:
+        """Foreground share of the annotated pixels (every pixel in a fully annotated store)."""
+        masks = self.masks(idx)
+        if not self.partially_annotated:
+            return float(masks.mean())
+        known = self.annotated(idx)
+        return float(masks.sum() / max(int(known.sum()), 1))
+
     def summary(self) -> dict[str, Any]:
-        """Counts per split, foreground fraction and intensity statistics (normalized space)."""
+        """Counts per split, foreground fraction (of the annotated pixels) and intensity statistics
+        (normalized space); in a partially annotated store the annotated share of each split."""
         out: dict[str, Any] = {"path": str(self.path), "kind": self.manifest.kind, "tiles": len(self),
                                "tile_size": self.tile_size, "masks": self.has_masks,
                                "pixel_size": self.pixel_size.to_json() if self.pixel_size else None,
@@ -239,11 +289,22 @@ class TileStore:
             slices = {(str(r.get("file")), str(r.get("slice"))) for r in (self.records[i] for i in idx)}
             out["splits"][split] = {
                 "tiles": len(idx), "slices": len(slices),
-                "foreground_fraction": float(self.masks(idx).mean()) if self.has_masks else None,
+                "foreground_fraction": self._foreground_fraction(idx) if self.has_masks else None,
+                **({"annotated_fraction": float(self.annotated(idx).mean())}
+                   if self.partially_annotated else {}),
                 "mean": float(imgs.mean()), "std": float(imgs.std()),
                 "min": float(imgs.min()), "max": float(imgs.max()),
             }
         return out
+
+
+def refuse_partial_annotations(store: TileStore, who: str) -> None:
+    """For readers that take every pixel of a mask as known (a generator's conditions, pasted
+    objects' backgrounds): a partially annotated store would teach its unannotated objects as
+    background."""
+    if store.has_masks and store.partially_annotated:
+        raise UserError(f"{store.path}: partially annotated (built with --annotated); {who} needs masks "
+                        "annotated over the whole tile")
 
 
 def refuse_real_store(out: Path, what: str = "generated tiles") -> None:
@@ -257,8 +318,8 @@ def _chunk_name(n: int, what: str) -> str:
     return f"chunk-{n:05d}-{what}.tif"
 
 
-def _check_append(store: TileStore, images: np.ndarray, masks: np.ndarray | None, records: list[dict]
-                  ) -> None:
+def _check_append(store: TileStore, images: np.ndarray, masks: np.ndarray | None, records: list[dict],
+                  annotated: np.ndarray | None = None) -> None:
     t = store.tile_size
     if images.ndim != 3 or images.shape[1:] != (t, t):
         raise UserError(f"{store.path}: tiles must be (N, {t}, {t}), got {images.shape}")
@@ -267,6 +328,9 @@ def _check_append(store: TileStore, images: np.ndarray, masks: np.ndarray | None
                                              else "an images-only store takes no masks"))
     if masks is not None and masks.shape != images.shape:
         raise UserError(f"{store.path}: masks {masks.shape} do not match tiles {images.shape}")
+    if annotated is not None and (masks is None or np.shape(annotated) != images.shape):
+        raise UserError(f"{store.path}: annotated areas {np.shape(annotated)} need masks and must match "
+                        f"tiles {images.shape}")
     if len(records) != len(images):
         raise UserError(f"{store.path}: {len(records)} records for {len(images)} tiles")
     if len(images) == 0:
@@ -308,7 +372,8 @@ def _parse_manifest(data: dict) -> Manifest:
     for c in data["chunks"]:
         chunk = Chunk(**c)
         if not (isinstance(chunk.images, str) and isinstance(chunk.masks, str)
-                and isinstance(chunk.count, int) and chunk.count >= 0 and isinstance(chunk.dtype, str)):
+                and isinstance(chunk.count, int) and chunk.count >= 0 and isinstance(chunk.dtype, str)
+                and isinstance(chunk.annotated, str) and (chunk.masks or not chunk.annotated)):
             raise ValueError(f"chunk entry {c!r}")
         norm.pixel_scale(np.dtype(chunk.dtype))
         chunks.append(chunk)

@@ -2,6 +2,8 @@
 
     python -m shared.tiles build --images STACK.tif --masks MASKS.tif --out STORE
     python -m shared.tiles build --images STACK.tif --out STORE     (images only: an unlabelled store)
+    python -m shared.tiles build --images STACK.tif --masks MASKS.tif --annotated AREA.tif --out STORE
+                                                     (masks drawn only where AREA > 0: partial annotations)
     python -m shared.tiles info STORE
 """
 
@@ -52,19 +54,25 @@ def tile_stack(images: np.ndarray, masks: np.ndarray | None, source: str, split_
     return np.concatenate(all_images), np.concatenate(all_masks) if all_masks else None, records
 
 
-def build_store(images_path: Path, masks_path: Path | None, out: Path, config: BuildConfig = BuildConfig()
-                ) -> TileStore:
+def build_store(images_path: Path, masks_path: Path | None, out: Path, config: BuildConfig = BuildConfig(),
+                annotated_path: Path | None = None) -> TileStore:
     """Validate the stacks, split by z blocks, tile, and write a new store at `out` atomically
     (built in a temp folder beside it, renamed at the end: bad input leaves nothing behind).
-    No masks_path: an images-only store (for --unlabelled-store)."""
+    No masks_path: an images-only store (for --unlabelled-store). annotated_path: a stack of the
+    areas where the masks were drawn (> 0), the rest unknown: a partially annotated store."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: output exists and is not empty")
     if not out.parent.is_dir():
         raise UserError(f"{out.parent}: output folder does not exist")
     if masks_path is None:
+        if annotated_path is not None:
+            raise UserError(f"{annotated_path}: annotated areas need --masks")
         images, masks = read_image_stack(images_path), None
     else:
         images, masks = read_pair(images_path, masks_path)
+    annotated = None if annotated_path is None else read_pair(images_path, annotated_path)[1]
+    if annotated is not None and not annotated.any():
+        raise UserError(f"{annotated_path}: no pixel is marked annotated (> 0)")
     blocks = z_block_split(images.shape[0], config.val_fraction, config.test_fraction, config.seed)
     split = guard_bands(blocks, config.guard)
     tiles, mask_tiles, records = tile_stack(images, masks, str(images_path), labels_by_slice(split),
@@ -74,7 +82,9 @@ def build_store(images_path: Path, masks_path: Path | None, out: Path, config: B
     try:
         store = TileStore.create(tmp, config.tile, has_masks=masks is not None,
                                  pixel_size=read_pixel_size(images_path))
-        store.append(tiles, mask_tiles, records)
+        annotated_tiles = None if annotated is None else tile_stack(images, annotated, "", {
+            z: "" for z in range(len(images))}, config.tile)[1]
+        store.append(tiles, mask_tiles, records, annotated=annotated_tiles)
         if out.exists():
             out.rmdir()
         tmp.rename(out)
@@ -91,11 +101,15 @@ def format_summary(summary: dict) -> str:
              + (f", pixel size {summary['pixel_size']['x']:g} nm" if summary.get("pixel_size") else ""),
              f"{'split':<6} {'tiles':>6} {'slices':>6} {'fg frac':>8} {'mean':>7} {'std':>6} "
              f"{'min':>6} {'max':>6}"]
+    partial = any("annotated_fraction" in s for s in summary["splits"].values())
+    lines[-1] += f" {'annotated':>9}" if partial else ""
     for name, s in summary["splits"].items():
         fg = "-" if s["foreground_fraction"] is None else f"{s['foreground_fraction']:.4f}"
         lines.append(f"{name:<6} {s['tiles']:>6} {s['slices']:>6} {fg:>8} "
-                     f"{s['mean']:>7.3f} {s['std']:>6.3f} {s['min']:>6.2f} {s['max']:>6.2f}")
-    lines.append("(intensities in the normalized [-1, 1] space)")
+                     f"{s['mean']:>7.3f} {s['std']:>6.3f} {s['min']:>6.2f} {s['max']:>6.2f}"
+                     + (f" {s['annotated_fraction']:>9.4f}" if partial else ""))
+    lines.append("(intensities in the normalized [-1, 1] space" + ("; fg frac: of the annotated pixels)"
+                                                                 if partial else ")"))
     return "\n".join(lines)
 
 
@@ -106,6 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     build.add_argument("--images", type=Path, required=True, help="image TIFF stack")
     build.add_argument("--masks", type=Path, help="mask TIFF stack (same shape); without it an images-only "
                        "store for --unlabelled-store")
+    build.add_argument("--annotated", type=Path, metavar="AREA.tif",
+                       help="stack of the areas where --masks were drawn (> 0; same shape): the rest is "
+                            "unknown, left out of the segmenter's loss (partial annotations)")
     build.add_argument("--out", type=Path, required=True, help="new store folder")
     build.add_argument("--val-fraction", type=fraction, default=BuildConfig.val_fraction)
     build.add_argument("--test-fraction", type=fraction, default=BuildConfig.test_fraction)
@@ -123,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "build":
         config = BuildConfig(args.tile, args.val_fraction, args.test_fraction, args.seed, args.guard)
-        store = build_store(args.images, args.masks, args.out, config)
+        store = build_store(args.images, args.masks, args.out, config, args.annotated)
         print(format_summary(store.summary()))
     else:
         summary = TileStore(args.store).summary()
