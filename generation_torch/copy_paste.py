@@ -11,7 +11,9 @@ a generator's pairs earn their keep only where they beat these.
 tile store whose tiles receive them, with its masks (default: the labelled store itself, real masks
 only; pseudo-labels of unlabelled tiles miss some of their objects, which are then taught as
 background: on the 256 px region of docs/evidence.md that undid the gain). Both read their train split
-(all tiles where it is empty). Same seed, same pairs.
+(all tiles where it is empty). Backgrounds annotated in part (shared.tiles build --annotated) give pairs
+annotated in part: the background's area plus the pasted objects with their rings. Same seed, same
+pairs.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from generation_torch.layouts import ComposeConfig, Instance, Transform
 from shared.console import on_terminal
 from shared.errors import ArgumentParser, UserError, non_negative_int, positive_int, run_cli
 from shared.normalization import denormalize
-from shared.store import TileStore, refuse_partial_annotations, refuse_real_store
+from shared.store import TileStore, refuse_real_store
 from shared.tiling import TILE, dihedral
 
 
@@ -133,6 +135,20 @@ def paste_pairs(objects: tuple[np.ndarray, np.ndarray], backgrounds: tuple[np.nd
     return out_images, out_masks, records
 
 
+def pasted_areas(areas: np.ndarray, below: np.ndarray, masks: np.ndarray, records: list[dict],
+                 config: PasteConfig = PasteConfig()) -> np.ndarray:
+    """The annotated areas of pasted pairs whose backgrounds were annotated only in part (`areas`, with
+    their masks `below`): each background's area under its turn, plus the pasted objects and their
+    rings (their own pixels: known)."""
+    out = np.empty_like(masks, dtype=np.uint8)
+    for t, r in enumerate(records):
+        b, turn = r["background"], r["background_dihedral"]
+        pasted = (masks[t] > 0) & ~(dihedral(below[b], turn) > 0)
+        ring = ndimage.binary_dilation(pasted, iterations=config.ring) if config.ring else pasted
+        out[t] = (dihedral(areas[b], turn) > 0) | ring
+    return out
+
+
 def pair_tiles(path: Path) -> tuple[TileStore, np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """A 256 px tile store, the indices of its train split (all tiles where that split is empty), and
     their (masks, normalized images)."""
@@ -155,7 +171,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.backgrounds = args.backgrounds or args.labelled
     labelled, _, objects = pair_tiles(args.labelled)
     background_store, background_idx, backgrounds = pair_tiles(args.backgrounds)
-    refuse_partial_annotations(background_store, "pasting onto its tiles (their masks are kept)")
     refuse_real_store(args.out, "pasted pairs")
     try:
         images, masks, origins = paste_pairs(objects, backgrounds, args.n, args.seed,
@@ -165,11 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     before, after = layouts.layout_stats(objects[0]), layouts.layout_stats(masks)
     keys = ("objects_per_tile_mean", "object_area_median", "foreground_fraction")
     print("layouts  " + "  ".join(f"{k}: {before[k]:.3g} labelled / {after[k]:.3g} pasted" for k in keys))
+    # backgrounds annotated in part: so are the pairs (their areas, and the pasted objects with rings)
+    areas = pasted_areas(background_store.annotated(background_idx), backgrounds[0], masks, origins) \
+        if background_store.partially_annotated else None
     store = TileStore.open_or_create(args.out, TILE, kind="synthetic", pixel_size=labelled.pixel_size)
     provenance = {"source": "copy_paste", "mask_source": str(args.labelled),
                   "backgrounds": str(args.backgrounds), "seed": args.seed, "split": "train"}
     records = [{**provenance, **o, "background": int(background_idx[o["background"]])} for o in origins]
-    store.append(denormalize(images, np.uint8), masks, records)  # background: its record in --backgrounds
+    store.append(denormalize(images, np.uint8), masks, records, annotated=areas)  # background: its record
     if args.grid:
         from generation_torch import grids  # torch: only for the picture
         grids.save_pairs(args.grid, images, masks)

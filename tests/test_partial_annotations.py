@@ -136,17 +136,42 @@ def test_fit_trains_on_a_partially_annotated_store(partial, tmp_path):
     assert (tmp_path / "seg" / "segmenter.json").exists()
 
 
-def test_readers_that_take_every_mask_pixel_as_known_refuse_it(tmp_path):
+def _partial_256(path):
+    """A 256 px store of two phantom tiles annotated on their left half."""
     from shared.phantom import PhantomConfig, phantom_stack
 
     images, masks = phantom_stack(2, seed=3, config=PhantomConfig(height=256, width=256))
-    path = tmp_path / "store"
     area = np.zeros_like(masks)
     area[:, :, :128] = 1
     TileStore.create(path, 256).append(images, masks, [{"split": "train"}] * 2, annotated=area)
-    proc = run_module("generation_torch.copy_paste", "--labelled", path, "--n", "2", "--out", tmp_path / "p",
+    return path
+
+
+def test_pairs_pasted_onto_partly_annotated_tiles_are_annotated_there_and_on_the_pasted_objects(tmp_path):
+    """copy_paste onto a partially annotated store: each pair's area is its background's (turned as
+    the background was) plus the pasted objects with their 2 px rings; masks stay within it."""
+    from scipy import ndimage
+
+    from shared.tiling import dihedral
+
+    path = _partial_256(tmp_path / "store")
+    out = tmp_path / "pasted"
+    proc = run_module("generation_torch.copy_paste", "--labelled", path, "--n", "4", "--out", out,
                       "--no-progress")
-    assert_one_line_error(proc, f"{path}: partially annotated", "pasting onto its tiles")
+    assert proc.returncode == 0, proc.stderr
+    pasted, source = TileStore(out), TileStore(path)
+    assert pasted.partially_annotated
+    for i, record in enumerate(pasted.records):
+        area = dihedral(source.annotated([record["background"]])[0], record["background_dihedral"])
+        below = dihedral(source.masks([record["background"]])[0], record["background_dihedral"])
+        objects = (pasted.masks([i])[0] > 0) & (below == 0)
+        ring = ndimage.binary_dilation(objects, iterations=2)
+        np.testing.assert_array_equal(pasted.annotated([i])[0], (area > 0) | ring)
+        assert objects.any() or not record["objects"]
+
+
+def test_readers_that_take_every_mask_pixel_as_known_refuse_it(tmp_path):
+    path = _partial_256(tmp_path / "store")
     torch = pytest.importorskip("torch")
     assert torch
     from generation_torch.data import load_split
