@@ -96,7 +96,8 @@ class Recipe:
     sampling: SamplerSettings = SamplerSettings("dpmpp2m", 20, guidance=12.0)
     mask_source: str = "labelled"                     # generation_torch.sample --mask-source
     # the tiles sampling varies (--masks-from): "labelled", the k labelled ones; "pseudo", the pool with
-    # its pseudo-labels (pseudo_masks > 0), e.g. to start from each of its tiles (sampling.strength < 1)
+    # its pseudo-labels (pseudo_masks > 0), e.g. to start from each of its tiles (sampling.strength < 1);
+    # "unlabelled" (pasted recipes only), the pool's tiles with no pixel annotated
     masks_from: str = "labelled"
     fit_flags: tuple[str, ...] = ()                   # segmentation_tf.fit flags of its synthetic arms
     # N > 0: the denoiser's conditioned rows also learn from the unlabelled pool slices, with the masks
@@ -133,7 +134,8 @@ class Recipe:
         s = self.sampling
         texture = f"_t{s.texture:g}" if s.texture else ""
         start = f"_s{s.strength:g}" if s.strength < 1 else ""
-        pool = "_pool" if self.masks_from == "pseudo" else f"_over_{self.over}" if self.over else ""
+        pool = {"pseudo": "_pool", "unlabelled": "_unlabelled_pool"}.get(self.masks_from, "")
+        pool += f"_over_{self.over}" if self.over else ""
         if self.halves:
             return "shares_" + "_and_".join(self.halves)
         if self.pasted:
@@ -226,6 +228,13 @@ COPY_PASTE = Recipe("copy_paste", generator="copy_paste", mask_source="composed"
 # only, no pool and so no pseudo-label noise under the pasted objects, but a single background at 256 px;
 # on seed 0 it matched vpred (0.642 against 0.643, 2026-12-07): in every paired round since
 COPY_PASTE_LABELLED = replace(COPY_PASTE, name="copy_paste_labelled", masks_from="labelled", pseudo_masks=0)
+# the pool's many backgrounds without its label noise: the objects pasted onto pool tiles that carry no
+# annotation at all (shared.tiles --annotated with nothing marked), so only the pasted objects and their
+# rings are known and the segmenter's loss leaves every other pixel of these tiles out; the pseudo-labels
+# (recall 0.58 on the pool, the missed objects at probability < 0.01, so no confidence band finds them)
+# never reach it
+COPY_PASTE_UNLABELLED = replace(COPY_PASTE, name="copy_paste_unlabelled", masks_from="unlabelled",
+                                pseudo_masks=0)
 # does the generator add to copy-paste? Half of the tiles drawn by the main recipe, half pasted onto the
 # labelled tile (the two matched each other on seeds 0 and 2, 2026-12-07), at the same tile count: above
 # both, the generator's tiles bring what pasting one background cannot (new backgrounds, new context)
@@ -321,6 +330,10 @@ class EvidenceConfig:
         if over:
             raise ValueError(f"recipes drawn over pairs must name a pasted grid recipe and start from its "
                              f"tiles (strength < 1, labelled masks): {', '.join(over)}")
+        blank = [r.name for r in (*self.recipes, *self.side_recipes)
+                 if r.masks_from == "unlabelled" and not r.pasted]
+        if blank:
+            raise ValueError(f"only pasted recipes draw onto unlabelled pool tiles: {', '.join(blank)}")
         unlabelled = [r.name for r in (*self.recipes, *self.side_recipes)
                       if r.masks_from == "pseudo" and not r.pseudo_masks]
         if unlabelled:
@@ -413,9 +426,11 @@ PRESETS = {
     # region 0.706 (bench.label_budget): the room generated pairs could fill lies there
     "matched": replace(tiles_preset(50, ema=True, precise_bn=True, reference_ending=()), resolve_seeds=16,
                        recipes=(*CPU_RECIPES, VPRED_LONG, VPRED_SDEDIT_POOL_LOW, COPY_PASTE,
-                                COPY_PASTE_LABELLED, VPRED_AND_PASTE, VPRED_OVER_PASTE),
+                                COPY_PASTE_LABELLED, VPRED_AND_PASTE, VPRED_OVER_PASTE,
+                                COPY_PASTE_UNLABELLED),
                        paired_recipes=(VPRED_SDEDIT_POOL_LOW.name, COPY_PASTE.name, COPY_PASTE_LABELLED.name,
-                                       VPRED_AND_PASTE.name, VPRED_OVER_PASTE.name),
+                                       VPRED_AND_PASTE.name, VPRED_OVER_PASTE.name,
+                                       COPY_PASTE_UNLABELLED.name),
                        side_recipes=(VPRED_F8, VPRED_MIDT, VPRED_SDEDIT, VPRED_SDEDIT_POOL, VPRED_LONG_MID),
                        **SUB_SLICE),
     # the chain in minutes, on matched's kind of budget (a region of one slice, the pool)
@@ -691,6 +706,32 @@ class Bench:
         recipe = self.cfg.recipe(cell.recipe)
         return recipe if sampling is None else replace(recipe, sampling=sampling)
 
+    def masks_source(self, k: Budget, recipe: Recipe) -> Path:
+        """The store whose tiles the recipe's sampling varies or pastes onto (Recipe.masks_from)."""
+        if recipe.masks_from == "pseudo":
+            return self.pseudo_store(k, recipe.pseudo_masks)
+        return self.unannotated_pool() if recipe.masks_from == "unlabelled" else self.store(k)
+
+    def unannotated_pool(self) -> Path:
+        """The pool's training tiles with no pixel annotated (masks all 0, areas all 0): backgrounds
+        whose own objects nobody labelled, built once beside the pool's store and renamed into place."""
+        from shared.store import TileStore
+
+        out = self.work / "unannotated_pool"
+        if (out / "manifest.json").exists():
+            return out
+        pool = TileStore(self.store(0))
+        idx = pool.indices("train")
+        partial = out.with_name(out.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        blank = np.zeros((len(idx), pool.tile_size, pool.tile_size), np.uint8)
+        records = [{k: v for k, v in pool.records[int(i)].items() if k not in ("chunk", "index")}
+                   for i in idx]
+        TileStore.create(partial, pool.tile_size, pixel_size=pool.pixel_size).append(
+            pool.raw_images(idx), blank, records, annotated=blank)
+        partial.rename(out)
+        return out
+
     def judge(self, k: Budget) -> Path:
         """The real-only segmenter of the k labelled slices, seed 0 (the grid's own cell)."""
         return self.work / f"k{k}_s{self.cfg.seeds[0]}" / "real_only_r0"
@@ -834,8 +875,7 @@ class Bench:
                  else self.generator(part) for part in (replace(cell, recipe=n) for n in recipe.parts)]
         if recipe.halves:
             return shares_store(self.synthetic_dir(cell, sampling), parts, self.cfg.n_synthetic)
-        source = parts[0] if recipe.over else self.pseudo_store(cell.k, recipe.pseudo_masks) \
-            if recipe.masks_from == "pseudo" else self.store(cell.k)
+        source = parts[0] if recipe.over else self.masks_source(cell.k, recipe)
         if recipe.pasted:
             return pasted_store(self.synthetic_dir(cell), self.store(cell.k), source, self.cfg.n_synthetic,
                                 self.log)

@@ -77,7 +77,8 @@ TABLE_TITLES = {
     "controls": "The main recipe's arm - each of its controls, paired by seed: self-training (its "
                 "pseudo-labels, no generator), its generator drawn otherwise (SDEdit), no generator at all "
                 "(copy_paste: the labelled objects' own pixels pasted at composed layouts onto pool tiles; "
-                "copy_paste_labelled: onto the labelled tiles); and recipes made of others' tiles "
+                "copy_paste_labelled: onto the labelled tiles; copy_paste_unlabelled: onto pool tiles with "
+                "no pixel annotated, only the pasted objects known); and recipes made of others' tiles "
                 "(vpred_and_copy_paste_labelled: half drawn, half pasted; "
                 "vpred_sdedit_over_copy_paste_labelled: the pasted pairs re-rendered by the generator from "
                 "strength 0.4) minus each of those",

@@ -1004,8 +1004,9 @@ def test_the_long_and_tiles_presets_as_fit_reads_their_flags():
         assert evidence.PRESETS[name].generator_flags == evidence.PRESETS["final"].generator_flags
         # baseline, main recipe, its pretrain use; matched also the long-denoiser rung and the paired
         # starting-from-real-tiles and copy-paste recipes, copy-paste onto the labelled tiles, half drawn
-        # half pasted, and the pasted re-rendered (2 regions x 5 seeds each)
-        assert len(cells(evidence.PRESETS[name], {})) == (202 if name == "matched" else 142)
+        # half pasted, the pasted re-rendered, and copy-paste onto unlabelled pool tiles (2 regions x 5
+        # seeds each)
+        assert len(cells(evidence.PRESETS[name], {})) == (212 if name == "matched" else 142)
 
 
 def test_threshold_readouts_by_hand():
@@ -1444,8 +1445,8 @@ def test_paired_recipes_follow_self_training_in_every_round_and_must_share_the_m
         sdedit = Cell("256px", "images_plentiful", cfg.lever_ratio, seed, "vpred_sdedit_pool_low")
         pasted = [Cell("256px", "images_plentiful", cfg.lever_ratio, seed, name)
                   for name in ("copy_paste", "copy_paste_labelled", "vpred_and_copy_paste_labelled",
-                               "vpred_sdedit_over_copy_paste_labelled")]
-        assert order[i + 1:i + 6] == [sdedit, *pasted]  # the generator's controls, round by round
+                               "vpred_sdedit_over_copy_paste_labelled", "copy_paste_unlabelled")]
+        assert order[i + 1:i + 7] == [sdedit, *pasted]  # the generator's controls, round by round
     assert order.index(Cell("256px", "images_plentiful", 0.3, 0, "vpred_sdedit_pool_low")) < order.index(
         Cell("256px", "real_only", 0.0, 1))
     with pytest.raises(ValueError, match="paired recipes must be grid recipes .*: vpred_f8"):
@@ -1665,3 +1666,33 @@ def test_a_recipe_of_shares_is_compared_with_each_part_and_is_never_the_users_pi
     assert rows[(VPRED_AND_PASTE.name, "copy_paste_labelled")]["mean"] == pytest.approx(0.01)
     assert rows[("vpred", "copy_paste_labelled")]["mean"] == pytest.approx(-0.02)
     assert chosen_arm(results, 1, cfg) == (0.3, "vpred")
+
+
+def test_copy_paste_onto_unlabelled_pool_tiles_knows_only_what_it_pasted(tmp_path, monkeypatch):
+    """copy_paste_unlabelled: its backgrounds are the pool's training tiles with no pixel annotated
+    (a store built once), so no judge, no pseudo-labels: its cost is the pasting; only pasted recipes
+    may draw onto such tiles."""
+    from bench.evidence import COPY_PASTE_UNLABELLED
+
+    cfg = replace(evidence.PRESETS["matched"], ks=(1, 0), lever_ks=(1,))
+    bench, calls = _faked_bench(tmp_path, monkeypatch, cfg)
+    cell = Cell(1, "images_plentiful", 0.3, 2, COPY_PASTE_UNLABELLED.name)
+    monkeypatch.setattr(evidence, "machine", lambda: {"cpu": "EPYC", "isa": "avx512_bf16"})
+    results = {Cell(1, "real_only", 0.0, 0).key: {**_cell(1, "real_only", 0.0, 0, 0.5), "minutes": 20.0,
+                                                   "cpu": "EPYC", "isa": "avx512_bf16", "xla": False}}
+    cost = evidence.cell_cost(cell, bench, results)
+    assert cost.minutes == pytest.approx(20.0 + evidence.PASTE_MINUTES)
+    assert [what for what, _ in cost.first] == ["its tiles"]
+    out = bench.generator(cell)
+    assert [c[0] for c in calls] == ["generation_torch.copy_paste"]
+    assert out.name == "pasted_composed_unlabelled_pool"
+    paste = calls[-1]
+    backgrounds = TileStore(paste[paste.index("--backgrounds") + 1])
+    pool = TileStore(bench.store(0))
+    idx = backgrounds.indices()
+    assert len(backgrounds) == len(pool.indices("train")) and backgrounds.partially_annotated
+    assert not backgrounds.annotated(idx).any() and not backgrounds.masks(idx).any()
+    np.testing.assert_array_equal(backgrounds.raw_images(idx), pool.raw_images(pool.indices("train")))
+    assert Path(paste[paste.index("--labelled") + 1]) == bench.store(1)
+    with pytest.raises(ValueError, match="only pasted recipes draw onto unlabelled pool tiles: drawn"):
+        replace(cfg, recipes=(*cfg.recipes, replace(evidence.VPRED, name="drawn", masks_from="unlabelled")))
