@@ -1899,7 +1899,8 @@ def main(argv: list[str] | None = None) -> None:
         if cell != todo[0] and deadline is None:
             print(f"{todo.index(cell)} earlier cells train in another precision than this machine's "
                   f"{bench.native}; they wait for such a machine", flush=True)
-        print(f"[{len(results) + 1}/{len(results) + len(todo)}] {cell.key} ...", flush=True)
+        left = todo if not named else [c for c in cells(cfg, results) if c.key not in results]
+        print(f"[{len(results) + 1}/{len(results) + len(left)}] {cell.key} ...", flush=True)  # of the grid
         results[cell.key] = run_cell(cell, bench)
         measure_generators(results, generators, bench)
         write_results(results_path, results, bench, args.preset, source, generators, saved.get("note"))

@@ -1328,6 +1328,8 @@ def test_named_cells_run_in_the_order_given_and_a_wrong_key_exits_2(tmp_path, mo
     common = ["--preset", "quick", "--work", str(tmp_path / "w"), "--results", str(results)]
     evidence.main([*common, "--cell", first, "--cell", second])
     assert ran == [first, second]
+    total = len(cells(evidence.PRESETS["quick"], {}))
+    assert f"[1/{total}] {first} ..." in capsys.readouterr().out  # counted in the whole grid
     evidence.main([*common, "--cell", second])
     assert ran == [first, second]
     assert f"{second}: measured already (0.5000); skipped" in capsys.readouterr().out
