@@ -179,8 +179,9 @@ def validation_arrays(store: TileStore, config: DataConfig, split: str = "val", 
     idx = store.indices(split)
     if len(idx) == 0:
         raise UserError(f"{store.path}: no '{split}' tiles left after the split")
-    if store.partially_annotated and (store.annotated(idx) == 0).any():
-        tile = store.records[int(idx[np.flatnonzero((store.annotated(idx) == 0).any(axis=(1, 2)))[0]])]
+    unannotated = (store.annotated(idx) == 0).any(axis=(1, 2)) if store.partially_annotated else None
+    if unannotated is not None and unannotated.any():
+        tile = store.records[int(idx[np.flatnonzero(unannotated)[0]])]
         raise UserError(f"{store.path}: its '{split}' slices must be annotated whole (slice "
                         f"{tile.get('slice', '?')} has unannotated pixels); thresholds and early stopping "
                         "score every pixel")
