@@ -32,6 +32,7 @@ class DataSource:
     store: Path | None = None
     images: Path | None = None
     masks: Path | None = None
+    annotated: Path | None = None  # where the masks were drawn (> 0): partial annotations
     phantom_slices: int = 10
     val_fraction: float = 0.2
     test_fraction: float = 0.0
@@ -44,6 +45,9 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--store", type=Path, help="real tile store (python -m shared.tiles build)")
     group.add_argument("--images", type=Path, help="image TIFF stack (with --masks)")
     group.add_argument("--masks", type=Path, help="mask TIFF stack (with --images)")
+    group.add_argument("--annotated", type=Path, metavar="AREA.tif",
+                       help="where --masks were drawn (> 0; with --images/--masks): the rest is left out of "
+                            "the segmenter's loss")
     group.add_argument("--val-fraction", type=float, default=0.2, help="z-block validation share (stacks)")
     group.add_argument("--split-seed", type=int, default=0, help="seed of the z-block split (stacks)")
 
@@ -53,9 +57,12 @@ def source_from_args(args: argparse.Namespace) -> DataSource:
         raise UserError("--images and --masks go together")
     if args.store is not None and args.images is not None:
         raise UserError("give either --store or --images/--masks, not both")
+    if args.annotated is not None and args.images is None:
+        raise UserError("--annotated goes with --images/--masks (a store keeps its own: shared.tiles build "
+                        "--annotated)")
     if not 0.0 < args.val_fraction < 1.0:
         raise UserError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
-    return DataSource(args.store, args.images, args.masks, val_fraction=args.val_fraction,
+    return DataSource(args.store, args.images, args.masks, args.annotated, val_fraction=args.val_fraction,
                       split_seed=args.split_seed)
 
 
@@ -73,7 +80,7 @@ def resolve_real_store(source: DataSource, workdir: Path) -> TileStore:
                                               config=PhantomConfig())
             config = BuildConfig(val_fraction=source.val_fraction, test_fraction=source.test_fraction,
                                  seed=source.split_seed)
-            build_store(images, masks, target, config)
+            build_store(images, masks, target, config, source.annotated)
         store = TileStore(target)
     if not store.has_masks:
         raise UserError(f"{store.path}: images only (built without --masks), and training needs masks; "

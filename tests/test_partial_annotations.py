@@ -181,3 +181,19 @@ def test_readers_that_take_every_mask_pixel_as_known_refuse_it(tmp_path):
         load_split(TileStore(path), "train")
     with pytest.raises(UserError, match="partially annotated .*; starting from a tile"):
         load_pair_source(path)
+
+
+def test_the_trainers_data_flags_take_the_annotated_area_with_the_stacks(partial, tmp_path):
+    import argparse
+
+    from shared.sources import add_data_flags, resolve_real_store, source_from_args
+
+    root, _, _, _ = partial
+    parser = argparse.ArgumentParser()
+    add_data_flags(parser)
+    args = parser.parse_args(["--images", str(root / "images.tif"), "--masks", str(root / "masks.tif"),
+                              "--annotated", str(root / "area.tif")])
+    store = resolve_real_store(source_from_args(args), tmp_path / "run")
+    assert store.partially_annotated and store.path == tmp_path / "run" / "real_store"
+    with pytest.raises(UserError, match="--annotated goes with --images/--masks"):
+        source_from_args(parser.parse_args(["--store", "s", "--annotated", "a.tif"]))
