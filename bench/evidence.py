@@ -714,7 +714,7 @@ class Bench:
 
     def unannotated_pool(self) -> Path:
         """The pool's training tiles with no pixel annotated (masks all 0, areas all 0): backgrounds
-        whose own objects nobody labelled, built once beside the pool's store and renamed into place."""
+        whose own objects nobody labelled, built once in the work folder and renamed into place."""
         from shared.store import TileStore
 
         out = self.work / "unannotated_pool"
@@ -909,7 +909,8 @@ def shares_store(out: Path, parts: list[Path], n: int) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     bounds = np.linspace(0, n, len(parts) + 1).round().astype(int)
     sources = [TileStore(p) for p in parts]
-    store = TileStore.create(partial, sources[0].tile_size, kind="synthetic")
+    first = sources[0]
+    store = TileStore.create(partial, first.tile_size, kind="synthetic", pixel_size=first.pixel_size)
     for source, start, stop in zip(sources, bounds[:-1], bounds[1:], strict=True):
         if len(source) < stop:
             raise UserError(f"{source.path}: {len(source)} tiles, a share of tiles {start}-{stop - 1} wanted")
@@ -1691,7 +1692,7 @@ def cell_cost(cell: Cell, bench: Bench, results: dict, made: frozenset[Path] = f
 def products_cost(cell: Cell, bench: Bench, absent: Callable[[Path], bool],
                   segmenter: Callable[[Cell], float | None]) -> tuple[float | None, list]:
     """(minutes, [(what, product)]) of what the cell needs before its segmenter and lacks (`absent`):
-    judge, pseudo-labels, generator stages, its tiles; a recipe of shares needs its parts'."""
+    judge, pseudo-labels, generator stages, its tiles; a recipe made of others' tiles needs theirs first."""
     minutes, first = 0.0, []
     recipe = bench.cfg.recipe(cell.recipe)
     drawn = cell.ratio > 0 and absent(bench.synthetic_dir(cell) / "manifest.json")
