@@ -97,6 +97,12 @@ def _foreground_histogram(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def read_pair(images: str | os.PathLike, masks: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read an image stack and its mask stack, checking they match page for page."""
     image_stack = read_image_stack(images)
+    return image_stack, read_matching_masks(masks, image_stack, images)
+
+
+def read_matching_masks(masks: str | os.PathLike, image_stack: np.ndarray, images: str | os.PathLike
+                        ) -> np.ndarray:
+    """read_mask_stack of `masks`, checked to match the image stack read from `images` page for page."""
     mask_stack = read_mask_stack(masks)
     if mask_stack.shape[0] != image_stack.shape[0]:
         raise UserError(f"{masks}: {mask_stack.shape[0]} mask slices but {images} has "
@@ -104,7 +110,7 @@ def read_pair(images: str | os.PathLike, masks: str | os.PathLike) -> tuple[np.n
     if mask_stack.shape[1:] != image_stack.shape[1:]:
         raise UserError(f"{masks}: masks are {mask_stack.shape[2]}x{mask_stack.shape[1]} but images in "
                         f"{images} are {image_stack.shape[2]}x{image_stack.shape[1]} (width x height)")
-    return image_stack, mask_stack
+    return mask_stack
 
 
 def read_pixel_size(path: str | os.PathLike) -> PixelSize | None:

@@ -23,7 +23,7 @@ from shared.atomic import umask_value
 from shared.errors import ArgumentParser, UserError, fraction, non_negative_int, positive_int, run_cli
 from shared.splits import guard_bands, labels_by_slice, z_block_split
 from shared.store import TileStore
-from shared.tiff_io import read_image_stack, read_pair, read_pixel_size
+from shared.tiff_io import read_image_stack, read_matching_masks, read_pair, read_pixel_size
 from shared.tiling import TILE, tile_slice
 
 
@@ -70,7 +70,7 @@ def build_store(images_path: Path, masks_path: Path | None, out: Path, config: B
         images, masks = read_image_stack(images_path), None
     else:
         images, masks = read_pair(images_path, masks_path)
-    annotated = None if annotated_path is None else read_pair(images_path, annotated_path)[1]
+    annotated = None if annotated_path is None else read_matching_masks(annotated_path, images, images_path)
     if annotated is not None and not annotated.any():
         raise UserError(f"{annotated_path}: no pixel is marked annotated (> 0)")
     blocks = z_block_split(images.shape[0], config.val_fraction, config.test_fraction, config.seed)
@@ -82,8 +82,8 @@ def build_store(images_path: Path, masks_path: Path | None, out: Path, config: B
     try:
         store = TileStore.create(tmp, config.tile, has_masks=masks is not None,
                                  pixel_size=read_pixel_size(images_path))
-        annotated_tiles = None if annotated is None else tile_stack(images, annotated, "", {
-            z: "" for z in range(len(images))}, config.tile)[1]
+        annotated_tiles = None if annotated is None else np.concatenate(
+            [tile_slice(area, config.tile)[0] for area in annotated])  # tile_stack's order
         store.append(tiles, mask_tiles, records, annotated=annotated_tiles)
         if out.exists():
             out.rmdir()
