@@ -725,8 +725,7 @@ class Bench:
         partial = out.with_name(out.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         blank = np.zeros((len(idx), pool.tile_size, pool.tile_size), np.uint8)
-        records = [{k: v for k, v in pool.records[int(i)].items() if k not in ("chunk", "index")}
-                   for i in idx]
+        records = [pool.records[int(i)] for i in idx]  # append gives each its own chunk and index
         TileStore.create(partial, pool.tile_size, pixel_size=pool.pixel_size).append(
             pool.raw_images(idx), blank, records, annotated=blank)
         partial.rename(out)
@@ -915,8 +914,7 @@ def shares_store(out: Path, parts: list[Path], n: int) -> Path:
         if len(source) < stop:
             raise UserError(f"{source.path}: {len(source)} tiles, a share of tiles {start}-{stop - 1} wanted")
         idx = np.arange(start, stop)
-        records = [{k: v for k, v in source.records[i].items() if k not in ("chunk", "index")}
-                   | {"part": source.path.name, "part_index": int(i)} for i in idx]
+        records = [source.records[i] | {"part": source.path.name, "part_index": int(i)} for i in idx]
         store.append(source.raw_images(idx), source.masks(idx), records)
     picked = np.linspace(0, n - 1, min(n, 16)).round().astype(int)  # the grid shows every share
     save_pairs(out.with_name(f"{out.name}.png"), store.images(picked), store.masks(picked))

@@ -76,8 +76,7 @@ class TileStore:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.manifest = _load_manifest(self.path)
-        self._maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._annotated: dict[int, np.ndarray] = {}
+        self._maps: dict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = {}
         self._chunk_of = np.array([r["chunk"] for r in self.records], np.int64)
         self._index_in_chunk = np.array([r["index"] for r in self.records], np.int64)
 
@@ -158,12 +157,10 @@ class TileStore:
         out = np.ones((len(idx), self.tile_size, self.tile_size), np.uint8)
         chunks = self._chunk_of[idx]
         for c in np.unique(chunks):
-            chunk = self.manifest.chunks[int(c)]
-            if chunk.annotated:
+            area = self._chunk(int(c))[2]
+            if area is not None:
                 sel = np.flatnonzero(chunks == c)
-                if int(c) not in self._annotated:
-                    self._annotated[int(c)] = self._open_stack(chunk.annotated, chunk.count)
-                out[sel] = self._annotated[int(c)][self._index_in_chunk[idx[sel]]]
+                out[sel] = area[self._index_in_chunk[idx[sel]]]
         return out
 
     def _checked(self, idx: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -192,11 +189,13 @@ class TileStore:
         kinds = {self.manifest.chunks[int(c)].dtype for c in np.unique(chunks)}
         return np.dtype(kinds.pop()) if len(kinds) == 1 else np.dtype(np.float32)
 
-    def _chunk(self, c: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def _chunk(self, c: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """The chunk's images, masks and annotated areas (None where it has none), memory-mapped once."""
         if c not in self._maps:
             chunk = self.manifest.chunks[c]
-            self._maps[c] = (self._open_stack(chunk.images, chunk.count),
-                             self._open_stack(chunk.masks, chunk.count) if chunk.masks else None)
+            optional = [self._open_stack(name, chunk.count) if name else None
+                        for name in (chunk.masks, chunk.annotated)]
+            self._maps[c] = (self._open_stack(chunk.images, chunk.count), *optional)
         return self._maps[c]
 
     def _open_stack(self, name: str, count: int) -> np.ndarray:
@@ -266,13 +265,10 @@ class TileStore:
             lock.release()
 
     # -- summaries ------------------------------------------------------------------------
-    def _foreground_fraction(self, idx: Sequence[int] | np.ndarray) -> float:
-        """Foreground share of the annotated pixels (every pixel in a fully annotated store)."""
+    def _foreground_fraction(self, idx: Sequence[int] | np.ndarray, known: np.ndarray | None) -> float:
+        """Foreground share of the annotated pixels `known` (every pixel where None)."""
         masks = self.masks(idx)
-        if not self.partially_annotated:
-            return float(masks.mean())
-        known = self.annotated(idx)
-        return float(masks.sum() / max(int(known.sum()), 1))
+        return float(masks.mean()) if known is None else float(masks.sum() / max(int(known.sum()), 1))
 
     def summary(self) -> dict[str, Any]:
         """Counts per split, foreground fraction (of the annotated pixels) and intensity statistics
@@ -287,11 +283,11 @@ class TileStore:
         for split, idx in sorted(groups.items()):
             imgs = self.images(idx)
             slices = {(str(r.get("file")), str(r.get("slice"))) for r in (self.records[i] for i in idx)}
+            known = self.annotated(idx) if self.partially_annotated else None
             out["splits"][split] = {
                 "tiles": len(idx), "slices": len(slices),
-                "foreground_fraction": self._foreground_fraction(idx) if self.has_masks else None,
-                **({"annotated_fraction": float(self.annotated(idx).mean())}
-                   if self.partially_annotated else {}),
+                "foreground_fraction": self._foreground_fraction(idx, known) if self.has_masks else None,
+                **({"annotated_fraction": float(known.mean())} if known is not None else {}),
                 "mean": float(imgs.mean()), "std": float(imgs.std()),
                 "min": float(imgs.min()), "max": float(imgs.max()),
             }
