@@ -69,7 +69,8 @@ def compiled_model(config: UNetConfig, train: TrainConfig, steps: int, tile_weig
     optimizer = keras.optimizers.Adam(learning_rate(train, steps), gradient_accumulation_steps=accumulate,
                                       **ema)
     model.compile(optimizer=optimizer, loss=BceJaccardLoss(tile_weights=tile_weights),
-                  metrics=[ForegroundIoU(0.5), ForegroundDice(0.5)],
+                  metrics=[ForegroundIoU(0.5, annotated_last=tile_weights),
+                           ForegroundDice(0.5, annotated_last=tile_weights)],
                   jit_compile="auto" if train.xla is None else train.xla)
     return model
 

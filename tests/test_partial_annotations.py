@@ -126,6 +126,29 @@ def test_the_pipeline_carries_the_area_and_validation_must_be_whole(partial, tmp
 
 
 @pytest.mark.slow
+def test_unannotated_pixels_leave_the_training_metrics_by_hand():
+    """Annotated: (y = 1, p = 0.8) and (y = 0, p = 0.6) at threshold 0.5: I = 1, P = 2, T = 1, so IoU 1/2
+    and Dice 2/3 whatever is predicted on the two unannotated pixels (one of them a mask 1 outside the
+    area, as the store never holds; counted as background it would move both)."""
+    pytest.importorskip("tensorflow")
+    from segmentation_tf.metrics import ForegroundDice, ForegroundIoU
+
+    mask = np.array([[1, 0], [1, 0]], np.float32)
+    known = np.array([[1, 1], [0, 0]], np.float32)
+    target = np.stack([mask, known], -1)[None]
+    for others in (0.0, 0.99):
+        prob = np.array([[0.8, 0.6], [others, others]], np.float32)[None, ..., None]
+        iou, dice = ForegroundIoU(0.5, annotated_last=True), ForegroundDice(0.5, annotated_last=True)
+        for m in (iou, dice):
+            m.update_state(target, prob)
+        assert float(iou.result()) == pytest.approx(1 / 2) and float(dice.result()) == pytest.approx(2 / 3)
+    blind = ForegroundIoU(0.5)  # every pixel counted: I = 1, P = 2, T = 2
+    blind.update_state(target, np.array([[0.8, 0.6], [0.0, 0.0]], np.float32)[None, ..., None])
+    assert float(blind.result()) == pytest.approx(1 / 3)
+    restored = ForegroundIoU.from_config(ForegroundIoU(0.5, annotated_last=True).get_config())
+    assert restored.annotated_last
+
+
 def test_fit_trains_on_a_partially_annotated_store(partial, tmp_path):
     from .test_segmentation_cli import TINY
 
