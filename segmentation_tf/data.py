@@ -142,6 +142,13 @@ def pixel_weighted(config: DataConfig, *pools: Pool | None) -> bool:
     return tile_weighted(config) or any(p is not None and p.annotated for p in pools)
 
 
+def targets_weighted(config: DataConfig, real: Pool, synthetic: Pool | None) -> bool:
+    """pixel_weighted for the batches training_dataset makes (a synthetic pool that no batch draws
+    from, its share rounding to 0 tiles, weighs nothing); the loss and metrics must agree with it."""
+    n_syn = batch_composition(config.batch_size, config.synthetic_ratio)[1]
+    return pixel_weighted(config, real, synthetic if n_syn else None)
+
+
 def weighted_batch(batch: tf.Tensor, pool: Pool, weight: float) -> tf.Tensor:
     """A batch whose last channel is its pixels' loss weight: the pool's annotated area times the tile
     weight, or the tile weight alone."""
@@ -157,7 +164,7 @@ def training_dataset(real: Pool, synthetic: Pool | None, tile: int, config: Data
     synthetic weight W != 1 or partial annotations the target ends in a pixel-weight channel
     (annotated area x tile weight: 1 real, W synthetic)."""
     n_real, n_syn = batch_composition(config.batch_size, config.synthetic_ratio)
-    weighted = pixel_weighted(config, real, synthetic if n_syn else None)
+    weighted = targets_weighted(config, real, synthetic)
     batches = window_stream(real, tile, config, config.seed, skip_batches * n_real).batch(
         n_real, drop_remainder=True)
     if weighted:

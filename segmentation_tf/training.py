@@ -179,7 +179,7 @@ def run_phase(phase: Phase, inputs: RunInputs, strategy: tf.distribute.Strategy,
     settings = recorded_settings(inputs)
     before = guard_resumed_settings(phase.folder, done, settings)
     train_ds = pipeline.training_dataset(pool, synthetic, phase.data.crop or tile, phase.data, done * steps)
-    weighted = pipeline.pixel_weighted(phase.data, pool, synthetic)  # a loss-weight channel ends the targets
+    weighted = pipeline.targets_weighted(phase.data, pool, synthetic)  # a loss-weight channel ends them
     val_x, val_y = pipeline.validation_arrays(inputs.store, phase.data, weighted=weighted)
     val_ds = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(phase.data.batch_size)
     # --seed fixes the initial weights as well as the data stream, so two runs of one command (and the
