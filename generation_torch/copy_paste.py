@@ -168,9 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--grid", type=Path, help="also write a PNG of (up to 16) tiles beside their masks")
     args = p.parse_args(argv)
+    labelled, labelled_idx, objects = pair_tiles(args.labelled)
+    background_store, background_idx, backgrounds = (pair_tiles(args.backgrounds) if args.backgrounds
+                                                     else (labelled, labelled_idx, objects))
     args.backgrounds = args.backgrounds or args.labelled
-    labelled, _, objects = pair_tiles(args.labelled)
-    background_store, background_idx, backgrounds = pair_tiles(args.backgrounds)
     refuse_real_store(args.out, "pasted pairs")
     try:
         images, masks, origins = paste_pairs(objects, backgrounds, args.n, args.seed,
