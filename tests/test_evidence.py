@@ -1004,9 +1004,9 @@ def test_the_long_and_tiles_presets_as_fit_reads_their_flags():
         assert evidence.PRESETS[name].generator_flags == evidence.PRESETS["final"].generator_flags
         # baseline, main recipe, its pretrain use; matched also the long-denoiser rung and the paired
         # starting-from-real-tiles and copy-paste recipes, copy-paste onto the labelled tiles, half drawn
-        # half pasted, the pasted re-rendered, and copy-paste onto unlabelled pool tiles (2 regions x 5
-        # seeds each)
-        assert len(cells(evidence.PRESETS[name], {})) == (212 if name == "matched" else 142)
+        # half pasted, the pasted re-rendered, copy-paste onto unlabelled pool tiles and onto their far
+        # negatives (2 regions x 5 seeds each)
+        assert len(cells(evidence.PRESETS[name], {})) == (222 if name == "matched" else 142)
 
 
 def test_threshold_readouts_by_hand():
@@ -1447,8 +1447,9 @@ def test_paired_recipes_follow_self_training_in_every_round_and_must_share_the_m
         sdedit = Cell("256px", "images_plentiful", cfg.lever_ratio, seed, "vpred_sdedit_pool_low")
         pasted = [Cell("256px", "images_plentiful", cfg.lever_ratio, seed, name)
                   for name in ("copy_paste", "copy_paste_labelled", "vpred_and_copy_paste_labelled",
-                               "vpred_sdedit_over_copy_paste_labelled", "copy_paste_unlabelled")]
-        assert order[i + 1:i + 7] == [sdedit, *pasted]  # the generator's controls, round by round
+                               "vpred_sdedit_over_copy_paste_labelled", "copy_paste_unlabelled",
+                               "copy_paste_far_negatives")]
+        assert order[i + 1:i + 8] == [sdedit, *pasted]  # the generator's controls, round by round
     assert order.index(Cell("256px", "images_plentiful", 0.3, 0, "vpred_sdedit_pool_low")) < order.index(
         Cell("256px", "real_only", 0.0, 1))
     with pytest.raises(ValueError, match="paired recipes must be grid recipes .*: vpred_f8"):
@@ -1698,3 +1699,67 @@ def test_copy_paste_onto_unlabelled_pool_tiles_knows_only_what_it_pasted(tmp_pat
     assert Path(paste[paste.index("--labelled") + 1]) == bench.store(1)
     with pytest.raises(ValueError, match="only pasted recipes draw onto unlabelled pool tiles: drawn"):
         replace(cfg, recipes=(*cfg.recipes, replace(evidence.VPRED, name="drawn", masks_from="unlabelled")))
+
+
+def test_far_negatives_by_hand():
+    """A one-row page with its only object at x = 0: pixels x > 16 are known background (23 of 40); a
+    page without objects is known throughout."""
+    from bench.evidence import far_negatives
+
+    masks = np.zeros((2, 1, 40), np.uint8)
+    masks[0, 0, 0] = 1
+    far = far_negatives(masks, 16)
+    np.testing.assert_array_equal(far[0, 0], (np.arange(40) > 16).astype(np.uint8))
+    assert far[1].all()
+
+
+def test_copy_paste_onto_far_negatives_knows_the_pool_only_far_from_its_pseudo_objects(tmp_path, monkeypatch):
+    """copy_paste_far_negatives: its backgrounds are the pool's training pages with masks all 0 and
+    annotated only farther than FAR_MARGIN px from the judge's pseudo-labelled objects (measured on the
+    page); its cost is the pseudo-labels (when absent) and the pasting; no generator; only pasted
+    recipes with pseudo-labels may draw onto it."""
+    from bench.evidence import COPY_PASTE_FAR, FAR_MARGIN
+    from shared.tiff_io import write_stack
+
+    cfg = replace(evidence.PRESETS["matched"], ks=(1, 0), lever_ks=(1,))
+    bench, calls = _faked_bench(tmp_path, monkeypatch, cfg)
+    bench.judge(1).mkdir(parents=True)
+    calibration = {"threshold": 0.99, "version": evidence.CALIBRATION_VERSION}
+    (bench.judge(1) / "segmenter.json").write_text(json.dumps({"provenance": {"calibration": calibration}}))
+    cell = Cell(1, "images_plentiful", 0.3, 2, COPY_PASTE_FAR.name)
+    monkeypatch.setattr(evidence, "machine", lambda: {"cpu": "EPYC", "isa": "avx512_bf16"})
+    results = {Cell(1, "real_only", 0.0, 0).key: {**_cell(1, "real_only", 0.0, 0, 0.5), "minutes": 20.0,
+                                                   "cpu": "EPYC", "isa": "avx512_bf16", "xla": False}}
+    cost = evidence.cell_cost(cell, bench, results)
+    assert [what for what, _ in cost.first] == ["pseudo-labels", "its tiles"]
+    version = COPY_PASTE_FAR.pseudo_masks
+    bench.pseudo_store(1, version)
+    # the judge's objects: one pixel at (0, 0) of every page it labels
+    predicted = np.zeros((len(bench.predicted_pages(1)), *bench.masks.shape[1:]), np.uint8)
+    predicted[:, 0, 0] = 1
+    write_stack(evidence.pseudo_folder(bench.work, 1, version) / "predicted" / "mask.tif", predicted)
+    out = bench.generator(cell)
+    assert out.name == "pasted_composed_far_negative_pool"
+    paste = calls[-1]
+    assert paste[0] == "generation_torch.copy_paste"
+    backgrounds = TileStore(paste[paste.index("--backgrounds") + 1])
+    pool = TileStore(bench.store(0))
+    idx = backgrounds.indices()
+    np.testing.assert_array_equal(backgrounds.raw_images(idx), pool.raw_images(pool.indices("train")))
+    assert backgrounds.partially_annotated and not backgrounds.masks(idx).any()
+    yy, xx = np.mgrid[:256, :256]
+    by_hand = (yy ** 2 + xx ** 2 > FAR_MARGIN ** 2).astype(np.uint8)
+    pages = [backgrounds.records[int(i)]["slice"] for i in idx]
+    labelled = bench.layout.labelled(1, cfg)
+    for i, page in zip(idx, pages, strict=True):
+        area = backgrounds.annotated(np.array([i]))[0]
+        if page in labelled:  # its real objects, known only far from them
+            assert not area[bench.masks[page] > 0].any()
+        else:
+            np.testing.assert_array_equal(area, by_hand)
+    figures = evidence.far_negative_figures(bench, 1, version)
+    assert figures["far_margin"] == FAR_MARGIN and 0.5 < figures["far_known"] < 1.0
+    with pytest.raises(ValueError, match="only pasted recipes draw onto unlabelled pool tiles: drawn"):
+        replace(cfg, recipes=(*cfg.recipes, replace(evidence.VPRED, name="drawn", masks_from="far")))
+    with pytest.raises(ValueError, match="without pseudo_masks: blind"):
+        replace(cfg, recipes=(*cfg.recipes, replace(COPY_PASTE_FAR, name="blind", pseudo_masks=0)))
