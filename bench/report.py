@@ -78,7 +78,10 @@ TABLE_TITLES = {
                 "pseudo-labels, no generator), its generator drawn otherwise (SDEdit), no generator at all "
                 "(copy_paste: the labelled objects' own pixels pasted at composed layouts onto pool tiles; "
                 "copy_paste_labelled: onto the labelled tiles; copy_paste_unlabelled: onto pool tiles with "
-                "no pixel annotated, only the pasted objects known); and recipes made of others' tiles "
+                "no pixel annotated, only the pasted objects known; copy_paste_far_negatives: onto pool "
+                "tiles annotated as background only farther than 16 px from every pseudo-labelled object); "
+                "and "
+                "recipes made of others' tiles "
                 "(vpred_and_copy_paste_labelled: half drawn, half pasted; "
                 "vpred_sdedit_over_copy_paste_labelled: the pasted pairs re-rendered by the generator from "
                 "strength 0.4) minus each of those",
