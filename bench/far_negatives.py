@@ -110,7 +110,10 @@ def main(argv: list[str] | None = None) -> None:
         "threshold": judge_threshold(bench.judge(args.k), version), "calibration_version": version,
         "slices": {"validation": list(layout.val), "pool": pool}, "max_known_foreground": MAX_SHARE,
         "chosen_margin_px": chosen, "recipe_margin_px": FAR_MARGIN,
-        "validation": rows["validation"], "pool": rows["pool"]})
+        "note": f"chosen on the validation block: {chosen} px, the smallest margin whose known background "
+                f"holds at most {MAX_SHARE:.0%} mitochondria pixels (copy_paste_far_negatives uses "
+                f"{FAR_MARGIN} px); judge: the grid's k={args.k} real-only cell of seed {cfg.seeds[0]}",
+        "rows": [{"block": name, **row} for name, block in rows.items() for row in block]})
     print(f"wrote {args.json}")
 
 

@@ -30,6 +30,8 @@ SECTIONS = [
                           "grid's budget and blocks (bench.label_budget)"),
     ("feature_labels.json", "Pixel classifiers on one labelled region: the generator's denoiser features and "
                             "classic filters beside the grid's judge (bench.feature_labels)"),
+    ("far_negatives.json", "Background known only far from the judge's objects: the margin of "
+                           "copy_paste_far_negatives (bench.far_negatives)"),
     ("generator_epfl.json", "Generator quality on held-out real EPFL slices"),
     ("evidence.json",
      "The evidence instrument, standard preset (restore-best; before the border-mirroring tiler)"),
