@@ -785,25 +785,16 @@ class Bench:
         """The pool's training pages as tiles annotated only where they are background far from every
         object of k's pseudo-labels (far_negatives, on the whole page: an object in the next tile
         counts), masks all 0; built once beside the pseudo-labels and renamed into place."""
-        from shared.store import TileStore
-        from shared.tiles import tile_stack
-        from shared.tiling import tile_slice
-
         out = pseudo_folder(self.work, k, version) / f"far_negatives_{FAR_MARGIN}px"
         if (out / "manifest.json").exists():
             return out
         self.pseudo_store(k, version)
         pages = sorted(self.layout.pool)
-        far = far_negatives(self.pseudo_pages(k, version)[pages], FAR_MARGIN)
-        tiles, blank, records = tile_stack(self.images[pages], np.zeros_like(far), "ablation",
-                                           {i: "train" for i in range(len(pages))})
-        for r in records:
-            r["slice"] = pages[r["slice"]]
-        tile = tiles.shape[1]
-        areas = np.concatenate([tile_slice(area, tile)[0] for area in far])  # tile_stack's order
+        areas = np.zeros(self.masks.shape, np.uint8)
+        areas[pages] = far_negatives(self.pseudo_pages(k, version)[pages], FAR_MARGIN)
         partial = out.with_name(out.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        TileStore.create(partial, tile).append(tiles, blank, records, annotated=areas)
+        make_store(partial, self.images, np.zeros_like(areas), pages, [], annotated=areas)
         partial.rename(out)
         return out
 
@@ -1184,20 +1175,27 @@ def far_negatives(masks: np.ndarray, margin: int) -> np.ndarray:
     return out
 
 
+def known_background_shares(known: np.ndarray, real: np.ndarray) -> tuple[float, float, float]:
+    """Background known where `known`, against the real foreground `real` (boolean arrays of one shape):
+    the share of pixels known, of known pixels that are real foreground, and of real foreground pixels
+    known as background."""
+    return (float(known.mean()), float(real[known].mean()) if known.any() else 0.0,
+            float(known[real].mean()) if real.any() else 0.0)
+
+
 def far_negative_figures(bench: Bench, k: Budget, version: int) -> dict:
     """How honest far_negative_pool's negatives are against the real masks of the pool (the benchmark's
     pool is labelled throughout; a user's is not): the share of pixels known, the share of known pixels
     that are mitochondria, and the share of the real mitochondria pixels taught as background."""
     from shared.store import TileStore
-    from shared.tiling import tile_slice
+    from shared.tiles import tile_pages
 
     store = TileStore(bench.far_negative_pool(k, version))
     known = store.annotated(store.indices()) > 0
-    real = np.concatenate([tile_slice(bench.masks[z] > 0, store.tile_size)[0]
-                           for z in sorted(bench.layout.pool)])  # the store's order (far_negative_pool)
-    return {"far_margin": FAR_MARGIN, "far_known": round(float(known.mean()), 4),
-            "far_known_foreground": round(float(real[known].mean()), 4),
-            "far_missed_as_background": round(float(known[real].mean()), 4)}
+    real = tile_pages(bench.masks[sorted(bench.layout.pool)] > 0, store.tile_size)  # the store's order
+    shares = known_background_shares(known, real)
+    return {"far_margin": FAR_MARGIN, **{key: round(v, 4) for key, v in zip(
+        ("far_known", "far_known_foreground", "far_missed_as_background"), shares, strict=True)}}
 
 
 def pseudo_label_figures(bench: Bench, k: Budget, version: int) -> dict:

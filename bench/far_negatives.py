@@ -31,6 +31,7 @@ from bench.evidence import (
     Layout,
     far_negatives,
     judge_threshold,
+    known_background_shares,
     pseudo_kept_dir,
     results_file,
 )
@@ -48,10 +49,9 @@ def negatives_row(predicted: np.ndarray, real: np.ndarray, margin: int) -> dict:
     """Background known farther than `margin` px from every predicted object, against the real masks
     (boolean stacks): share of pixels known, of known pixels that are real foreground, and of real
     foreground pixels known as background."""
-    known = far_negatives(predicted, margin) > 0
-    return {"margin_px": margin, "known": round(float(known.mean()), 4),
-            "known_foreground": round(float(real[known].mean()) if known.any() else 0.0, 4),
-            "foreground_taught_background": round(float(known[real].mean()) if real.any() else 0.0, 4)}
+    shares = known_background_shares(far_negatives(predicted, margin) > 0, real)
+    return {"margin_px": margin, **{key: round(v, 4) for key, v in zip(
+        ("known", "known_foreground", "foreground_taught_background"), shares, strict=True)}}
 
 
 def chosen_margin(rows: list[dict], max_share: float = MAX_SHARE) -> int | None:

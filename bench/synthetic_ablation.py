@@ -42,7 +42,7 @@ from shared.sampling import SamplerSettings, settings_to_flags
 from shared.splits import z_block_split
 from shared.store import TileStore
 from shared.tiff_io import read_pair, write_stack
-from shared.tiles import tile_stack
+from shared.tiles import tile_pages, tile_stack
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,10 @@ def labelled_slices(pool: list[int], k: int, seed: int) -> list[int]:
     return pool[start:start + k]
 
 
-def make_store(path: Path, images: np.ndarray, masks: np.ndarray, train: list[int], val: list[int]) -> Path:
+def make_store(path: Path, images: np.ndarray, masks: np.ndarray, train: list[int], val: list[int],
+               annotated: np.ndarray | None = None) -> Path:
+    """A tile store of the train and val pages of a stack (masks, and annotated areas where given, page
+    for page); an existing one is kept."""
     if (path / "manifest.json").exists():
         return path
     split_of = {z: "train" for z in train} | {z: "val" for z in val}
@@ -136,7 +139,8 @@ def make_store(path: Path, images: np.ndarray, masks: np.ndarray, train: list[in
                                             {i: split_of[z] for i, z in enumerate(keep)})
     for r in records:
         r["slice"] = keep[r["slice"]]
-    TileStore.create(path).append(tiles, mask_tiles, records)
+    areas = None if annotated is None else tile_pages(annotated[keep])
+    TileStore.create(path).append(tiles, mask_tiles, records, annotated=areas)
     return path
 
 

@@ -54,6 +54,12 @@ def tile_stack(images: np.ndarray, masks: np.ndarray | None, source: str, split_
     return np.concatenate(all_images), np.concatenate(all_masks) if all_masks else None, records
 
 
+def tile_pages(stack: np.ndarray, tile: int = TILE) -> np.ndarray:
+    """Every page of a (Z, H, W) stack cut into tiles, in tile_stack's order (e.g. annotated areas
+    beside the images tile_stack cut)."""
+    return np.concatenate([tile_slice(page, tile)[0] for page in stack])
+
+
 def build_store(images_path: Path, masks_path: Path | None, out: Path, config: BuildConfig = BuildConfig(),
                 annotated_path: Path | None = None) -> TileStore:
     """Validate the stacks, split by z blocks, tile, and write a new store at `out` atomically
@@ -82,8 +88,7 @@ def build_store(images_path: Path, masks_path: Path | None, out: Path, config: B
     try:
         store = TileStore.create(tmp, config.tile, has_masks=masks is not None,
                                  pixel_size=read_pixel_size(images_path))
-        annotated_tiles = None if annotated is None else np.concatenate(
-            [tile_slice(area, config.tile)[0] for area in annotated])  # tile_stack's order
+        annotated_tiles = None if annotated is None else tile_pages(annotated, config.tile)
         store.append(tiles, mask_tiles, records, annotated=annotated_tiles)
         if out.exists():
             out.rmdir()
