@@ -308,6 +308,11 @@ class EvidenceConfig:
     side_recipes: tuple[Recipe, ...] = ()
     lever_ks: tuple[Budget, ...] = (1, 2)           # where the ladder's rungs run
     lever_ratio: float = 0.3
+    # grid recipes that also run at these ratios at the first lever k, on every seed: with few labelled
+    # tiles, does a larger share of pairs in each batch help, and do a generator's backgrounds (each
+    # tile drawn anew) outgrow pasting's (the labelled tiles again and again)?
+    probe_recipes: tuple[str, ...] = ()
+    probe_ratios: tuple[float, ...] = ()
     test_fraction: float = 0.2
     val_fraction: float = 0.15
     slices_seed: int = 0                            # where the nested labelled slices start in the pool
@@ -351,6 +356,14 @@ class EvidenceConfig:
         if unlabelled:
             raise ValueError(f"recipes drawing from pseudo-labels without pseudo_masks: "
                              f"{', '.join(unlabelled)}")
+
+        names = {r.name for r in self.recipes}
+        probes = [n for n in self.probe_recipes if n not in names]
+        ratios = [r for r in self.probe_ratios if not 0 < r < 1 or r == self.lever_ratio]
+        if probes or ratios or bool(self.probe_recipes) != bool(self.probe_ratios):
+            raise ValueError(f"the ratio probe needs grid recipes and ratios in (0, 1) other than the lever "
+                             f"ratio {self.lever_ratio:g}, both or neither: {list(self.probe_recipes)}, "
+                             f"{list(self.probe_ratios)}")
 
     def recipe(self, name: str) -> Recipe:
         return next(r for r in (*self.recipes, *self.side_recipes) if r.name == name)
@@ -444,6 +457,7 @@ PRESETS = {
                                        VPRED_AND_PASTE.name, VPRED_OVER_PASTE.name,
                                        COPY_PASTE_UNLABELLED.name, COPY_PASTE_FAR.name),
                        side_recipes=(VPRED_F8, VPRED_MIDT, VPRED_SDEDIT, VPRED_SDEDIT_POOL, VPRED_LONG_MID),
+                       probe_recipes=(VPRED.name, COPY_PASTE_LABELLED.name), probe_ratios=(0.6,),
                        **SUB_SLICE),
     # the chain in minutes, on matched's kind of budget (a region of one slice, the pool)
     "quick": EvidenceConfig(
@@ -608,6 +622,7 @@ def cells(cfg: EvidenceConfig, results: dict) -> list[Cell]:
             for c in paired_rounds([k]) + recipe_arms([k], reuse) + real_pretrain(k) + self_training(k)]
     out += [Cell(k, "aa", 0.0, s) for s in cfg.seeds for k in other_ks] + recipe_arms(other_ks, main)
     out += recipe_arms(lever_ks, [r for r in cfg.recipes if r not in main and r not in reuse])
+    out += [Cell(k, arm, r, s, n) for k in lever_ks for s in cfg.seeds for arm, r, n in probe_arms(k, cfg)]
     base = cfg.baseline
     for k in cfg.ks:
         out += [Cell(k, "images_plentiful", r, s, base) for s in cfg.seeds[:cfg.choice_seeds]
@@ -1353,8 +1368,16 @@ def synthetic_arms(k: Budget, cfg: EvidenceConfig) -> list[tuple[str, float, str
     arms = [("images_plentiful", r, cfg.baseline) for r in cfg.ratios]
     ladder = cfg.recipes[1:] if k in cfg.lever_ks else [r for r in cfg.recipes if r.name == cfg.main_recipe]
     arms += [("images_plentiful", cfg.lever_ratio, r.name) for r in ladder]
+    arms += probe_arms(k, cfg)
     arms += [(arm, 0.0, cfg.baseline) for arm in ("real_pretrain", "self_training") if k in cfg.lever_ks]
     return arms + ([("strict", cfg.strict_ratio, cfg.baseline)] if k != 0 else [])
+
+
+def probe_arms(k: Budget, cfg: EvidenceConfig) -> list[tuple[str, float, str]]:
+    """(arm, ratio, recipe) of the ratio probe at k: the first lever k only (the scarcest labels)."""
+    if k not in cfg.lever_ks[:1]:
+        return []
+    return [("images_plentiful", r, n) for r in cfg.probe_ratios for n in cfg.probe_recipes]
 
 
 def chosen_arm(results: dict, k: Budget, cfg: EvidenceConfig) -> tuple[float, str] | None:
@@ -1416,6 +1439,27 @@ def control_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
             if diff and diff["n"] >= 2:
                 rows.append({"k": _k(k), "arm": name, "minus": recipe if ratio else arm,
                              **_rounded(diff), "ci_above_0": bool(diff["low"] > 0)})
+        rows += probe_rows(results, k, cfg)
+    return rows
+
+
+def probe_rows(results: dict, k: Budget, cfg: EvidenceConfig) -> list[dict]:
+    """The ratio probe at k, paired by seed: each probed recipe at a probe ratio minus itself at the
+    lever ratio (above 0: more of its pairs per batch help), and the main recipe minus each other probed
+    recipe at that ratio (above 0: the generator outgrows it)."""
+    def at(recipe: str, ratio: float) -> tuple[str, dict[int, float]]:
+        return f"{recipe} (ratio {ratio:g})", by_seed(results, k, "images_plentiful", ratio, recipe)
+
+    pairs = [(at(n, r), at(n, cfg.lever_ratio)) for r in cfg.probe_ratios for n in cfg.probe_recipes]
+    if cfg.main_recipe in cfg.probe_recipes:
+        pairs += [(at(cfg.main_recipe, r), at(n, r)) for r in cfg.probe_ratios for n in cfg.probe_recipes
+                  if n != cfg.main_recipe]
+    rows = []
+    for (name, arm_iou), (minus, control_iou) in pairs:
+        diff = paired_interval(arm_iou, control_iou)
+        if diff and diff["n"] >= 2:
+            rows.append({"k": _k(k), "arm": name, "minus": minus, **_rounded(diff),
+                         "ci_above_0": bool(diff["low"] > 0)})
     return rows
 
 

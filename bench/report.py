@@ -86,7 +86,8 @@ TABLE_TITLES = {
                 "recipes made of others' tiles "
                 "(vpred_and_copy_paste_labelled: half drawn, half pasted; "
                 "vpred_sdedit_over_copy_paste_labelled: the pasted pairs re-rendered by the generator from "
-                "strength 0.4) minus each of those",
+                "strength 0.4) minus each of those; the ratio probe: a recipe at ratio 0.6 minus itself at "
+                "0.3, and the main recipe minus copy_paste_labelled at 0.6",
     "rise": "Does real only rise with k? IoU(next k) - IoU(k), paired by seed, 95% t interval",
     "resolution": "Can the grid resolve the generator goal? goal: half the gap (real only on the whole "
                   "pool - real only at k); seeds a paired gain of that size needs for its 95% interval to "

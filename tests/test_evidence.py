@@ -1005,8 +1005,9 @@ def test_the_long_and_tiles_presets_as_fit_reads_their_flags():
         # baseline, main recipe, its pretrain use; matched also the long-denoiser rung and the paired
         # starting-from-real-tiles and copy-paste recipes, copy-paste onto the labelled tiles, half drawn
         # half pasted, the pasted re-rendered, copy-paste onto unlabelled pool tiles and onto their far
-        # negatives (2 regions x 5 seeds each)
-        assert len(cells(evidence.PRESETS[name], {})) == (222 if name == "matched" else 142)
+        # negatives (2 regions x 5 seeds each), and the ratio probe (vpred and copy-paste onto the
+        # labelled tiles at 0.6: the 256 px region x 5 seeds)
+        assert len(cells(evidence.PRESETS[name], {})) == (232 if name == "matched" else 142)
 
 
 def test_threshold_readouts_by_hand():
@@ -1537,6 +1538,43 @@ def test_the_main_arm_minus_each_control_by_hand_and_a_control_is_never_the_user
     # a pasted recipe may be paired (no generator to train); another generator may not
     with pytest.raises(ValueError, match="paired recipes must be grid recipes .*: levers"):
         replace(cfg, recipes=(*cfg.recipes, evidence.LEVERS), paired_recipes=("copy_paste", "levers"))
+
+
+def test_the_ratio_probe_runs_at_the_first_lever_k_and_pairs_each_ratio_by_hand():
+    """probe: vpred and copy_paste at 0.6 on every seed at the first lever k only; rows by hand: vpred
+    0.6 - 0.3 = +0.04 and +0.02 (mean +0.03), copy_paste 0.6 - 0.3 = -0.01 on both, vpred - copy_paste at
+    0.6 = +0.05 and +0.01 (mean +0.03); the probed vpred is a generated arm the validation block may
+    choose. Bad probes are refused."""
+    from bench.evidence import COPY_PASTE, VPRED, chosen_arm, control_rows
+
+    cfg = EvidenceConfig(ks=(1, 2, 0), seeds=(0, 1), ratios=(0.3,), lever_ks=(1, 2),
+                         recipes=(evidence.TODAY, VPRED, COPY_PASTE), paired_recipes=("copy_paste",),
+                         probe_recipes=("vpred", "copy_paste"), probe_ratios=(0.6,))
+    keys = [c.key for c in cells(cfg, {})]
+    probed = [key for key in keys if "r=0.6" in key]
+    assert probed == [f"k=1|images_plentiful|r=0.6|seed={s}|{n}" for s in (0, 1)
+                      for n in ("vpred", "copy_paste")]
+    results = {}
+    arms = {("vpred", 0.3): (0.60, 0.61), ("vpred", 0.6): (0.64, 0.63), ("copy_paste", 0.3): (0.60, 0.63),
+            ("copy_paste", 0.6): (0.59, 0.62)}
+    for (recipe, ratio), tests in arms.items():
+        for s, test in enumerate(tests):
+            c = Cell(1, "images_plentiful", ratio, s, recipe)
+            results[c.key] = {**_cell(1, "images_plentiful", ratio, s, test), "recipe": recipe,
+                              "val_iou": 0.7 if ratio == 0.6 and recipe == "vpred" else 0.6}
+    rows = {(r["arm"], r["minus"]): r for r in control_rows(results, cfg)}
+    assert rows[("vpred (ratio 0.6)", "vpred (ratio 0.3)")]["mean"] == pytest.approx(0.03)
+    assert rows[("copy_paste (ratio 0.6)", "copy_paste (ratio 0.3)")]["mean"] == pytest.approx(-0.01)
+    assert rows[("copy_paste (ratio 0.6)", "copy_paste (ratio 0.3)")]["sd"] == pytest.approx(0.0, abs=1e-9)
+    versus = rows[("vpred (ratio 0.6)", "copy_paste (ratio 0.6)")]
+    assert versus["mean"] == pytest.approx(0.03) and versus["n"] == 2
+    assert versus["sd"] == pytest.approx(0.04 * math.sqrt(0.5), abs=1e-4)
+    assert ("copy_paste (ratio 0.6)", "vpred (ratio 0.6)") not in rows  # the main recipe is the arm
+    assert chosen_arm(results, 1, cfg) == (0.6, "vpred")
+    for bad in ({"probe_ratios": (0.3,)}, {"probe_ratios": (1.0,)}, {"probe_recipes": ("vpred_f8",)},
+                {"probe_recipes": ()}):
+        with pytest.raises(ValueError, match="the ratio probe needs"):
+            replace(cfg, **bad)
 
 
 def _pairs_store(path: Path, n: int, value: int) -> Path:
