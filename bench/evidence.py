@@ -119,6 +119,10 @@ class Recipe:
     # a pasted grid recipe whose pairs sampling starts from (strength < 1, each tile under its own mask
     # varied), in place of the labelled tiles: the generator re-renders copy-paste
     over: str = ""
+    # composed layouts (from the pseudo-labelled pool) keep only objects at least as large as the
+    # smallest labelled one (generation_torch.sample --min-object-area): the user's labels say how small
+    # a mitochondrion gets; smaller pseudo-objects are the judge's specks
+    labelled_size_floor: bool = False
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -139,6 +143,7 @@ class Recipe:
         pool = {"pseudo": "_pool", "unlabelled": "_unlabelled_pool",
                 "far": "_far_negative_pool"}.get(self.masks_from, "")
         pool += f"_over_{self.over}" if self.over else ""
+        pool += "_floor" if self.labelled_size_floor else ""
         if self.halves:
             return "shares_" + "_and_".join(self.halves)
         if self.pasted:
@@ -247,6 +252,13 @@ COPY_PASTE_UNLABELLED = replace(COPY_PASTE, name="copy_paste_unlabelled", masks_
 # foreground; copy_paste under the plain pseudo-labels taught missed objects as background
 FAR_MARGIN = 16
 COPY_PASTE_FAR = replace(COPY_PASTE, name="copy_paste_far_negatives", masks_from="far")
+# what pasting cannot do: the main generator drawing objects of the pool's shapes. The 256 px region
+# holds 3 labelled objects, 1 whole, so vpred's and copy-paste's composed layouts repeat one shape,
+# turned and deformed; the judge's pseudo-labels hold 780 on the pool (479 whole), 290 whole at or
+# above the region's smallest labelled object (293 px; 2.9 a tile, median 1018 px against the pool's
+# true 2.1 and 2517 px). Pasting their pixels would paste the judge's errors with them; the generator
+# draws each shape as a mitochondrion, so a pair's image follows its mask whatever the judge missed
+VPRED_POOL_SHAPES = replace(VPRED, name="vpred_pool_shapes", masks_from="pseudo", labelled_size_floor=True)
 # does the generator add to copy-paste? Half of the tiles drawn by the main recipe, half pasted onto the
 # labelled tile (the two matched each other on seeds 0 and 2, 2026-12-07), at the same tile count: above
 # both, the generator's tiles bring what pasting one background cannot (new backgrounds, new context)
@@ -347,6 +359,10 @@ class EvidenceConfig:
         if over:
             raise ValueError(f"recipes drawn over pairs must name a pasted grid recipe and start from its "
                              f"tiles (strength < 1, labelled masks): {', '.join(over)}")
+        floors = [r.name for r in (*self.recipes, *self.side_recipes)
+                  if r.labelled_size_floor and (r.pasted or r.mask_source != "composed")]
+        if floors:
+            raise ValueError(f"a size floor picks the objects of drawn composed layouts: {', '.join(floors)}")
         blank = [r.name for r in (*self.recipes, *self.side_recipes)
                  if r.masks_from in ("unlabelled", "far") and not r.pasted]
         if blank:
@@ -452,10 +468,11 @@ PRESETS = {
     "matched": replace(tiles_preset(50, ema=True, precise_bn=True, reference_ending=()), resolve_seeds=16,
                        recipes=(*CPU_RECIPES, VPRED_LONG, VPRED_SDEDIT_POOL_LOW, COPY_PASTE,
                                 COPY_PASTE_LABELLED, VPRED_AND_PASTE, VPRED_OVER_PASTE,
-                                COPY_PASTE_UNLABELLED, COPY_PASTE_FAR),
+                                COPY_PASTE_UNLABELLED, COPY_PASTE_FAR, VPRED_POOL_SHAPES),
                        paired_recipes=(VPRED_SDEDIT_POOL_LOW.name, COPY_PASTE.name, COPY_PASTE_LABELLED.name,
                                        VPRED_AND_PASTE.name, VPRED_OVER_PASTE.name,
-                                       COPY_PASTE_UNLABELLED.name, COPY_PASTE_FAR.name),
+                                       COPY_PASTE_UNLABELLED.name, COPY_PASTE_FAR.name,
+                                       VPRED_POOL_SHAPES.name),
                        side_recipes=(VPRED_F8, VPRED_MIDT, VPRED_SDEDIT, VPRED_SDEDIT_POOL, VPRED_LONG_MID),
                        probe_recipes=(VPRED.name, COPY_PASTE_LABELLED.name), probe_ratios=(0.6,),
                        **SUB_SLICE),
@@ -931,9 +948,21 @@ class Bench:
         if recipe.pasted:
             return pasted_store(self.synthetic_dir(cell), self.store(cell.k), source, self.cfg.n_synthetic,
                                 self.log)
+        floor = ["--min-object-area", str(self.smallest_labelled_object(cell.k))] \
+            if recipe.labelled_size_floor else []
         return synthetic_store(self.generator_dir(cell), self.checkpoint(cell), source, self.cfg,
                                recipe.sampling, 0, self.log, out=self.synthetic_dir(cell, sampling),
-                               mask_source=recipe.mask_source)
+                               mask_source=recipe.mask_source, extra=floor)
+
+    def smallest_labelled_object(self, k: Budget) -> int:
+        """Pixels of the smallest object (composed layouts' instances) in the k labelled tiles."""
+        from generation_torch.layouts import instances
+        from generation_torch.masks import load_mask_source
+
+        areas = [int(i.patch.sum()) for i in instances(load_mask_source(self.labelled_only_store(k)))]
+        if not areas:
+            raise UserError(f"{self.labelled_only_store(k)}: no labelled object to take a size floor from")
+        return min(areas)
 
 
 def pasted_store(out: Path, labelled: Path, backgrounds: Path, n: int, log: Path) -> Path:

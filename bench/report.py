@@ -86,7 +86,9 @@ TABLE_TITLES = {
                 "recipes made of others' tiles "
                 "(vpred_and_copy_paste_labelled: half drawn, half pasted; "
                 "vpred_sdedit_over_copy_paste_labelled: the pasted pairs re-rendered by the generator from "
-                "strength 0.4) minus each of those; the ratio probe: a recipe at ratio 0.6 minus itself at "
+                "strength 0.4) minus each of those; vpred_pool_shapes (the generator drawing composed "
+                "layouts of the pool's pseudo-labelled objects at least as large as the smallest labelled "
+                "one) is among the controls; the ratio probe: a recipe at ratio 0.6 minus itself at "
                 "0.3, and the main recipe minus copy_paste_labelled at 0.6",
     "rise": "Does real only rise with k? IoU(next k) - IoU(k), paired by seed, 95% t interval",
     "resolution": "Can the grid resolve the generator goal? goal: half the gap (real only on the whole "

@@ -227,8 +227,9 @@ def trained_vae(vae_dir: Path, pool: Path, common: Sequence[str], vae_flags: Seq
 
 def synthetic_store(gen_dir: Path, checkpoint: Path, labelled: Path, cfg: GeneratorRecipe,
                     sampling: SamplerSettings, seed: int, log: Path, *, out: Path | None = None,
-                    mask_source: str = "labelled") -> Path:
-    """Draw cfg.n_synthetic tiles into `out` (default GEN/synthetic, its grid GEN/samples.png)."""
+                    mask_source: str = "labelled", extra: Sequence[str] = ()) -> Path:
+    """Draw cfg.n_synthetic tiles into `out` (default GEN/synthetic, its grid GEN/samples.png), with
+    `extra` sample flags."""
     grid = gen_dir / "samples.png" if out is None else out.parent / f"{out.name}.png"  # g1.5: not g1.png
     out = out or gen_dir / "synthetic"
     if not (out / "manifest.json").exists():
@@ -236,7 +237,7 @@ def synthetic_store(gen_dir: Path, checkpoint: Path, labelled: Path, cfg: Genera
         shutil.rmtree(out, ignore_errors=True)
         run(["generation_torch.sample", "--checkpoint", str(checkpoint), "--masks-from", str(labelled),
              "--mask-source", mask_source, "--n", str(cfg.n_synthetic), "--out", str(out), "--seed",
-             str(seed), "--no-progress", "--grid", str(grid), *settings_to_flags(sampling)], log)
+             str(seed), "--no-progress", "--grid", str(grid), *settings_to_flags(sampling), *extra], log)
     return out
 
 
@@ -383,7 +384,6 @@ def mask_fidelity(work: Path, test: tuple[Path, Path], extra_stores: list[Path] 
     from segmentation_tf.inference import predict_tiles
     from segmentation_tf.scores import iou
     from shared.normalization import normalize
-    from shared.tiles import tile_stack
 
     test_images, test_masks = read_pair(*test)
     split_of = dict.fromkeys(range(len(test_images)), "test")

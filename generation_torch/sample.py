@@ -1,7 +1,7 @@
 """Sample synthetic image + mask pairs into a tile store.
 
     python -m generation_torch.sample --checkpoint RUN/generator.pt --masks-from STORE_OR_MASKS.tif
-        --n 64 --out SYNTH_STORE [--mask-source labelled|composed]
+        --n 64 --out SYNTH_STORE [--mask-source labelled|composed] [--min-object-area 30]
         [--sampler ddim --steps 50 --eta 0 --guidance 2 --seed 0 --batch-size 8]
         [--guidance-rescale 0 --unconditional --strength 1 --precision auto --grid tiles.png]
 
@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from generation_torch import grids, precision
 from generation_torch.config import PRECISIONS
-from generation_torch.layouts import compose_masks, layout_stats
+from generation_torch.layouts import ComposeConfig, compose_masks, layout_stats
 from generation_torch.masks import load_mask_source, load_pair_source, varied_masks, varied_pairs
 from generation_torch.pipeline import Generator, load_generator
 from shared import diffusion
@@ -90,16 +90,20 @@ def starting_pairs(path: Path, kind: str, n: int, seed: int) -> tuple[np.ndarray
     return varied_pairs(*load_pair_source(path), n, seed)
 
 
-def conditioning_masks(source: np.ndarray, kind: str, n: int, seed: int, path: Path
-                       ) -> tuple[np.ndarray, list[dict]]:
-    """n masks made from the labelled ones, and how each was made (one record per mask)."""
+def conditioning_masks(source: np.ndarray, kind: str, n: int, seed: int, path: Path,
+                       min_object_area: int | None = None) -> tuple[np.ndarray, list[dict]]:
+    """n masks made from the labelled ones, and how each was made (one record per mask); composed
+    layouts take objects of at least min_object_area pixels (default ComposeConfig's)."""
     if kind == "labelled":
         return varied_masks(source, n, seed)
+    config = ComposeConfig() if min_object_area is None else ComposeConfig(min_area=min_object_area)
     try:
-        masks, records = compose_masks(source, n, seed)
+        masks, records = compose_masks(source, n, seed, config)
     except ValueError as exc:
         raise UserError(f"{path}: {exc}") from None
-    before, after = layout_stats(source), layout_stats(masks)
+    if min_object_area is not None:
+        records = [r | {"min_object_area": min_object_area} for r in records]
+    before, after = layout_stats(source, config), layout_stats(masks, config)
     keys = ("objects_per_tile_mean", "object_area_median", "foreground_fraction")
     print("layouts  " + "  ".join(f"{k}: {before[k]:.3g} labelled / {after[k]:.3g} composed" for k in keys))
     return masks, records
@@ -118,12 +122,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "segmentation_tf.fit --synthetic-ratio reads by default)")
     p.add_argument("--mask-source", choices=("labelled", "composed"), default="labelled",
                    help="labelled: varied labelled masks; composed: labelled objects in new layouts")
+    p.add_argument("--min-object-area", type=positive_int,
+                   help=f"composed: objects of at least this many pixels only (default "
+                        f"{ComposeConfig().min_area}; smaller components are taken for noise, e.g. in "
+                        "predicted masks)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--grid", type=Path, help="also write a PNG of (up to 16) tiles beside their masks")
     add_run_flags(p)
     args = p.parse_args(argv)
     settings = sampler_settings(args)
+    if args.min_object_area is not None and args.mask_source != "composed":
+        raise UserError("--min-object-area picks the objects of composed layouts: it needs --mask-source "
+                        "composed")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gen = load_generator(args.checkpoint, device, precision.resolve(args.precision, device))
     masks_from = args.masks_from or trained_on(gen, args.checkpoint)
@@ -133,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         masks, init, origins = starting_pairs(masks_from, args.mask_source, args.n, args.seed)
     else:
         masks, origins = conditioning_masks(load_mask_source(masks_from), args.mask_source, args.n, args.seed,
-                                            masks_from)
+                                            masks_from, args.min_object_area)
     images = generate_tiles(gen, masks, settings, args.seed, args.batch_size,
                             not args.no_progress and on_terminal(), init)
     store = TileStore.open_or_create(args.out, TILE, kind="synthetic", pixel_size=gen.pixel_size)

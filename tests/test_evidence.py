@@ -1005,9 +1005,9 @@ def test_the_long_and_tiles_presets_as_fit_reads_their_flags():
         # baseline, main recipe, its pretrain use; matched also the long-denoiser rung and the paired
         # starting-from-real-tiles and copy-paste recipes, copy-paste onto the labelled tiles, half drawn
         # half pasted, the pasted re-rendered, copy-paste onto unlabelled pool tiles and onto their far
-        # negatives (2 regions x 5 seeds each), and the ratio probe (vpred and copy-paste onto the
-        # labelled tiles at 0.6: the 256 px region x 5 seeds)
-        assert len(cells(evidence.PRESETS[name], {})) == (232 if name == "matched" else 142)
+        # negatives, the generator drawing the pool's shapes (2 regions x 5 seeds each), and the ratio
+        # probe (vpred and copy-paste onto the labelled tiles at 0.6: the 256 px region x 5 seeds)
+        assert len(cells(evidence.PRESETS[name], {})) == (242 if name == "matched" else 142)
 
 
 def test_threshold_readouts_by_hand():
@@ -1466,7 +1466,8 @@ def test_generator_levers_names_side_recipes_among_the_known_ones(capsys):
         generator_levers.main(["--preset", "matched", "--k", "256px", "--recipes", "nope"])
     assert exit_info.value.code == 2
     known = ("today, vpred, vpred_pretrain, vpred_long, vpred_sdedit_pool_low, "
-             "vpred_sdedit_over_copy_paste_labelled, vpred_f8, vpred_midt, vpred_sdedit, vpred_sdedit_pool")
+             "vpred_sdedit_over_copy_paste_labelled, vpred_pool_shapes, vpred_f8, vpred_midt, vpred_sdedit, "
+             "vpred_sdedit_pool")
     assert f"unknown recipe(s) nope; choose from {known}" in capsys.readouterr().err
 
 
@@ -1577,6 +1578,20 @@ def test_the_ratio_probe_runs_at_the_first_lever_k_and_pairs_each_ratio_by_hand(
             replace(cfg, **bad)
 
 
+def _judged_with_main_weights(tmp_path, monkeypatch, recipe: str):
+    """A faked matched bench at k = 1 (6 synthetic tiles) whose judge has a threshold and whose main
+    generator's weights exist, and the cell of `recipe` (seed 2, ratio 0.3)."""
+    cfg = replace(evidence.PRESETS["matched"], ks=(1, 0), lever_ks=(1,), n_synthetic=6)
+    bench, calls = _faked_bench(tmp_path, monkeypatch, cfg)
+    bench.judge(1).mkdir(parents=True)
+    calibration = {"threshold": 0.99, "version": evidence.CALIBRATION_VERSION}
+    (bench.judge(1) / "segmenter.json").write_text(json.dumps({"provenance": {"calibration": calibration}}))
+    cell = Cell(1, "images_plentiful", 0.3, 2, recipe)
+    bench.weights(cell).parent.mkdir(parents=True)
+    bench.weights(cell).write_text("{}")
+    return bench, calls, cell
+
+
 def _pairs_store(path: Path, n: int, value: int) -> Path:
     """A synthetic store of n 256 px tiles: tile i is filled with value + i, its mask is 1 from row i."""
     store = TileStore.create(path, 256, kind="synthetic")
@@ -1641,15 +1656,9 @@ def test_a_recipe_drawn_over_pasted_pairs_starts_from_them_under_their_own_masks
     from at strength < 1 with labelled masks, can be drawn over."""
     from bench.evidence import COPY_PASTE_LABELLED, VPRED_OVER_PASTE
 
-    cfg = replace(evidence.PRESETS["matched"], ks=(1, 0), lever_ks=(1,), n_synthetic=6)
-    bench, calls = _faked_bench(tmp_path, monkeypatch, cfg)
-    bench.judge(1).mkdir(parents=True)
-    calibration = {"threshold": 0.99, "version": evidence.CALIBRATION_VERSION}
-    (bench.judge(1) / "segmenter.json").write_text(json.dumps({"provenance": {"calibration": calibration}}))
-    cell = Cell(1, "images_plentiful", 0.3, 2, VPRED_OVER_PASTE.name)
+    bench, calls, cell = _judged_with_main_weights(tmp_path, monkeypatch, VPRED_OVER_PASTE.name)
+    cfg = bench.cfg
     pasted = bench.synthetic_dir(replace(cell, recipe=COPY_PASTE_LABELLED.name))
-    bench.weights(cell).parent.mkdir(parents=True)
-    bench.weights(cell).write_text("{}")
     monkeypatch.setattr(evidence, "machine", lambda: {"cpu": "EPYC", "isa": "avx512_bf16"})
     results = {Cell(1, "real_only", 0.0, 0).key: {**_cell(1, "real_only", 0.0, 0, 0.5), "minutes": 20.0,
                                                    "cpu": "EPYC", "isa": "avx512_bf16", "xla": False}}
@@ -1671,6 +1680,35 @@ def test_a_recipe_drawn_over_pasted_pairs_starts_from_them_under_their_own_masks
     with pytest.raises(ValueError, match="drawn over pairs .*: from_noise"):
         replace(cfg, recipes=(*cfg.recipes, replace(VPRED_OVER_PASTE, name="from_noise", sampling=replace(
             VPRED_OVER_PASTE.sampling, strength=1.0))))
+
+
+def test_the_pool_shapes_recipe_composes_from_the_pseudo_labels_above_the_smallest_labelled_object(
+        tmp_path, monkeypatch):
+    """vpred_pool_shapes: the main generator draws composed layouts of the pseudo-labelled pool's
+    objects, only those at least as large as the smallest labelled object (by hand: the smallest
+    8-connected component of 30 px or more in the k labelled tiles); its own store, the main weights.
+    A size floor on a pasted or labelled-mask recipe is refused."""
+    from scipy import ndimage
+
+    from bench.evidence import VPRED_POOL_SHAPES
+
+    bench, calls, cell = _judged_with_main_weights(tmp_path, monkeypatch, VPRED_POOL_SHAPES.name)
+    cfg = bench.cfg
+    out = bench.generator(cell)
+    sample = calls[-1]
+    flag = lambda name: sample[sample.index(name) + 1]  # noqa: E731
+    labelled = TileStore(bench.labelled_only_store(1))
+    areas = [int(a) for m in labelled.masks(labelled.indices())
+             for a in np.bincount(ndimage.label(m > 0, structure=np.ones((3, 3)))[0].ravel())[1:] if a >= 30]
+    assert sample[0] == "generation_torch.sample" and flag("--min-object-area") == str(min(areas))
+    assert Path(flag("--masks-from")) == bench.pseudo_store(1, VPRED_POOL_SHAPES.pseudo_masks)
+    assert flag("--mask-source") == "composed" and flag("--guidance") == "1.5"
+    assert out == bench.generator_dir(cell) / "synthetic_composed_pool_floor_dpmpp2m20_g1.5_t1"
+    assert bench.weights(cell) == bench.weights(replace(cell, recipe="vpred"))
+    for bad in (replace(evidence.COPY_PASTE, name="pasted_floor", labelled_size_floor=True),
+                replace(VPRED_POOL_SHAPES, name="labelled_floor", mask_source="labelled")):
+        with pytest.raises(ValueError, match=f"a size floor picks .*: {bad.name}"):
+            replace(cfg, recipes=(*cfg.recipes, bad))
 
 
 def test_a_recipe_of_shares_is_compared_with_each_part_and_is_never_the_users_pick():

@@ -82,3 +82,31 @@ def test_statistics_follow_two_labelled_epfl_slices(epfl_dir):
 def test_masks_without_objects_are_refused():
     with pytest.raises(ValueError, match="no object"):
         compose_masks(np.zeros((2, 32, 32), np.uint8), 4, seed=0)
+
+
+def test_a_size_floor_composes_from_the_large_objects_only(tmp_path, capsys):
+    """sample's --min-object-area: from masks holding an interior 400 px square and two 60 px specks
+    per tile, a floor of 100 px composes layouts of one large object each (400 px at scales 1/1.25 ..
+    1.25 and with the elastic wobble: within half and twice, a speck at most 94 px), the floor kept in
+    each record; the default floor (30 px) lets the specks in (3 objects a tile, a few dropped where a
+    placement fails or a shrunken speck falls under the floor). Asking it of varied labelled masks is
+    refused."""
+    from generation_torch.sample import conditioning_masks, main
+
+    masks = np.zeros((3, 256, 256), np.uint8)
+    masks[:, 100:120, 100:120] = 1
+    masks[:, 20:26, 20:30] = 1
+    masks[:, 200:206, 30:40] = 1
+    floored, records = conditioning_masks(masks, "composed", 8, 0, tmp_path, min_object_area=100)
+    areas = [int(i.patch.sum()) for i in instances(floored)]
+    assert len(areas) == 8 and all(200 <= a <= 800 for a in areas)
+    assert all(r["min_object_area"] == 100 and len(r["objects"]) == 1 for r in records)
+    default, records = conditioning_masks(masks, "composed", 8, 0, tmp_path)
+    assert sum(len(r["objects"]) for r in records) > 16 and "min_object_area" not in records[0]
+    assert min(int(i.patch.sum()) for i in instances(default)) < 100
+    from shared.errors import run_cli
+
+    code = run_cli(main, ["--checkpoint", str(tmp_path / "absent.pt"), "--min-object-area", "100",
+                          "--out", str(tmp_path / "out")])
+    assert code == 2 and not (tmp_path / "out").exists()
+    assert "--min-object-area picks the objects of composed layouts" in capsys.readouterr().err
