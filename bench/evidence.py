@@ -1783,9 +1783,10 @@ def next_cell(todo: list[Cell], bench: Bench) -> Cell:
 
 
 # what a cell does around its trained stages, roughly (2 AMD EPYC cores: drawing 128 tiles and judging
-# them took 5-6.5 min on one thread, the generator's figures after its first cell about as long; the
-# judge labelling the pool a few minutes)
-DRAW_MINUTES = 15.0
+# them took 5-6.5 min on one thread, the generator's figures after its first cell about as long; on 2
+# cores with avx512_bf16 (2026-12-07) vpred_pool_shapes's whole cell took 22.4 min, its segmenter 20.6,
+# the 128 tiles drawn in about a minute; the judge labelling the pool a few minutes)
+DRAW_MINUTES = 3.0
 PASTE_MINUTES = 0.5  # 128 pasted pairs: seconds
 PREDICT_MINUTES = 5.0
 

@@ -1223,7 +1223,8 @@ def test_a_cells_cost_adds_what_it_must_train_first(tmp_path, monkeypatch):
     # drawn by the same generator only draws
     sdedit = Cell("256px", "images_plentiful", 0.3, 0, "vpred_sdedit_pool_low")
     later = evidence.planned_costs([vpred, replace(vpred, seed=1), sdedit], bench, results)
-    assert [c.minutes for c in later] == pytest.approx([80 + 25 + 15, 80, 80 + evidence.DRAW_MINUTES])
+    draw = evidence.DRAW_MINUTES
+    assert [c.minutes for c in later] == pytest.approx([80 + 25 + draw, 80, 80 + draw])
     # a trained segmenter costs its scoring only, still counted at a cell's minutes (an upper bound)
     _touch(evidence.segmenter_dir(vpred, bench.work) / "segmenter.json")
     assert cost(vpred) == evidence.Cost(80.0)
