@@ -959,9 +959,10 @@ class Bench:
         from generation_torch.layouts import instances
         from generation_torch.masks import load_mask_source
 
-        areas = [int(i.patch.sum()) for i in instances(load_mask_source(self.labelled_only_store(k)))]
+        store = self.labelled_only_store(k)
+        areas = [int(i.patch.sum()) for i in instances(load_mask_source(store))]
         if not areas:
-            raise UserError(f"{self.labelled_only_store(k)}: no labelled object to take a size floor from")
+            raise UserError(f"{store}: no labelled object to take a size floor from")
         return min(areas)
 
 
@@ -1463,13 +1464,20 @@ def control_rows(results: dict, cfg: EvidenceConfig) -> list[dict]:
         # a recipe made of others' tiles against each: above 0, it adds to what they hold
         pairs += [(r.name, by_seed(results, k, "images_plentiful", cfg.lever_ratio, r.name),
                    ("images_plentiful", cfg.lever_ratio, part)) for r in cfg.recipes for part in r.parts]
-        for name, arm_iou, (arm, ratio, recipe) in pairs:
-            diff = paired_interval(arm_iou, by_seed(results, k, arm, ratio, recipe))
-            if diff and diff["n"] >= 2:
-                rows.append({"k": _k(k), "arm": name, "minus": recipe if ratio else arm,
-                             **_rounded(diff), "ci_above_0": bool(diff["low"] > 0)})
+        rows += [row for name, arm_iou, (arm, ratio, recipe) in pairs
+                 if (row := difference_row(k, name, recipe if ratio else arm, arm_iou,
+                                           by_seed(results, k, arm, ratio, recipe)))]
         rows += probe_rows(results, k, cfg)
     return rows
+
+
+def difference_row(k: Budget, arm: str, minus: str, arm_iou: dict[int, float],
+                   control_iou: dict[int, float]) -> dict | None:
+    """arm - minus at k, paired by seed, with its 95% interval (None below two shared seeds)."""
+    diff = paired_interval(arm_iou, control_iou)
+    if not diff or diff["n"] < 2:
+        return None
+    return {"k": _k(k), "arm": arm, "minus": minus, **_rounded(diff), "ci_above_0": bool(diff["low"] > 0)}
 
 
 def probe_rows(results: dict, k: Budget, cfg: EvidenceConfig) -> list[dict]:
@@ -1483,13 +1491,8 @@ def probe_rows(results: dict, k: Budget, cfg: EvidenceConfig) -> list[dict]:
     if cfg.main_recipe in cfg.probe_recipes:
         pairs += [(at(cfg.main_recipe, r), at(n, r)) for r in cfg.probe_ratios for n in cfg.probe_recipes
                   if n != cfg.main_recipe]
-    rows = []
-    for (name, arm_iou), (minus, control_iou) in pairs:
-        diff = paired_interval(arm_iou, control_iou)
-        if diff and diff["n"] >= 2:
-            rows.append({"k": _k(k), "arm": name, "minus": minus, **_rounded(diff),
-                         "ci_above_0": bool(diff["low"] > 0)})
-    return rows
+    return [row for (name, arm_iou), (minus, control_iou) in pairs
+            if (row := difference_row(k, name, minus, arm_iou, control_iou))]
 
 
 def seeds_for_goal(gap: float | None, aa_sd: float | None) -> int | None:
