@@ -178,9 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                              progress=not args.no_progress and on_terminal())
     except ValueError as exc:
         raise UserError(f"{args.labelled}: {exc}") from None
-    before, after = layouts.layout_stats(objects[0]), layouts.layout_stats(masks)
-    keys = ("objects_per_tile_mean", "object_area_median", "foreground_fraction")
-    print("layouts  " + "  ".join(f"{k}: {before[k]:.3g} labelled / {after[k]:.3g} pasted" for k in keys))
+    print(layouts.layout_line(objects[0], masks, args.labelled.name, "pasted"))
     # backgrounds annotated in part: so are the pairs (their areas, and the pasted objects with rings)
     areas = pasted_areas(background_store.annotated(background_idx), backgrounds[0], masks, origins) \
         if background_store.partially_annotated else None

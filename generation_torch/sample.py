@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from generation_torch import grids, precision
 from generation_torch.config import PRECISIONS
-from generation_torch.layouts import ComposeConfig, compose_masks, layout_stats
+from generation_torch.layouts import ComposeConfig, compose_masks, layout_line
 from generation_torch.masks import load_mask_source, load_pair_source, varied_masks, varied_pairs
 from generation_torch.pipeline import Generator, load_generator
 from shared import diffusion
@@ -103,9 +103,7 @@ def conditioning_masks(source: np.ndarray, kind: str, n: int, seed: int, path: P
         raise UserError(f"{path}: {exc}") from None
     if min_object_area is not None:
         records = [r | {"min_object_area": min_object_area} for r in records]
-    before, after = layout_stats(source, config), layout_stats(masks, config)
-    keys = ("objects_per_tile_mean", "object_area_median", "foreground_fraction")
-    print("layouts  " + "  ".join(f"{k}: {before[k]:.3g} labelled / {after[k]:.3g} composed" for k in keys))
+    print(layout_line(source, masks, path.name, "composed", config))
     return masks, records
 
 

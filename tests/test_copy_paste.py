@@ -137,7 +137,7 @@ def test_the_command_writes_a_synthetic_store_with_provenance(tmp_path, objects,
                           str(out), "--no-progress", "--grid", str(tmp_path / "grid.png")]) == 0
     store = TileStore(out)
     assert store.manifest.kind == "synthetic" and len(store) == 5 and (tmp_path / "grid.png").exists()
-    assert "layouts  objects_per_tile_mean: 2 labelled" in capsys.readouterr().out
+    assert "layouts  objects_per_tile_mean: 2 in labelled / " in capsys.readouterr().out
     for i, record in enumerate(store.records):
         assert record["source"] == "copy_paste" and record["pasted"] and record["backgrounds"] == str(pool)
         # away from the pasted objects: the background its record names, in the backgrounds store

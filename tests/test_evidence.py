@@ -1005,9 +1005,10 @@ def test_the_long_and_tiles_presets_as_fit_reads_their_flags():
         # baseline, main recipe, its pretrain use; matched also the long-denoiser rung and the paired
         # starting-from-real-tiles and copy-paste recipes, copy-paste onto the labelled tiles, half drawn
         # half pasted, the pasted re-rendered, copy-paste onto unlabelled pool tiles and onto their far
-        # negatives, the generator drawing the pool's shapes (2 regions x 5 seeds each), and the ratio
-        # probe (vpred and copy-paste onto the labelled tiles at 0.6: the 256 px region x 5 seeds)
-        assert len(cells(evidence.PRESETS[name], {})) == (242 if name == "matched" else 142)
+        # negatives (retired: none measured here), the generator drawing the pool's shapes (2 regions x 5
+        # seeds each), and the ratio probe (vpred and copy-paste onto the labelled tiles at 0.6: the
+        # 256 px region x 5 seeds)
+        assert len(cells(evidence.PRESETS[name], {})) == (232 if name == "matched" else 142)
 
 
 def test_threshold_readouts_by_hand():
@@ -1577,6 +1578,26 @@ def test_the_ratio_probe_runs_at_the_first_lever_k_and_pairs_each_ratio_by_hand(
                 {"probe_recipes": ()}):
         with pytest.raises(ValueError, match="the ratio probe needs"):
             replace(cfg, **bad)
+
+
+def test_a_retired_recipe_keeps_its_measured_cells_and_plans_no_others():
+    """copy_paste retired after seed 1 at k = 1: its k = 1 seed 1 cell stays in the grid (a record), its
+    seed 0 and k = 2 cells leave; without results none of its cells is planned. The main recipe, the
+    baseline and names outside the grid cannot be retired."""
+    from bench.evidence import COPY_PASTE, VPRED
+
+    cfg = EvidenceConfig(ks=(1, 2, 0), seeds=(0, 1), ratios=(0.3,), lever_ks=(1, 2),
+                         recipes=(evidence.TODAY, VPRED, COPY_PASTE), paired_recipes=("copy_paste",))
+    pasted = [c.key for c in cells(cfg, {}) if c.recipe == "copy_paste"]
+    assert len(pasted) == 4
+    retired = replace(cfg, retired_recipes=("copy_paste",))
+    assert [c for c in cells(retired, {}) if c.recipe == "copy_paste"] == []
+    measured = {"k=1|images_plentiful|r=0.3|seed=1|copy_paste": {"test_iou": 0.5}}
+    assert [c.key for c in cells(retired, measured) if c.recipe == "copy_paste"] == list(measured)
+    assert len(cells(retired, {})) == len(cells(cfg, {})) - 4
+    for bad in ("vpred", "today", "copy_paste_far_negatives"):
+        with pytest.raises(ValueError, match="retired recipes must be grid recipes"):
+            replace(cfg, retired_recipes=(bad,))
 
 
 def _judged_with_main_weights(tmp_path, monkeypatch, recipe: str):

@@ -88,9 +88,9 @@ def test_a_size_floor_composes_from_the_large_objects_only(tmp_path, capsys):
     """sample's --min-object-area: from masks holding an interior 400 px square and two 60 px specks
     per tile, a floor of 100 px composes layouts of one large object each (400 px at scales 1/1.25 ..
     1.25 and with the elastic wobble: within half and twice, a speck at most 94 px), the floor kept in
-    each record; the default floor (30 px) lets the specks in (3 objects a tile, a few dropped where a
-    placement fails or a shrunken speck falls under the floor). Asking it of varied labelled masks is
-    refused."""
+    each record and the console line naming the source; the default floor (30 px) lets the specks in
+    (3 objects a tile, a few dropped where a placement fails or a shrunken speck falls under the floor).
+    Asking it of varied labelled masks is refused."""
     from generation_torch.sample import conditioning_masks, main
 
     masks = np.zeros((3, 256, 256), np.uint8)
@@ -101,6 +101,9 @@ def test_a_size_floor_composes_from_the_large_objects_only(tmp_path, capsys):
     areas = [int(i.patch.sum()) for i in instances(floored)]
     assert len(areas) == 8 and all(200 <= a <= 800 for a in areas)
     assert all(r["min_object_area"] == 100 and len(r["objects"]) == 1 for r in records)
+    # the console line names the masks' source (a pseudo-label store is not "labelled") and counts at
+    # the floor: one object a tile in the source as in the layouts
+    assert f"objects_per_tile_mean: 1 in {tmp_path.name} / 1 composed" in capsys.readouterr().out
     default, records = conditioning_masks(masks, "composed", 8, 0, tmp_path)
     assert sum(len(r["objects"]) for r in records) > 16 and "min_object_area" not in records[0]
     assert min(int(i.patch.sum()) for i in instances(default)) < 100
