@@ -46,14 +46,17 @@ def judge_probabilities(judge_dir: Path, store: TileStore, batch_size: int = 16)
 
 
 def write_filtered(store: TileStore, keep: np.ndarray, scores: np.ndarray, out: Path, extra: dict) -> None:
-    """A new synthetic store with the kept tiles and their records (+ judge IoU), built beside `out`
-    and renamed into place, so an interrupted run leaves no half store."""
+    """A new synthetic store with the kept tiles and their records (+ judge IoU), and their annotated
+    areas where the store holds them (pairs pasted onto partly annotated tiles: without them, the
+    unknown pixels would turn into known background); built beside `out` and renamed into place, so an
+    interrupted run leaves no half store."""
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     kept = np.sort(keep)  # store order, so tiles stay next to their neighbours from the same batch
     records = [{**store.records[int(i)], "judge_iou": float(scores[i]), **extra} for i in kept]
     filtered = TileStore.create(tmp, store.tile_size, kind="synthetic", pixel_size=store.pixel_size)
-    filtered.append(store.raw_images(kept), store.masks(kept), records)
+    annotated = store.annotated(kept) if store.partially_annotated else None
+    filtered.append(store.raw_images(kept), store.masks(kept), records, annotated=annotated)
     tmp.rename(out)
 
 

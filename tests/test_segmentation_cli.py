@@ -383,6 +383,30 @@ def test_chosen_tiles_and_per_tile_iou_by_hand():
     assert len(chosen_tiles(scores, 0.95, None)) == 0
 
 
+def test_filtered_pairs_keep_their_annotated_areas(tmp_path):
+    """Pairs pasted onto partly annotated tiles keep what nobody annotated unknown when filtered: tiles 2
+    and 0 kept (in store order), each with its own annotated area, the masks as they were."""
+    from segmentation_tf.filter_synthetic import write_filtered
+    from shared.store import TileStore
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 32, 32), dtype=np.uint8)
+    masks = np.zeros((3, 32, 32), np.uint8)
+    masks[:, 4:10, 4:10] = 1
+    annotated = np.ones((3, 32, 32), np.uint8)
+    annotated[0, 20:, :] = 0     # tile 0: its bottom rows unknown
+    annotated[2, :, 24:] = 0     # tile 2: its right columns unknown
+    store = TileStore.create(tmp_path / "pasted", 32, kind="synthetic")
+    store.append(images, masks, [{"source": "copy_paste", "split": "train"} for _ in range(3)],
+                 annotated=annotated)
+    write_filtered(store, np.array([2, 0]), np.array([0.4, 0.1, 0.9]), tmp_path / "kept", {})
+    kept = TileStore(tmp_path / "kept")
+    assert kept.partially_annotated and len(kept) == 2
+    np.testing.assert_array_equal(kept.annotated(kept.indices()), annotated[[0, 2]])
+    np.testing.assert_array_equal(kept.masks(kept.indices()), masks[[0, 2]])
+    assert [r["judge_iou"] for r in kept.records] == [0.4, 0.9]
+
+
 def test_filter_synthetic_keeps_the_tiles_the_judge_scores_best(trained, tiny_store, tmp_path):
     from segmentation_tf.artifacts import load_segmenter
     from segmentation_tf.inference import model_fn
