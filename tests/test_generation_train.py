@@ -248,7 +248,7 @@ def test_sample_composed_layouts_record_how_each_mask_was_made(trained, tiny_sto
                       tiny_store, "--n", "4", "--steps", "2", "--no-progress", "--mask-source", "composed",
                       "--out", tmp_path / "c")
     assert proc.returncode == 0, proc.stderr
-    assert "labelled /" in proc.stdout and "composed" in proc.stdout  # statistics side by side
+    assert f"in {tiny_store.name} /" in proc.stdout and "composed" in proc.stdout  # statistics side by side
     store = TileStore(tmp_path / "c")
     for rec, mask in zip(store.records, store.masks(store.indices()), strict=True):
         assert rec["mask_layout"] == "composed"
