@@ -348,13 +348,13 @@ class EvidenceConfig:
         main = grid.get(self.main_recipe)
         strays = [n for n in self.paired_recipes if main is None or n not in grid
                   or not (grid[n].pasted or grid[n].generator == main.generator)]
+        if strays:
+            raise ValueError(f"paired recipes must be grid recipes with no generator of their own to train "
+                             f"(drawn by the main recipe's, or pasted): {', '.join(strays)}")
         retired = [n for n in self.retired_recipes if n not in grid or n in (self.main_recipe, self.baseline)]
         if retired:
             raise ValueError(f"retired recipes must be grid recipes other than the main recipe and the "
                              f"baseline: {', '.join(retired)}")
-        if strays:
-            raise ValueError(f"paired recipes must be grid recipes with no generator of their own to train "
-                             f"(drawn by the main recipe's, or pasted): {', '.join(strays)}")
         split = [r.name for r in self.recipes if r.halves
                  and not all(n in grid and not grid[n].parts for n in r.halves)]
         if split:
